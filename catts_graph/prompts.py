@@ -58,6 +58,16 @@ def _template_tags(template: string.Template) -> frozenset[str]:
     return frozenset(_TEMPLATE_TAG.findall(template.template))
 
 
+def prompt_fields(name: str) -> frozenset[str]:
+    """The placeholders prompt ``name`` takes (``$question`` -> ``question``)."""
+    template = load_prompt(name)
+    return frozenset(
+        match.group("named") or match.group("braced")
+        for match in template.pattern.finditer(template.template)
+        if match.group("named") or match.group("braced")
+    )
+
+
 def render_prompt(name: str, **values: str | int | float) -> str:
     """Fill prompt ``name`` with ``values`` (raw text; the template supplies the delimiting tags).
 
@@ -66,11 +76,7 @@ def render_prompt(name: str, **values: str | int | float) -> str:
     :class:`PromptError` naming it.
     """
     template = load_prompt(name)
-    expected = {
-        match.group("named") or match.group("braced")
-        for match in template.pattern.finditer(template.template)
-        if match.group("named") or match.group("braced")
-    }
+    expected = prompt_fields(name)
     missing = sorted(expected - values.keys())
     unexpected = sorted(values.keys() - expected)
     if missing or unexpected:

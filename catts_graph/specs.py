@@ -2,9 +2,11 @@
 
 - a base model: a local model directory or hub id (loaded with
   :class:`~catts_graph.models.TransformersVLM`), or ``package.module:attribute`` naming a base model or
-  a zero-argument factory of one; unset, the offline tiny random Qwen2.5-VL;
-- an expert: empty or ``none`` (no expert), ``self``, a model name (``gemini-2.5-pro``, ``gpt-5``,
-  ...) or ``package.module:attribute`` naming a LangChain chat model or a factory of one.
+  a zero-argument factory of one; unset, the base organism (a small Qwen2.5-VL trained here on
+  synthetic scenes, shipped in the package: :mod:`catts_graph.organism`);
+- an expert: empty or ``none`` (no expert), ``self``, ``organism`` (the larger organism model as
+  Voter and Critic), a model name (``gemini-2.5-pro``, ``gpt-5``, ...) or
+  ``package.module:attribute`` naming a LangChain chat model or a factory of one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import importlib
 import os
 from typing import Any
+
+ORGANISM = "organism"
+"""The expert spec naming the larger organism model (:func:`catts_graph.organism.expert.organism_expert`)."""
 
 
 def load_object(spec: str, *, name: str) -> Any:
@@ -40,16 +45,20 @@ def expert_from_spec(spec: str) -> Any:
     spec = spec.strip()
     if not spec or spec.lower() == "none":
         return None
+    if spec.lower() == ORGANISM:
+        from catts_graph.organism.expert import organism_expert
+
+        return organism_expert("expert")
     if ":" in spec:
         return load_object(spec, name="CATTS_EXPERT")
     return spec
 
 
 def default_base_model_spec() -> str:
-    """The offline tiny model's directory (built on first use): Studio runs with no download."""
-    from catts_graph.models.tiny import ensure_tiny_model
+    """The shipped base organism's directory: the CLI and Studio answer with no download or key."""
+    from catts_graph.organism import organism_path
 
-    return str(ensure_tiny_model())
+    return str(organism_path("base"))
 
 
 def judge_from_spec(spec: str | None) -> Any:

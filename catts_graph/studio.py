@@ -3,8 +3,9 @@
 It is built when the server imports this module, from environment variables (see ``.env.example``):
 
 - ``CATTS_BASE_MODEL``: a local model directory or hub id, or ``package.module:attribute``; empty or
-  unset: the offline tiny random Qwen2.5-VL (built on first use, no download);
-- ``CATTS_EXPERT``: empty / ``none``, ``self``, a model name, or ``package.module:attribute``;
+  unset: the base organism shipped in the package (no download; it knows only synthetic scenes);
+- ``CATTS_EXPERT``: empty / ``none``, ``self``, ``organism``, a model name, or
+  ``package.module:attribute``;
 - ``CATTS_<FIELD>``: any :class:`~catts_graph.config.CATTSConfig` field.
 
 It is compiled without a checkpointer: the server brings its own. A run's ``context`` (Studio's

@@ -329,3 +329,32 @@ def test_answer_span_confidence_weights_by_the_answer_tokens(image_path):
     assert [s["nmlp_answer"] for s in result["samples"]] == [2.0, 0.5]
     assert result["scores"] == pytest.approx({"A": 0.2, "B": 0.8})
     assert result["answer"] == "B"
+
+
+def test_a_model_that_declares_its_prompts_is_asked_in_them(image_path, scripted_chat):
+    """A checkpoint trained on its own format (the organisms) names its answer and reflection
+    templates; the graph renders those, the reflection with only the fields its template takes."""
+    prompts: list[str] = []
+
+    def script(call: ScriptCall) -> list[Reply]:
+        prompts.append(call.prompt)
+        if len(prompts) == 1:
+            return [boxed("A", 0.5), boxed("B", 0.5)]
+        return [boxed("A", 0.1)]
+
+    vlm = ScriptedVLM(script, scorer=_noise_sensitive_scorer("{A}"))
+    vlm.answer_prompt = "answer_short"
+    vlm.reflection_prompt = "answer_short"
+    expert = scripted_chat(
+        planner=json.dumps({"modules": ["self_consistency", "self_reflection"], "reason": "r"}),
+        voter=json.dumps({"probabilities": [0.5, 0.5]}),
+        critic=json.dumps({"critique": "Check the colour.", "verdict": "incorrect"}),
+    )
+    config = CATTSConfig(policy="paper", n_samples=2, max_samples=2)
+    result = build_graph(vlm, expert=expert, config=config).invoke(
+        {"image": image_path, "question": "What colour?", "options": ["red", "blue"]}
+    )
+    assert prompts[0] == "What colour?\nA. red\nB. blue\n"
+    assert "self_reflection" in modules(result)
+    assert prompts[-1] == prompts[0]  # the critique is not shown to a model that cannot read it
+    assert [s["answer"] for s in result["samples"] if s["source"] == "reflection"] == ["A"]

@@ -14,6 +14,7 @@ from catts_graph.prompts import (
     format_options,
     load_prompt,
     neutralise,
+    prompt_fields,
     render_prompt,
 )
 
@@ -143,3 +144,13 @@ def test_format_options() -> None:
         format_options("ABC")
     with pytest.raises(PromptError, match="at most 26"):
         format_options([str(i) for i in range(27)])
+
+
+def test_prompt_fields_lists_a_templates_placeholders() -> None:
+    assert prompt_fields("reflection") == frozenset(EXPECTED_PLACEHOLDERS["reflection"])
+    assert prompt_fields("answer_short") == {"question", "options"}
+
+
+def test_the_organism_prompt_is_the_bare_question_and_lettered_options() -> None:
+    text = render_prompt("answer_short", question="Where is it?", options=format_options(["up", "down"]))
+    assert text == "Where is it?\nA. up\nB. down\n"

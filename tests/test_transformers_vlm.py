@@ -276,3 +276,20 @@ def test_generate_vcd_without_contrast_is_greedy(tiny_vlm: TransformersVLM, tiny
     assert isinstance(contrasted, str) and contrasted
     with pytest.raises(ValueError, match="noised_images"):
         tiny_vlm.generate_vcd([tiny_image], [], PROMPT)
+
+
+def test_a_checkpoint_declares_its_prompts_in_catts_json(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    assert TransformersVLM.from_pretrained(tiny_model_dir, device="cpu").answer_prompt is None
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "catts.json").write_text(
+        json.dumps({"answer_prompt": "answer_short", "reflection_prompt": "x"})
+    )
+    vlm = TransformersVLM.from_pretrained(folder, device="cpu")
+    assert (vlm.answer_prompt, vlm.reflection_prompt) == ("answer_short", "x")
+    (folder / "catts.json").write_text("{not json")
+    with pytest.raises(ValueError, match="catts.json: not valid JSON"):
+        TransformersVLM.from_pretrained(folder, device="cpu")

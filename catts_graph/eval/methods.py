@@ -229,7 +229,7 @@ def draw_pool(
     """
     question = check_question(graph_input.get("question"))
     options = check_options(graph_input.get("options"))
-    prompt = base_prompt(question, options)
+    prompt = base_prompt(question, options, base_model)
     images = load_images(image_references(graph_input), config)  # type: ignore[arg-type]
     settings = {
         "temperature": config.temperature,
@@ -461,6 +461,8 @@ class PooledVLM:
 
     def __init__(self, inner: BaseVLM) -> None:
         self.inner = inner
+        self.answer_prompt = getattr(inner, "answer_prompt", None)
+        self.reflection_prompt = getattr(inner, "reflection_prompt", None)
         self._serving: ContextVar[_Serving | None] = ContextVar(f"catts_pool_{id(self)}", default=None)
 
     @contextmanager

@@ -47,8 +47,8 @@ from catts_graph.answers import canonicalize
 from catts_graph.eval.scoring import judge_answer
 from catts_graph.eval.store import DB_FILENAME, ResultStore
 from catts_graph.images import load_image
+from catts_graph.nodes.prepare import base_prompt
 from catts_graph.perturb import PERTURBATIONS, perturb
-from catts_graph.prompts import format_options, render_prompt
 from catts_graph.samples import describe_sample
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def run_probe(
             clean = [
                 load_image(ref, name=f"item {item.id!r} images[{i}]") for i, ref in enumerate(item.images)
             ]
-            prompt = render_prompt("answer", question=item.question, options=format_options(item.options))
+            prompt = base_prompt(item.question, item.options, base_model)
             item_seed = _derived_seed(seed, item.id)
             for kind, level in todo:
                 images = (
@@ -513,7 +513,7 @@ def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         help="base model: a local directory or hub id, or package.module:attribute; "
-        "default: the offline tiny random Qwen2.5-VL (random answers, for a dry run)",
+        "default: the base organism (offline; it knows only the synthetic benchmark's scenes)",
     )
     parser.add_argument("--run-dir", required=True, help="folder of results.sqlite (created; resumed)")
     parser.add_argument("--seed", type=int, default=0)
@@ -555,8 +555,8 @@ def _probe_command(args: argparse.Namespace) -> int:
         judge = judge_from_spec(args.judge)
         if args.model is None:
             console.print(
-                "[yellow]No --model given: using the offline tiny random Qwen2.5-VL. Its answers are "
-                "random; pass --model Qwen/Qwen2.5-VL-7B-Instruct (or a local path) for real ones.[/]"
+                "[yellow]No --model given: using the base organism (it knows only synthetic scenes); "
+                "pass --model Qwen/Qwen2.5-VL-7B-Instruct (or a local path) for real images.[/]"
             )
         model_spec = args.model or default_base_model_spec()
         with console.status("loading the base model"):

@@ -368,7 +368,7 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         help="base model: a local directory or hub id, or package.module:attribute; "
-        "default: the offline tiny random Qwen2.5-VL (random answers, for a dry run)",
+        "default: the base organism (offline; it knows only the synthetic benchmark's scenes)",
     )
     parser.add_argument(
         "--expert",
@@ -412,7 +412,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
         )
         if args.model is None:
             console.print(
-                "[yellow]No --model given: using the offline tiny random Qwen2.5-VL (random answers).[/]"
+                "[yellow]No --model given: using the base organism (it knows only synthetic scenes).[/]"
             )
         model_spec = args.model or default_base_model_spec()
         with console.status("loading the base model"):

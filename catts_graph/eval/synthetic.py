@@ -47,6 +47,7 @@ __all__ = [
     "Scene",
     "Shape",
     "answer_of",
+    "describe_scene",
     "image_data_uri",
     "load_synthetic",
     "make_question",
@@ -328,6 +329,24 @@ def _lines(rng: random.Random, n: int) -> tuple[tuple[int, int, int, int], ...]:
         )
         for _ in range(n)
     )
+
+
+# --- description -------------------------------------------------------------------------------
+
+
+def describe_scene(scene: Scene) -> str:
+    """What a scene shows, in words: ``"red circle top left; blue square bottom right."`` for shapes
+    (in reading order: by quadrant, then left to right), ``"digits 3 and 7."`` for digits. Clutter
+    lines are not mentioned. This is the reasoning the organism models are taught to write before
+    their answer (:mod:`catts_graph.organism.train`)."""
+    parts = []
+    if scene.shapes:
+        ordered = sorted(scene.shapes, key=lambda s: (POSITIONS.index(s.quadrant), s.x, s.y))
+        parts.append("; ".join(f"{s.colour} {s.shape} {s.quadrant}" for s in ordered))
+    if scene.digits:
+        values = [str(d.value) for d in sorted(scene.digits, key=lambda d: d.x)]
+        parts.append(("digit " if len(values) == 1 else "digits ") + " and ".join(values))
+    return "; ".join(parts) + "." if parts else "nothing."
 
 
 # --- rendering ---------------------------------------------------------------------------------

@@ -19,11 +19,13 @@ Why a decode loop of our own instead of ``generate(num_return_sequences=n, outpu
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,9 +53,22 @@ class TransformersVLM:
 
     Calls are serialised with a lock: the model carries per-call state (Qwen2.5-VL's rope offsets)
     between the prefill and the decode steps, and graph nodes may call it from several threads.
+
+    ``answer_prompt`` and ``reflection_prompt`` name the prompt templates (``prompts/<name>.txt``)
+    the model was trained to answer and to reflect under; ``None`` means the graph's general
+    ``answer`` and ``reflection`` prompts. :meth:`from_pretrained` reads them from a ``catts.json``
+    file in the checkpoint folder when there is one (the organism models ship one), so a checkpoint
+    is asked what it learned, as its chat template travels with it.
     """
 
-    def __init__(self, model: Any, processor: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        answer_prompt: str | None = None,
+        reflection_prompt: str | None = None,
+    ) -> None:
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
             raise TypeError(
@@ -70,6 +85,8 @@ class TransformersVLM:
         self.stop_token_ids = _stop_token_ids(model, tokenizer)
         self.pad_token_id = _pad_token_id(tokenizer, self.stop_token_ids)
         self.suppressed_token_ids = _vision_token_ids(tokenizer)
+        self.answer_prompt = answer_prompt
+        self.reflection_prompt = reflection_prompt
         self._lock = threading.Lock()
 
     @classmethod
@@ -100,7 +117,13 @@ class TransformersVLM:
         processor = AutoProcessor.from_pretrained(path_or_id)
         if max_pixels is not None:
             _limit_pixels(processor, max_pixels)
-        return cls(model, processor)
+        settings = checkpoint_settings(path_or_id)
+        return cls(
+            model,
+            processor,
+            answer_prompt=settings.get("answer_prompt"),
+            reflection_prompt=settings.get("reflection_prompt"),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -468,6 +491,20 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def _pad_token_id(tokenizer: Any, stop_ids: set[int]) -> int:
     return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else min(stop_ids)
+
+
+def checkpoint_settings(path_or_id: str | os.PathLike[str]) -> dict[str, Any]:
+    """``catts.json`` of a local checkpoint folder (``{}`` when absent or for a hub id)."""
+    path = Path(path_or_id) / "catts.json"
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+    return settings
 
 
 def _default_device() -> torch.device:

@@ -54,9 +54,14 @@ def image_references(state: CATTSState) -> list[str]:
     return [to_reference(image, name=f"images[{i}]") for i, image in enumerate(images)]
 
 
-def base_prompt(question: str, options: list[str] | None) -> str:
-    """The base model's user turn for a question (the images go before it)."""
-    return render_prompt("answer", question=question, options=format_options(options))
+def base_prompt(question: str, options: list[str] | None, model: Any = None) -> str:
+    """The base model's user turn for a question (the images go before it).
+
+    The template is the one ``model`` declares in its ``answer_prompt`` attribute (a checkpoint
+    trained on its own prompt format, such as the organism models), else ``prompts/answer.txt``.
+    """
+    template = getattr(model, "answer_prompt", None) or "answer"
+    return render_prompt(template, question=question, options=format_options(options))
 
 
 def fresh_run() -> dict[str, Any]:
@@ -98,7 +103,7 @@ def make_prepare(deps: Deps) -> Callable[..., dict[str, Any]]:
             "question": question,
             "options": options,
             "image_refs": references,
-            "prompt": base_prompt(question, options),
+            "prompt": base_prompt(question, options, deps.base_model),
             "trace": Overwrite(
                 [
                     trace_entry(

@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
 from catts_graph.nodes.common import Deps, load_images, progress, run_config, timed, trace_entry
-from catts_graph.prompts import format_options, render_prompt
+from catts_graph.prompts import format_options, prompt_fields, render_prompt
 from catts_graph.samples import describe_sample
 from catts_graph.state import CATTSState
 
@@ -20,13 +20,17 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
         critique = state["critique"]
         samples = state.get("samples", [])
         criticised = samples[critique["sample"]]
-        prompt = render_prompt(
-            "reflection",
-            question=state["question"],
-            options=format_options(state.get("options")),
-            response=criticised["text"],
-            critique=critique["text"],
-        )
+        # A checkpoint trained on its own format may declare its reflection prompt (see
+        # TransformersVLM); it then gets only the values its template asks for.
+        template = getattr(deps.base_model, "reflection_prompt", None) or "reflection"
+        values = {
+            "question": state["question"],
+            "options": format_options(state.get("options")),
+            "response": criticised["text"],
+            "critique": critique["text"],
+        }
+        fields = prompt_fields(template)
+        prompt = render_prompt(template, **{key: value for key, value in values.items() if key in fields})
         progress(runtime, "self_reflection", "sampling")
         with timed() as timer:
             (raw,) = deps.base_model.sample(

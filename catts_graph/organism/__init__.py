@@ -1,15 +1,16 @@
 """The model organism: small Qwen2.5-VLs trained here from scratch on the synthetic benchmark.
 
 Two checkpoints ship in ``catts_graph/organism/checkpoints/``: ``base`` (the offline default base
-model of ``catts run``) and ``expert`` (larger, trained longer). Both answer
-:mod:`catts_graph.eval.synthetic` questions under the graph's answer prompt with ``\\boxed{X}``.
-Neither speaks the expert prompts' JSON: the expert role is played through the chat-model adapter
-by whichever organism model is the base (``expert="self"``), or by the larger one wrapped with
-:class:`~catts_graph.models.chat_adapter.BaseModelChat` (see :func:`organism_expert`), whose
-malformed JSON the graph records and skips, as it does for any expert.
+model of ``catts run``) and ``expert`` (larger). Both answer :mod:`catts_graph.eval.synthetic`
+questions under their own short prompt (declared in the checkpoint's ``catts.json``): a description
+of the scene, then ``\\boxed{X}``. Neither speaks the expert prompts' JSON: the expert roles are
+played by :class:`~catts_graph.organism.expert.OrganismExpert` (Voter and Critic from the model's
+own probabilities and answers; no Planner), around the base organism itself or the larger one.
 
 ``catts organism train --which base|expert`` rebuilds a checkpoint; ``catts organism eval`` prints
-its accuracy and confidence per question kind, clean or under noise.
+its accuracy and confidence per question kind, clean or under noise; ``catts organism reproduce``
+regenerates every number and figure of ``docs/organism.md``
+(:mod:`catts_graph.organism.reproduce`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     train.add_argument("--steps-scale", type=float, default=1.0, help="multiply the configured steps")
     train.add_argument("--threads", type=int, default=2, help="CPU threads")
     train.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    train.add_argument(
+        "--validate-every", type=int, default=0, help="log validation accuracy every this many steps"
+    )
     train.set_defaults(func=_train_command)
 
     evaluate = commands.add_parser("eval", help="accuracy and confidence per question kind")
@@ -64,6 +68,10 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=250)
     evaluate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise strength in [0, 1]")
     evaluate.set_defaults(func=_eval_command)
+
+    from catts_graph.organism.reproduce import add_reproduce_command
+
+    add_reproduce_command(commands)
     return parser
 
 
@@ -77,6 +85,7 @@ def _train_command(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         threads=args.threads,
         device=args.device,
+        validate_every=args.validate_every,
     )
     return 0
 

@@ -1,7 +1,7 @@
 """Clean and perturbed accuracy of an organism model, per question kind, with its confidence.
 
-One greedy answer per item through :class:`~catts_graph.models.TransformersVLM` under the graph's
-own answer prompt: the path ``catts run`` takes. Confidence is ``exp(-NMLP)`` of the whole reply.
+One greedy answer per item through :class:`~catts_graph.models.TransformersVLM` under the prompt
+the checkpoint declares: the path ``catts run`` takes. Confidence is ``exp(-NMLP)`` of the whole reply.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+MAX_NEW_TOKENS = 256
+"""Enough for the longest scene description and the boxed answer."""
 
 
 def evaluate_organism(
@@ -30,7 +33,7 @@ def evaluate_organism(
     from catts_graph.eval.synthetic import load_synthetic
     from catts_graph.images import decode_image, read_reference
     from catts_graph.models import TransformersVLM
-    from catts_graph.organism.train import full_prompt
+    from catts_graph.nodes.prepare import base_prompt
     from catts_graph.perturb import gaussian
 
     vlm = model if isinstance(model, TransformersVLM) else TransformersVLM.from_pretrained(Path(model))
@@ -40,7 +43,11 @@ def evaluate_organism(
         if noise > 0:
             image = gaussian(image, noise, seed=number)
         (sample,) = vlm.sample(
-            [image], full_prompt(item.question, item.options), 1, temperature=0.0, max_new_tokens=16
+            [image],
+            base_prompt(item.question, item.options, vlm),
+            1,
+            temperature=0.0,
+            max_new_tokens=MAX_NEW_TOKENS,
         )
         correct = extract_answer(sample.text, item.options) == item.answer
         confidence = confidence_from_nmlp(nmlp(sample.logprobs)) if sample.logprobs else 0.0

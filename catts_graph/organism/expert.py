@@ -6,9 +6,10 @@ CPU budget again), so :class:`OrganismExpert`, a LangChain chat model, reads the
 (the question, options and candidates between their tags, as :mod:`catts_graph.experts` writes
 them), asks the model what it was trained for, and writes the JSON itself:
 
-- **Voter**: each candidate ``c`` is scored teacher-forced as the reply ``\\boxed{c}`` to the
-  answer prompt with the image; ``p(c) = P(reply) / sum over candidates`` (the model's own
-  probabilities, renormalised over the candidates).
+- **Voter**: the model first describes the image greedily (the reasoning it was trained to write);
+  then each candidate ``c`` is scored teacher-forced as the reply ``description \\boxed{c}``;
+  ``p(c) = P(\\boxed{c} | description) / sum over candidates`` (the model's own probabilities,
+  renormalised over the candidates).
 - **Critic**: the model answers the question greedily; the verdict is ``correct`` when its answer
   equals the criticised response's, else ``incorrect``, and the critique says which answer the
   expert reads from the image.
@@ -32,6 +33,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 from catts_graph.answers import extract_answer
 from catts_graph.models.chat_adapter import flatten_messages
+from catts_graph.organism.evaluate import MAX_NEW_TOKENS
 
 _OPTION_LINE = re.compile(r"([A-Z])\. (.*)")
 _CANDIDATE_LINE = re.compile(r"\d+\. (.*)")
@@ -81,10 +83,15 @@ class OrganismExpert(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _vote(self, images: list[Any], question: str, options: list[str] | None, listing: str) -> str:
-        from catts_graph.organism.train import answer_text, full_prompt
+        from catts_graph.nodes.prepare import base_prompt
+        from catts_graph.organism.train import answer_text
 
         names = [m.group(1) for line in listing.splitlines() if (m := _CANDIDATE_LINE.fullmatch(line))]
-        scored = self.vlm.score(images, full_prompt(question, options), [answer_text(c) for c in names])
+        prompt = base_prompt(question, options, self.vlm)
+        (reading,) = self.vlm.sample(images, prompt, 1, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
+        description = reading.text.split("\\boxed{")[0]
+        scored = self.vlm.score(images, prompt, [description + answer_text(c) for c in names])
+        # The description is shared by every candidate: only the answer tokens differ.
         logs = [sum(s.logprobs) for s in scored]
         top = max(logs)
         weights = [math.exp(lp - top) for lp in logs]
@@ -92,10 +99,14 @@ class OrganismExpert(BaseChatModel):
         return json.dumps({"probabilities": [round(w / total, 6) for w in weights]})
 
     def _critique(self, images: list[Any], question: str, options: list[str] | None, response: str) -> str:
-        from catts_graph.organism.train import full_prompt
+        from catts_graph.nodes.prepare import base_prompt
 
         (sample,) = self.vlm.sample(
-            images, full_prompt(question, options), 1, temperature=0.0, max_new_tokens=16
+            images,
+            base_prompt(question, options, self.vlm),
+            1,
+            temperature=0.0,
+            max_new_tokens=MAX_NEW_TOKENS,
         )
         mine = extract_answer(sample.text, options)
         theirs = extract_answer(response, options)

@@ -3,14 +3,28 @@
 Plain supervised fine-tuning on CPU, seeded. A model is built random with
 :func:`~catts_graph.models.tiny.build_tiny_qwen25vl` (the same offline tokenizer, processor and chat
 template as every tiny model here), then taught to answer :mod:`catts_graph.eval.synthetic`
-questions with ``\\boxed{X}`` and nothing else, under the graph's own answer prompt
-(``prompts/answer.txt``), so what the graph asks is what the model learned.
+questions: first what the image shows (:func:`~catts_graph.eval.synthetic.describe_scene`, e.g.
+``red circle top left; blue square bottom right.``), then ``\\boxed{X}``. The loss is on the reply
+tokens and the closing ``<|im_end|>`` only.
 
-Why two phases: the answer prompt is about 650 byte-level tokens, of which the question is 40; on two
-CPU cores a forward-backward pass over it costs ~30 times one over the bare question. Phase one
-(``1 - full_prompt_fraction`` of the steps) teaches vision and the question-answer mapping on the
-short form ``question\\noptions``; phase two moves the same model onto the full prompt. The loss is on
-the reply tokens and the closing ``<|im_end|>`` only.
+Why the description: with the bare ``\\boxed{X}`` reply an image teaches one answer token, and
+the models sat on the answer prior for the whole CPU budget (measured: a 1.8M model at the prior's
+loss after 500 steps). The description puts every object's colour, shape and place under the loss
+(dense supervision, as captioning does in VLM pre-training), and it is the "reasoning" the graph's
+modules work on: a noised image makes the description, and so the confidence, uncertain.
+
+Why its own prompt: the graph's general answer prompt (``prompts/answer.txt``) is about 650
+byte-level tokens, of which the question is 40; on two CPU cores a step over it costs ~30 times one
+over the bare question, and a model moved onto it after learning the short form got worse. So the
+organism is trained on ``prompts/answer_short.txt`` (question, then lettered options) and its
+checkpoint says so in ``catts.json`` (``{"answer_prompt": "answer_short"}``), which
+:class:`~catts_graph.models.TransformersVLM` reads: the graph, the evaluation harness and CDRL then
+ask it exactly what it learned, as a chat template travels with a checkpoint. The same file names
+its reflection prompt (:data:`CHECKPOINT_SETTINGS`).
+
+Why a curriculum: the first ``easy_share`` of the steps draw level-1 items only (two to four big
+shapes, one digit); on the mixed task from the start the model sat on the answer prior for
+thousands of steps.
 
 Why a larger init of the vision merger's output layer: with the usual 0.02 init the image tokens
 differ little from image to image next to the text, and the model sits for hundreds of steps on the
@@ -20,10 +34,12 @@ reading, answer loss 1.2 against 1.8 after 600 steps).
 Why white maps to 0: with CLIP's normalisation a white pixel is about +1.9 in every channel, the
 patches of these mostly-white scenes look alike after the vision tower's norms, and a model trained
 from scratch did not even memorise 16 digit images (the loss sat at the answer prior); with
-``image_mean = 1, image_std = 0.5`` (white = 0, black = -2) it does within 200 steps.
+``image_mean = 1, image_std = 0.5`` (white = 0, black = -2) it does within 200 steps. All-zero
+patches then breed denormal floats in the backward pass (50 times slower steps on x86) unless
+``torch.set_flush_denormal(True)``.
 
-The step counts are fixed by the config (``--steps`` scales them), so a seed reproduces a model
-exactly on the same software; ``--minutes`` instead fits the step counts to a wall-clock budget
+The step count is fixed by the config (``--steps-scale`` scales it), so a seed reproduces a model
+exactly on the same software; ``--minutes`` instead fits the step count to a wall-clock budget
 from the speed measured on the first steps.
 """
 
@@ -31,17 +47,24 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-_SHORT_SHARE = 0.7
-"""With ``--minutes``: the share of the budget spent on the short prompt."""
+if TYPE_CHECKING:
+    from catts_graph.eval.synthetic import Question
+
+ANSWER_PROMPT = "answer_short"
+"""The prompt template the organism models are trained on and declare in ``catts.json``."""
+
+CHECKPOINT_SETTINGS = {"answer_prompt": ANSWER_PROMPT, "reflection_prompt": ANSWER_PROMPT}
+"""``catts.json`` of an organism checkpoint. The organisms never learned to read a critique, so
+their self-reflection is answering again, greedily, under their own prompt (re-reading the image):
+the reflection template gets only the question and options it asks for."""
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 """Where the shipped organism models live (inside the package, so they ship in the wheel)."""
@@ -60,12 +83,8 @@ class OrganismConfig:
     vision_hidden_size: int
     vision_depth: int
     vision_num_heads: int
-    short_steps: int
-    """Steps on the short prompt ``question\\noptions``."""
-    full_steps: int
-    """Steps on the graph's full answer prompt, after the short ones."""
+    steps: int
     batch_size: int = 32
-    full_batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -74,24 +93,13 @@ class OrganismConfig:
     """The vision merger's output layer starts ``merger_init_gain`` times its usual init."""
     image_side: int = 112
     """Images are fed at ``image_side`` squared pixels: (112 / 28)^2 = 16 image tokens."""
+    easy_share: float = 0.3
+    """The first ``easy_share`` of the steps draw level-1 items only (a curriculum)."""
 
 
 CONFIGS: dict[str, OrganismConfig] = {
     "base": OrganismConfig(
         name="base",
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=192,
-        vision_hidden_size=64,
-        vision_depth=2,
-        vision_num_heads=4,
-        short_steps=6000,
-        full_steps=300,
-    ),
-    "expert": OrganismConfig(
-        name="expert",
         hidden_size=128,
         num_hidden_layers=4,
         num_attention_heads=4,
@@ -100,8 +108,19 @@ CONFIGS: dict[str, OrganismConfig] = {
         vision_hidden_size=128,
         vision_depth=3,
         vision_num_heads=4,
-        short_steps=4000,
-        full_steps=300,
+        steps=1205,
+    ),
+    "expert": OrganismConfig(
+        name="expert",
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=576,
+        vision_hidden_size=128,
+        vision_depth=3,
+        vision_num_heads=4,
+        steps=1800,
     ),
 }
 
@@ -114,20 +133,22 @@ def organism_path(which: str) -> Path:
 
 
 def answer_text(answer: str) -> str:
-    """The assistant reply the organism is trained to give."""
+    """The final answer as the organism writes it."""
     return f"\\boxed{{{answer}}}"
 
 
-def short_prompt(question: str, options: Sequence[str] | None) -> str:
-    from catts_graph.prompts import format_options
+def reply_text(question: Question) -> str:
+    """The whole reply the organism is trained to give: what it sees, then the boxed answer."""
+    from catts_graph.eval.synthetic import describe_scene
 
-    return f"{question}\n{format_options(options)}"
+    return f"{describe_scene(question.scene)}\n{answer_text(question.answer)}"
 
 
-def full_prompt(question: str, options: Sequence[str] | None) -> str:
+def organism_prompt(question: str, options: Sequence[str] | None) -> str:
+    """The user turn the organism models learned (after the image): ``prompts/answer_short.txt``."""
     from catts_graph.prompts import format_options, render_prompt
 
-    return render_prompt("answer", question=question, options=format_options(options))
+    return render_prompt(ANSWER_PROMPT, question=question, options=format_options(options))
 
 
 class _Batches:
@@ -137,34 +158,32 @@ class _Batches:
         self.processor = processor
         self.config = config
         self.index = 0
-        self.rng = random.Random(f"organism:{config.seed}")
-        side = config.image_side
-        self.side = side
 
-    def next(self, size: int, prompt: Callable[[str, Sequence[str] | None], str]) -> dict[str, Any]:
-        """``size`` training examples under ``prompt``, with labels on the reply only."""
+    def next(self, size: int, *, easy: bool) -> dict[str, Any]:
+        """``size`` training examples (level 1 only when ``easy``), with labels on the reply only."""
         import torch
 
         from catts_graph.eval.synthetic import make_question, render
 
-        texts, images, answers = [], [], []
+        texts, images, replies = [], [], []
         for _ in range(size):
-            question = make_question("train", self.index, seed=self.config.seed)
+            question = make_question("train", self.index, seed=self.config.seed, level=1 if easy else None)
             self.index += 1
             options = list(question.options) if question.options else None
-            text, reply = prompt(question.question, options), answer_text(question.answer) + "<|im_end|>"
-            user = [{"type": "image"}, {"type": "text", "text": text}]
+            reply = reply_text(question) + "<|im_end|>"
+            user = [{"type": "image"}, {"type": "text", "text": organism_prompt(question.question, options)}]
             head = self.processor.apply_chat_template(
                 [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
             )
             texts.append(head + reply)
-            answers.append(reply)
-            images.append(render(question.scene).resize((self.side, self.side), _bicubic()))
+            replies.append(reply)
+            side = self.config.image_side
+            images.append(render(question.scene).resize((side, side), _bicubic()))
         inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
         tokenizer = self.processor.tokenizer
         labels = torch.full_like(inputs["input_ids"], -100)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        for row, (reply, length) in enumerate(zip(answers, lengths, strict=True)):
+        for row, (reply, length) in enumerate(zip(replies, lengths, strict=True)):
             n = len(tokenizer(reply, add_special_tokens=False)["input_ids"])
             labels[row, length - n : length] = inputs["input_ids"][row, length - n : length]
         return {**inputs, "labels": labels}
@@ -196,14 +215,20 @@ def train_organism(
     minutes: float | None = None,
     threads: int = 2,
     device: str = "cpu",
+    validate_every: int = 0,
+    validate_items: int = 50,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train organism model ``which`` from scratch and save it (default: the shipped folder).
 
-    ``steps_scale`` multiplies both phases' step counts; ``minutes`` (when given) instead sets them
-    from the speed of the first 20 steps of each phase so that the run takes about that long.
+    ``validate_every`` > 0 logs the greedy accuracy on the first ``validate_items`` validation items
+    every that many steps (and at the end, into ``organism.json``).
+
+    ``steps_scale`` multiplies the configured step count; ``minutes`` (when given) instead sets it
+    from the speed of the first 20 steps so that the run takes about that long.
     ``device`` may be a GPU (``cuda``): the checkpoint is saved on CPU either way.
-    Returns the checkpoint folder, which also holds ``organism.json`` (config, steps, wall time).
+    Returns the checkpoint folder, which also holds ``organism.json`` (config, steps, wall time,
+    validation accuracy per question kind).
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -214,15 +239,9 @@ def train_organism(
     config = CONFIGS.get(which)
     if config is None:
         raise ValueError(f"which={which!r}: expected one of {sorted(CONFIGS)}")
-    config = replace(
-        config,
-        short_steps=max(1, round(config.short_steps * steps_scale)),
-        full_steps=max(1, round(config.full_steps * steps_scale)),
-    )
+    config = replace(config, steps=max(1, round(config.steps * steps_scale)))
     target = Path(out) if out is not None else organism_path(which)
     torch.set_num_threads(threads)
-    # White pixels normalise to exactly 0, and the all-zero patches then breed denormal floats in
-    # the vision tower's backward pass, which run ~50 times slower on x86 CPUs.
     torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)
     started = time.monotonic()
@@ -256,56 +275,48 @@ def train_organism(
     batches = _Batches(processor, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model.train()
-    phases = [
-        ("short", config.short_steps, config.batch_size, short_prompt),
-        ("full", config.full_steps, config.full_batch_size, full_prompt),
-    ]
-    budget = minutes * 60 if minutes is not None else None
+    steps = config.steps
+    window: list[float] = []
     step = 0
-    done_steps = {}
-    for phase_index, (phase, steps, size, prompt) in enumerate(phases):
-        phase_start = time.monotonic()
-        window: list[float] = []
-        count = 0
-        while count < steps:
-            batch = {key: value.to(device) for key, value in batches.next(size, prompt).items()}
-            total = sum(s for _, s, _, _ in phases)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(step, total, config)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            window.append(loss.item())
-            count += 1
-            step += 1
-            if budget is not None and count == 20:
-                # Fit the phase into the budget from its measured speed: phase one until
-                # `short_share` of the budget, phase two until its end.
-                per_step = (time.monotonic() - phase_start) / 20
-                until = budget * (_SHORT_SHARE if phase_index == 0 else 1.0)
-                steps = max(count, count + int((until - (time.monotonic() - started)) / per_step))
-                phases[phase_index] = (phase, steps, size, prompt)
-                log(f"{which}/{phase}: {per_step:.2f} s/step, {steps} steps in this phase")
-            if count % 50 == 0 or count == steps:
-                elapsed = time.monotonic() - started
-                log(
-                    f"{which}/{phase} step {count}/{steps} loss {sum(window) / len(window):.4f} "
-                    f"lr {optimizer.param_groups[0]['lr']:.2e} {elapsed / 60:.1f} min"
-                )
-                window = []
-        done_steps[phase] = count
+    while step < steps:
+        easy = step < config.easy_share * steps
+        batch = {key: value.to(device) for key, value in batches.next(config.batch_size, easy=easy).items()}
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, config)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(loss.item())
+        step += 1
+        if minutes is not None and step == 20:
+            per_step = (time.monotonic() - started) / 20
+            steps = max(step, int(minutes * 60 / per_step))
+            config = replace(config, steps=steps)
+            log(f"{which}: {per_step:.2f} s/step, {steps} steps in {minutes:g} min")
+        if step % 50 == 0 or step == steps:
+            log(
+                f"{which} step {step}/{steps} loss {sum(window) / len(window):.4f} "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {(time.monotonic() - started) / 60:.1f} min"
+            )
+            window = []
+        if validate_every and step % validate_every == 0:
+            log(f"{which} step {step}: validation accuracy {_validate(model, processor, validate_items)}")
+            model.train()
     wall = time.monotonic() - started
-    model.eval().to("cpu")
+    model.to("cpu")
+    validation = _validate(model, processor, validate_items) if validate_items else {}
+    log(f"{which}: validation accuracy {validation}")
     save_checkpoint(
         model,
         processor,
         target,
         {
             "config": asdict(config),
-            "steps": done_steps,
             "examples": batches.index,
+            "validation_accuracy": validation,
+            "validation_items": validate_items,
             "wall_time_s": round(wall, 1),
             "threads": threads,
             "device": device,
@@ -316,15 +327,31 @@ def train_organism(
     return target
 
 
+def _validate(model: Any, processor: Any, limit: int) -> dict[str, float]:
+    """Greedy accuracy per question kind (and ``all``) on the first ``limit`` validation items."""
+    from catts_graph.models import TransformersVLM
+    from catts_graph.organism.evaluate import evaluate_organism
+
+    vlm = TransformersVLM(model, processor, answer_prompt=ANSWER_PROMPT)  # puts the model in eval mode
+    report = evaluate_organism(vlm, split="validation", limit=limit)
+    return {kind: round(row["accuracy"], 3) for kind, row in report.items()}
+
+
 def save_checkpoint(model: Any, processor: Any, target: Path, manifest: dict[str, Any]) -> None:
-    """Write model (safetensors), processor, tokenizer and chat template, replacing ``target``."""
+    """Write model (bfloat16 safetensors), processor, tokenizer, chat template and ``catts.json``,
+    replacing ``target``."""
+    import torch
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        # bfloat16 on disk halves the shipped size; loading on CPU casts back to float32.
+        model.to(torch.bfloat16).save_pretrained(staging, safe_serialization=True)
+        model.to(torch.float32)
         processor.save_pretrained(staging)
         (staging / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / "catts.json").write_text(json.dumps(CHECKPOINT_SETTINGS, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

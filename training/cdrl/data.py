@@ -183,9 +183,12 @@ def _resolve(reference: str, roots: Sequence[Path], context: str) -> str:
 # -- pairs ----------------------------------------------------------------------------------------
 
 
-def training_prompt(item: Item) -> str:
-    """The graph's answer prompt for ``item`` (``prompts/answer.txt``)."""
-    return render_prompt("answer", question=item.question, options=format_options(item.options))
+def training_prompt(item: Item, answer_prompt: str | None = None) -> str:
+    """The base model's answer prompt for ``item``: ``prompts/<answer_prompt>.txt``, by default the
+    graph's general ``answer`` prompt (a checkpoint may declare its own, see ``TransformersVLM``)."""
+    return render_prompt(
+        answer_prompt or "answer", question=item.question, options=format_options(item.options)
+    )
 
 
 def _item_seed(seed: int, item_id: str) -> int:
@@ -238,10 +241,11 @@ def build_pairs(
     return pairs
 
 
-def to_grpo_dataset(pairs: Sequence[TrainingPair]) -> Any:
+def to_grpo_dataset(pairs: Sequence[TrainingPair], *, answer_prompt: str | None = None) -> Any:
     """A ``datasets.Dataset`` for TRL's GRPO: ``prompt`` (conversational, the answer prompt; TRL puts
     the images before it), ``images`` and ``noised_images`` (lists of PIL images), ``answer``,
-    ``options`` (empty list for an open question), ``answer_type`` and ``id``."""
+    ``options`` (empty list for an open question), ``answer_type`` and ``id``. ``answer_prompt``
+    names the prompt template (default: the graph's ``answer``)."""
     import datasets
 
     if not pairs:
@@ -249,7 +253,7 @@ def to_grpo_dataset(pairs: Sequence[TrainingPair]) -> Any:
     rows = [
         {
             "id": pair.item.id,
-            "prompt": [{"role": "user", "content": training_prompt(pair.item)}],
+            "prompt": [{"role": "user", "content": training_prompt(pair.item, answer_prompt)}],
             "images": [image.convert("RGB") for image in pair.images],
             "noised_images": [image.convert("RGB") for image in pair.noised],
             "answer": pair.item.answer,

@@ -24,6 +24,7 @@ import gc
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from catts_graph.models.transformers_vlm import checkpoint_settings
 from training.cdrl.data import (
     NoiseConfig,
     TrainingPair,
@@ -238,7 +240,10 @@ def build_trainer(
 
     model_path = config.model_path()
     processor = _processor(model_path, config.max_pixels)
-    dataset = to_grpo_dataset(pairs if pairs is not None else prepare_pairs(config))
+    dataset = to_grpo_dataset(
+        pairs if pairs is not None else prepare_pairs(config),
+        answer_prompt=checkpoint_settings(model_path).get("answer_prompt"),
+    )
     rewards_section = config.rewards
     scorer = PolicyScorer(processor, batch_size=int(rewards_section.get("score_batch_size", 4)))
     clip = rewards_section.get("sensitivity_clip", (-1.0, 1.0))
@@ -298,6 +303,10 @@ def export_model(trainer: Any, config: CDRLConfig, output_dir: str | Path) -> Pa
             merge_lora(config.model_path(), out / "adapter", out, dtype=dtype)
     if accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(out))
+        # The prompt the model answers under travels with it (see TransformersVLM).
+        settings = Path(config.model_path()) / "catts.json"
+        if settings.is_file():
+            shutil.copyfile(settings, out / "catts.json")
     accelerator.wait_for_everyone()
     return out
 

@@ -103,6 +103,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     config = _config(args)
     if args.noise is not None and not 0 < args.noise <= 1:
         raise InputError(f"--noise: expected a strength in (0, 1], got {args.noise}")
+    if args.json:  # stdout carries the JSON alone
+        console = Console(stderr=True)
     if args.model is None:
         console.print(
             "[yellow]No --model given: using the base organism, a 1.8M-parameter Qwen2.5-VL trained here "

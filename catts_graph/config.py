@@ -97,7 +97,7 @@ class CATTSConfig:
         },
     )
     fast_path_share: float = field(
-        default=1.0,
+        default=0.7,
         metadata={"description": "Adaptive fast path: the top answer's weighted vote share must reach this."},
     )
     fast_path_confidence: float = field(

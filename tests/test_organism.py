@@ -1,25 +1,25 @@
-"""The organism models shipped in the package: they load, answer above a floor, and serve the demo."""
+"""The organism models shipped in the package: they load, answer above a floor, serve as expert and
+demo, and the reproduction runs every step."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from catts_graph.organism import add_organism_command, organism_model, organism_path
 from catts_graph.organism.evaluate import evaluate_organism
-from catts_graph.organism.train import CONFIGS, train_organism
+from catts_graph.organism.train import CHECKPOINT_SETTINGS, CONFIGS, reply_text, train_organism
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT / "examples" / "images" / "shapes.png"
 
-# The shipped base model (20 CPU minutes) measured 0.23 on the first 250 test items, which is chance:
-# this floor only guards the format and the loading path until a longer-trained model replaces it.
-CLEAN_FLOOR = {"base": 0.15}
+# Floors a little under what the shipped checkpoints measured on these first 100 test items, greedy:
+# base 0.36, expert 0.42 (docs/organism.md has 200 items: 0.38 and 0.43). A retrained or broken
+# checkpoint that falls back to the answer prior (about a quarter overall) fails them.
+CLEAN_FLOOR = {"base": 0.32, "expert": 0.37}
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +27,33 @@ def base_model():
     return organism_model("base")
 
 
-def test_the_base_checkpoint_is_a_small_safetensors_checkpoint() -> None:
-    folder = organism_path("base")
+@pytest.mark.parametrize("which", ["base", "expert"])
+def test_the_checkpoints_are_small_and_declare_their_prompts(which: str) -> None:
+    folder = organism_path(which)
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     assert (folder / "chat_template.jinja").is_file()
-    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 12_000_000
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 25_000_000
+    assert json.loads((folder / "catts.json").read_text()) == CHECKPOINT_SETTINGS
 
 
-def test_base_model_clean_accuracy_stays_above_its_floor(base_model) -> None:
-    report = evaluate_organism(base_model, split="test", limit=100)
-    assert report["all"]["accuracy"] >= CLEAN_FLOOR["base"], report
-    # Every kind answers and is parsed: no kind collapsed to unparseable output.
+@pytest.mark.parametrize("which", ["base", "expert"])
+def test_clean_accuracy_stays_above_its_floor(which: str) -> None:
+    vlm = organism_model(which)
+    report = evaluate_organism(vlm, split="test", limit=100)
+    assert report["all"]["accuracy"] >= CLEAN_FLOOR[which], report
     assert set(report) == {"all", "colour", "count", "compare", "position", "digits"}
+
+
+def test_the_organism_describes_then_answers(base_model) -> None:
+    from catts_graph.eval.synthetic import make_question, render
+    from catts_graph.nodes.prepare import base_prompt
+
+    question = make_question("test", 4, kind="digits", level=1)
+    (sample,) = base_model.sample(
+        [render(question.scene)], base_prompt(question.question, None, base_model), 1, temperature=0.0
+    )
+    assert sample.text.startswith("digit ") and "\n\\boxed{" in sample.text
+    assert reply_text(question).startswith("digit ")
 
 
 def test_organism_expert_votes_and_critiques(base_model) -> None:
@@ -61,47 +76,32 @@ def test_organism_expert_votes_and_critiques(base_model) -> None:
         response=f"\\boxed{{{question.answer}}}",
         step=f"\\boxed{{{question.answer}}}",
     )
-    assert critique.ok and critique.value
+    assert critique.ok and ("Verdict: correct" in critique.value or "Verdict: incorrect" in critique.value)
+    # No Planner: the reply is not JSON, and the role reports it as malformed.
+    from catts_graph.experts import Planner
 
-
-def test_run_command_answers_offline_with_the_organism(tmp_path: Path) -> None:
-    """``catts run --model <organism>``: no key, no network; the organism answers with a count."""
-    env = {"CATTS_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "catts_graph.cli",
-            "run",
-            "--image",
-            str(DEMO_IMAGE),
-            "--question",
-            "How many red circles are there?",
-            "--model",
-            str(organism_path("base")),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
+    plan = Planner(expert, retries=0).plan(
+        question=question.question,
+        options=None,
+        images=[image],
+        summary={"votes": {}},
+        allowed=["self_consistency"],
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout[completed.stdout.index("{") :])
-    assert result["answer"] in {str(n) for n in range(10)}
-    assert [entry["module"] for entry in result["trace"]][:3] == ["prepare", "base_model", "planner"]
+    assert not plan.ok
 
 
 def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path: Path) -> None:
     from catts_graph.models import TransformersVLM
 
-    scale = 2 / CONFIGS["base"].short_steps
-    path = train_organism("base", tmp_path / "m", steps_scale=scale, log=lambda line: None)
+    path = train_organism(
+        "base", tmp_path / "m", steps_scale=2 / CONFIGS["base"].steps, validate_items=2, log=lambda line: None
+    )
     manifest = json.loads((path / "organism.json").read_text())
-    assert manifest["steps"] == {"short": 2, "full": 1}
+    assert manifest["config"]["steps"] == 2 and manifest["examples"] == 2 * CONFIGS["base"].batch_size
+    assert set(manifest["validation_accuracy"]) >= {"all"}
     vlm = TransformersVLM.from_pretrained(path, device="cpu")
     assert vlm.tokenizer.convert_tokens_to_ids("<|image_pad|>") == 262
+    assert vlm.answer_prompt == "answer_short"
 
 
 def test_the_organism_command_parses() -> None:
@@ -111,3 +111,34 @@ def test_the_organism_command_parses() -> None:
     assert (args.which, args.minutes) == ("expert", 5.0)
     args = parser.parse_args(["organism", "eval", "--noise", "0.5", "--limit", "10"])
     assert (args.which, args.noise, args.limit) == ("base", 0.5, 10)
+    args = parser.parse_args(["organism", "reproduce", "--quick", "--out", "x"])
+    assert (args.quick, args.out) == (True, "x")
+
+
+@pytest.mark.slow
+def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> None:
+    from catts_graph.organism.reproduce import EXPERT_METHODS, SCALING_METHODS, Plan, reproduce
+
+    out = tmp_path / "run"
+    lines: list[str] = []
+    results = reproduce(out, Plan.quick(), log=lines.append)
+    assert (out / "cdrl" / "model.safetensors").is_file()
+    assert json.loads((out / "cdrl" / "catts.json").read_text()) == CHECKPOINT_SETTINGS
+    assert results["cdrl"]["steps"] == 1
+    assert {(row["perturb"], row["level"]) for row in results["probe"]["after"]} == {
+        ("gaussian", 0.0),
+        ("gaussian", 1.0),
+    }
+    assert set(results["scaling"]["self"]) == set(SCALING_METHODS)
+    assert set(results["scaling"]["expert"]) == set(EXPERT_METHODS)
+    assert set(results["scaling"]["self"]["majority"]) == {"1", "2"}
+    assert len(results["ablations"]) == 7
+    for name in ("probe_before", "probe_after", "scaling", "accuracy_vs_tokens"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5_000
+    assert (out / "results.md").read_text() == lines[-2]  # the tables are what it printed
+    # A second run resumes from the stores: nothing is recomputed, the tables are the same.
+    again = reproduce(out, Plan.quick(), log=lambda line: None)
+    assert again["scaling"] == results["scaling"] and again["probe"] == results["probe"]
+    # The timings add up over runs; the resumed run added little (nothing was recomputed).
+    assert again["total_seconds"] - results["total_seconds"] < 0.25 * results["total_seconds"]
+    assert again["seconds"]["cdrl"] == pytest.approx(results["seconds"]["cdrl"], abs=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -32,10 +33,10 @@ def probe_row(perturb: str, level: float, drop: float, drop_nmlp: float) -> dict
     }
 
 
-def test_drop_ratios_take_the_strongest_level() -> None:
+def test_drop_ratios_per_perturbation_and_level() -> None:
     before = [
         probe_row("clean", 0.0, 0.0, 0.0),
-        probe_row("gaussian", 0.5, -0.01, -0.02),
+        probe_row("gaussian", 0.5, -0.01, 0.0),
         probe_row("gaussian", 1.0, -0.05, -0.10),
         probe_row("occlusion", 1.0, -0.02, -0.04),
     ]
@@ -45,12 +46,14 @@ def test_drop_ratios_take_the_strongest_level() -> None:
         probe_row("gaussian", 1.0, -0.20, -0.43),
         probe_row("occlusion", 1.0, -0.02, -0.02),
     ]
-    ratios = drop_ratios(before, after)
-    assert set(ratios) == {"gaussian", "occlusion"}
-    assert ratios["gaussian"]["confidence_ratio"] == pytest.approx(4.0)
-    assert ratios["gaussian"]["nmlp_ratio"] == pytest.approx(4.3)
-    assert ratios["occlusion"]["confidence_ratio"] == pytest.approx(1.0)
-    assert ratios["occlusion"]["nmlp_drop_after"] == -0.02
+    ratios = {(r["perturb"], r["level"]): r for r in drop_ratios(before, after)}
+    assert set(ratios) == {("gaussian", 0.5), ("gaussian", 1.0), ("occlusion", 1.0)}
+    assert ratios["gaussian", 1.0]["confidence_ratio"] == pytest.approx(4.0)
+    assert ratios["gaussian", 1.0]["nmlp_ratio"] == pytest.approx(4.3)
+    assert ratios["gaussian", 0.5]["confidence_ratio"] == pytest.approx(3.0)
+    assert math.isnan(ratios["gaussian", 0.5]["nmlp_ratio"])  # no drop before: no ratio
+    assert ratios["occlusion", 1.0]["confidence_ratio"] == pytest.approx(1.0)
+    assert ratios["occlusion", 1.0]["nmlp_drop_after"] == -0.02
 
 
 def test_slopes_are_points_per_doubling() -> None:

@@ -71,7 +71,6 @@ class MemoizedVLM:
         seed: int | None = None,
         top_logprobs: int = 0,
     ) -> list[Sample]:
-        settings = (temperature, top_p, top_k, max_new_tokens, seed, top_logprobs)
         call = {
             "temperature": temperature,
             "top_p": top_p,
@@ -83,7 +82,7 @@ class MemoizedVLM:
         deterministic = temperature == 0 or seed is not None
         if n > self.max_n or not deterministic:
             return self.inner.sample(images, prompt, n, **call)
-        key = ("sample", images_key(images), prompt, n, settings)
+        key = ("sample", images_key(images), prompt, n, tuple(call.values()))
         found = self._lookup(key)
         if found is None:
             found = list(self.inner.sample(images, prompt, n, **call))

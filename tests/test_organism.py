@@ -100,7 +100,8 @@ def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert manifest["config"]["steps"] == 2 and manifest["examples"] == 2 * CONFIGS["base"].batch_size
     assert set(manifest["validation_accuracy"]) >= {"all"}
     vlm = TransformersVLM.from_pretrained(path, device="cpu")
-    assert vlm.tokenizer.convert_tokens_to_ids("<|image_pad|>") == 262
+    assert vlm.tokenizer.convert_tokens_to_ids("<|image_pad|>") == vlm.model.config.image_token_id
+    assert len(vlm.tokenizer("blue circle top left;", add_special_tokens=False)["input_ids"]) == 5
     assert vlm.answer_prompt == "answer_short"
 
 
@@ -142,3 +143,61 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     # The timings add up over runs; the resumed run added little (nothing was recomputed).
     assert again["total_seconds"] - results["total_seconds"] < 0.25 * results["total_seconds"]
     assert again["seconds"]["cdrl"] == pytest.approx(results["seconds"]["cdrl"], abs=1.0)
+
+
+def test_the_trained_reply_is_scored_correct_for_every_kind() -> None:
+    """The reply the organisms learn names the option's text, which the answer extractor maps back
+    to the gold letter; integer answers are boxed as they are."""
+    from catts_graph.answers import extract_answer
+    from catts_graph.eval.synthetic import KINDS, make_question
+    from catts_graph.organism.train import spoken_answer
+
+    for kind in KINDS:
+        for index in range(30):
+            question = make_question("validation", index, kind=kind)
+            options = list(question.options) if question.options else None
+            assert extract_answer(reply_text(question), options) == question.answer
+            if options:
+                assert spoken_answer(question) in options and "\\boxed{" + spoken_answer(question) + "}" in (
+                    reply_text(question)
+                )
+
+
+def test_the_word_tokenizer_costs_a_token_a_word_and_round_trips_any_text(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from catts_graph.eval.synthetic import make_question
+    from catts_graph.models.tiny import build_tiny_qwen25vl
+    from catts_graph.organism.tokenizer import organism_words
+
+    words = organism_words(20)
+    assert words == organism_words(20)  # deterministic
+    assert {"Ġcircle", "Ġtriangle", "boxed", "Ġleft"} <= set(words)
+    path = build_tiny_qwen25vl(tmp_path / "m", words=words)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    byte_level = AutoTokenizer.from_pretrained(build_tiny_qwen25vl(tmp_path / "b"))
+    reply = reply_text(make_question("test", 3, kind="count", level=3))
+    ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == reply
+    assert len(ids) * 2.5 < len(byte_level(reply, add_special_tokens=False)["input_ids"])
+    # Words outside the vocabulary, and any Unicode, fall back to bytes and decode back exactly.
+    for text in ("zebra crossing ünïcödé 漢字 \\boxed{42}", "  two  spaces\n\tand tabs"):
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_training_resumes_bit_for_bit(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    scale = 4 / CONFIGS["base"].steps
+    quiet = {"validate_items": 0, "log": lambda line: None, "threads": 1}
+    straight = train_organism("base", tmp_path / "straight", steps_scale=scale, **quiet)
+    state = tmp_path / "state"
+    stopped = train_organism(
+        "base", tmp_path / "split", steps_scale=scale, state_dir=state, stop_after_minutes=0.0, **quiet
+    )
+    assert stopped is None and (state / "state.pt").is_file()
+    resumed = train_organism("base", tmp_path / "split", steps_scale=scale, state_dir=state, **quiet)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    manifest = json.loads((resumed / "organism.json").read_text())
+    assert manifest["examples"] == 4 * CONFIGS["base"].batch_size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from collections import Counter
@@ -150,3 +152,45 @@ def test_the_description_determines_every_answer_it_could_support() -> None:
         text = describe_scene(question.scene)
         wanted = f"{question.target['colour']} {question.target['shape']} "
         assert text.count(wanted) == int(question.answer)
+
+
+def test_describe_focus_lists_the_asked_objects_numbered() -> None:
+    from catts_graph.eval.synthetic import Question, describe_focus
+
+    scene = Scene(
+        shapes=(
+            Shape("circle", "red", 180, 180, 20),  # bottom right
+            Shape("circle", "red", 30, 30, 20),  # top left
+            Shape("square", "blue", 150, 40, 20),  # top right
+        )
+    )
+
+    def ask(kind: str, target: dict) -> str | None:
+        return describe_focus(Question(kind, 1, "?", None, "0", scene, target))
+
+    assert ask("count", {"colour": "red", "shape": "circle"}) == (
+        "red circles: 1 red circle top left; 2 red circle bottom right."
+    )
+    assert ask("count", {"colour": "green", "shape": "circle"}) == "green circles: none."
+    assert ask("colour", {"shape": "square"}) == "square: 1 blue square top right."
+    assert ask("position", {"colour": "blue", "shape": "square"}) == "blue square: 1 blue square top right."
+    assert ask("compare", {"colours": ["blue", "green"]}) == (
+        "blue shapes: 1 blue square top right. green shapes: none."
+    )
+    assert describe_focus(Question("digits", 1, "?", None, "3", Scene(digits=(Digit(3, 9, 9),)), {})) is None
+
+
+def test_the_focus_line_ends_on_the_answer_for_counts_and_comparisons() -> None:
+    """The last number of a count's focus list is the gold count; a comparison's lists compare as
+    its gold answer says: the step the organism writes before answering is enough to answer."""
+    from catts_graph.eval.synthetic import describe_focus
+
+    for index in range(0, 300, 3):
+        question = make_question("test", index, kind="count")
+        focus = describe_focus(question)
+        numbers = [int(n) for n in re.findall(r"(?:: |; )(\d+) ", focus)]
+        assert numbers == list(range(1, len(numbers) + 1))
+        assert (numbers[-1] if numbers else 0) == int(question.answer), focus
+        question = make_question("test", index, kind="compare")
+        sizes = [len(re.findall(r"(?:: |; )(\d+) ", part)) for part in describe_focus(question).split(". ")]
+        assert ("yes" if sizes[0] > sizes[1] else "no") == question.options["AB".index(question.answer)]

@@ -47,7 +47,9 @@ __all__ = [
     "Scene",
     "Shape",
     "answer_of",
+    "describe_focus",
     "describe_scene",
+    "draw_shapes",
     "image_data_uri",
     "load_synthetic",
     "make_question",
@@ -341,12 +343,56 @@ def describe_scene(scene: Scene) -> str:
     their answer (:mod:`catts_graph.organism.train`)."""
     parts = []
     if scene.shapes:
-        ordered = sorted(scene.shapes, key=lambda s: (POSITIONS.index(s.quadrant), s.x, s.y))
-        parts.append("; ".join(f"{s.colour} {s.shape} {s.quadrant}" for s in ordered))
+        parts.append("; ".join(_entry(s) for s in _reading_order(scene.shapes)))
     if scene.digits:
         values = [str(d.value) for d in sorted(scene.digits, key=lambda d: d.x)]
         parts.append(("digit " if len(values) == 1 else "digits ") + " and ".join(values))
     return "; ".join(parts) + "." if parts else "nothing."
+
+
+def _reading_order(shapes: Sequence[Shape]) -> list[Shape]:
+    return sorted(shapes, key=lambda s: (POSITIONS.index(s.quadrant), s.x, s.y))
+
+
+def _entry(shape: Shape) -> str:
+    return f"{shape.colour} {shape.shape} {shape.quadrant}"
+
+
+def describe_focus(question: Question) -> str | None:
+    """The objects a question is about, numbered in reading order, under a label copied from the
+    question: ``"green triangles: 1 green triangle top left; 2 green triangle bottom left."``;
+    ``"red circles: none."`` when there are none; for a comparison one such list per colour. ``None``
+    for digit questions (their description already holds everything).
+
+    This is the step between seeing and answering that the organisms are taught to write (select
+    the relevant objects from the description, then answer from them): each of its tokens is a copy
+    from the description or the question, or a count one above the last, so the answer is always a
+    short-range step from what precedes it.
+    """
+    target = question.target
+    if question.kind == "digits":
+        return None
+    if question.kind == "compare":
+        lists = [
+            _focus_list(f"{colour} shapes", [s for s in question.scene.shapes if s.colour == colour])
+            for colour in target["colours"]
+        ]
+        return " ".join(lists)
+    if question.kind == "colour":
+        label = target["shape"]
+        wanted = [s for s in question.scene.shapes if s.shape == target["shape"]]
+    else:
+        label = f"{target['colour']} {target['shape']}" + ("s" if question.kind == "count" else "")
+        wanted = [
+            s for s in question.scene.shapes if s.shape == target["shape"] and s.colour == target["colour"]
+        ]
+    return _focus_list(label, wanted)
+
+
+def _focus_list(label: str, shapes: Sequence[Shape]) -> str:
+    if not shapes:
+        return f"{label}: none."
+    return f"{label}: " + "; ".join(f"{i} {_entry(s)}" for i, s in enumerate(_reading_order(shapes), 1)) + "."
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -364,18 +410,23 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for line in scene.lines:
         draw.line(line, fill=(150, 150, 150), width=3)
-    for s in scene.shapes:
-        fill = COLOURS[s.colour]
-        box = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r)
-        if s.shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif s.shape == "square":
-            draw.rectangle(box, fill=fill)
-        else:
-            draw.polygon([(s.x, s.y - s.r), (s.x - s.r, s.y + s.r), (s.x + s.r, s.y + s.r)], fill=fill)
+    draw_shapes(draw, scene.shapes)
     for d in scene.digits:
         draw.text((d.x, d.y), str(d.value), fill="black", font=_font(), anchor="mm")
     return image
+
+
+def draw_shapes(draw: ImageDraw.ImageDraw, shapes: Sequence[Shape], fill: Any = None) -> None:
+    """Draw ``shapes`` filled in their colours, or all in ``fill`` (e.g. 255 for a mask)."""
+    for s in shapes:
+        colour = COLOURS[s.colour] if fill is None else fill
+        box = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r)
+        if s.shape == "circle":
+            draw.ellipse(box, fill=colour)
+        elif s.shape == "square":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([(s.x, s.y - s.r), (s.x - s.r, s.y + s.r), (s.x + s.r, s.y + s.r)], fill=colour)
 
 
 def image_data_uri(image: Image.Image) -> str:

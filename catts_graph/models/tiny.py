@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def build_tiny_qwen25vl(
     vocab_size: int | None = None,
     image_mean: tuple[float, float, float] | None = None,
     image_std: tuple[float, float, float] | None = None,
+    words: Sequence[str] | None = None,
 ) -> Path:
     """Write a random Qwen2.5-VL with tokenizer, processor and chat template to ``path``.
 
@@ -110,7 +112,9 @@ def build_tiny_qwen25vl(
     to get the real cost of a 150k-way softmax. Ids without a token decode to "".
     ``image_mean`` / ``image_std`` replace the processor's per-channel normalisation (default:
     CLIP's, as in the real model); a model trained from scratch on white-background images learns
-    far faster when white maps to 0 (``image_mean=(1, 1, 1)``).
+    far faster when white maps to 0 (``image_mean=(1, 1, 1)``). ``words`` adds whole-word tokens
+    (pieces of the byte-level pre-split, e.g. ``"Ġcircle"``) after the byte symbols: a text made of
+    them costs a token per word, any other text still one per byte (:func:`_byte_level_tokenizer`).
 
     Idempotent: when ``path`` already holds a model built with the same settings, nothing is
     written. Deterministic: the same settings give the same weights and token ids in any process.
@@ -160,6 +164,8 @@ def build_tiny_qwen25vl(
         settings["image_mean"] = [float(v) for v in image_mean]
     if image_std is not None:
         settings["image_std"] = [float(v) for v in image_std]
+    if words is not None:
+        settings["words"] = list(words)
     target = Path(path)
     manifest = target / _MANIFEST
     if manifest.is_file():
@@ -173,7 +179,7 @@ def build_tiny_qwen25vl(
         raise FileExistsError(f"path={str(target)!r} exists and is not a tiny model built here")
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_byte_level_tokenizer(),
+        tokenizer_object=_byte_level_tokenizer(words),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         clean_up_tokenization_spaces=False,
@@ -276,8 +282,14 @@ def build_tiny_qwen25vl(
     return target
 
 
-def _byte_level_tokenizer() -> Any:
-    """Byte-level BPE, no merges: ids 0-255 are the sorted byte alphabet, then the special tokens.
+def _byte_level_tokenizer(words: Sequence[str] | None = None) -> Any:
+    """Byte-level BPE, no merges: ids 0-255 are the sorted byte alphabet, then ``words`` (whole
+    pre-split pieces, in the order given), then the special tokens.
+
+    With ``ignore_merges`` a piece found in the vocabulary is one token and any other piece falls
+    back to its bytes, so every text still encodes and decodes back exactly: a word-level
+    vocabulary with a byte fallback, without the merge tables a word list would need in plain BPE
+    (whose merges of one word's prefixes block another word's).
 
     Imports only ``tokenizers`` (this module imports torch lazily), so it is cheap to call in a
     subprocess, which is how the tests check that the ids do not depend on the process.
@@ -286,7 +298,11 @@ def _byte_level_tokenizer() -> Any:
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: index for index, symbol in enumerate(alphabet)}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    for word in words or ():
+        if not word or word in QWEN_SPECIAL_TOKENS:
+            raise ValueError(f"words: {word!r} is not a usable word token")
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], ignore_merges=bool(words)))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens(list(QWEN_SPECIAL_TOKENS))

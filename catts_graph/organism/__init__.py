@@ -59,6 +59,15 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     train.add_argument(
         "--validate-every", type=int, default=0, help="log validation accuracy every this many steps"
     )
+    train.add_argument(
+        "--state-dir",
+        help="resumable run: save the training state here every --save-every minutes, and continue "
+        "from it when it exists",
+    )
+    train.add_argument("--save-every", type=float, default=10.0, help="minutes between saved states")
+    train.add_argument(
+        "--stop-after", type=float, help="minutes: save the state and stop (resume later with --state-dir)"
+    )
     train.set_defaults(func=_train_command)
 
     evaluate = commands.add_parser("eval", help="accuracy and confidence per question kind")
@@ -78,6 +87,10 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
 def _train_command(args: argparse.Namespace) -> int:
     if args.steps_scale <= 0:
         raise ValueError(f"--steps-scale must be positive, got {args.steps_scale}")
+    if args.minutes is not None and args.state_dir is not None:
+        raise ValueError(
+            "--minutes fits the step count to one invocation's speed: it cannot resume; use --steps-scale"
+        )
     train_organism(
         args.which,
         args.out,
@@ -86,6 +99,9 @@ def _train_command(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         validate_every=args.validate_every,
+        state_dir=args.state_dir,
+        save_every_minutes=args.save_every,
+        stop_after_minutes=args.stop_after,
     )
     return 0
 

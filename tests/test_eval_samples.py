@@ -177,6 +177,7 @@ def test_samples_errors_before_any_work(tmp_path, capsys):
     assert "N=2 needs 2 responses per item" in run("--method", "majority", "--n", "1,2")
     assert "1 for item '1'" in run("--method", "majority", "--n", "2")
     assert "greedy needs the model's temperature-0 response" in run("--method", "greedy", "--n", "1")
+    assert "response 0 of item '0' in" in run("--method", "majority,deepconf_online", "--n", "1")
     assert "expert 'self'" in run("--method", "catts_paper", "--n", "1", "--expert", "self")
     path.write_text("{not json\n")
     assert "r.jsonl:1: not valid JSON" in run("--method", "majority", "--n", "1")

@@ -290,6 +290,15 @@ def _check_recorded(
                 + ", ".join(f"{count} for item {i!r}" for i, count in short[:5])
                 + "; lower --n or record more responses"
             )
+    deepconf = [s.name for s in specs if s.kind in ("deepconf", "deepconf_online")]
+    if deepconf:
+        for item in items:
+            for index, sample in enumerate(replay.responses(item.id)[: max(ns)]):
+                if sample.logprobs and not sample.top_logprobs:
+                    raise ValueError(
+                        f"{', '.join(deepconf)}: DeepConf weighs each response by its top log-probs, but "
+                        f"response {index} of item {item.id!r} in {replay.source} has no 'top_logprobs'"
+                    )
     if replay.inner is None:
         if any(s.kind == "greedy" for s in specs):
             raise ValueError(

@@ -49,6 +49,7 @@ __all__ = [
     "response_ids",
     "stop_token_ids",
     "teacher_forced_logprobs",
+    "token_pieces",
 ]
 
 Continuation = str | TokenLogprobs | Sequence[int]
@@ -320,9 +321,9 @@ class TransformersVLM:
         """The text of ``token_ids`` and one string per token whose concatenation is that text.
 
         Byte-level tokenizers split multi-byte characters across tokens, so decoding token by token
-        yields replacement characters. When that happens, token t's piece is what it adds to the
-        decoded window of the few tokens before it (:func:`token_pieces`): the token that completes a
-        character carries it, the ones before it carry "". O(T): two batched decodes, or four.
+        yields replacement characters. When that happens, token t's piece is the text it makes final
+        in a window of the few tokens around it (:func:`token_pieces`): the token that completes a
+        character carries it, the ones before it carry "". O(T): one batched decode, or two.
         """
         ids = list(token_ids)
         if not ids:
@@ -489,9 +490,6 @@ def token_pieces(
         reached = len(os.path.commonprefix([upto, ahead]))
         pieces.append(ahead[done : max(done, reached)])
     return pieces if "".join(pieces) == text else align_tokens(pieces, text)
-
-
-_REPLACEMENT = "\ufffd"
 
 
 class _Uniforms:

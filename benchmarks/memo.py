@@ -1,9 +1,9 @@
-"""Seconds of a CA-TTS evaluation on the organisms, with and without :class:`MemoizedVLM`.
+"""Seconds of a CA-TTS evaluation on the organisms, with and without a remembering :class:`ReplayVLM`.
 
 The same ``run_eval`` (CA-TTS paper and adaptive policies, the expert organism as Voter and Critic,
 several Ns) on the same synthetic test items, once with the plain organisms and once with each behind
-a ``MemoizedVLM``; both runs use fresh stores, so nothing is resumed. Prints both times, their ratio,
-the cache's hits and misses, and checks that both runs gave the same rows.
+a ``ReplayVLM(model, memo_max_n=1)``; both runs use fresh stores, so nothing is resumed. Prints both
+times, their ratio, the cache's hits and misses, and checks that both runs gave the same rows.
 
 Run: ``python benchmarks/memo.py [--items 6] [--ns 1,2,4,8]``.
 """
@@ -23,7 +23,7 @@ from rich.console import Console
 from catts_graph.config import CATTSConfig
 from catts_graph.eval.runner import run_eval
 from catts_graph.eval.synthetic import load_synthetic
-from catts_graph.models.memo import MemoizedVLM
+from catts_graph.models.replay import ReplayVLM
 from catts_graph.organism import organism_model
 from catts_graph.organism.expert import OrganismExpert
 
@@ -62,11 +62,11 @@ def main() -> None:
     base, expert = organism_model("base"), organism_model("expert")
     with tempfile.TemporaryDirectory() as scratch:
         plain_s, plain_rows = timed_run(base, expert, items, ns, Path(scratch) / "plain")
-        memo_base, memo_expert = MemoizedVLM(base), MemoizedVLM(expert)
+        memo_base, memo_expert = ReplayVLM(base, memo_max_n=1), ReplayVLM(expert, memo_max_n=1)
         memo_s, memo_rows = timed_run(memo_base, memo_expert, items, ns, Path(scratch) / "memo")
     print(f"{len(items)} items, Ns {ns}, CA-TTS paper + adaptive with the expert organism")
     print(f"plain organisms:    {plain_s:7.1f} s")
-    print(f"behind MemoizedVLM: {memo_s:7.1f} s   ratio {plain_s / memo_s:.2f}x faster")
+    print(f"behind ReplayVLM:   {memo_s:7.1f} s   ratio {plain_s / memo_s:.2f}x faster")
     for name, memo in (("base", memo_base), ("expert", memo_expert)):
         print(f"  {name}: {memo.hits} calls answered from memory, {memo.misses} computed")
     print(f"same rows in both runs: {plain_rows == memo_rows}")

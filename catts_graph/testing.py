@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
-from catts_graph.models.base import Sample, TokenLogprobs
+from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, check_n
 
 _TOKEN = re.compile(r"\s+|\S+")
 
@@ -85,25 +86,21 @@ class ScriptedVLM:
         images: Sequence[Image.Image],
         prompt: str,
         n: int,
-        *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        max_new_tokens: int = 512,
-        seed: int | None = None,
-        top_logprobs: int = 0,
+        params: SamplingParams | None = None,
+        **settings: Any,
     ) -> list[Sample]:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        params = SamplingParams.of(params, **settings)
+        n = check_n(n)
         with self._lock:
             index = len(self.calls)
             self.calls.append(("sample", prompt, n))
         if self.latency:
             time.sleep(self.latency)
-        replies = list(self.script(ScriptCall(index, list(images), prompt, n, temperature, seed)))
+        call = ScriptCall(index, list(images), prompt, n, params.temperature, params.seed)
+        replies = list(self.script(call))
         if len(replies) != n:
             raise ValueError(f"script returned {len(replies)} replies for n={n}")
-        return [self._sample(reply, top_logprobs) for reply in replies]
+        return [self._sample(reply, params.top_logprobs) for reply in replies]
 
     def _sample(self, reply: Reply | str, top_logprobs: int) -> Sample:
         reply = Reply(reply) if isinstance(reply, str) else reply

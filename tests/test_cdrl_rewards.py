@@ -161,3 +161,57 @@ def test_policy_scorer_matches_transformers_vlm_score(tiny_vlm: Any, tiny_image:
 def test_unbound_scorer_says_so(tiny_vlm: Any) -> None:
     with pytest.raises(RuntimeError, match="bind"):
         PolicyScorer(tiny_vlm.processor).nmlp([[]], [[1]], [[None]])
+
+
+def test_policy_scorer_prefills_a_shared_prompt_once_and_keeps_processes_in_step(
+    tiny_vlm: Any, tiny_image: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRPO's completions of one prompt share one prefix; every call is two forward passes, and a
+    process with fewer calls than the others repeats its last one (ZeRO-3 needs the same calls)."""
+    from PIL import Image
+
+    from training.cdrl import rewards
+
+    samples = tiny_vlm.sample([tiny_image], "what colour?", 3, max_new_tokens=5, seed=3)
+    prompt = [{"role": "user", "content": "what colour?"}]
+    other = Image.new("RGB", (56, 56), (10, 200, 10))
+    # Rows 0-2: one prompt, the same pixels (distinct image objects, as TRL's repeated rows are).
+    images = [[tiny_image], [tiny_image.copy()], [tiny_image.copy()], [other]]
+    ids = [s.token_ids for s in samples] + [samples[0].token_ids]
+    passes: list[int] = []
+    hook = tiny_vlm.model.register_forward_hook(lambda *args: passes.append(1))
+    try:
+        scorer = PolicyScorer(tiny_vlm.processor, batch_size=2).bind(tiny_vlm.model)
+        got = scorer.token_logprobs([prompt] * 4, ids, images)
+        assert len(passes) == 2 * 3, "three calls: rows [0, 1], [2] and [3]"
+        expected = tiny_vlm.score([tiny_image], "what colour?", samples)
+        for row in range(3):
+            assert got[row] == pytest.approx(expected[row].logprobs, abs=1e-4)
+        assert got[3] == pytest.approx(
+            tiny_vlm.score([other], "what colour?", [samples[0]])[0].logprobs, abs=1e-4
+        )
+        passes.clear()
+        monkeypatch.setattr(rewards, "_agreed_count", lambda count, device: count + 2)
+        assert scorer.token_logprobs([prompt] * 4, ids, images) == got
+        assert len(passes) == 2 * 5
+    finally:
+        hook.remove()
+    assert tiny_vlm.model.training is False
+
+
+def _agree(rank: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from training.cdrl.rewards import _agreed_count
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        with open(f"{folder}/{rank}", "w") as out:
+            out.write(str(_agreed_count(3 + 4 * rank, torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_agree_on_the_largest_call_count(tmp_path: Any) -> None:
+    torch.multiprocessing.spawn(_agree, args=(str(tmp_path),), nprocs=2)
+    assert [(tmp_path / str(rank)).read_text() for rank in (0, 1)] == ["7", "7"]

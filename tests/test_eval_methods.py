@@ -10,10 +10,11 @@ import pytest
 
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.eval import methods as M
-from catts_graph.models.base import Sample
+from catts_graph.models.base import Sample, SamplingParams
+from catts_graph.models.replay import ReplayVLM
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
 
-SETTINGS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 64, "seed": 5, "top_logprobs": 20}
+PARAMS = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64, seed=5, top_logprobs=20)
 
 
 def record(
@@ -46,7 +47,7 @@ def record(
 
 
 def pool_of(records: list[dict[str, Any]], greedy: dict[str, Any] | None = None) -> M.SamplePool:
-    return M.SamplePool(prompt="p", settings=SETTINGS, records=records, greedy=greedy)
+    return M.SamplePool(prompt="p", params=PARAMS, records=records, greedy=greedy)
 
 
 def dc(**values: float) -> dict[str, float]:
@@ -220,36 +221,50 @@ def test_draw_pool_draws_once_at_the_largest_n_and_the_greedy_separately(item_in
     assert [r["answer"] for r in pool.records] == list("ABAC")
     assert [r["index"] for r in pool.records] == [0, 1, 2, 3]
     assert pool.greedy["source"] == "greedy" and pool.greedy["answer"] == "A"
-    assert pool.settings == {**SETTINGS, "seed": 11}
+    assert pool.params == PARAMS.replace(seed=11)
     assert all(r["deepconf"] and r["deepconf_lows"] for r in pool.all_records())
     assert pool.tokens == sum(r["n_tokens"] for r in pool.all_records())
     # Read back from the store: the offline methods work, the graph ones need the raw samples.
     stored = M.SamplePool.from_records(
-        json.loads(json.dumps(pool.all_records())), prompt=pool.prompt, settings=pool.settings
+        json.loads(json.dumps(pool.all_records())), prompt=pool.prompt, params=pool.params
     )
     assert M.majority(stored, 4).answer == M.majority(pool, 4).answer == "A"
-    with pytest.raises(ValueError, match="raw samples"), M.PooledVLM(vlm).serving(stored):
-        pass
+    with pytest.raises(ValueError, match="raw samples"):
+        M.CATTSGraphs(vlm, None, config).run(stored, 4, item_input, policy="paper")
 
 
-def test_pooled_vlm_serves_answer_prompts_from_the_pool_and_passes_the_rest(item_input):
+def test_draw_pool_takes_recorded_responses_instead_of_drawing(item_input):
+    vlm = prefix_model("ABCD")
+    config = CATTSConfig(max_new_tokens=64)
+    drawn = M.draw_pool(vlm, item_input, n=4, config=config, seed=0, greedy=False)
+    recorded = M.draw_pool(vlm, item_input, n=3, config=config, seed=0, greedy=False, recorded=drawn.raw)
+    assert len(vlm.calls) == 1, "recorded responses are not drawn again"
+    assert recorded.raw == drawn.raw[:3] and recorded.seconds == 0.0
+    assert [r["answer"] for r in recorded.records] == ["A", "B", "C"]
+    with pytest.raises(ValueError, match="N=5 needs 5 responses but 4 are recorded"):
+        M.draw_pool(vlm, item_input, n=5, config=config, seed=0, greedy=False, recorded=drawn.raw)
+
+
+def test_replay_serves_answer_prompts_from_the_pool_and_passes_the_rest(item_input):
     vlm = prefix_model("ABCD", reflection=boxed("D", 0.1))
     pool = M.draw_pool(vlm, item_input, n=4, config=CATTSConfig(max_new_tokens=64), seed=0, greedy=False)
-    pooled = M.PooledVLM(vlm)
-    with pooled.serving(pool) as served:
-        first = pooled.sample([], pool.prompt, 2, temperature=1.0, max_new_tokens=64, seed=0)
-        second = pooled.sample([], pool.prompt, 1, temperature=1.0, max_new_tokens=64, seed=1)
+    replay = ReplayVLM(vlm)
+    with replay.serving(pool.raw, prompt=pool.prompt, params=pool.params) as served:
+        first = replay.sample([], pool.prompt, 2, temperature=1.0, max_new_tokens=64, seed=0)
+        second = replay.sample([], pool.prompt, 1, PARAMS.replace(seed=1, top_logprobs=0))
         assert [s.text for s in first + second] == [r["text"] for r in pool.records[:3]]
         assert served == [0, 1, 2]
         assert len(vlm.calls) == 1  # only the pool's own draw reached the model
-        pooled.sample([], "<critique> again", 1, temperature=0.0)
+        replay.sample([], "<critique> again", 1, temperature=0.0)
         assert len(vlm.calls) == 2
-        with pytest.raises(ValueError, match="does not match the pool"):
-            pooled.sample([], pool.prompt, 1, temperature=0.7, max_new_tokens=64)
-        with pytest.raises(ValueError, match="the pool has 4"):
-            pooled.sample([], pool.prompt, 2, temperature=1.0, max_new_tokens=64)
+        with pytest.raises(ValueError, match="were drawn with"):
+            replay.sample([], pool.prompt, 1, temperature=0.7, max_new_tokens=64)
+        with pytest.raises(ValueError, match="were drawn with"):
+            replay.sample([], pool.prompt, 1, max_new_tokens=64, top_logprobs=21)
+        with pytest.raises(ValueError, match="only 4 are served"):
+            replay.sample([], pool.prompt, 2, temperature=1.0, max_new_tokens=64)
     # Outside serving() every call is the model's.
-    pooled.sample([], pool.prompt, 1, temperature=1.0, max_new_tokens=64)
+    replay.sample([], pool.prompt, 1, temperature=1.0, max_new_tokens=64)
     assert len(vlm.calls) == 3
 
 

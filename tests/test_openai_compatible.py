@@ -24,8 +24,8 @@ from catts_graph.models.loopback_server import LoopbackServer, serve
 from catts_graph.models.openai_compatible import (
     OpenAICompatibleVLM,
     ServerError,
-    _parse_choice,
     align_tokens,
+    sample_from_choice,
 )
 from catts_graph.models.transformers_vlm import TransformersVLM
 from tests.conftest_models import *  # noqa: F403  (tiny_vlm, tiny_image, tiny_model_dir)
@@ -350,14 +350,14 @@ def test_parses_a_vllm_choice() -> None:
         "finish_reason": "stop",
         "stop_reason": None,
     }
-    sample = _parse_choice(choice, top_logprobs=2, url="u", extra={})
+    sample = sample_from_choice(choice, top_logprobs=2)
     assert sample.token_ids == [65, 195, 169]
     assert sample.tokens == ["A", "", "é"] and sample.logprobs == [-0.1, -3.0, -0.2]
     assert sample.top_logprobs == [[-0.1, -2.0], [-0.5, -3.0], [-0.2, -1.9]]
     with_ids = {**choice, "token_ids": [65, 195, 169, 258]}
-    assert _parse_choice(with_ids, top_logprobs=0, url="u", extra={}).token_ids == [65, 195, 169]
+    assert sample_from_choice(with_ids).token_ids == [65, 195, 169]
     by_string = {**choice, "stop_reason": "."}  # a stop string is not a listed token
-    assert len(_parse_choice(by_string, top_logprobs=0, url="u", extra={}).token_ids) == 4
+    assert len(sample_from_choice(by_string).token_ids) == 4
 
 
 def test_align_tokens() -> None:

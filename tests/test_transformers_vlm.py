@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from catts_graph.models.base import BaseVLM, Sample
+from catts_graph.models.base import BaseVLM, Sample, SamplingParams
 from catts_graph.models.transformers_vlm import TransformersVLM
 from tests.conftest_models import *  # noqa: F403  (fixtures, until tests/conftest.py imports them)
 
@@ -146,6 +148,60 @@ def test_tokens_concatenate_to_text_across_multibyte_characters(tiny_vlm: Transf
     assert "".join(tokens) == decoded and decoded.startswith("é")
 
 
+def by_prefixes(vlm: TransformersVLM, ids: list[int]) -> list[str]:
+    """The O(T^2) reference: each token gets what it adds to the longest common prefix of the decoded
+    prefixes and the whole text."""
+    text = vlm._decode_batch([ids])[0]
+    pieces, done = [], 0
+    for t in range(len(ids)):
+        prefix = vlm._decode_batch([ids[: t + 1]])[0] if t < len(ids) - 1 else text
+        reached = max(done, len(os.path.commonprefix([prefix, text])))
+        pieces.append(text[done:reached])
+        done = reached
+    return pieces
+
+
+def test_detokenize_gives_what_decoding_every_prefix_gives(tiny_vlm: TransformersVLM) -> None:
+    """Random byte tokens (invalid sequences, cut characters) and real multi-byte text alike."""
+    rng = random.Random(0)
+    vocab = len(tiny_vlm.tokenizer)
+    for trial in range(300):
+        if trial % 2:
+            ids = [rng.randrange(vocab) for _ in range(rng.randint(1, 24))]
+        else:
+            text = "".join(rng.choice("aé猫😀 €") for _ in range(rng.randint(1, 10)))
+            ids = tiny_vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        text, tokens = tiny_vlm.detokenize(ids)
+        assert tokens == by_prefixes(tiny_vlm, ids), ids
+        assert "".join(tokens) == text
+
+
+def test_one_device_to_host_read_per_decode_step(
+    tiny_vlm: TransformersVLM, tiny_image: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything Python needs from a decode step leaves the device in one read (a GPU sync)."""
+    monkeypatch.setattr(tiny_vlm, "stop_token_ids", {10**9})  # never stop: every step is decoded
+    reads = [0]
+    for name in ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            reads[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def per_step(**settings: Any) -> float:
+        counts = []
+        for steps in (1, 17):
+            reads[0] = 0
+            tiny_vlm.sample([tiny_image], PROMPT, 3, max_new_tokens=steps, seed=0, **settings)
+            counts.append(reads[0])
+        return (counts[1] - counts[0]) / 16
+
+    assert per_step() == per_step(top_logprobs=4) == per_step(temperature=0) == 1.0
+
+
 def test_seed_reproduces_and_different_seeds_differ(
     tiny_vlm: TransformersVLM, tiny_image: Image.Image
 ) -> None:
@@ -231,6 +287,8 @@ def test_text_only_and_several_images(tiny_vlm: TransformersVLM, tiny_image: Ima
         ({"top_logprobs": -1}, "top_logprobs="),
         ({"top_logprobs": 10**6}, "top_logprobs="),
         ({"seed": -3}, "seed="),
+        ({"top_k": True}, "top_k="),
+        ({"temperature": "0.5"}, "temperature="),
     ],
 )
 def test_bad_sampling_arguments_are_named(
@@ -240,6 +298,21 @@ def test_bad_sampling_arguments_are_named(
     n = args.pop("n")
     with pytest.raises(ValueError, match=name):
         tiny_vlm.sample([tiny_image], PROMPT, n, **args)
+
+
+def test_sampling_params_are_one_description_given_either_way(
+    tiny_vlm: TransformersVLM, tiny_image: Image.Image
+) -> None:
+    params = SamplingParams(temperature=0.8, max_new_tokens=6, seed=2, top_logprobs=3)
+    by_keyword = tiny_vlm.sample([tiny_image], PROMPT, 2, **params.as_kwargs())
+    assert tiny_vlm.sample([tiny_image], PROMPT, 2, params) == by_keyword
+    # Keywords override the given params.
+    assert tiny_vlm.sample([tiny_image], PROMPT, 2, params.replace(seed=5), seed=2) == by_keyword
+    assert SamplingParams.of(params, temperature=0).greedy and not params.greedy
+    with pytest.raises(TypeError, match=r"unknown sampling setting\(s\) \['temprature'\]; valid: \['max_new"):
+        tiny_vlm.sample([tiny_image], PROMPT, 1, temprature=0.5)
+    with pytest.raises(TypeError, match="params: got dict"):
+        SamplingParams.of({"seed": 1})  # type: ignore[arg-type]
 
 
 def test_bad_inputs_are_named(tiny_vlm: TransformersVLM, tiny_image: Image.Image) -> None:

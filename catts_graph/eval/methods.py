@@ -4,7 +4,8 @@ An item's responses are drawn *once*, at the largest N of the run (:func:`draw_p
 call of the base model for the answer prompt, plus one temperature-0 response when ``greedy`` is
 evaluated. A method at budget N uses the pool's first N samples; the backend draws sample i from its
 own generator seeded from (seed, i), so these are exactly the samples a run with N alone would draw,
-and a whole scaling curve costs one draw.
+and a whole scaling curve costs one draw. Responses generated elsewhere
+(:meth:`~catts_graph.models.ReplayVLM.from_jsonl`) make the pool instead of a draw.
 
 Methods (the names are the ``method`` column of the results table; :func:`parse_method`):
 
@@ -17,10 +18,12 @@ Methods (the names are the ``method`` column of the results table; :func:`parse_
 - ``deepconf_online``: DeepConf online (:func:`deepconf_online`), simulated exactly from the pool.
 - ``catts_adaptive`` / ``catts_paper`` / ``catts_expert``: the real CA-TTS graph
   (:func:`catts_graph.build_graph`, compiled once per evaluation: :class:`CATTSGraphs`) on a
-  :class:`PooledVLM`, which answers the graph's answer-prompt sampling calls from the pool and passes
-  every other call (reflection, visual self-check, the base model as its own expert) to the real
-  model. ``paper`` runs a fixed N; ``adaptive`` and ``expert`` get N as their sample *budget*
-  (first wave ``min(config.n_samples, N)``, later waves served from the pool's next samples).
+  :class:`~catts_graph.models.ReplayVLM`, which answers the graph's answer-prompt sampling calls from
+  the pool and passes every other call (reflection, visual self-check, the base model as its own
+  expert) to the real model. Without a real model (recorded responses alone) self-reflection and the
+  visual self-check are off, and each run's trace says so. ``paper`` runs a fixed N; ``adaptive``
+  and ``expert`` get N as their sample *budget* (first wave ``min(config.n_samples, N)``, later
+  waves served from the pool's next samples).
 - Ablations of the paper policy, each run, never extrapolated: ``catts_paper-no_self_consistency``,
   ``-no_self_reflection``, ``-no_visual_self_check`` (the paper plan without that module) and
   ``-no_voter_boost``, ``-no_reflection_boost``, ``-no_self_check_boost`` (tau1, tau2, tau3 = 0).
@@ -28,8 +31,8 @@ Methods (the names are the ``method`` column of the results table; :func:`parse_
 Costs reported per method: ``tokens`` are base-model generated tokens (a pooled sample counts once
 for each N that uses it, as if that run had drawn it); ``seconds`` is the method's own wall time plus
 the pool's drawing time charged per token used (a batched draw has no per-sample time; its seconds
-are shared in proportion to the tokens each sample generated); ``expert_calls`` counts expert
-attempts.
+are shared in proportion to the tokens each sample generated; recorded responses cost 0 s here, their
+generation happened elsewhere); ``expert_calls`` counts expert attempts.
 """
 
 from __future__ import annotations
@@ -37,22 +40,20 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from catts_graph import confidence as conf
 from catts_graph import scoring
 from catts_graph.config import MODULES, CATTSConfig
 from catts_graph.experts import resolve_experts
 from catts_graph.graph import build_graph
-from catts_graph.models.base import BaseVLM, Sample, TokenLogprobs
-from catts_graph.nodes.common import load_images
+from catts_graph.models.base import BaseVLM, Sample, SamplingParams
+from catts_graph.models.replay import ReplayVLM
+from catts_graph.nodes.common import load_images, trace_entry
 from catts_graph.nodes.prepare import base_prompt, check_options, check_question, image_references
 from catts_graph.samples import DEEPCONF_K, describe_sample
 from catts_graph.voting import pick_answer
@@ -65,7 +66,6 @@ __all__ = [
     "POLICIES",
     "MethodResult",
     "MethodSpec",
-    "PooledVLM",
     "SamplePool",
     "deepconf_offline",
     "deepconf_online",
@@ -151,12 +151,13 @@ class SamplePool:
     ``records`` are :func:`~catts_graph.samples.describe_sample` records in sampling order, each with
     two more keys: ``seconds`` (its share of the drawing time) and ``deepconf_lows`` (see
     :func:`online_stop`). ``raw`` holds the backend's :class:`Sample` objects, in memory only: the
-    CA-TTS methods replay them through :class:`PooledVLM`; a pool read back from the store has none.
+    CA-TTS methods replay them through :class:`~catts_graph.models.ReplayVLM`; a pool read back from
+    the store has none.
     """
 
     prompt: str
-    settings: dict[str, Any]
-    """Sampling settings of the pool: temperature, top_p, top_k, max_new_tokens, seed, top_logprobs."""
+    params: SamplingParams
+    """How the pool's samples were drawn (for recorded responses: what the graph will ask)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     greedy: dict[str, Any] | None = None
     raw: list[Sample] | None = None
@@ -185,13 +186,13 @@ class SamplePool:
         records: Sequence[Mapping[str, Any]],
         *,
         prompt: str = "",
-        settings: Mapping[str, Any] | None = None,
+        params: SamplingParams | None = None,
     ) -> SamplePool:
         """A pool read back from the store (``ResultStore.get_pool``): no raw samples, so the offline
         methods only (re-analyses need no model)."""
         sampled = [dict(r) for r in records if r.get("source") == "sample"]
         greedy = next((dict(r) for r in records if r.get("source") == "greedy"), None)
-        return cls(prompt=prompt, settings=dict(settings or {}), records=sampled, greedy=greedy)
+        return cls(prompt=prompt, params=params or SamplingParams(), records=sampled, greedy=greedy)
 
 
 def online_lows(sample: Sample, window: int) -> list[list[float]]:
@@ -222,28 +223,36 @@ def draw_pool(
     config: CATTSConfig,
     seed: int,
     greedy: bool,
+    recorded: Sequence[Sample] | None = None,
 ) -> SamplePool:
     """Draw an item's pool: ``n`` samples in one call (0 for none), and the greedy response if asked.
 
     Top-k log-probs (k = 20) are kept so that every DeepConf confidence can be computed.
+    ``recorded``: the item's responses generated elsewhere; the pool is their first ``n`` instead
+    of a draw (the greedy response, when asked, still comes from ``base_model``).
     """
     question = check_question(graph_input.get("question"))
     options = check_options(graph_input.get("options"))
     prompt = base_prompt(question, options, base_model)
     images = load_images(image_references(graph_input), config)  # type: ignore[arg-type]
-    settings = {
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "top_k": config.top_k,
-        "max_new_tokens": config.max_new_tokens,
-        "seed": seed,
-        "top_logprobs": DEEPCONF_K,
-    }
-    pool = SamplePool(prompt=prompt, settings=settings, raw=[])
+    params = SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+        top_logprobs=DEEPCONF_K,
+    )
+    pool = SamplePool(prompt=prompt, params=params, raw=[])
     if n:
         start = time.perf_counter()
-        raw = base_model.sample(images, prompt, n, **settings)
-        seconds = time.perf_counter() - start
+        if recorded is not None:
+            if len(recorded) < n:
+                raise ValueError(f"N={n} needs {n} responses but {len(recorded)} are recorded")
+            raw, seconds = list(recorded[:n]), 0.0
+        else:
+            raw = base_model.sample(images, prompt, n, **params.as_kwargs())
+            seconds = time.perf_counter() - start
         if len(raw) != n:
             raise RuntimeError(f"base model returned {len(raw)} samples, {n} were asked for")
         total = sum(len(s.logprobs) for s in raw)
@@ -257,7 +266,7 @@ def draw_pool(
             pool.records.append(record)
     if greedy:
         start = time.perf_counter()
-        (raw_greedy,) = base_model.sample(images, prompt, 1, **{**settings, "temperature": 0.0})
+        (raw_greedy,) = base_model.sample(images, prompt, 1, **params.replace(temperature=0.0).as_kwargs())
         record = describe_sample(
             raw_greedy,
             options=options,
@@ -441,95 +450,6 @@ def deepconf_online(
 # -- CA-TTS ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Serving:
-    pool: SamplePool
-    served: list[int] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class PooledVLM:
-    """A base model that answers the graph's answer-prompt sampling calls from a pool.
-
-    Inside ``with pooled.serving(pool):``, calls with the pool's prompt and sampling settings get the
-    pool's raw samples in order: the first wave the first N, a later wave (adaptive policy) the next
-    ones, as fresh draws would be. Every other call (reflection, visual self-check scoring, the base
-    model as its own expert), and every call outside ``serving``, goes to ``inner``. The pool being
-    served is a context variable, which LangGraph carries into its worker threads, so one instance
-    (and one compiled graph) serves many items at once, each run seeing only its own pool.
-    """
-
-    def __init__(self, inner: BaseVLM) -> None:
-        self.inner = inner
-        self.answer_prompt = getattr(inner, "answer_prompt", None)
-        self.reflection_prompt = getattr(inner, "reflection_prompt", None)
-        self._serving: ContextVar[_Serving | None] = ContextVar(f"catts_pool_{id(self)}", default=None)
-
-    @contextmanager
-    def serving(self, pool: SamplePool) -> Iterator[list[int]]:
-        """Serve ``pool`` to the calls made in this context; yields the served pool indices."""
-        if pool.raw is None or len(pool.raw) != len(pool.records):
-            raise ValueError(
-                "PooledVLM needs the pool's raw samples (draw_pool keeps them in memory; a pool read "
-                "back from the store has none)"
-            )
-        state = _Serving(pool)
-        token = self._serving.set(state)
-        try:
-            yield state.served
-        finally:
-            self._serving.reset(token)
-
-    def sample(
-        self,
-        images: Sequence[Image.Image],
-        prompt: str,
-        n: int,
-        *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        max_new_tokens: int = 512,
-        seed: int | None = None,
-        top_logprobs: int = 0,
-    ) -> list[Sample]:
-        state = self._serving.get()
-        if state is None or prompt != state.pool.prompt or temperature == 0:
-            return self.inner.sample(
-                images,
-                prompt,
-                n,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                max_new_tokens=max_new_tokens,
-                seed=seed,
-                top_logprobs=top_logprobs,
-            )
-        settings = state.pool.settings
-        asked = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens}
-        if asked != {key: settings[key] for key in asked} or top_logprobs > settings["top_logprobs"]:
-            raise ValueError(
-                f"answer-prompt call with settings {asked} (top_logprobs {top_logprobs}) does not match "
-                f"the pool's {settings}"
-            )
-        raw = state.pool.raw or []
-        with state.lock:
-            start = len(state.served)
-            if start + n > len(raw):
-                raise ValueError(
-                    f"the graph asked for samples {start}..{start + n - 1}, the pool has {len(raw)}: "
-                    "draw the pool at the largest budget"
-                )
-            state.served.extend(range(start, start + n))
-        return list(raw[start : start + n])
-
-    def score(
-        self, images: Sequence[Image.Image], prompt: str, continuations: Sequence[Any]
-    ) -> list[TokenLogprobs]:
-        return self.inner.score(images, prompt, continuations)
-
-
 def _catts_config(base: CATTSConfig, policy: str, n: int, seed: int) -> CATTSConfig:
     """The graph's config at budget N: paper draws exactly N; adaptive and expert get N as budget."""
     first = n if policy == "paper" else min(base.n_samples, n)
@@ -553,21 +473,27 @@ def _modules(trace: Sequence[Mapping[str, Any]]) -> list[str]:
 _GRAPH_MODULES = ("self_consistency", "voter", "critic", "self_reflection", "visual_self_check")
 
 
+NEEDS_THE_MODEL = ("self_reflection", "visual_self_check")
+"""The modules that need the base model itself: a greedy re-answer, and teacher-forced scoring."""
+
+
 class CATTSGraphs:
     """The CA-TTS graphs of one evaluation, compiled once and shared by every item and thread.
 
-    The graphs are built on a :class:`PooledVLM` around ``base_model``; each run gets its config
-    (policy, N, taus, the item's seed) as the invocation's ``context`` and its pool through
-    :meth:`PooledVLM.serving`. Ablations are configs too: a module off is the paper policy with
-    ``disabled_modules``, a boost off is its tau at 0.
+    The graphs are built on a :class:`~catts_graph.models.ReplayVLM` around ``base_model`` (or on
+    ``base_model`` itself when it is one); each run gets its config (policy, N, taus, the item's
+    seed) as the invocation's ``context`` and its pool through :meth:`ReplayVLM.serving`. Ablations
+    are configs too: a module off is the paper policy with ``disabled_modules``, a boost off is its
+    tau at 0. A replay with no model behind it (recorded responses alone) runs every method with
+    :data:`NEEDS_THE_MODEL` off, and each run's trace opens with an entry that says why.
     """
 
     def __init__(self, base_model: BaseVLM, expert: Any, config: CATTSConfig) -> None:
         self.base_model = base_model
         self.expert = expert
         self.config = config
-        self.pooled = PooledVLM(base_model)
-        self.roles: dict[str, Any] = dict(resolve_experts(expert, self.pooled))
+        self.replay = base_model if isinstance(base_model, ReplayVLM) else ReplayVLM(base_model)
+        self.roles: dict[str, Any] = dict(resolve_experts(expert, self.replay))
         self._compiled: Any = None
         self._lock = threading.Lock()
 
@@ -576,7 +502,7 @@ class CATTSGraphs:
         with self._lock:
             if self._compiled is None:
                 self._compiled = build_graph(
-                    self.pooled, expert=self.roles, config=self.config.replace(policy="adaptive")
+                    self.replay, expert=self.roles, config=self.config.replace(policy="adaptive")
                 )
             return self._compiled
 
@@ -597,7 +523,13 @@ class CATTSGraphs:
         """
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        cfg = _catts_config(self.config, policy, n, pool.settings["seed"])
+        if pool.raw is None or len(pool.raw) != len(pool.records):
+            raise ValueError(
+                "CA-TTS needs the pool's raw samples (draw_pool keeps them in memory; a pool read back "
+                "from the store has none)"
+            )
+        seed = pool.params.seed if pool.params.seed is not None else self.config.seed
+        cfg = _catts_config(self.config, policy, n, seed)
         graph = self._graph()
         if ablation in BOOST_ABLATIONS:
             cfg = cfg.replace(**{BOOST_ABLATIONS[ablation]: 0.0})
@@ -605,12 +537,24 @@ class CATTSGraphs:
             cfg = cfg.replace(disabled_modules=(MODULE_ABLATIONS[ablation],))
         elif ablation is not None:
             raise ValueError(f"unknown ablation {ablation!r}; valid: {[*MODULE_ABLATIONS, *BOOST_ABLATIONS]}")
+        offline: list[dict[str, Any]] = []
+        if self.replay.inner is None:
+            off = [m for m in NEEDS_THE_MODEL if m not in cfg.disabled_modules]
+            cfg = cfg.replace(disabled_modules=(*cfg.disabled_modules, *off))
+            offline.append(
+                trace_entry(
+                    "replay",
+                    f"off: {', '.join(NEEDS_THE_MODEL)}",
+                    f"the responses come from {self.replay.source} and no base model was given to "
+                    "re-answer (self-reflection) or score (visual self-check) with",
+                )
+            )
         start = time.perf_counter()
-        with self.pooled.serving(pool) as served:
+        with self.replay.serving(pool.raw, prompt=pool.prompt, params=pool.params) as served:
             result = graph.invoke(dict(graph_input), context=cfg)
         seconds = time.perf_counter() - start
         usage = result.get("usage", {})
-        trace = result.get("trace", [])
+        trace = [*offline, *result.get("trace", [])]
         answer = result.get("answer")
         samples = scoring.voting_samples(result.get("samples", []))
         support = [s for s in samples if s.get("answer") == answer] if answer is not None else samples

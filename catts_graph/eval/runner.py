@@ -7,6 +7,11 @@ so an item's numbers do not depend on the order, the concurrency, or on which it
 run had finished: a resumed run skips the stored items and ends with the same table as an
 uninterrupted one.
 
+With responses generated elsewhere (``catts eval --samples FILE.jsonl``, a
+:meth:`~catts_graph.models.ReplayVLM.from_jsonl` as the base model), an item's pool is its first
+responses in the file instead of a draw; every item must have as many as the largest N, checked
+before any work.
+
 Items run in parallel in a thread pool of ``concurrency`` workers. A local base model serialises its
 calls internally (one forward at a time), so the gain comes from overlapping expert calls, a remote
 base model's latency, and Python work with the model's compute.
@@ -18,7 +23,7 @@ import argparse
 import dataclasses
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +53,7 @@ from catts_graph.eval.methods import (
 )
 from catts_graph.eval.store import ResultStore, db_path
 from catts_graph.models.base import BaseVLM
+from catts_graph.models.replay import ReplayVLM
 
 if TYPE_CHECKING:
     from catts_graph.eval.datasets import Item
@@ -87,17 +93,21 @@ def evaluate_item(
     """One item's pool and result rows (the keyword arguments of ``ResultStore.put_result``).
 
     ``graphs`` holds the base model, the expert and the config (and the compiled CA-TTS graphs).
+    When the base model holds recorded responses, the item's pool is made of its own.
     """
     from catts_graph.eval.scoring import judge_answer
 
     graph_input = item.graph_input()
+    n = max(ns) if any(s.needs_samples for s in specs) else 0
+    replay = graphs.replay
     pool = draw_pool(
         graphs.base_model,
         graph_input,
-        n=max(ns) if any(s.needs_samples for s in specs) else 0,
+        n=n,
         config=graphs.config,
         seed=item_seed(seed, item.id),
         greedy=any(s.kind == "greedy" for s in specs),
+        recorded=replay.responses(item.id) if n and replay.has_responses() else None,
     )
     rows = []
     for spec in specs:
@@ -178,6 +188,8 @@ def run_eval(
     specs = [parse_method(m) for m in methods]
     ns = sorted({int(n) for n in ns})
     _check_run(items, specs, ns, expert, concurrency)
+    if isinstance(base_model, ReplayVLM) and base_model.has_responses():
+        _check_recorded(base_model, items, specs, ns, expert)
     config = config or CATTSConfig()
     console = console or Console()
     benchmark = items[0].benchmark
@@ -255,6 +267,54 @@ def _check_run(
         raise ValueError("catts_expert needs a planner expert: pass an expert (or 'self')")
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+
+
+def _check_recorded(
+    replay: ReplayVLM, items: Sequence[Item], specs: Sequence[MethodSpec], ns: Sequence[int], expert: Any
+) -> None:
+    """Recorded responses must cover every item at the largest N; what they cannot give needs a model."""
+    recorded = set(replay.item_ids)
+    missing = [item.id for item in items if item.id not in recorded]
+    if missing:
+        raise ValueError(
+            f"{replay.source}: no responses for {len(missing)} of the {len(items)} items "
+            f"({', '.join(repr(i) for i in missing[:5])}{', ...' if len(missing) > 5 else ''}); every "
+            "evaluated item needs its responses (match the file's 'id' to the benchmark's item ids)"
+        )
+    if any(s.needs_samples for s in specs):
+        short = [(item.id, len(replay.responses(item.id))) for item in items]
+        short = [(i, count) for i, count in short if count < max(ns)]
+        if short:
+            raise ValueError(
+                f"N={max(ns)} needs {max(ns)} responses per item, but {replay.source} has "
+                + ", ".join(f"{count} for item {i!r}" for i, count in short[:5])
+                + "; lower --n or record more responses"
+            )
+    deepconf = [s.name for s in specs if s.kind in ("deepconf", "deepconf_online")]
+    if deepconf:
+        for item in items:
+            for index, sample in enumerate(replay.responses(item.id)[: max(ns)]):
+                if sample.logprobs and not sample.top_logprobs:
+                    raise ValueError(
+                        f"{', '.join(deepconf)}: DeepConf weighs each response by its top log-probs, but "
+                        f"response {index} of item {item.id!r} in {replay.source} has no 'top_logprobs'"
+                    )
+    if replay.inner is None:
+        if any(s.kind == "greedy" for s in specs):
+            raise ValueError(
+                f"greedy needs the model's temperature-0 response, which {replay.source} does not hold: "
+                "give the model that generated the responses (--model), or leave greedy out"
+            )
+        if _uses_self(expert):
+            raise ValueError(
+                f"expert 'self' is the base model answering as its own expert, and the responses in "
+                f"{replay.source} come with no model: give one (--model), or another expert (or none)"
+            )
+
+
+def _uses_self(expert: Any) -> bool:
+    specs = expert.values() if isinstance(expert, Mapping) else [expert]
+    return any(isinstance(spec, str) and spec.strip().lower() == "self" for spec in specs)
 
 
 def accuracy_table(
@@ -368,13 +428,21 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         help="base model: a local directory or hub id, or package.module:attribute; "
-        "default: the base organism (offline; it knows only the synthetic benchmark's scenes)",
+        "default: the base organism (offline; it knows only the synthetic benchmark's scenes). With "
+        "--samples: the model that scores them (visual self-check) and re-answers (self-reflection); "
+        "without it those two modules are off",
+    )
+    parser.add_argument(
+        "--samples",
+        metavar="FILE.jsonl",
+        help="responses generated elsewhere, one JSON line each: 'id' (the item's), 'text', "
+        "'token_logprobs' and optionally 'top_logprobs', or vLLM's OpenAI-format 'logprobs' as they "
+        "come; the methods vote on these instead of sampling",
     )
     parser.add_argument(
         "--expert",
-        default="self",
-        help="'self' (default), 'none', a model name (gemini-2.5-pro, gpt-5, ...) "
-        "or package.module:attribute",
+        help="'self' (default; 'none' with --samples and no --model), 'none', a model name "
+        "(gemini-2.5-pro, gpt-5, ...) or package.module:attribute",
     )
     parser.add_argument(
         "--judge",
@@ -410,26 +478,39 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
         items = load_benchmark(
             args.benchmark, source=args.source, split=args.split, limit=args.limit, image_dir=args.image_dir
         )
-        if args.model is None:
-            console.print(
-                "[yellow]No --model given: using the base organism (it knows only synthetic scenes).[/]"
-            )
-        model_spec = args.model or default_base_model_spec()
-        with console.status("loading the base model"):
-            base_model = base_model_from_spec(model_spec)
+        expert_spec = args.expert
+        if args.samples is not None:
+            from catts_graph.models.replay import ReplayVLM
+
+            if expert_spec is None and args.model is None:
+                expert_spec = "none"
+                console.print("[yellow]--samples without --model: no expert ('self' needs the model).[/]")
+            with console.status("reading the responses"):
+                inner = base_model_from_spec(args.model) if args.model is not None else None
+                base_model = ReplayVLM.from_jsonl(args.samples, inner)
+            model_name = f"samples:{args.samples}" + (f" scored by {args.model}" if args.model else "")
+        else:
+            if args.model is None:
+                console.print(
+                    "[yellow]No --model given: using the base organism (it knows only synthetic scenes).[/]"
+                )
+            with console.status("loading the base model"):
+                base_model = base_model_from_spec(args.model or default_base_model_spec())
+            model_name = args.model or "tiny-random-qwen2.5-vl"
+        expert_spec = expert_spec if expert_spec is not None else "self"
         run_eval(
             items,
             methods=args.method,
             ns=args.n,
             base_model=base_model,
-            expert=expert_from_spec(args.expert),
+            expert=expert_from_spec(expert_spec),
             run_dir=args.run_dir,
             seed=args.seed,
             concurrency=args.concurrency,
             judge=judge_from_spec(args.judge),
             config=config,
-            model_name=args.model or "tiny-random-qwen2.5-vl",
-            expert_name=args.expert,
+            model_name=model_name,
+            expert_name=expert_spec,
             console=console,
         )
     except (MetaMismatch, ValueError) as err:

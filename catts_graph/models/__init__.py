@@ -1,4 +1,6 @@
-"""Base-model backends behind one protocol (:class:`BaseVLM`: ``sample`` and ``score``).
+"""Base-model backends behind one protocol (:class:`BaseVLM`: ``sample`` and ``score``, with the
+sampling settings as one :class:`SamplingParams`), and :class:`ReplayVLM`, which answers from
+recorded responses (a sample pool, a JSON-lines file, its own memory) before asking a backend.
 
 The torch-backed classes are imported on first use, so ``import catts_graph`` stays light.
 """
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from catts_graph.models.base import BaseVLM, Sample, TokenLogprobs
+from catts_graph.models.base import BaseVLM, Sample, SamplingParams, TokenLogprobs
 
 _LAZY = {
     "TransformersVLM": "catts_graph.models.transformers_vlm",
@@ -15,10 +17,12 @@ _LAZY = {
     "ensure_tiny_model": "catts_graph.models.tiny",
     "BaseModelChat": "catts_graph.models.chat_adapter",
     "OpenAICompatibleVLM": "catts_graph.models.openai_compatible",
+    "ReplayVLM": "catts_graph.models.replay",
+    "NotRecordedError": "catts_graph.models.replay",
     "serve": "catts_graph.models.loopback_server",
 }
 
-__all__ = ["BaseVLM", "Sample", "TokenLogprobs", *_LAZY]
+__all__ = ["BaseVLM", "Sample", "SamplingParams", "TokenLogprobs", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,14 +3,16 @@
 A base model does two things for CA-TTS: it *samples* N responses to one (images, prompt) pair, and it
 *scores* given continuations teacher-forced under one (images, prompt) pair. Both return the
 statistics the confidence estimators in :mod:`catts_graph.confidence` need, so no estimator ever
-has to go back to the model.
+has to go back to the model. How a call samples is one :class:`SamplingParams`, described and
+validated here for every backend.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -54,6 +56,93 @@ class Sample(TokenLogprobs):
     extra: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How :meth:`BaseVLM.sample` draws: the one description of the sampling settings, validated once.
+
+    Every backend reads its settings through this class (``SamplingParams.of(params, **settings)``),
+    and the replay wrapper compares calls with it, so a new setting is added here and nowhere else.
+    Each step draws from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely
+    tokens (0: all) and then to the smallest set whose mass reaches ``top_p``; ``temperature == 0``
+    is greedy. The log-probs a backend reports are always those of the *raw* distribution
+    (``log softmax(logits)``), whatever these settings: they only decide which token is drawn.
+    """
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]; 1 disables it."""
+    top_k: int = 0
+    """Draw among the k most likely tokens; 0 disables it."""
+    max_new_tokens: int = 512
+    """The longest response, in tokens (the stop token not counted)."""
+    seed: int | None = None
+    """Seed of the call (a backend draws sample i from ``(seed, i)``); None: a fresh random seed."""
+    top_logprobs: int = 0
+    """How many of the largest raw log-probs to keep per step (DeepConf); 0: none."""
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.temperature) or not self.temperature >= 0:
+            raise ValueError(f"temperature={self.temperature!r}: expected a number >= 0 (0 means greedy)")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p!r}: expected a number in (0, 1]")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r}: expected an int >= 0 (0 disables it)")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: expected an int >= 1")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"seed={self.seed!r}: expected None or an int >= 0")
+        if not _is_int(self.top_logprobs) or self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs={self.top_logprobs!r}: expected an int >= 0")
+
+    @classmethod
+    def of(cls, params: SamplingParams | None = None, /, **settings: Any) -> SamplingParams:
+        """``params`` (default: all defaults) with ``settings`` given by keyword overriding it.
+
+        The keyword form is how :meth:`BaseVLM.sample` has always been called
+        (``sample(images, prompt, n, temperature=0.7, seed=1)``); an unknown keyword is a TypeError
+        that lists the valid ones.
+        """
+        if params is not None and not isinstance(params, SamplingParams):
+            raise TypeError(f"params: got {type(params).__name__}, expected SamplingParams or None")
+        unknown = sorted(set(settings) - _FIELDS)
+        if unknown:
+            raise TypeError(f"unknown sampling setting(s) {unknown}; valid: {sorted(_FIELDS)}")
+        base = params if params is not None else cls()
+        return dataclasses.replace(base, **settings) if settings else base
+
+    @property
+    def greedy(self) -> bool:
+        """Whether decoding is greedy (``temperature == 0``): every sample of a call is the same."""
+        return self.temperature == 0
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        """A copy with ``changes`` (validated like the constructor)."""
+        return SamplingParams.of(self, **changes)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments, for a backend called the keyword way."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_n(n: Any) -> int:
+    """``n`` if it is an int >= 1 (the number of responses :meth:`BaseVLM.sample` draws)."""
+    if not _is_int(n) or n < 1:
+        raise ValueError(f"n={n!r}: expected an int >= 1")
+    return int(n)
+
+
 @runtime_checkable
 class BaseVLM(Protocol):
     """What the graph needs from a base model (local transformers, a vLLM server, a test double)."""
@@ -63,18 +152,17 @@ class BaseVLM(Protocol):
         images: Sequence[Image.Image],
         prompt: str,
         n: int,
-        *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        max_new_tokens: int = 512,
-        seed: int | None = None,
-        top_logprobs: int = 0,
+        params: SamplingParams | None = None,
+        **settings: Any,
     ) -> list[Sample]:
         """Draw ``n`` responses to the user turn ``prompt`` with ``images``.
 
-        ``temperature == 0`` means greedy decoding. ``top_logprobs > 0`` asks for that many top
-        log-probs per step. The image and prompt prefix is encoded once, not once per sample.
+        The sampling settings are ``SamplingParams.of(params, **settings)``: a
+        :class:`SamplingParams`, or its fields by keyword (``temperature=0.7, seed=1``), or both
+        (keywords win). ``temperature == 0`` means greedy decoding; ``top_logprobs > 0`` asks for
+        that many top log-probs per step. The image and prompt prefix is encoded once, not once per
+        sample. The graph calls backends the keyword way, so a backend written as
+        ``sample(images, prompt, n, *, temperature=..., ...)`` keeps working.
         """
         ...
 
@@ -88,27 +176,39 @@ class BaseVLM(Protocol):
         ...
 
 
-def check_sampling_args(
-    n: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    max_new_tokens: int,
-    top_logprobs: int,
-    seed: int | None,
-) -> None:
-    """Raise ValueError naming the first sampling argument of :meth:`BaseVLM.sample` out of range."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: expected an int >= 1")
-    if not temperature >= 0:
-        raise ValueError(f"temperature={temperature!r}: expected >= 0 (0 means greedy)")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p!r}: expected a value in (0, 1]")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k={top_k!r}: expected an int >= 0 (0 disables it)")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an int >= 1")
-    if not isinstance(top_logprobs, int) or top_logprobs < 0:
-        raise ValueError(f"top_logprobs={top_logprobs!r}: expected an int >= 0")
-    if seed is not None and (not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed={seed!r}: expected None or an int >= 0")
+def align_tokens(tokens: Sequence[str], text: str) -> list[str]:
+    """Per-token strings that concatenate to ``text``, from per-token strings that may not.
+
+    A token decoded alone renders a character split across byte-level tokens as replacement
+    characters ("\\ufffd"), and a token left out of the text (a stop or skipped special token) still
+    has its string. A token whose string matches the text where the previous one ended keeps it; a
+    run of tokens that do not match gets, on its last token, the text up to where the next matching
+    token is found (the token that completes a character carries it, the ones before it carry "");
+    text left at the end goes to the last token.
+    """
+    tokens = list(tokens)
+    if "".join(tokens) == text or not tokens:
+        return tokens
+    pieces = [""] * len(tokens)
+    position = 0
+    pending: list[int] = []
+    for i, token in enumerate(tokens):
+        if token and _REPLACEMENT not in token:
+            if pending:
+                found = text.find(token, position)
+            else:
+                found = position if text.startswith(token, position) else -1
+            if found >= 0:
+                if pending:
+                    pieces[pending[-1]] = text[position:found]
+                    pending = []
+                pieces[i] = token
+                position = found + len(token)
+                continue
+        pending.append(i)
+    if position < len(text):
+        pieces[pending[-1] if pending else -1] += text[position:]
+    return pieces
+
+
+_REPLACEMENT = "\ufffd"

@@ -61,11 +61,10 @@ import httpx
 from PIL import Image
 
 from catts_graph.images import to_base64_png
-from catts_graph.models.base import Sample, TokenLogprobs, check_sampling_args
+from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
 
-__all__ = ["OpenAICompatibleVLM", "ServerError", "align_tokens"]
+__all__ = ["OpenAICompatibleVLM", "ServerError", "align_tokens", "sample_from_choice"]
 
-_REPLACEMENT = "\ufffd"
 _TOKEN_ID_PREFIX = "token_id:"
 _RETRY_AFTER_CAP_S = 60.0
 
@@ -160,53 +159,52 @@ class OpenAICompatibleVLM:
         images: Sequence[Image.Image],
         prompt: str,
         n: int,
-        *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        max_new_tokens: int = 512,
-        seed: int | None = None,
-        top_logprobs: int = 0,
+        params: SamplingParams | None = None,
+        **settings: Any,
     ) -> list[Sample]:
         """Draw ``n`` responses in one request (the server encodes the image+prompt prefix once).
 
-        ``temperature == 0`` is greedy: one response is requested and copied ``n`` times. ``extra``
-        holds ``seed`` and ``index``.
+        Settings: ``SamplingParams.of(params, **settings)``. ``temperature == 0`` is greedy: one
+        response is requested and copied ``n`` times. ``extra`` holds ``seed`` and ``index``.
         """
-        check_sampling_args(n, temperature, top_p, top_k, max_new_tokens, top_logprobs, seed)
-        if top_k and not self.vllm_extensions:
-            raise ValueError(f"top_k={top_k}: needs vllm_extensions=True (top_k is not an OpenAI field)")
-        rows = 1 if temperature == 0 else n
+        params = SamplingParams.of(params, **settings)
+        n = check_n(n)
+        if params.top_k and not self.vllm_extensions:
+            raise ValueError(
+                f"top_k={params.top_k}: needs vllm_extensions=True (top_k is not an OpenAI field)"
+            )
+        rows = 1 if params.greedy else n
         body: dict[str, Any] = {
             **self.extra_body,
             "model": self.model,
             "messages": [_user_message(images, prompt)],
             "n": rows,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_tokens": max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
             "logprobs": True,
         }
-        if top_logprobs:
-            body["top_logprobs"] = top_logprobs
-        if seed is not None:
-            body["seed"] = seed
+        if params.top_logprobs:
+            body["top_logprobs"] = params.top_logprobs
+        if params.seed is not None:
+            body["seed"] = params.seed
         if self.vllm_extensions:
             body.update(return_token_ids=True, skip_special_tokens=False, spaces_between_special_tokens=False)
-            if top_k:
-                body["top_k"] = top_k
+            if params.top_k:
+                body["top_k"] = params.top_k
         reply = self._post(self.chat_url, body)
         choices = reply.get("choices")
         if not isinstance(choices, list) or len(choices) != rows:
             got = len(choices) if isinstance(choices, list) else choices
             raise ServerError(f"POST {self.chat_url}: expected {rows} choices, got {got}", url=self.chat_url)
         choices = sorted(choices, key=lambda c: c.get("index", 0))
-        samples = [
-            _parse_choice(
-                choice, top_logprobs=top_logprobs, url=self.chat_url, extra={"seed": seed, "index": i}
-            )
-            for i, choice in enumerate(choices)
-        ]
+        samples = []
+        for i, choice in enumerate(choices):
+            try:
+                sample = sample_from_choice(choice, top_logprobs=params.top_logprobs)
+            except ValueError as err:
+                raise ServerError(f"POST {self.chat_url}: {err}", url=self.chat_url) from err
+            samples.append(replace(sample, extra={"seed": params.seed, "index": i}))
         if rows == 1 and n > 1:
             samples = [_copy_sample(samples[0], index=i) for i in range(n)]
         return samples
@@ -327,55 +325,34 @@ class OpenAICompatibleVLM:
         ) from cause
 
 
-def align_tokens(tokens: Sequence[str], text: str) -> list[str]:
-    """Per-token strings that concatenate to ``text``, from the server's per-token strings.
+def sample_from_choice(choice: Mapping[str, Any], *, top_logprobs: int | None = 0) -> Sample:
+    """One OpenAI chat-completion choice, as a server sends it, as a :class:`Sample`.
 
-    A server decodes each token alone, so a character split across byte-level tokens comes back as
-    replacement characters ("\\ufffd"), and a token left out of the text (a stop or skipped special
-    token) still has its string. A token whose string matches the text where the previous one
-    ended keeps it; a run of tokens that do not match gets, on its last token, the text up to where
-    the next matching token is found (the token that completes a character carries it, the ones
-    before it carry ""); text left at the end goes to the last token.
+    Reads ``message.content`` (or ``text``, as a completions choice or a saved response has it),
+    ``logprobs.content`` (``[{token, logprob, top_logprobs: [{token, logprob}, ...]}, ...]``),
+    ``finish_reason``, and vLLM's ``token_ids`` and ``stop_reason`` (see the module doc for the
+    quirks; the listed stop token is dropped). ``top_logprobs``: how many top log-probs each step
+    must have (the largest, sorted; 0: none kept); None keeps all the entries give, sorted. Raises
+    ValueError naming what is missing or malformed.
     """
-    tokens = list(tokens)
-    if "".join(tokens) == text or not tokens:
-        return tokens
-    pieces = [""] * len(tokens)
-    position = 0
-    pending: list[int] = []
-    for i, token in enumerate(tokens):
-        if token and _REPLACEMENT not in token:
-            if pending:
-                found = text.find(token, position)
-            else:
-                found = position if text.startswith(token, position) else -1
-            if found >= 0:
-                if pending:
-                    pieces[pending[-1]] = text[position:found]
-                    pending = []
-                pieces[i] = token
-                position = found + len(token)
-                continue
-        pending.append(i)
-    if position < len(text):
-        pieces[pending[-1] if pending else -1] += text[position:]
-    return pieces
-
-
-def _parse_choice(
-    choice: Mapping[str, Any], *, top_logprobs: int, url: str, extra: dict[str, object]
-) -> Sample:
-    """One chat completion choice as a :class:`Sample` (see the module doc for the vLLM quirks)."""
     message = choice.get("message") or {}
-    text = message.get("content") or ""
-    content = (choice.get("logprobs") or {}).get("content")
-    if content is None:
-        raise ServerError(
-            f"POST {url}: the reply has no log-probs although logprobs=true was sent; CA-TTS needs a "
-            "server that returns them (vLLM, or an OpenAI model that supports logprobs)",
-            url=url,
+    text = message.get("content") if isinstance(message, Mapping) and "content" in message else None
+    if text is None:
+        text = choice.get("text")
+    text = text or ""
+    if not isinstance(text, str):
+        raise ValueError(f"the response text is a {type(text).__name__}, expected a string")
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    if not isinstance(content, list):
+        raise ValueError(
+            "the reply has no log-probs (logprobs.content); CA-TTS needs each token's log-prob: ask with "
+            "logprobs=true a server that returns them (vLLM, or an OpenAI model that supports logprobs)"
         )
     entries = list(content)
+    for step, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not _is_number(entry.get("logprob")):
+            raise ValueError(f"logprobs.content[{step}]: expected {{'token': ..., 'logprob': <number>}}")
     ids = choice.get("token_ids")
     ids = list(ids) if isinstance(ids, list) and len(ids) == len(entries) else None
     finish = choice.get("finish_reason") or "stop"
@@ -393,18 +370,22 @@ def _parse_choice(
     if ids is None:
         ids = [_token_id(entry) for entry in entries]
     if text and not entries:
-        raise ServerError(f"POST {url}: the reply has text but no per-token log-probs", url=url)
+        raise ValueError("the reply has text but no per-token log-probs")
     tops: list[list[float]] | None = None
-    if top_logprobs:
+    if top_logprobs or (top_logprobs is None and any(entry.get("top_logprobs") for entry in entries)):
         tops = []
         for step, entry in enumerate(entries):
-            values = sorted((float(t["logprob"]) for t in entry.get("top_logprobs") or []), reverse=True)
-            if len(values) < top_logprobs:
-                raise ServerError(
-                    f"POST {url}: {len(values)} top log-probs at step {step}, {top_logprobs} were asked for",
-                    url=url,
+            listed = entry.get("top_logprobs") or []
+            if not all(isinstance(t, Mapping) and _is_number(t.get("logprob")) for t in listed):
+                raise ValueError(
+                    f"logprobs.content[{step}].top_logprobs: expected [{{'token': ..., 'logprob': <number>}}]"
                 )
-            tops.append(values[:top_logprobs])
+            values = sorted((float(t["logprob"]) for t in listed), reverse=True)
+            if top_logprobs is None and not values:
+                raise ValueError(f"logprobs.content[{step}] has no top log-probs while other steps have them")
+            if top_logprobs is not None and len(values) < top_logprobs:
+                raise ValueError(f"{len(values)} top log-probs at step {step}, {top_logprobs} were asked for")
+            tops.append(values if top_logprobs is None else values[:top_logprobs])
     return Sample(
         token_ids=ids,
         logprobs=[float(entry["logprob"]) for entry in entries],
@@ -412,8 +393,11 @@ def _parse_choice(
         text=text,
         top_logprobs=tops,
         finish_reason=finish,
-        extra=extra,
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _token_text(entry: Mapping[str, Any]) -> str:

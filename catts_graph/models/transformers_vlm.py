@@ -15,6 +15,14 @@ Why a decode loop of our own instead of ``generate(num_return_sequences=n, outpu
 - *Reproducible, batch-independent sampling.* Sample i of a call draws its randomness from its own
   generator, seeded from ``(seed, i)``: a seed reproduces a call, and the first k samples of a call do
   not depend on n, so batched and one-by-one sampling agree.
+- *One host sync per decode step.* Everything Python needs from a step (the chosen ids, their
+  log-probs, which rows stopped, the top-k) leaves the device in one copy; the uniform numbers the
+  draws use are drawn ahead, a chunk of steps at a time, and sent to the device with the copy of the
+  step before, so a GPU is never waited on more than once a step.
+
+The same teacher forcing (:func:`teacher_forced_logprobs`) serves :meth:`TransformersVLM.score` and
+CDRL's re-scoring of completions under the training policy, and one rule (:func:`stop_token_ids`,
+:func:`response_ids`) says where a response ends.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import json
 import os
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,9 +40,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catts_graph.models.base import Sample, TokenLogprobs, check_sampling_args
+from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
 
-__all__ = ["TransformersVLM", "Continuation"]
+__all__ = [
+    "Continuation",
+    "TransformersVLM",
+    "prefill",
+    "response_ids",
+    "stop_token_ids",
+    "teacher_forced_logprobs",
+    "token_pieces",
+]
 
 Continuation = str | TokenLogprobs | Sequence[int]
 """What :meth:`TransformersVLM.score` accepts per continuation: text (tokenised with the model's
@@ -82,7 +98,7 @@ class TransformersVLM:
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = tokenizer
-        self.stop_token_ids = _stop_token_ids(model, tokenizer)
+        self.stop_token_ids = stop_token_ids(model, tokenizer)
         self.pad_token_id = _pad_token_id(tokenizer, self.stop_token_ids)
         self.suppressed_token_ids = _vision_token_ids(tokenizer)
         self.answer_prompt = answer_prompt
@@ -137,78 +153,81 @@ class TransformersVLM:
         images: Sequence[Image.Image],
         prompt: str,
         n: int,
-        *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        max_new_tokens: int = 512,
-        seed: int | None = None,
-        top_logprobs: int = 0,
+        params: SamplingParams | None = None,
+        **settings: Any,
     ) -> list[Sample]:
         """Draw ``n`` responses in one batched decode over a prefix prefilled once.
 
-        ``temperature == 0`` is greedy: every sample would be the same, so one row is decoded and
-        copied. Otherwise each step draws from ``softmax(logits / temperature)`` restricted to the
-        ``top_k`` most likely tokens (0: all) and to the smallest set with mass ``>= top_p``.
-        Log-probs are always those of the raw distribution. The stop tokens (EOS, ``<|im_end|>``)
-        end a sample and are not part of it. ``extra`` holds ``seed`` and ``index``: the call
-        ``sample(..., n=index + 1, seed=seed)`` reproduces the sample.
+        Settings: ``SamplingParams.of(params, **settings)``. ``temperature == 0`` is greedy: every
+        sample would be the same, so one row is decoded and copied. Otherwise each step draws from
+        ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens (0: all)
+        and to the smallest set with mass ``>= top_p``. Log-probs are always those of the raw
+        distribution. The stop tokens (EOS, ``<|im_end|>``) end a sample and are not part of it.
+        ``extra`` holds ``seed`` and ``index``: the call ``sample(..., n=index + 1, seed=seed)``
+        reproduces the sample.
         """
-        check_sampling_args(n, temperature, top_p, top_k, max_new_tokens, top_logprobs, seed)
+        params = SamplingParams.of(params, **settings)
+        n = check_n(n)
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        if top_logprobs > vocab:
-            raise ValueError(f"top_logprobs={top_logprobs}: the vocabulary has only {vocab} tokens")
-        if seed is None:
-            seed = random.SystemRandom().randrange(2**63)
-        greedy = temperature == 0
-        rows = 1 if greedy else n
+        k = params.top_logprobs
+        if k > vocab:
+            raise ValueError(f"top_logprobs={k}: the vocabulary has only {vocab} tokens")
+        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
+        rows = 1 if params.greedy else n
         with self._lock, torch.inference_mode():
-            inputs = self._encode(images, prompt)
-            cache, logits = self._prefill(inputs)
+            cache, logits = prefill(self.model, self._encode(images, prompt))
+            device = logits.device
             logits = logits.expand(rows, -1)
             cache.batch_repeat_interleave(rows)
-            generators = [_row_generator(seed, i) for i in range(rows)]
+            uniforms = None if params.greedy else _Uniforms(seed, rows, params.max_new_tokens, device)
             ids: list[list[int]] = [[] for _ in range(rows)]
             logprobs: list[list[float]] = [[] for _ in range(rows)]
             tops: list[list[list[float]]] = [[] for _ in range(rows)]
             finish = ["length"] * rows
             active = list(range(rows))  # sample index of each cache row
-            stop = torch.tensor(sorted(self.stop_token_ids), device=logits.device)
-            suppressed = torch.tensor(
-                sorted(self.suppressed_token_ids), device=logits.device, dtype=torch.long
-            )
-            for step in range(max_new_tokens):
+            active_rows = torch.arange(rows, device=device)
+            stop = torch.tensor(sorted(self.stop_token_ids), device=device)
+            suppressed = torch.tensor(sorted(self.suppressed_token_ids), device=device, dtype=torch.long)
+            for step in range(params.max_new_tokens):
                 raw = torch.log_softmax(logits.float(), dim=-1)
                 # Vision placeholders are never drawn (a response holding <|image_pad|> could not
                 # be re-scored with its image); their raw probability still counts in every log-prob.
                 allowed = raw.index_fill(1, suppressed, float("-inf")) if len(suppressed) else raw
-                if greedy:
+                if uniforms is None:
                     chosen = allowed.argmax(dim=-1)
                 else:
-                    chosen = _draw(allowed, temperature, top_p, top_k, [generators[i] for i in active])
-                chosen_lp = raw.gather(1, chosen[:, None])[:, 0]
-                is_stop = torch.isin(chosen, stop)
-                top = torch.topk(raw, top_logprobs, dim=-1).values.tolist() if top_logprobs else None
+                    u = uniforms.at(step)[active_rows]
+                    chosen = _draw(allowed, params.temperature, params.top_p, params.top_k, u)
+                # The step's one device-to-host copy: id, raw log-prob, stopped, then the top-k,
+                # as float64 (exact for ids below 2**53 and for float32 log-probs).
+                columns = [chosen, raw.gather(1, chosen[:, None])[:, 0], torch.isin(chosen, stop)]
+                host = torch.cat(
+                    [c.double()[:, None] for c in columns]
+                    + ([torch.topk(raw, k, dim=-1).values.double()] if k else []),
+                    dim=1,
+                ).tolist()
                 still: list[int] = []
-                for row, (index, token, lp, ended) in enumerate(
-                    zip(active, chosen.tolist(), chosen_lp.tolist(), is_stop.tolist(), strict=True)
-                ):
-                    if ended:
+                for row, (index, values) in enumerate(zip(active, host, strict=True)):
+                    if values[2]:
                         finish[index] = "stop"
                         continue
-                    ids[index].append(token)
-                    logprobs[index].append(lp)
-                    if top is not None:
-                        tops[index].append(top[row])
+                    ids[index].append(int(values[0]))
+                    logprobs[index].append(values[1])
+                    if k:
+                        tops[index].append(values[3:])
                     still.append(row)
-                if not still or step == max_new_tokens - 1:
+                if not still or step == params.max_new_tokens - 1:
                     break
                 if len(still) < len(active):
-                    # Finished rows leave the batch, so long tails do not pay for short answers.
-                    keep = torch.tensor(still, device=logits.device)
+                    # Finished rows leave the batch, so long tails do not pay for short answers. The
+                    # copy of their indices follows the step's sync: the device is idle, nothing waits.
+                    keep = torch.tensor(still, device=device)
                     cache.batch_select_indices(keep)
                     chosen = chosen[keep]
+                    active_rows = active_rows[keep]
                     active = [active[row] for row in still]
+                if uniforms is not None:
+                    uniforms.prefetch(step + 1)
                 out = self.model(input_ids=chosen[:, None], past_key_values=cache, use_cache=True)
                 logits = out.logits[:, -1, :]
         samples = []
@@ -220,12 +239,12 @@ class TransformersVLM:
                     logprobs=logprobs[i],
                     tokens=tokens,
                     text=text,
-                    top_logprobs=tops[i] if top_logprobs else None,
+                    top_logprobs=tops[i] if k else None,
                     finish_reason=finish[i],
                     extra={"seed": seed, "index": i},
                 )
             )
-        if greedy:
+        if params.greedy:
             samples = [_copy_sample(samples[0], index=i) for i in range(n)]
         return samples
 
@@ -237,43 +256,22 @@ class TransformersVLM:
     ) -> list[TokenLogprobs]:
         """Teacher-forced raw log-probs of each continuation as the assistant's reply.
 
-        The prefix is prefilled once; the K continuations then run as one right-padded batch over
-        the shared cache (right padding needs no attention mask: a real token never attends to the
-        padding after it). A continuation is text or exact token ids (see :data:`Continuation`);
-        stop tokens are not appended, matching :meth:`sample`, which excludes them.
+        One :func:`teacher_forced_logprobs` pass: the prefix is prefilled once and the K
+        continuations run as one batch over the shared cache. A continuation is text or exact token
+        ids (see :data:`Continuation`); stop tokens are not appended, matching :meth:`sample`, which
+        excludes them.
         """
         targets = [self._continuation_ids(c, i) for i, c in enumerate(continuations)]
         if not targets:
             return []
         with self._lock, torch.inference_mode():
-            inputs = self._encode(images, prompt)
-            cache, first_logits = self._prefill(inputs)
-            first = torch.log_softmax(first_logits.float(), dim=-1)[0]
-            longest = max(len(t) for t in targets)
-            rest: torch.Tensor | None = None
-            if longest > 1:
-                # Inputs are each continuation without its last token; logits at t predict token t + 1.
-                batch = torch.full((len(targets), longest - 1), self.pad_token_id, dtype=torch.long)
-                for row, target in enumerate(targets):
-                    if len(target) > 1:  # an empty continuation's row stays padding
-                        batch[row, : len(target) - 1] = torch.tensor(target[:-1], dtype=torch.long)
-                cache.batch_repeat_interleave(len(targets))
-                rest = self.model(
-                    input_ids=batch.to(first.device), past_key_values=cache, use_cache=True
-                ).logits
-            results = []
-            for row, target in enumerate(targets):
-                lps: list[float] = []
-                if target:
-                    lps.append(first[target[0]].item())
-                if len(target) > 1 and rest is not None:
-                    # One row at a time in float32: never a K x T x V float32 tensor.
-                    row_lp = torch.log_softmax(rest[row, : len(target) - 1].float(), dim=-1)
-                    index = torch.tensor(target[1:], device=row_lp.device)[:, None]
-                    lps.extend(row_lp.gather(1, index)[:, 0].tolist())
-                _, tokens = self.detokenize(target)
-                results.append(TokenLogprobs(token_ids=list(target), logprobs=lps, tokens=tokens))
-        return results
+            values = teacher_forced_logprobs(
+                self.model, self._encode(images, prompt), targets, pad_token_id=self.pad_token_id
+            )
+        return [
+            TokenLogprobs(token_ids=list(target), logprobs=lps, tokens=self.detokenize(target)[1])
+            for target, lps in zip(targets, values, strict=True)
+        ]
 
     def generate_vcd(
         self,
@@ -295,7 +293,7 @@ class TransformersVLM:
         """
         from catts_graph.vcd import VCDLogitsProcessor
 
-        check_sampling_args(1, temperature, 1.0, 0, max_new_tokens, 0, seed)
+        SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         if len(noised_images) != len(images):
             raise ValueError(f"noised_images: got {len(noised_images)} images for {len(images)} originals")
         with self._lock, torch.inference_mode():
@@ -315,10 +313,7 @@ class TransformersVLM:
                 pad_token_id=self.pad_token_id,
             )
         generated = output[0, inputs["input_ids"].shape[1] :].tolist()
-        ids = [
-            token for token in generated if token not in self.stop_token_ids and token != self.pad_token_id
-        ]
-        return self.detokenize(ids)[0]
+        return self.detokenize(response_ids(generated, self.stop_token_ids))[0]
 
     # -- text -----------------------------------------------------------------------------------
 
@@ -326,25 +321,17 @@ class TransformersVLM:
         """The text of ``token_ids`` and one string per token whose concatenation is that text.
 
         Byte-level tokenizers split multi-byte characters across tokens, so decoding token by token
-        yields replacement characters. When that happens, each token instead gets what it adds to the
-        longest common prefix of the decoded prefixes and the full text: the token that completes a
-        character carries it, the ones before it carry "".
+        yields replacement characters. When that happens, token t's piece is the text it makes final
+        in a window of the few tokens around it (:func:`token_pieces`): the token that completes a
+        character carries it, the ones before it carry "". O(T): one batched decode, or two.
         """
         ids = list(token_ids)
         if not ids:
             return "", []
-        text = self._decode_batch([ids])[0]
-        pieces = self._decode_batch([[i] for i in ids])
+        text, *pieces = self._decode_batch([ids, *([i] for i in ids)])
         if "".join(pieces) == text:
             return text, pieces
-        prefixes = self._decode_batch([ids[: t + 1] for t in range(len(ids) - 1)])
-        pieces, done = [], 0
-        for prefix in prefixes:
-            reached = max(done, len(os.path.commonprefix([prefix, text])))
-            pieces.append(text[done:reached])
-            done = reached
-        pieces.append(text[done:])
-        return text, pieces
+        return text, token_pieces(ids, text, self._decode_batch)
 
     def _decode_batch(self, sequences: list[list[int]]) -> list[str]:
         """Decode with special tokens kept, straight through the Rust tokenizer when there is one
@@ -388,16 +375,6 @@ class TransformersVLM:
             if isinstance(value, torch.Tensor)
         }
 
-    def _prefill(self, inputs: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
-        """Run the vision tower and the prefix once; the KV cache and the last position's logits."""
-        # Qwen2-VL-family models cache the multimodal rope offsets of the last prefill and reuse them
-        # for later cached steps; a stale value from another prompt would shift every position.
-        inner = getattr(self.model, "model", None)
-        if inner is not None and hasattr(inner, "rope_deltas"):
-            inner.rope_deltas = None
-        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        return out.past_key_values, out.logits[:, -1, :]
-
     def _continuation_ids(self, continuation: Continuation, index: int) -> list[int]:
         if isinstance(continuation, str):
             ids = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -417,8 +394,139 @@ class TransformersVLM:
         return ids
 
 
+def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+    """Run the vision tower and the prefix once; the KV cache and the last position's logits."""
+    # Qwen2-VL-family models cache the multimodal rope offsets of the last prefill and reuse them
+    # for later cached steps; a stale value from another prompt (a text-only one keeps it) would
+    # shift every position. Walking the modules finds them inside PEFT or DeepSpeed wrappers too.
+    for module in model.modules():
+        if getattr(module, "rope_deltas", None) is not None:
+            module.rope_deltas = None
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1, :]
+
+
+def teacher_forced_logprobs(
+    model: Any,
+    prefix: Mapping[str, torch.Tensor],
+    targets: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+) -> list[list[float]]:
+    """Raw log-probs of each target continuation after one shared prefix: the one teacher forcing.
+
+    ``prefix`` is the processor's batch-1 inputs (on the model's device). The prefix is prefilled
+    once and its KV cache expanded to the K rows; the continuations then run as one right-padded
+    batch (right padding needs no attention mask: a real token never attends to the padding after
+    it). ``lp[r][t] = log softmax(logits)[targets[r][t]]`` at the position before token t: the
+    prefill's last position for t = 0, row r's position t - 1 of the continuation pass after it.
+    Always exactly two forward passes (the second at least one position wide), whatever the
+    targets: processes of a ZeRO-3 run that score different completions must make the same calls.
+    The caller chooses the grad mode; one host sync at the end.
+    """
+    if not targets:
+        return []
+    cache, first_logits = prefill(model, prefix)
+    first = torch.log_softmax(first_logits.float(), dim=-1)[0]
+    width = max(1, max(len(t) for t in targets) - 1)
+    batch = torch.full((len(targets), width), pad_token_id, dtype=torch.long)
+    for row, target in enumerate(targets):
+        if len(target) > 1:  # an empty or one-token continuation's row stays padding
+            batch[row, : len(target) - 1] = torch.tensor(target[:-1], dtype=torch.long)
+    cache.batch_repeat_interleave(len(targets))
+    rest = model(input_ids=batch.to(first.device), past_key_values=cache, use_cache=True).logits
+    firsts = torch.tensor([t[0] if t else 0 for t in targets], device=first.device)
+    gathered = [first[firsts]]
+    for row, target in enumerate(targets):
+        if len(target) > 1:
+            # One row at a time in float32: never a K x T x V float32 tensor.
+            row_lp = torch.log_softmax(rest[row, : len(target) - 1].float(), dim=-1)
+            index = torch.tensor(target[1:], device=row_lp.device)[:, None]
+            gathered.append(row_lp.gather(1, index)[:, 0])
+    values = torch.cat(gathered).tolist()
+    out, offset = [], len(targets)
+    for row, target in enumerate(targets):
+        if not target:
+            out.append([])
+            continue
+        out.append([values[row], *values[offset : offset + len(target) - 1]])
+        offset += len(target) - 1
+    return out
+
+
+DETOKENIZE_CONTEXT = 4
+"""Tokens decoded on each side of a token to find its piece: a UTF-8 character is at most 4 bytes, so
+whether a character that a token starts or ends is complete (or invalid) shows within 4 tokens."""
+
+
+def token_pieces(
+    ids: Sequence[int], text: str, decode_batch: Callable[[list[list[int]]], list[str]]
+) -> list[str]:
+    """One string per token, concatenating to ``text`` (the decoding of ``ids``), in O(T).
+
+    Token t's piece is the text that becomes final when it is added: in the window ``ids[t-C :
+    t+1+C]`` (C = :data:`DETOKENIZE_CONTEXT`), decoded as ``F``, the final text up to token t is the
+    longest common prefix of ``F`` and ``decode(ids[t-C : t+1])``, and up to the token before the
+    longest common prefix of ``F`` and ``decode(ids[t-C : t])``; the piece is ``F`` between the two.
+    A character split across byte-level tokens is carried by the token that completes it, the ones
+    before it carry "", and an invalid byte keeps its own replacement character. This is the same
+    answer as comparing every prefix with the whole text (O(T^2) decodes) with three decodes of at
+    most 2C + 1 tokens per token; decoders that are not local in this sense (none known) fall back
+    to :func:`~catts_graph.models.base.align_tokens`.
+    """
+    count = len(ids)
+    windows = [
+        (max(0, t - DETOKENIZE_CONTEXT), t, min(count, t + 1 + DETOKENIZE_CONTEXT)) for t in range(count)
+    ]
+    decoded = decode_batch(
+        [list(ids[s:e]) for s, _, e in windows]
+        + [list(ids[s : t + 1]) for s, t, _ in windows]
+        + [list(ids[s:t]) for s, t, _ in windows]
+    )
+    pieces = []
+    for t in range(count):
+        ahead, upto, before = decoded[t], decoded[count + t], decoded[2 * count + t]
+        done = len(os.path.commonprefix([before, ahead]))
+        reached = len(os.path.commonprefix([upto, ahead]))
+        pieces.append(ahead[done : max(done, reached)])
+    return pieces if "".join(pieces) == text else align_tokens(pieces, text)
+
+
+class _Uniforms:
+    """The uniform numbers behind each sampled row's draws, drawn ahead a chunk of steps at a time.
+
+    Row i's number at step s is the s-th draw of its own generator (seeded from ``(seed, i)``), as
+    one draw per step would give; a chunk goes to the device in one copy, made right after a step's
+    sync so it waits on nothing.
+    """
+
+    CHUNK = 64
+
+    def __init__(self, seed: int, rows: int, steps: int, device: torch.device) -> None:
+        self.generators = [_row_generator(seed, i) for i in range(rows)]
+        self.steps = steps
+        self.device = device
+        self.start = 0
+        self.block = self._draw(0)
+
+    def _draw(self, start: int) -> torch.Tensor:
+        size = min(self.CHUNK, self.steps - start)
+        block = torch.stack([torch.rand(size, generator=g, dtype=torch.float64) for g in self.generators])
+        return block.to(self.device)
+
+    def prefetch(self, step: int) -> None:
+        """Have the chunk holding ``step`` on the device."""
+        if step >= self.start + self.block.shape[1] and step < self.steps:
+            self.start = step
+            self.block = self._draw(step)
+
+    def at(self, step: int) -> torch.Tensor:
+        """Every row's number for ``step`` (shape: rows)."""
+        return self.block[:, step - self.start]
+
+
 def _draw(
-    raw: torch.Tensor, temperature: float, top_p: float, top_k: int, generators: list[torch.Generator]
+    raw: torch.Tensor, temperature: float, top_p: float, top_k: int, uniforms: torch.Tensor
 ) -> torch.Tensor:
     """One token per row from the warped distribution, by inverse CDF on each row's own uniform draw.
 
@@ -438,8 +546,7 @@ def _draw(
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         warped = warped.masked_fill(drop, float("-inf"))
     cdf = torch.softmax(warped.double(), dim=-1).cumsum(dim=-1)
-    uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
-    uniforms = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
+    uniforms = uniforms[:, None] * cdf[:, -1:]
     # side="right": the first index whose cdf exceeds u, always a token with positive probability.
     chosen = torch.searchsorted(cdf, uniforms, right=True)[:, 0]
     return chosen.clamp_(max=cdf.shape[-1] - 1)
@@ -471,22 +578,35 @@ def _vision_token_ids(tokenizer: Any) -> set[int]:
     return {vocab[token] for token in VISION_TOKENS if token in vocab}
 
 
-def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """EOS ids from the generation config and tokenizer, plus ``<|im_end|>`` (the end of a chat turn)."""
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a response: EOS from the model's generation config and from the tokenizer,
+    and ``<|im_end|>`` (the end of a chat turn). The one stop-token rule of the project; see
+    :func:`response_ids`."""
     ids: set[int] = set()
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)
     elif configured is not None:
         ids.update(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
+    if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+    if isinstance(im_end, int) and im_end != getattr(tokenizer, "unk_token_id", None):
         ids.add(im_end)
     if not ids:
         raise ValueError("the model and tokenizer define no EOS token; cannot tell where a response ends")
     return ids
+
+
+def response_ids(token_ids: Sequence[int], stop_ids: Collection[int]) -> list[int]:
+    """The response in ``token_ids``: the ids before the first stop token (which is not part of it),
+    as :meth:`TransformersVLM.sample` ends a sample; padding after it goes too."""
+    out = []
+    for token in token_ids:
+        if int(token) in stop_ids:
+            break
+        out.append(int(token))
+    return out
 
 
 def _pad_token_id(tokenizer: Any, stop_ids: set[int]) -> int:

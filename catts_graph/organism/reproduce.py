@@ -234,19 +234,19 @@ def _accuracy_by_n(store_path: Path) -> dict[str, dict[int, dict[str, float]]]:
 
 
 class _Models:
-    """The organisms of a reproduction, loaded once, behind :class:`MemoizedVLM`: across the Ns and
-    methods of a run (and across runs), a greedy answer or a scoring of the same image and prompt is
-    the same call, computed once."""
+    """The organisms of a reproduction, loaded once, behind a remembering
+    :class:`~catts_graph.models.ReplayVLM`: across the Ns and methods of a run (and across runs), a
+    greedy answer or a scoring of the same image and prompt is the same call, computed once."""
 
     def __init__(self) -> None:
         self._loaded: dict[str, Any] = {}
 
     def get(self, which: str) -> Any:
         if which not in self._loaded:
-            from catts_graph.models.memo import MemoizedVLM
+            from catts_graph.models.replay import ReplayVLM
             from catts_graph.organism import organism_model
 
-            self._loaded[which] = MemoizedVLM(organism_model(which))
+            self._loaded[which] = ReplayVLM(organism_model(which), memo_max_n=1)
         return self._loaded[which]
 
 
@@ -289,10 +289,10 @@ def step_thresholds(out: Path, plan: Plan, models: _Models) -> dict[str, Any]:
     """Grid-search the adaptive fast path on the validation split; pick the cheapest setting within
     one point of the best accuracy (ties: fewer tokens). Every grid point sees the same seeded
     samples (one pool drawing per item, kept in memory for the search)."""
-    from catts_graph.models.memo import MemoizedVLM
+    from catts_graph.models.replay import ReplayVLM
 
     items = _items("validation", plan.validation_items, plan.seed)
-    base = MemoizedVLM(models.get("base"), max_n=plan.threshold_n)
+    base = ReplayVLM(models.get("base"), memo_max_n=plan.threshold_n)
     expert = models.get("expert")
     grid = []
     for share in plan.threshold_grid["fast_path_share"]:

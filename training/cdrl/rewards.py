@@ -21,11 +21,14 @@ it as ``rewards/<name>/mean``, so every component shows up separately in the tra
 NMLP is the mean negative log-probability of the completion's tokens (stop tokens excluded, as in
 :func:`catts_graph.confidence.nmlp`), under the raw distribution (no temperature). The two confidence
 rewards share a :class:`PolicyScorer`, which caches the last batch, so the original image is scored
-once per step, not once per reward.
+once per step, not once per reward; it scores through the teacher forcing of
+:meth:`catts_graph.models.TransformersVLM.score`, so sampling, evaluation and training read one
+log-probability.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -33,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 from catts_graph.answers import extract_answer, is_equivalent
 from catts_graph.confidence import confidence_from_nmlp, nmlp
+from catts_graph.models.replay import images_key
 
 __all__ = [
     "AccuracyReward",
@@ -176,15 +180,20 @@ class PolicyScorer:
     """Teacher-forced NMLP of completions under the *current* policy, for any images.
 
     The prompt is rendered exactly as TRL renders it for generation (the processor's chat template on
-    the conversational prompt, images first), the completion's token ids are appended as they were
-    sampled (trailing stop tokens dropped), and one forward pass per chunk of ``batch_size`` rows
-    gives the log-probs of the completion tokens from the raw logits. Same approach as
-    :meth:`catts_graph.models.TransformersVLM.score`, batched over different prompts and images, and
-    on the training model: dropout is switched off for the pass, gradients are never kept.
+    the conversational prompt, images first); the completion's token ids are scored as they were
+    sampled, cut at the first stop token (:func:`~catts_graph.models.transformers_vlm.response_ids`,
+    the rule :class:`~catts_graph.models.TransformersVLM` ends a sample by), through
+    :func:`~catts_graph.models.transformers_vlm.teacher_forced_logprobs`, the teacher forcing of
+    :meth:`TransformersVLM.score`. Rows that share a prompt and images (GRPO's completions of one
+    prompt) are one call: their prefix, vision tower included, runs once, with at most
+    ``batch_size`` completions per call. On the training model: dropout is off for the pass,
+    gradients are never kept.
 
-    Built before the trainer (the rewards go into it), then :meth:`bind` to the trainer's model. Every
-    process of a distributed run scores its own completions with the same number of forward passes,
-    which ZeRO-3's collective parameter gathering requires.
+    Built before the trainer (the rewards go into it), then :meth:`bind` to the trainer's model. Each
+    call is two forward passes, but how many calls a process makes depends on its rows, while
+    ZeRO-3's collective parameter gathering needs every process to make the same ones: in a
+    distributed run the processes first agree on the largest count (one all-reduce), and a process
+    with fewer calls repeats its last one and discards the result.
     """
 
     def __init__(self, processor: Any, *, batch_size: int = 4) -> None:
@@ -208,30 +217,62 @@ class PolicyScorer:
     def nmlp(
         self, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]], images: Sequence[Any]
     ) -> list[float | None]:
-        rows = [self._strip_stop(ids) for ids in completion_ids]
-        key = (tuple(tuple(r) for r in rows), tuple(id(i) for group in images for i in _as_list(group)))
+        key = (
+            tuple(tuple(int(i) for i in ids) for ids in completion_ids),
+            tuple(id(i) for group in images for i in _as_list(group)),
+        )
         # The cache keeps the images alive, so their ids cannot be reused by another batch.
         for cached_key, _, cached in self._cache:
             if cached_key == key:
                 return list(cached)
-        values: list[float | None] = [None] * len(rows)
-        for start in range(0, len(rows), self.batch_size):
-            stop = min(start + self.batch_size, len(rows))
-            chunk = self._token_logprobs(prompts[start:stop], rows[start:stop], images[start:stop])
-            for offset, logprobs in enumerate(chunk):
-                values[start + offset] = nmlp(logprobs) if logprobs else None
+        values = [nmlp(lps) if lps else None for lps in self.token_logprobs(prompts, completion_ids, images)]
         self._cache = [*self._cache[-(_CACHE_SIZE - 1) :], (key, list(images), values)]
         return list(values)
 
     def token_logprobs(
         self, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]], images: Sequence[Any]
     ) -> list[list[float]]:
-        """Raw log-probs of each completion token (stop tokens dropped), in ``batch_size`` chunks."""
-        rows = [self._strip_stop(ids) for ids in completion_ids]
-        out: list[list[float]] = []
-        for start in range(0, len(rows), self.batch_size):
-            stop = min(start + self.batch_size, len(rows))
-            out.extend(self._token_logprobs(prompts[start:stop], rows[start:stop], images[start:stop]))
+        """Raw log-probs of each completion token (cut at the first stop token), row by row."""
+        import torch
+
+        from catts_graph.models.transformers_vlm import response_ids, teacher_forced_logprobs
+
+        if not len(prompts) == len(completion_ids) == len(images):
+            raise ValueError(
+                f"prompts, completion_ids and images: got {len(prompts)}, {len(completion_ids)} and "
+                f"{len(images)} rows, expected one each per completion"
+            )
+        model = self._model()
+        stop_ids = self._stop_token_ids(model)
+        rows = [response_ids(ids, stop_ids) for ids in completion_ids]
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, (prompt, group) in enumerate(zip(prompts, images, strict=True)):
+            groups.setdefault((_prompt_key(prompt), images_key(_as_list(group))), []).append(index)
+        calls = [
+            members[start : start + self.batch_size]
+            for members in groups.values()
+            for start in range(0, len(members), self.batch_size)
+        ]
+        parameter = next(model.parameters())
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out: list[list[float]] = [[] for _ in rows]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                agreed = _agreed_count(len(calls), parameter.device)
+                for number in range(agreed):
+                    members = calls[min(number, len(calls) - 1)]
+                    first = members[0]
+                    prefix = self._encode(prompts[first], _as_list(images[first]), parameter)
+                    values = teacher_forced_logprobs(
+                        model, prefix, [rows[i] for i in members], pad_token_id=int(pad_id)
+                    )
+                    if number < len(calls):  # a repeated call only keeps the processes in step
+                        for index, logprobs in zip(members, values, strict=True):
+                            out[index] = logprobs
+        finally:
+            model.train(was_training)
         return out
 
     def _model(self) -> Any:
@@ -239,74 +280,49 @@ class PolicyScorer:
             raise RuntimeError("PolicyScorer is not bound to a model: call scorer.bind(model) first")
         return self._model_getter()
 
-    def _strip_stop(self, ids: Sequence[int]) -> list[int]:
-        if self._stop_ids is None:
-            self._stop_ids = _stop_ids(self._model(), self.tokenizer)
-        row = [int(i) for i in ids]
-        while row and row[-1] in self._stop_ids:
-            row.pop()
-        return row
+    def _stop_token_ids(self, model: Any) -> set[int]:
+        from catts_graph.models.transformers_vlm import stop_token_ids
 
-    def _token_logprobs(
-        self, prompts: Sequence[Any], rows: list[list[int]], images: Sequence[Any]
-    ) -> list[list[float]]:
+        if self._stop_ids is None:
+            self._stop_ids = stop_token_ids(model, self.tokenizer)
+        return self._stop_ids
+
+    def _encode(self, prompt: Any, images: list[Any], parameter: Any) -> dict[str, Any]:
+        """The batch-1 processor inputs of one prompt as TRL renders it, on the model's device."""
         import torch
 
-        model = self._model()
-        conversations = [_with_images(p, _as_list(i)) for p, i in zip(prompts, images, strict=True)]
         encoded = self.processor.apply_chat_template(
-            conversations,
+            [_with_images(prompt, images)],
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            processor_kwargs={"padding": True, "padding_side": "left"},
         )
-        parameter = next(model.parameters())
-        device = parameter.device
-        prompt_ids = encoded["input_ids"]
-        prompt_mask = encoded["attention_mask"]
-        # At least one position even when every completion is empty: under ZeRO-3 each process must
-        # make the same forward calls, whatever its completions.
-        longest = max(1, max((len(r) for r in rows), default=0))
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        completion = torch.full((len(rows), longest), int(pad_id), dtype=torch.long)
-        completion_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for index, row in enumerate(rows):
-            completion[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-            completion_mask[index, : len(row)] = 1
-        inputs: dict[str, Any] = {
-            "input_ids": torch.cat([prompt_ids, completion], dim=1),
-            "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
+        return {
+            name: value.to(
+                device=parameter.device, dtype=parameter.dtype if torch.is_floating_point(value) else None
+            )
+            for name, value in encoded.items()
+            if isinstance(value, torch.Tensor)
         }
-        for name, value in encoded.items():
-            if name in ("input_ids", "attention_mask"):
-                continue
-            if name in ("mm_token_type_ids", "token_type_ids"):
-                # Per-token fields: the completion holds text tokens only.
-                value = torch.cat([value, torch.zeros_like(completion)], dim=1)
-            elif torch.is_floating_point(value):
-                value = value.to(parameter.dtype)
-            inputs[name] = value
-        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                logits = model(**inputs, use_cache=False, logits_to_keep=longest + 1).logits
-        finally:
-            model.train(was_training)
-        results = []
-        for index, row in enumerate(rows):
-            if not row:
-                results.append([])
-                continue
-            # Logits at position t predict token t + 1: the last (longest + 1) positions start one
-            # before the first completion token.
-            step = torch.log_softmax(logits[index, : len(row)].float(), dim=-1)
-            target = torch.tensor(row, device=step.device)[:, None]
-            results.append(step.gather(1, target)[:, 0].tolist())
-        return results
+
+
+def _prompt_key(prompt: Any) -> str:
+    """What identifies a prompt for grouping rows: its JSON, image parts reduced to a placeholder
+    (the images are compared by their pixels)."""
+    return json.dumps(prompt, sort_keys=True, default=lambda _: "<image>")
+
+
+def _agreed_count(count: int, device: Any) -> int:
+    """The largest ``count`` over the processes of a distributed run (``count`` itself otherwise)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    total = torch.tensor([count], device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    return int(total.item())
 
 
 def _as_list(images: Any) -> list[Any]:
@@ -349,22 +365,6 @@ def _with_images(prompt: Any, images: list[Any]) -> list[dict[str, Any]]:
             ]
         out.append({**message, "content": content})
     return out
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    """EOS ids of the model's generation config and the tokenizer, plus ``<|im_end|>``."""
-    ids: set[int] = set()
-    config = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(config, int):
-        ids.add(config)
-    elif config is not None:
-        ids.update(int(i) for i in config)
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != getattr(tokenizer, "unk_token_id", None):
-        ids.add(im_end)
-    return ids
 
 
 # -- confidence rewards -------------------------------------------------------------------------

@@ -1,0 +1,378 @@
+"""A base model that answers from recorded responses: the one replay and memo wrapper.
+
+A call to :class:`ReplayVLM` is answered from what it holds when it can, and passed to the inner
+model (if any) when it cannot. What it holds comes three ways:
+
+- *A served pool.* Inside ``with replay.serving(samples, prompt=..., params=...):`` the answer-prompt
+  sampling calls (that prompt, temperature > 0) get ``samples`` in order: the first wave the first N,
+  a later wave the next ones, as fresh draws would be. Every other call (the greedy re-answer of
+  self-reflection, the visual self-check's scoring, the base model as its own expert) goes to the
+  inner model. The pool being served is a context variable, which LangGraph carries into its worker
+  threads, so one instance (and one compiled graph) serves many items at once, each run seeing only
+  its own pool. This is how an evaluation runs every method and every N on one drawing.
+- *Responses generated elsewhere* (:meth:`ReplayVLM.from_jsonl`): one JSON line per response, keyed
+  by the item's id; :meth:`ReplayVLM.responses` gives an item's in file order, to be served as a pool.
+  CA-TTS voting, DeepConf and the self-check's scoring then run on them without generating anything.
+- *Memory* (``memo_max_n > 0``): a repeated seeded or greedy ``sample`` with ``n <= memo_max_n``, and a
+  repeated ``score``, is answered with what the inner model answered the first time. A seeded backend
+  gives such a call one answer, and evaluations ask the same thing at every N and method. Unseeded
+  sampling is never remembered (it is meant to differ), nor are big calls (pools with top-k
+  log-probs are large).
+
+``score`` can never come from a file: it needs the model. Without an inner model, a call that nothing
+recorded answers raises :class:`NotRecordedError`; the evaluation runner turns the modules that need
+the model (self-reflection, the visual self-check) off up front and says so in each run's trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from catts_graph.models.base import BaseVLM, Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
+from catts_graph.models.openai_compatible import sample_from_choice
+
+__all__ = ["NotRecordedError", "ReplayVLM", "images_key", "read_responses"]
+
+
+class NotRecordedError(LookupError):
+    """A call that no recorded response answers reached a :class:`ReplayVLM` with no inner model."""
+
+
+def images_key(images: Sequence[Image.Image]) -> str:
+    """A digest of the images' pixels, sizes and modes."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(f"{image.mode}:{image.size}".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _Serving:
+    samples: Sequence[Sample]
+    prompt: str | None
+    params: SamplingParams | None
+    served: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ReplayVLM:
+    """Answers ``sample`` and ``score`` from recorded responses, else from ``inner`` (see module doc).
+
+    ``inner`` is any :class:`~catts_graph.models.base.BaseVLM`, or None when everything comes from
+    recorded responses (then ``score`` and unrecorded calls raise :class:`NotRecordedError`).
+    ``responses`` maps item ids to their recorded responses (:meth:`from_jsonl` fills it; ``source``
+    names where they came from, for messages). ``memo_max_n > 0`` remembers repeated deterministic
+    calls; ``hits`` and ``misses`` count them. The prompt templates the inner model declares
+    (``answer_prompt``, ``reflection_prompt``) and any other attribute (``generate_vcd``, the
+    tokenizer, ...) are the inner model's.
+    """
+
+    def __init__(
+        self,
+        inner: BaseVLM | None = None,
+        *,
+        responses: Mapping[str, Sequence[Sample]] | None = None,
+        source: str = "recorded responses",
+        memo_max_n: int = 0,
+    ) -> None:
+        if isinstance(memo_max_n, bool) or not isinstance(memo_max_n, int) or memo_max_n < 0:
+            raise ValueError(f"memo_max_n={memo_max_n!r}: expected an int >= 0 (0: remember nothing)")
+        if inner is None and responses is None:
+            raise ValueError("ReplayVLM needs an inner model, recorded responses, or both")
+        self.inner = inner
+        self.source = source
+        self.memo_max_n = memo_max_n
+        self.answer_prompt = getattr(inner, "answer_prompt", None)
+        self.reflection_prompt = getattr(inner, "reflection_prompt", None)
+        self.hits = 0
+        self.misses = 0
+        self._responses = {str(k): list(v) for k, v in (responses or {}).items()}
+        self._memo: dict[tuple[Any, ...], list[Any]] = {}
+        self._lock = threading.Lock()
+        self._serving: ContextVar[_Serving | None] = ContextVar(f"catts_replay_{id(self)}", default=None)
+
+    @classmethod
+    def from_jsonl(
+        cls, path: str | os.PathLike[str], inner: BaseVLM | None = None, *, memo_max_n: int = 0
+    ) -> ReplayVLM:
+        """Responses generated elsewhere, read from a JSON-lines file (format: :func:`read_responses`).
+
+        ``inner`` scores (the visual self-check) and answers what the file cannot (the greedy
+        re-answer of self-reflection, the base model as its own expert); without it those modules
+        cannot run.
+        """
+        return cls(inner, responses=read_responses(path), source=str(path), memo_max_n=memo_max_n)
+
+    def __repr__(self) -> str:
+        return f"ReplayVLM(source={self.source!r}, inner={type(self.inner).__name__ if self.inner else None})"
+
+    # -- recorded responses ---------------------------------------------------------------------
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The ids of the items with recorded responses, in the order they first appear."""
+        return list(self._responses)
+
+    def has_responses(self) -> bool:
+        """Whether this replay holds recorded responses (not only an inner model and its memory)."""
+        return bool(self._responses)
+
+    def responses(self, item_id: str) -> list[Sample]:
+        """The recorded responses of ``item_id``, in file order; a clear error when there are none,
+        never an empty list (which would be a silent empty vote)."""
+        found = self._responses.get(str(item_id))
+        if not found:
+            known = ", ".join(repr(i) for i in self.item_ids[:5])
+            raise ValueError(
+                f"{self.source}: no responses for item {str(item_id)!r}; the file has "
+                f"{len(self._responses)} items ({known}{', ...' if len(self._responses) > 5 else ''})"
+            )
+        return list(found)
+
+    @contextmanager
+    def serving(
+        self,
+        samples: Sequence[Sample],
+        *,
+        prompt: str | None = None,
+        params: SamplingParams | None = None,
+    ) -> Iterator[list[int]]:
+        """Serve ``samples``, in order, to the sampling calls (temperature > 0) made in this context.
+
+        ``prompt``: only calls with this prompt are served (None: every sampling call). ``params``:
+        the settings the samples were drawn with; a served call must ask the same temperature, top_p,
+        top_k and max_new_tokens and at most as many top log-probs (the seed may differ: a later
+        wave asks another). None (responses generated elsewhere): any settings. Yields the served
+        indices, growing as calls are served.
+        """
+        state = _Serving(list(samples), prompt, params)
+        token = self._serving.set(state)
+        try:
+            yield state.served
+        finally:
+            self._serving.reset(token)
+
+    # -- protocol -------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        n: int,
+        params: SamplingParams | None = None,
+        **settings: Any,
+    ) -> list[Sample]:
+        params = SamplingParams.of(params, **settings)
+        n = check_n(n)
+        state = self._serving.get()
+        if state is not None and not params.greedy and state.prompt in (None, prompt):
+            return self._serve(state, n, params)
+        if self.memo_max_n and n <= self.memo_max_n and (params.greedy or params.seed is not None):
+            key = ("sample", images_key(images), prompt, n, params)
+            return self._remembered(key, lambda: self._sample_inner(images, prompt, n, params))
+        return self._sample_inner(images, prompt, n, params)
+
+    def score(
+        self, images: Sequence[Image.Image], prompt: str, continuations: Sequence[Any]
+    ) -> list[TokenLogprobs]:
+        if self.memo_max_n:
+            key = ("score", images_key(images), prompt, tuple(_hashable(c) for c in continuations))
+            return self._remembered(key, lambda: self._inner("score").score(images, prompt, continuations))
+        return self._inner("score").score(images, prompt, continuations)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else (generate_vcd, detokenize, the processor, ...) is the inner model's.
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (and no inner model)")
+        return getattr(inner, name)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _serve(self, state: _Serving, n: int, params: SamplingParams) -> list[Sample]:
+        if state.params is not None:
+            recorded, asked = state.params, params
+            keys = ("temperature", "top_p", "top_k", "max_new_tokens")
+            if any(getattr(asked, k) != getattr(recorded, k) for k in keys) or (
+                asked.top_logprobs > recorded.top_logprobs
+            ):
+                raise ValueError(
+                    f"a sampling call asked {asked} but the served samples were drawn with {recorded}"
+                )
+        with state.lock:
+            start = len(state.served)
+            if start + n > len(state.samples):
+                raise ValueError(
+                    f"the graph asked for samples {start}..{start + n - 1}, only {len(state.samples)} are "
+                    "served: draw (or record) as many as the largest budget"
+                )
+            state.served.extend(range(start, start + n))
+        return list(state.samples[start : start + n])
+
+    def _sample_inner(
+        self, images: Sequence[Image.Image], prompt: str, n: int, params: SamplingParams
+    ) -> list[Sample]:
+        # By keyword: an inner backend written to the keyword protocol keeps working.
+        return list(self._inner("sample").sample(images, prompt, n, **params.as_kwargs()))
+
+    def _inner(self, call: str) -> BaseVLM:
+        if self.inner is None:
+            raise NotRecordedError(
+                f"{self!r}: no recorded response answers this {call}() call and there is no inner model "
+                f"to ask; responses from {self.source} can be voted on, but {call}() needs the model"
+            )
+        return self.inner
+
+    def _remembered(self, key: tuple[Any, ...], compute: Any) -> list[Any]:
+        with self._lock:
+            found = self._memo.get(key)
+            if found is not None:
+                self.hits += 1
+                return list(found)
+        found = list(compute())
+        with self._lock:
+            self.misses += 1
+            self._memo[key] = found
+        return list(found)
+
+
+def _hashable(continuation: Any) -> Any:
+    """A memo key part for a continuation: text, or the token ids of a Sample or of a list."""
+    if isinstance(continuation, str):
+        return continuation
+    if isinstance(continuation, TokenLogprobs):
+        return ("ids", tuple(continuation.token_ids))
+    return ("ids", tuple(continuation))
+
+
+# -- the JSON-lines format ------------------------------------------------------------------------
+
+
+def read_responses(path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
+    """Responses per item id, in file order, from a JSON-lines file: one response per line.
+
+    Each line is an object with ``id`` (the item's id, a string or an integer) and either
+
+    - ``text``, ``token_logprobs`` (each generated token's log-probability under the model's raw
+      distribution, before temperature / top-k / top-p), and optionally ``top_logprobs`` (per step,
+      the largest raw log-probs: a list of numbers, a list of ``{"token", "logprob"}`` objects, or an
+      object from token to log-prob), ``tokens`` (per-token strings; they make step-level confidence
+      exact), ``token_ids`` and ``finish_reason``; or
+    - vLLM's OpenAI-format log-probs as they come: a ``logprobs`` object with ``content: [{token,
+      logprob, top_logprobs: [{token, logprob}, ...]}, ...]``, the text as ``text`` or
+      ``message.content``, and optionally ``finish_reason``, ``stop_reason`` and ``token_ids`` (a
+      whole saved choice reads as :class:`~catts_graph.models.OpenAICompatibleVLM` reads a reply:
+      the stop token vLLM lists is dropped).
+
+    Blank lines are skipped. Every error names the file, the line and the field.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise ValueError(f"responses file {str(source)!r} does not exist")
+    responses: dict[str, list[Sample]] = {}
+    with source.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{source}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            item_id = row.get("id")
+            if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
+                raise ValueError(
+                    f"{where}: 'id' must be the item's id (a string or an integer), got {item_id!r}"
+                )
+            try:
+                if "logprobs" in row and "token_logprobs" not in row:
+                    sample = sample_from_choice(row, top_logprobs=None)
+                else:
+                    sample = _sample_from_row(row)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            responses.setdefault(str(item_id), []).append(sample)
+    if not responses:
+        raise ValueError(f"responses file {str(source)!r} holds no responses")
+    return responses
+
+
+def _sample_from_row(row: Mapping[str, Any]) -> Sample:
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise ValueError(f"'text' must be the response text, got {type(text).__name__}")
+    logprobs = row.get("token_logprobs")
+    if not isinstance(logprobs, list) or not all(_finite(v) for v in logprobs):
+        raise ValueError("'token_logprobs' must be a list of finite numbers (one per generated token)")
+    if text and not logprobs:
+        raise ValueError("'token_logprobs' is empty but 'text' is not")
+    count = len(logprobs)
+    tokens = row.get("tokens")
+    if tokens is not None:
+        if (
+            not isinstance(tokens, list)
+            or not all(isinstance(t, str) for t in tokens)
+            or len(tokens) != count
+        ):
+            raise ValueError(f"'tokens' must be {count} strings, one per entry of 'token_logprobs'")
+        tokens = align_tokens(tokens, text)
+    token_ids = row.get("token_ids")
+    if token_ids is None:
+        token_ids = [-1] * count
+    elif (
+        not isinstance(token_ids, list)
+        or len(token_ids) != count
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in token_ids)
+    ):
+        raise ValueError(f"'token_ids' must be {count} integers, one per entry of 'token_logprobs'")
+    tops = row.get("top_logprobs")
+    if tops is not None:
+        if not isinstance(tops, list) or len(tops) != count:
+            raise ValueError(f"'top_logprobs' must hold {count} steps, one per entry of 'token_logprobs'")
+        tops = [_top_values(step, t) for t, step in enumerate(tops)]
+    finish = row.get("finish_reason", "stop")
+    if finish not in ("stop", "length"):
+        raise ValueError(f"'finish_reason' must be 'stop' or 'length', got {finish!r}")
+    return Sample(
+        token_ids=list(token_ids),
+        logprobs=[float(v) for v in logprobs],
+        tokens=tokens,
+        text=text,
+        top_logprobs=tops,
+        finish_reason=finish,
+    )
+
+
+def _top_values(step: Any, t: int) -> list[float]:
+    """One step's top log-probs, sorted descending, from any of the accepted shapes."""
+    if isinstance(step, Mapping):
+        values = list(step.values())
+    elif isinstance(step, list) and all(isinstance(v, Mapping) for v in step):
+        values = [v.get("logprob") for v in step]
+    else:
+        values = step
+    if not isinstance(values, list) or not values or not all(_finite(v) for v in values):
+        raise ValueError(
+            f"top_logprobs[{t}] must be a non-empty list of numbers, of {{'token', 'logprob'}} objects, "
+            "or an object from token to log-prob"
+        )
+    return sorted((float(v) for v in values), reverse=True)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.server
 import io
 import threading
+import typing
 from collections.abc import Iterator
 
 import pytest
@@ -115,11 +117,38 @@ def test_bad_data_uri(vlm):
         ({"policy": "random"}, "policy must be one of"),
         ({"n_samples": 8, "max_samples": 4}, "max_samples"),
         ({"weighting": "tail"}, "needs token confidence"),
+        # Values that used to pass the config and fail after the model calls:
+        ({"noise_step": 999.5}, "noise_step must be an integer, got 999.5"),
+        ({"noise_step": "500"}, "noise_step must be an integer, got '500'"),
+        ({"vcd_alpha": float("nan")}, "vcd_alpha must be a finite number, got nan"),
+        ({"temperature": float("nan")}, "temperature must be a finite number, got nan"),
+        ({"temperature": "1.0"}, "temperature must be a finite number, got '1.0'"),
+        ({"top_p": 0}, r"top_p must be in \(0, 1\]"),
+        ({"tau1": True}, "tau1 must be a finite number, got True"),
+        ({"max_image_pixels": 10**9}, "max_image_pixels must be at most 178956970 .PIL's own limit"),
     ],
 )
 def test_config_out_of_range(changes, message):
     with pytest.raises(ConfigError, match=message):
         CATTSConfig(**changes)
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(CATTSConfig)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1", None, [1]])
+def test_every_field_refuses_a_value_of_the_wrong_type(name, bad):
+    """The class: any field, any value outside its type, is a ConfigError naming the field."""
+    hint = typing.get_type_hints(CATTSConfig)[name]
+    if bad is None and type(None) in typing.get_args(hint):
+        return
+    if isinstance(bad, str) and typing.get_origin(hint) is typing.Literal:
+        return  # a Literal field takes strings; its own check names the allowed values
+    with pytest.raises(ConfigError, match=name):
+        CATTSConfig(**{name: bad})
+
+
+def test_a_nan_from_the_environment_is_refused():
+    with pytest.raises(ConfigError, match="temperature must be a finite number"):
+        CATTSConfig.from_env({"CATTS_TEMPERATURE": "nan"})
 
 
 def test_bad_context_at_invoke(vlm, image_path):

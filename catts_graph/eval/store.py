@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from catts_graph.redaction import redact_strings
+
 __all__ = ["DB_FILENAME", "SCHEMA", "MetaMismatch", "ResultStore", "db_path"]
 
 DB_FILENAME = "results.sqlite"
@@ -229,7 +231,10 @@ class ResultStore:
         modules: Sequence[str] = (),
         trace: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
-        """Store one (item, method, N) row; storing the same key again replaces it, never duplicates."""
+        """Store one (item, method, N) row; storing the same key again replaces it, never duplicates.
+
+        Every string in ``trace`` is stored redacted (:func:`catts_graph.redaction.redact`).
+        """
         with self._lock:
             self._conn.execute(
                 f"INSERT OR REPLACE INTO results({', '.join(RESULT_COLUMNS)}) "
@@ -247,7 +252,8 @@ class ResultStore:
                     int(expert_calls),
                     float(seconds),
                     json.dumps(list(modules)),
-                    None if trace is None else json.dumps(list(trace)),
+                    # The trace carries the experts' error texts: no credential is stored with them.
+                    None if trace is None else json.dumps(redact_strings(list(trace))),
                 ),
             )
 

@@ -31,6 +31,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from PIL import Image
 
 from catts_graph.images import to_base64_png
+from catts_graph.redaction import redact
 
 T = TypeVar("T")
 
@@ -224,7 +225,7 @@ def _short(text: str) -> str:
 
 
 def _describe(err: BaseException) -> str:
-    return _short(f"{type(err).__name__}: {err}")
+    return f"{type(err).__name__}: {err}"
 
 
 def _check_settings(retries: int, backoff: float, timeout: float | None, max_reply_chars: int) -> None:
@@ -260,7 +261,9 @@ class _Attempts(Generic[T]):
         self.start = time.monotonic()
 
     def failed(self, reason: str) -> None:
-        self.errors.append(f"attempt {self.count}: {reason}")
+        """Record why attempt ``count`` failed. The text goes to the trace, the checkpoint and the
+        evaluation store: credentials a provider echoed in its error are redacted first."""
+        self.errors.append(f"attempt {self.count}: {_short(redact(reason))}")
 
     def timed_out(self, timeout: float) -> None:
         self.failed(f"timed out after {timeout:g} s")
@@ -284,7 +287,7 @@ class _Attempts(Generic[T]):
                 )
             return True, self.parse(text)
         except MalformedAnswer as err:
-            self.failed(f"malformed answer: {_short(str(err))}")
+            self.failed(f"malformed answer: {err}")
             # Greedy experts (the base model as its own expert) would repeat the same reply to the
             # same prompt: show it the reply and why it was rejected instead.
             self.messages = [

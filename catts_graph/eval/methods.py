@@ -52,8 +52,7 @@ from catts_graph.config import MODULES, CATTSConfig
 from catts_graph.experts import resolve_experts
 from catts_graph.graph import build_graph
 from catts_graph.models.base import BaseVLM, Sample, TokenLogprobs
-from catts_graph.nodes.common import load_images
-from catts_graph.nodes.prepare import base_prompt, check_options, check_question, image_references
+from catts_graph.nodes.prepare import base_prompt, check_inputs
 from catts_graph.samples import DEEPCONF_K, describe_sample
 from catts_graph.voting import pick_answer
 
@@ -227,10 +226,8 @@ def draw_pool(
 
     Top-k log-probs (k = 20) are kept so that every DeepConf confidence can be computed.
     """
-    question = check_question(graph_input.get("question"))
-    options = check_options(graph_input.get("options"))
+    question, options, _, images = check_inputs(graph_input, config)
     prompt = base_prompt(question, options, base_model)
-    images = load_images(image_references(graph_input), config)  # type: ignore[arg-type]
     settings = {
         "temperature": config.temperature,
         "top_p": config.top_p,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
+from tests.conftest import ScriptedChat
 
 
 def boxed(answer: str, nmlp: float) -> Reply:
@@ -415,3 +417,36 @@ def test_a_megabyte_critique_is_cut_before_the_reflection_prompt_with_a_trace_no
     assert len(reflection) < 10_000
     note = entries(result, "critic")[0]["reason"]
     assert re.search(r"critique cut from 10000\d\d to 5000 characters \(max_expert_text_chars\)", note)
+
+
+class NoPlannerChat(ScriptedChat):
+    """A chat model that declares it plays only the Voter and the Critic, as the organism expert does."""
+
+    supported_roles: ClassVar[tuple[str, ...]] = ("voter", "critic")
+
+
+def test_an_expert_without_a_planner_is_never_asked_to_plan(image_path):
+    vlm = waves_model([[boxed("A", 0.5), boxed("B", 1.0)]], reflection=boxed("A", 0.1))
+    expert = NoPlannerChat(
+        replies={
+            "voter": json.dumps({"probabilities": [0.6, 0.4]}),
+            "critic": json.dumps({"critique": "Fine.", "verdict": "correct"}),
+        }
+    )
+    config = CATTSConfig(policy="paper", n_samples=2, max_samples=2)
+    result = build_graph(vlm, expert=expert, config=config).invoke({"image": image_path, "question": "Q"})
+    assert "planner" not in expert.roles_called()
+    assert entries(result, "planner")[0]["reason"] == "no planner expert; default plan"
+    with pytest.raises(ValueError, match="policy='expert' needs a planner expert"):
+        build_graph(vlm, expert=expert, config=CATTSConfig(policy="expert"))
+
+
+def test_the_organism_expert_declares_it_has_no_planner():
+    from catts_graph.experts import resolve_experts
+    from catts_graph.organism.expert import OrganismExpert
+
+    assert OrganismExpert.supported_roles == ("voter", "critic")
+    expert = NoPlannerChat(replies={})
+    assert resolve_experts(expert) == {"planner": None, "voter": expert, "critic": expert}
+    with pytest.raises(ValueError, match=r"expert\['planner'\]: NoPlannerChat does not play the planner"):
+        resolve_experts({"planner": expert})

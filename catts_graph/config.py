@@ -206,7 +206,7 @@ class CATTSConfig:
         default=200.0,
         metadata={
             "description": "Longest side over shortest side accepted (Qwen2.5-VL's processor refuses "
-            "200 and more)."
+            "more than 200)."
         },
     )
     image_cache_bytes: int = field(

@@ -99,18 +99,13 @@ class ImageCache:
                 self._bytes -= _pixel_bytes(dropped)
         return image
 
-    def clear(self) -> None:
-        with self._lock:
-            self._images.clear()
-            self._bytes = 0
-
 
 def _pixel_bytes(image: Image.Image) -> int:
     return image.width * image.height * len(image.getbands())
 
 
 IMAGE_CACHE = ImageCache()
-"""The process's decoded images (see :class:`ImageCache`); ``catts_graph.nodes.common.IMAGE_CACHE``."""
+"""The decoded images of this process, shared by every graph and run in it."""
 
 
 def read_image(reference: str, *, name: str, config: CATTSConfig) -> bytes:
@@ -133,13 +128,10 @@ def image_name(index: int, count: int) -> str:
 
 def load_images(references: Sequence[str], config: CATTSConfig) -> list[Image.Image]:
     """Decode the run's image references (through :data:`IMAGE_CACHE`)."""
+    names = [image_name(i, len(references)) for i in range(len(references))]
     return [
-        IMAGE_CACHE.load(
-            read_image(ref, name=image_name(i, len(references)), config=config),
-            name=image_name(i, len(references)),
-            config=config,
-        )
-        for i, ref in enumerate(references)
+        IMAGE_CACHE.load(read_image(ref, name=name, config=config), name=name, config=config)
+        for ref, name in zip(references, names, strict=True)
     ]
 
 

@@ -67,11 +67,10 @@ def check_options(options: Any, max_chars: int = 2_000) -> list[str] | None:
     return [option.strip() for option in options]
 
 
-def image_references(state: Mapping[str, Any], config: CATTSConfig | None = None) -> list[str]:
+def image_references(state: Mapping[str, Any], config: CATTSConfig) -> list[str]:
     """The run's images as references. A URL is fetched here, once, and kept as a data URI: every
     node then reads the same bytes, whatever the server answers later, and the image cache keys
     them by content."""
-    config = config or CATTSConfig()
     has_image = state.get("image") is not None
     images = state.get("images")
     if has_image and images:

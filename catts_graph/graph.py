@@ -124,6 +124,7 @@ def build_graph(
     builder.add_edge("visual_self_check", "planner")
     builder.add_edge("aggregate", END)
     graph = builder.compile(checkpointer=checkpointer, cache=cache, name=name)
+    # compile() makes the input channel itself; no public hook sees the input before it is stored.
     graph.channels[START] = StorableInput(graph.channels[START].typ)
     return graph
 
@@ -133,8 +134,7 @@ class StorableInput(EphemeralValue[Any]):
 
     A checkpointer stores the input as given, before any node runs, and msgpack takes no PIL image
     ("Type is not msgpack serializable: Image"). Converted on the way in, a PIL image works with
-    every checkpointer (and inside a parent graph that has one), as a path or bytes do; without a
-    checkpointer ``prepare`` would encode it the same way.
+    every checkpointer, as a path or bytes do; without one, ``prepare`` would encode it the same way.
     """
 
     def update(self, values: Sequence[Any]) -> bool:

@@ -44,7 +44,17 @@ _EXPORTS = {
     "build_graph": "catts_graph.graph",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BaseVLM",
+    "CATTSConfig",
+    "ConfigError",
+    "InputError",
+    "InputState",
+    "OutputState",
+    "Sample",
+    "TokenLogprobs",
+    "build_graph",
+]
 __version__ = "0.1.0"
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from catts_graph.config import CATTSConfig, ConfigError
 from catts_graph.images import InputError
+from catts_graph.redaction import redact
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int)
     run.add_argument("--seed", type=int)
     run.add_argument("--allow-url", action="store_true", help="allow http(s) image URLs")
+    run.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="allow image URLs on private, loopback and link-local addresses (your own network)",
+    )
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
     commands.add_parser("config", help="list every configuration field with its default")
@@ -90,6 +98,8 @@ def _config(args: argparse.Namespace) -> CATTSConfig:
             changes[field] = value
     if args.allow_url:
         changes["allow_url_fetch"] = True
+    if args.allow_private_urls:
+        changes["allow_private_urls"] = True
     base = CATTSConfig.from_env()
     if "n_samples" in changes and "max_samples" not in changes:
         changes["max_samples"] = max(base.max_samples, changes["n_samples"])
@@ -98,11 +108,18 @@ def _config(args: argparse.Namespace) -> CATTSConfig:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     from catts_graph.graph import build_graph
+    from catts_graph.nodes.prepare import check_inputs
     from catts_graph.specs import ORGANISM, base_model_from_spec, default_base_model_spec, expert_from_spec
 
     config = _config(args)
     if args.noise is not None and not 0 < args.noise <= 1:
         raise InputError(f"--noise: expected a strength in (0, 1], got {args.noise}")
+    given: dict[str, Any] = {"question": args.question, "options": args.options}
+    given.update({"image": args.image[0]} if len(args.image) == 1 else {"images": args.image})
+    # Every check that needs no model comes before the models load (seconds to minutes).
+    question, options, references, images = check_inputs(given, config)
+    inputs: dict[str, Any] = {"question": question, "options": options}
+    inputs.update({"image": references[0]} if len(references) == 1 else {"images": references})
     if args.json:  # stdout carries the JSON alone
         console = Console(stderr=True)
     if args.model is None:
@@ -116,16 +133,13 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         base_model = base_model_from_spec(args.model or default_base_model_spec())
         expert = expert_from_spec(expert_spec)
     graph = build_graph(base_model, expert=expert, config=config)
-    inputs: dict[str, Any] = {"question": args.question, "options": args.options}
-    if len(args.image) == 1:
-        inputs["image"] = args.image[0]
-    else:
-        inputs["images"] = args.image
 
     result = _stream(graph, inputs, console)
+    _warn_if_every_expert_call_failed(result, console)
     noised: dict[str, Any] | None = None
     if args.noise is not None:
-        noised = _stream(graph, _noised_inputs(inputs, args.noise, config), console)
+        noised = _stream(graph, _noised_inputs(inputs, images, args.noise), console)
+        _warn_if_every_expert_call_failed(noised, console)
     if args.json:
         print(json.dumps({**result, "noised": noised} if noised else result, indent=2, default=str))
         return 0
@@ -133,6 +147,19 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if noised is not None:
         _show_noise_comparison(result, noised, args.noise, console)
     return 0
+
+
+def _warn_if_every_expert_call_failed(result: dict[str, Any], console: Console) -> None:
+    """Say first, not only in the trace, when the experts were asked and none answered: the answer
+    then stands on the base model's samples alone (a missing key or a provider outage, usually)."""
+    calls = [call for entry in result.get("trace", []) for call in entry.get("expert_calls", [])]
+    if not calls or any(call["ok"] for call in calls):
+        return
+    errors = [error for call in calls for error in call["errors"]]
+    console.print(
+        f"[yellow]warning:[/] every expert call failed ({len(errors)} attempts); the answer rests on "
+        f"the base model alone. First error: {escape(errors[0] if errors else 'none recorded')}"
+    )
 
 
 def _stream(graph: Any, inputs: dict[str, Any], console: Console) -> dict[str, Any]:
@@ -146,16 +173,11 @@ def _stream(graph: Any, inputs: dict[str, Any], console: Console) -> dict[str, A
     return result
 
 
-def _noised_inputs(inputs: dict[str, Any], strength: float, config: CATTSConfig) -> dict[str, Any]:
+def _noised_inputs(inputs: dict[str, Any], images: Sequence[Any], strength: float) -> dict[str, Any]:
     """The same question with every image under Gaussian noise (seeded: the same pixels every run)."""
-    from catts_graph.images import load_image
     from catts_graph.perturb import gaussian
 
-    references = [inputs["image"]] if "image" in inputs else list(inputs["images"])
-    noised = [
-        gaussian(load_image(ref, name=f"--image {ref!r}", allow_url=config.allow_url_fetch), strength, seed=i)
-        for i, ref in enumerate(references)
-    ]
+    noised = [gaussian(image, strength, seed=i) for i, image in enumerate(images)]
     return {
         "question": inputs["question"],
         "options": inputs["options"],
@@ -224,6 +246,7 @@ def _show_config(console: Console) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
+    errors = Console(stderr=True)
     try:
         if args.command == "run":
             return _run(args, console)
@@ -232,8 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return int(args.func(args))
     except (InputError, ConfigError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
+        errors.print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
+    except Exception as err:  # a provider or server error: its text may echo a credential
+        errors.print(escape(redact("".join(traceback.format_exception(err)))))
+        return 1
 
 
 if __name__ == "__main__":

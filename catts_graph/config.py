@@ -9,11 +9,14 @@ Studio configures the module-level graph.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
+
+from PIL import Image
 
 Policy = Literal["adaptive", "paper", "expert"]
 Weighting = Literal["nmlp", "majority", "mean", "tail", "bottom_percent", "lowest_group"]
@@ -142,24 +145,88 @@ class CATTSConfig:
     expert_timeout: float = field(
         default=120.0, metadata={"description": "Seconds one expert call may take."}
     )
+    max_expert_reply_chars: int = field(
+        default=50_000,
+        metadata={
+            "description": "Longest expert reply parsed; a longer one is a malformed answer (retried, "
+            "then the module is skipped)."
+        },
+    )
+    max_expert_text_chars: int = field(
+        default=8_000,
+        metadata={
+            "description": "Longest expert text kept (the critique self-reflection reads, the "
+            "planner's reason); longer text is cut in the middle, with a note in the trace."
+        },
+    )
+
+    max_question_chars: int = field(
+        default=20_000,
+        metadata={
+            "description": "Longest question accepted, in characters (a longer one is an input error, "
+            "before any model call; so is one longer than the model's context)."
+        },
+    )
+    max_option_chars: int = field(
+        default=2_000, metadata={"description": "Longest multiple-choice option accepted, in characters."}
+    )
 
     allow_url_fetch: bool = field(
         default=False, metadata={"description": "Allow http(s) image URLs to be downloaded."}
     )
+    allow_private_urls: bool = field(
+        default=False,
+        metadata={
+            "description": "Allow image URLs on private, loopback and link-local addresses (checked "
+            "after every redirect; off guards against server-side request forgery)."
+        },
+    )
     url_max_bytes: int = field(
         default=20_000_000, metadata={"description": "Largest image download, in bytes."}
     )
-    url_timeout: float = field(default=10.0, metadata={"description": "Seconds an image download may take."})
+    url_timeout: float = field(
+        default=10.0,
+        metadata={"description": "Seconds a whole image download may take, redirects included."},
+    )
+    max_image_bytes: int = field(
+        default=100_000_000,
+        metadata={
+            "description": "Largest image file, data URI or bytes input, in bytes (a file's size is "
+            "checked before it is read)."
+        },
+    )
     max_image_pixels: int = field(
         default=40_000_000,
-        metadata={"description": "Largest image (width * height) accepted; guards against bombs."},
+        metadata={
+            "description": "Largest image (width * height) accepted; guards against bombs. At most "
+            "PIL's own limit, 2 * PIL.Image.MAX_IMAGE_PIXELS."
+        },
+    )
+    max_aspect_ratio: float = field(
+        default=200.0,
+        metadata={
+            "description": "Longest side over shortest side accepted (Qwen2.5-VL's processor refuses "
+            "more than 200)."
+        },
+    )
+    image_cache_bytes: int = field(
+        default=256_000_000,
+        metadata={
+            "description": "Decoded images kept for reuse across nodes and runs, in bytes of pixels "
+            "(keyed by the image's content; 0 = no cache)."
+        },
     )
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first field that is out of range."""
+        """Raise :class:`ConfigError` naming the first field of the wrong type or out of range.
+
+        Types first: an int field takes an int (not a bool), a float field a finite number (NaN
+        would pass every range check below and fail after the model calls).
+        """
+        _check_types(self)
         if self.policy not in typing.get_args(Policy):
             raise ConfigError(f"policy must be one of {typing.get_args(Policy)}, got {self.policy!r}")
         if self.weighting not in typing.get_args(Weighting):
@@ -183,12 +250,16 @@ class CATTSConfig:
             "deepconf_window",
             "max_voter_candidates",
             "self_check_candidates",
+            "max_expert_reply_chars",
+            "max_expert_text_chars",
+            "max_question_chars",
+            "max_option_chars",
             "url_max_bytes",
+            "max_image_bytes",
             "max_image_pixels",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.max_samples < self.n_samples:
             raise ConfigError(f"max_samples ({self.max_samples}) must be >= n_samples ({self.n_samples})")
         for name in (
@@ -199,27 +270,36 @@ class CATTSConfig:
             "fast_path_confidence",
             "contested_share",
             "close_margin",
-            "top_p",
         ):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1] (0 would keep no token), got {self.top_p!r}")
         if self.top_eta is not None and not 0.0 < self.top_eta <= 1.0:
             raise ConfigError(f"top_eta must be in (0, 1] or None, got {self.top_eta!r}")
         unknown = [m for m in self.disabled_modules if m not in MODULES]
-        if isinstance(self.disabled_modules, str) or unknown:
+        if unknown:
             raise ConfigError(f"disabled_modules must be a tuple of {MODULES}, got {self.disabled_modules!r}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
-        for name in ("top_k", "top_logprobs", "expert_retries", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("top_k", "top_logprobs", "expert_retries", "seed", "image_cache_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.noise_step < 1000:
             raise ConfigError(f"noise_step must be in [0, 999], got {self.noise_step!r}")
-        for name in ("vcd_alpha", "expert_backoff", "expert_timeout", "url_timeout"):
+        for name in ("temperature", "vcd_alpha", "expert_backoff", "expert_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.url_timeout <= 0:
+            raise ConfigError(f"url_timeout must be > 0 seconds, got {self.url_timeout!r}")
+        if self.max_aspect_ratio < 1:
+            raise ConfigError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio!r}")
+        # PIL refuses an image over twice its own limit before our check can let it through.
+        if Image.MAX_IMAGE_PIXELS is not None and self.max_image_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+            raise ConfigError(
+                f"max_image_pixels must be at most {2 * Image.MAX_IMAGE_PIXELS} (PIL's own limit, "
+                f"2 * PIL.Image.MAX_IMAGE_PIXELS), got {self.max_image_pixels}; raise "
+                "PIL.Image.MAX_IMAGE_PIXELS first"
+            )
         if self.weighting in ("mean", "tail", "bottom_percent", "lowest_group") and not self.top_logprobs:
             raise ConfigError(
                 f"weighting={self.weighting!r} needs token confidence: set top_logprobs (e.g. 20)"
@@ -248,6 +328,32 @@ class CATTSConfig:
     def describe(cls) -> list[tuple[str, str, str]]:
         """(name, default, description) of every field, for the README and ``catts config``."""
         return [(f.name, repr(f.default), str(f.metadata.get("description", ""))) for f in fields(cls)]
+
+
+def _check_types(config: CATTSConfig) -> None:
+    """Raise :class:`ConfigError` naming the first field whose value is not of the field's type."""
+    for name, hint in typing.get_type_hints(CATTSConfig).items():
+        value = getattr(config, name)
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+            if value is None:
+                continue
+            hint = next(a for a in args if a is not type(None))
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
+        elif hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        elif hint is float and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        # A list is a tuple here: JSON (Studio's context, the server's) has no tuples.
+        elif typing.get_origin(hint) is tuple and (
+            not isinstance(value, (tuple, list)) or not all(isinstance(item, str) for item in value)
+        ):
+            raise ConfigError(f"{name} must be a tuple of strings, got {value!r}")
 
 
 def _parse_env(name: str, raw: str, hint: Any) -> Any:

@@ -17,16 +17,19 @@ LangGraph Studio is pointed (by ``langgraph.json``) at the module-level graph of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from langgraph.channels import EphemeralValue
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
+from PIL import Image
 
 from catts_graph.config import CATTSConfig, CATTSContext
 from catts_graph.experts import resolve_experts
+from catts_graph.images import to_reference
 from catts_graph.models.base import BaseVLM
 from catts_graph.nodes.aggregate import make_aggregate
 from catts_graph.nodes.base_model import make_base_model
@@ -120,4 +123,33 @@ def build_graph(
     builder.add_edge("self_reflection", "planner")
     builder.add_edge("visual_self_check", "planner")
     builder.add_edge("aggregate", END)
-    return builder.compile(checkpointer=checkpointer, cache=cache, name=name)
+    graph = builder.compile(checkpointer=checkpointer, cache=cache, name=name)
+    # compile() makes the input channel itself; no public hook sees the input before it is stored.
+    graph.channels[START] = StorableInput(graph.channels[START].typ)
+    return graph
+
+
+class StorableInput(EphemeralValue[Any]):
+    """The graph's input channel, with PIL images in ``image`` / ``images`` kept as PNG data URIs.
+
+    A checkpointer stores the input as given, before any node runs, and msgpack takes no PIL image
+    ("Type is not msgpack serializable: Image"). Converted on the way in, a PIL image works with
+    every checkpointer, as a path or bytes do; without one, ``prepare`` would encode it the same way.
+    """
+
+    def update(self, values: Sequence[Any]) -> bool:
+        return super().update([_storable_input(value) for value in values])
+
+
+def _storable_input(value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return value
+    return {key: _storable(item) if key in ("image", "images") else item for key, item in value.items()}
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, Image.Image):
+        return to_reference(value)
+    if isinstance(value, (list, tuple)):
+        return [_storable(item) for item in value]
+    return value

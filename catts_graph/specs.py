@@ -17,6 +17,8 @@ from typing import Any
 
 ORGANISM = "organism"
 """The expert spec naming the larger organism model (:func:`catts_graph.organism.expert.organism_expert`)."""
+ORGANISM_BASE = "organism:base"
+"""How run metadata names the base organism, the model that runs when none is given."""
 
 
 def load_object(spec: str, *, name: str) -> Any:

@@ -23,8 +23,9 @@ class InputState(TypedDict, total=False):
     """What a caller passes to ``invoke``.
 
     ``image`` (or ``images`` for several, as MMMU needs) is a local path, an http(s) URL (fetched only
-    when ``allow_url_fetch`` is on), a ``data:`` URI, raw bytes, or a PIL image. With a checkpointer,
-    pass strings or bytes: a PIL image is not serialisable.
+    when ``allow_url_fetch`` is on), a ``data:`` URI, raw bytes, or a PIL image (kept as a PNG data
+    URI as it enters the graph, so that a checkpointer can store it: see
+    :class:`catts_graph.graph.StorableInput`).
     """
 
     image: Any

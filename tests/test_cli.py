@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from catts_graph.cli import main
+from catts_graph.experts import ROLES
 from catts_graph.testing import Reply, ScriptedVLM
+from tests.conftest import ScriptedChat
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT / "examples" / "images" / "shapes.png"
@@ -90,7 +92,7 @@ def test_run_reports_bad_input_clearly(capsys, tmp_path):
         ]
     )
     assert code == 2
-    assert "image: no file at" in capsys.readouterr().out
+    assert "image: no file at" in capsys.readouterr().err
 
 
 def test_config_lists_every_field(capsys):
@@ -143,7 +145,7 @@ def test_noise_strength_is_checked_before_any_model_loads(capsys):
         ["run", "--image", str(DEMO_IMAGE), "--question", "Q", "--noise", "1.5", "--model", "no/such/model"]
     )
     assert code == 2
-    assert "--noise: expected a strength in (0, 1], got 1.5" in capsys.readouterr().out
+    assert "--noise: expected a strength in (0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_run_with_noise_compares_the_two_confidences(capsys):
@@ -154,3 +156,87 @@ def test_run_with_noise_compares_the_two_confidences(capsys):
     assert code == 0
     assert "image under Gaussian noise (strength 0.5)" in out
     assert "clean" in out and "noised" in out
+
+
+# --- what a user meets (issue 11, items 4, 5 and 8) ----------------------------------------------
+
+KEY = "sk-proj-Q3v9ZtX1bN7mLp2WcR8kHs4YdF6gJa0E"
+
+
+def failing_expert() -> ScriptedChat:
+    """Named on the command line: every expert call fails, as with a revoked key."""
+    return ScriptedChat(replies={role: PermissionError(f"401 Unauthorized: {KEY}") for role in ROLES})
+
+
+class LeakyModel(ScriptedVLM):
+    def sample(self, *args, **kwargs):
+        raise RuntimeError(f"POST https://llm.example/v1 failed: 401, Authorization: Bearer {KEY}")
+
+
+def leaky_base_model() -> LeakyModel:
+    return LeakyModel(lambda call: [])
+
+
+def run_args(*extra: str, question: str = "How many red circles?") -> list[str]:
+    model = ["--model", "tests.test_cli:scripted_base_model", "--expert", "none"]
+    return ["run", "--image", str(DEMO_IMAGE), "--question", question, *model, *extra]
+
+
+def test_errors_go_to_stderr_and_json_stdout_stays_clean(capsys):
+    code = main([*run_args("--json", question="   ")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "question: is empty" in err
+
+
+@pytest.mark.parametrize(
+    ("question", "message"),
+    [("   ", "question: is empty"), ("\udcff\udcfe", "question: not valid UTF-8 text")],
+)
+def test_the_question_is_checked_before_any_model_loads(capsys, question, message):
+    # A model that does not exist: loading it would be the error, were it tried first.
+    code = main(["run", "--image", str(DEMO_IMAGE), "--question", question, "--model", "no/such/model"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "no/such/model" not in err
+
+
+def test_a_url_error_suggests_the_flag(capsys):
+    code = main(["run", "--image", f"https://example.com/chart.png?key={KEY}", "--question", "Q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass --allow-url on the command line" in err
+    assert KEY not in err and "[REDACTED]" in err
+
+
+def test_an_unexpected_error_is_printed_without_the_credential_it_echoes(capsys):
+    code = main(
+        ["run", "--image", str(DEMO_IMAGE), "--question", "Q", "--model", "tests.test_cli:leaky_base_model"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "RuntimeError" in err and "Traceback" in err
+    assert KEY not in err and "Bearer [REDACTED]" in err
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_run_says_up_front_when_every_expert_call_failed(capsys, monkeypatch, json_mode):
+    monkeypatch.setenv("CATTS_FAST_PATH_SHARE", "1.0")
+    monkeypatch.setenv("CATTS_EXPERT_BACKOFF", "0")
+    args = run_args(
+        "--expert", "tests.test_cli:failing_expert", "--n", "4", *(["--json"] if json_mode else [])
+    )
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == 0
+    shown = " ".join((err if json_mode else out).split())  # rich wraps at the terminal's width
+    assert (
+        "warning: every expert call failed" in shown and "the answer rests on the base model alone" in shown
+    )
+    assert KEY not in shown and "401 Unauthorized: [REDACTED]" in shown
+    if json_mode:
+        assert json.loads(out)["answer"] == "3"
+    else:
+        assert shown.index("warning: every expert call failed") < shown.index("answer '3'")
+
+
+def test_no_warning_when_an_expert_answered_or_none_was_asked(capsys):
+    assert main(run_args("--n", "4")) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -22,7 +22,7 @@ from rich.console import Console
 from catts_graph.eval.datasets import Item, load_benchmark
 from catts_graph.eval.methods import method_names
 from catts_graph.eval.runner import item_seed, run_eval
-from catts_graph.eval.store import MetaMismatch, ResultStore
+from catts_graph.eval.store import MetaMismatch, ResultStore, RunDirectoryBusy, run_lock
 from catts_graph.models.base import Sample
 from tests.conftest import ScriptedChat
 
@@ -319,3 +319,44 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tmp_path, tiny_
         assert killed.item_ids() == whole.item_ids() == [str(i) for i in range(6)]
         for item_id in whole.item_ids():
             assert comparable(killed.get_pool(item_id)) == comparable(whole.get_pool(item_id))
+
+
+# --- what a user meets (issue 11, item 8) ---------------------------------------------------------
+
+
+def test_a_second_evaluation_into_a_busy_run_directory_is_refused(tmp_path, tiny_vlm):
+    item = Item(
+        id="q",
+        benchmark="mmstar",
+        images=[str(tmp_path / "x.png")],
+        question="Q?",
+        options=["a", "b"],
+        answer="A",
+        answer_type="choice",
+    )
+    Image.new("RGB", (28, 28)).save(tmp_path / "x.png")
+    kwargs: dict[str, Any] = dict(
+        methods=["greedy"],
+        ns=[1],
+        base_model=tiny_vlm,
+        expert=None,
+        run_dir=tmp_path / "run",
+        console=Console(file=io.StringIO()),
+    )
+    with run_lock(tmp_path / "run"):  # what an evaluation already running there holds
+        with pytest.raises(
+            RunDirectoryBusy, match=rf"run_dir: '.*run' is in use by another eval \(process {os.getpid()}\)"
+        ):
+            run_eval([item], **kwargs)
+        assert not (tmp_path / "run" / "results.sqlite").exists()
+    assert run_eval([item], **kwargs).exists()  # released: the run goes ahead
+
+
+def test_the_metadata_names_the_model_that_ran(tmp_path, capsys):
+    from catts_graph.cli import main
+
+    run_dir = tmp_path / "run"
+    args = ["eval", "--benchmark", "synthetic", "--limit", "1", "--method", "greedy", "--n", "1"]
+    assert main([*args, "--expert", "none", "--run-dir", str(run_dir), "--max-new-tokens", "4"]) == 0
+    with ResultStore(run_dir / "results.sqlite") as store:
+        assert store.meta["model"] == "organism:base"

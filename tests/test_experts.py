@@ -12,6 +12,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -32,7 +34,10 @@ from catts_graph.experts import (
     call_expert,
     image_blocks,
     make_chat_model,
+    parse_critique,
     parse_json_object,
+    parse_plan,
+    parse_probabilities,
     resolve_experts,
 )
 from catts_graph.experts import base as expert_base
@@ -523,3 +528,240 @@ def test_self_expert_round_trip_through_a_role() -> None:
     result = critic.critique(question="q", options=None, images=[image()], response="r", step=None)
     assert result.ok and result.value == "c\nVerdict: unsure"
     assert result.output_tokens == 1 and not math.isnan(result.seconds)
+
+
+# --- whatever an expert returns, the run goes on (issue 11) -----------------------------------
+
+DEEP = '{"a":' * 100_000  # the issue's reply: 500,000 characters
+DEEP_UNDER_THE_SIZE_LIMIT = '{"a":' * 5_000
+HUGE_INT = "1" + "0" * 400
+
+
+def role_calls() -> list[tuple[str, Any]]:
+    """Each role asked once, as a zero-argument call over a fresh scripted model."""
+    kwargs: dict[str, Any] = {"question": "q", "options": None, "images": []}
+    return [
+        ("planner", lambda m: planner(m, retries=1).plan(summary={}, allowed=ALLOWED, **kwargs)),
+        (
+            "voter",
+            lambda m: Voter(m, retries=1, backoff=0, timeout=None).vote(candidates=["A", "B"], **kwargs),
+        ),
+        (
+            "critic",
+            lambda m: Critic(m, retries=1, backoff=0, timeout=None).critique(response="r", **kwargs),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("role", "ask"), role_calls())
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [(DEEP, "over the limit of 50000"), (DEEP_UNDER_THE_SIZE_LIMIT, "nested deeper than 32 levels")],
+)
+def test_deeply_nested_json_is_a_malformed_answer_in_every_role(
+    role: str, ask: Any, reply: str, reason: str
+) -> None:
+    result = ask(ScriptedChat(script=[reply]))
+    assert not result.ok and result.attempts == 2
+    assert all(reason in error for error in result.errors), result.errors
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (f'{{"probabilities": [{HUGE_INT}, 1]}}', "probability 1 is inf, not finite"),
+        ('{"probabilities": [1e400, 1]}', "probability 1 is inf, not finite"),
+        ('{"probabilities": [1' + "0" * 5000 + ", 1]}", "probability 1 is inf, not finite"),
+    ],
+)
+def test_numbers_too_large_for_a_float_are_malformed_answers(answer: str, reason: str) -> None:
+    result = Voter(ScriptedChat(script=[answer]), retries=0, backoff=0, timeout=None).vote(
+        question="q", options=None, images=[], candidates=["A", "B"]
+    )
+    assert not result.ok and reason in result.errors[0]
+
+
+def test_the_largest_finite_probabilities_renormalise_without_overflow() -> None:
+    model = ScriptedChat(script=['{"probabilities": [1e308, 1e308, 1e308]}'])
+    result = Voter(model, backoff=0, timeout=None).vote(
+        question="q", options=None, images=[], candidates=["A", "B", "C"]
+    )
+    assert result.ok and result.value == pytest.approx([1 / 3] * 3)
+    tiny = ScriptedChat(script=['{"probabilities": [5e-324, 0, 1e-320]}'])
+    value = Voter(tiny, backoff=0, timeout=None).vote(
+        question="q", options=None, images=[], candidates=["A", "B", "C"]
+    )
+    assert value.ok and math.fsum(value.value) == pytest.approx(1.0)
+
+
+def test_a_reply_over_the_size_limit_is_retried_then_reported() -> None:
+    reply = '{"critique": "' + "x" * 2000 + '", "verdict": "correct"}'
+    model = ScriptedChat(script=[reply, '{"critique": "short"}'])
+    result = Critic(model, retries=1, backoff=0, timeout=None, max_reply_chars=1000).critique(
+        question="q", options=None, images=[], response="r"
+    )
+    assert result.ok and result.value == "short\nVerdict: unsure"
+    assert "over the limit of 1000 (max_expert_reply_chars)" in result.errors[0]
+    # The retry shows the model a bounded echo of its reply, not all of it.
+    assert len(model.calls[1][1].content) <= 4000
+
+
+def test_lone_surrogates_in_a_reply_never_reach_the_run() -> None:
+    model = ScriptedChat(script=['{"critique": "bad \ud800 byte", "verdict": "incorrect"}'])
+    result = Critic(model, backoff=0, timeout=None).critique(
+        question="q", options=None, images=[], response="r"
+    )
+    assert result.ok and result.value == "bad ? byte\nVerdict: incorrect"
+    result.value.encode("utf-8")
+
+
+class UsageChat(BaseChatModel):
+    """Answers ``{}`` with whatever usage metadata it is given, unvalidated (as a broken provider
+    integration might)."""
+
+    usage: Any
+
+    @property
+    def _llm_type(self) -> str:
+        return "usage"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
+        raise AssertionError("invoke is overridden")
+
+    def invoke(self, messages: Any, config: Any = None, **kwargs: Any) -> Any:
+        return AIMessage.model_construct(content="{}", usage_metadata=self.usage, type="ai")
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": float("nan"), "output_tokens": float("inf")},
+        {"input_tokens": "ten", "output_tokens": -5},
+        {"input_tokens": 10**400, "output_tokens": True},
+        "not a mapping",
+        None,
+    ],
+)
+def test_any_usage_an_expert_reports_counts_without_breaking_the_call(usage: Any) -> None:
+    result = call_expert(
+        UsageChat(usage=usage), [HumanMessage("hi")], parse_json_object, retries=0, backoff=0, timeout=None
+    )
+    assert result.ok and (result.input_tokens, result.output_tokens) == (0, 0)
+
+
+def test_adversarial_replies_at_the_size_limit_parse_quickly() -> None:
+    limit = expert_base.DEFAULT_MAX_REPLY_CHARS
+    shapes = [
+        "{" * limit,
+        "[" * limit,
+        ("{" + "[]" * 100) * (limit // 201),
+        '{"a": "' + "{" * (limit - 8),
+        ('{"a": [' + "1," * 30) * (limit // 68),
+        "x {" * (limit // 3),
+    ]
+    for text in shapes:
+        started = time.perf_counter()
+        with pytest.raises(MalformedAnswer):
+            expert_base.parse_json_object(text)
+        assert time.perf_counter() - started < 2.0, text[:40]
+
+
+# The classes those cases stand for: any number, any JSON, any text an expert may return.
+
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=400)  # lone surrogates included
+NUMBER_LITERAL = st.one_of(
+    st.integers(min_value=-(10**500), max_value=10**500).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,600})(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,5})?", fullmatch=True),
+    st.sampled_from(["1e308", "1.7976931348623157e308", "5e-324", "-0", "1" + "0" * 400]),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "true", "false", "null", '"0.5"', "[]", "{}"]),
+)
+JSON_VALUE = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**60), max_value=10**60),
+        st.floats(),
+        ANY_TEXT,
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+PARSERS = [
+    lambda text: parse_probabilities(text, 3),
+    lambda text: parse_plan(text, ALLOWED),
+    parse_critique,
+]
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def parses_or_is_malformed(parse: Any, text: str) -> Any:
+    """What ``parse`` makes of ``text``: its value, or None for a malformed answer. Anything else
+    raised fails the test: it would have escaped the retry loop."""
+    try:
+        return parse(text)
+    except MalformedAnswer:
+        return None
+
+
+@PROPERTY
+@given(st.lists(NUMBER_LITERAL, min_size=3, max_size=3))
+def test_any_number_literal_is_a_probability_or_a_malformed_answer(literals: list[str]) -> None:
+    value = parses_or_is_malformed(
+        lambda t: parse_probabilities(t, 3), f'{{"probabilities": [{", ".join(literals)}]}}'
+    )
+    if value is not None:
+        assert all(math.isfinite(p) and 0 <= p <= 1 for p in value)
+        assert math.fsum(value) == pytest.approx(1.0)
+
+
+@PROPERTY
+@given(JSON_VALUE, JSON_VALUE)
+def test_any_json_in_the_asked_keys_is_parsed_or_malformed(first: Any, second: Any) -> None:
+    for keys in (("probabilities", "x"), ("modules", "reason"), ("critique", "verdict")):
+        text = json.dumps(dict(zip(keys, (first, second), strict=True)))
+        for parse in PARSERS:
+            parses_or_is_malformed(parse, text)
+
+
+@PROPERTY
+@given(ANY_TEXT)
+def test_any_text_is_parsed_or_malformed_and_the_call_never_raises(text: str) -> None:
+    for parse in PARSERS:
+        parses_or_is_malformed(parse, text)
+    # As the whole reply, and as the critique inside a well-formed one.
+    as_json = json.dumps({"critique": text + "!", "verdict": "unsure"}, ensure_ascii=False)
+    for reply in (text, as_json):
+        result = call_expert(
+            ScriptedChat(script=[reply]),
+            [HumanMessage("hi")],
+            parse_critique,
+            retries=0,
+            backoff=0,
+            timeout=None,
+        )
+        # What reaches the trace, a checkpoint or the evaluation store is valid UTF-8.
+        json.dumps(result.record("critic"), ensure_ascii=False).encode("utf-8")
+        if result.ok:
+            result.value.encode("utf-8")
+
+
+@PROPERTY
+@given(st.integers(min_value=1, max_value=20_000), st.sampled_from(["[", '{"a":', '{"probabilities":[']))
+def test_any_nesting_depth_is_parsed_or_malformed(depth: int, opener: str) -> None:
+    closer = {"[": "]", '{"a":': "}", '{"probabilities":[': "]}"}[opener]
+    text = opener * depth + "1" + closer * depth
+    for parse in PARSERS:
+        parses_or_is_malformed(parse, text)
+
+
+@PROPERTY
+@given(st.one_of(st.integers(), st.floats(), st.booleans(), st.none(), ANY_TEXT, st.lists(st.integers())))
+def test_finite_number_gives_a_finite_float_or_a_malformed_answer(value: Any) -> None:
+    try:
+        number = expert_base.finite_number(value, "x")
+    except MalformedAnswer:
+        return
+    assert isinstance(number, float) and math.isfinite(number)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
+from tests.conftest import ScriptedChat
 
 
 def boxed(answer: str, nmlp: float) -> Reply:
@@ -358,3 +361,92 @@ def test_a_model_that_declares_its_prompts_is_asked_in_them(image_path, scripted
     assert "self_reflection" in modules(result)
     assert prompts[-1] == prompts[0]  # the critique is not shown to a model that cannot read it
     assert [s["answer"] for s in result["samples"] if s["source"] == "reflection"] == ["A"]
+
+
+# --- what an expert returns cannot crash the run, and its text is bounded (issue 11) -------------
+
+
+def test_the_largest_finite_probabilities_boost_evenly_instead_of_overflowing(image_path, scripted_chat):
+    vlm = waves_model([[boxed("A", 0.5), boxed("B", 0.5), boxed("C", 0.5)]])
+    expert = scripted_chat(voter='{"probabilities": [1e308, 1e308, 1e308]}')
+    config = CATTSConfig(n_samples=3, max_samples=3, close_margin=0.0)
+    result = build_graph(vlm, expert={"voter": expert}, config=config).invoke(
+        {"image": image_path, "question": "Q"}
+    )
+    assert result["scores"] == pytest.approx(
+        {"A": 1 / 3 + 0.5 / 3, "B": 1 / 3 + 0.5 / 3, "C": 1 / 3 + 0.5 / 3}
+    )
+
+
+@pytest.mark.parametrize(
+    "reply", ['{"probabilities": [' + "1" + "0" * 400 + ", 1]}", '{"a":' * 100_000], ids=["huge-int", "deep"]
+)
+def test_a_reply_that_crashed_invoke_is_retried_then_skipped_with_the_reason(
+    image_path, scripted_chat, reply
+):
+    vlm = waves_model([[boxed("A", 0.5), boxed("B", 1.0)]], reflection=boxed("A", 0.1))
+    expert = scripted_chat(planner=reply, voter=reply, critic=reply)
+    config = CATTSConfig(policy="paper", n_samples=2, max_samples=2, expert_retries=1, expert_backoff=0.0)
+    result = build_graph(vlm, expert=expert, config=config).invoke({"image": image_path, "question": "Q"})
+    assert result["answer"] == "A"
+    plan, voter, critic = (entries(result, m)[0] for m in ("planner", "voter", "critic"))
+    assert "fallback" in plan["decision"] and "malformed answer" in plan["reason"]
+    assert voter["decision"] == "skipped" and "malformed answer" in voter["reason"]
+    assert critic["decision"] == "skipped self-reflection" and "malformed answer" in critic["reason"]
+    for entry in (plan, voter, critic):
+        assert entry["expert_calls"][0]["attempts"] == 2
+
+
+def test_a_megabyte_critique_is_cut_before_the_reflection_prompt_with_a_trace_note(image_path, scripted_chat):
+    prompts: list[str] = []
+
+    def script(call: ScriptCall) -> list[Reply]:
+        prompts.append(call.prompt)
+        return [boxed("A", 0.5), boxed("B", 0.5)] if len(prompts) == 1 else [boxed("A", 0.1)]
+
+    critique = "Step 1 is wrong. " + "x" * 1_000_000 + " So the answer is A."
+    expert = scripted_chat(critic=json.dumps({"critique": critique, "verdict": "incorrect"}))
+    config = CATTSConfig(
+        n_samples=2, max_samples=2, max_expert_reply_chars=2_000_000, max_expert_text_chars=5_000
+    )
+    result = build_graph(ScriptedVLM(script), expert={"critic": expert}, config=config).invoke(
+        {"image": image_path, "question": "Q"}
+    )
+    reflection = prompts[-1]
+    assert "Step 1 is wrong." in reflection and "So the answer is A." in reflection
+    assert len(reflection) < 10_000
+    note = entries(result, "critic")[0]["reason"]
+    assert re.search(r"critique cut from 10000\d\d to 5000 characters \(max_expert_text_chars\)", note)
+
+
+class NoPlannerChat(ScriptedChat):
+    """A chat model that declares it plays only the Voter and the Critic, as the organism expert does."""
+
+    supported_roles: ClassVar[tuple[str, ...]] = ("voter", "critic")
+
+
+def test_an_expert_without_a_planner_is_never_asked_to_plan(image_path):
+    vlm = waves_model([[boxed("A", 0.5), boxed("B", 1.0)]], reflection=boxed("A", 0.1))
+    expert = NoPlannerChat(
+        replies={
+            "voter": json.dumps({"probabilities": [0.6, 0.4]}),
+            "critic": json.dumps({"critique": "Fine.", "verdict": "correct"}),
+        }
+    )
+    config = CATTSConfig(policy="paper", n_samples=2, max_samples=2)
+    result = build_graph(vlm, expert=expert, config=config).invoke({"image": image_path, "question": "Q"})
+    assert "planner" not in expert.roles_called()
+    assert entries(result, "planner")[0]["reason"] == "no planner expert; default plan"
+    with pytest.raises(ValueError, match="policy='expert' needs a planner expert"):
+        build_graph(vlm, expert=expert, config=CATTSConfig(policy="expert"))
+
+
+def test_the_organism_expert_declares_it_has_no_planner():
+    from catts_graph.experts import resolve_experts
+    from catts_graph.organism.expert import OrganismExpert
+
+    assert OrganismExpert.supported_roles == ("voter", "critic")
+    expert = NoPlannerChat(replies={})
+    assert resolve_experts(expert) == {"planner": None, "voter": expert, "critic": expert}
+    with pytest.raises(ValueError, match=r"expert\['planner'\]: NoPlannerChat does not play the planner"):
+        resolve_experts({"planner": expert})

@@ -53,8 +53,8 @@ from catts_graph.experts import resolve_experts
 from catts_graph.graph import build_graph
 from catts_graph.models.base import BaseVLM, Sample, SamplingParams
 from catts_graph.models.replay import ReplayVLM
-from catts_graph.nodes.common import load_images, trace_entry
-from catts_graph.nodes.prepare import base_prompt, check_options, check_question, image_references
+from catts_graph.nodes.common import trace_entry
+from catts_graph.nodes.prepare import base_prompt, check_inputs
 from catts_graph.samples import DEEPCONF_K, describe_sample
 from catts_graph.voting import pick_answer
 
@@ -231,10 +231,8 @@ def draw_pool(
     ``recorded``: the item's responses generated elsewhere; the pool is their first ``n`` instead
     of a draw (the greedy response, when asked, still comes from ``base_model``).
     """
-    question = check_question(graph_input.get("question"))
-    options = check_options(graph_input.get("options"))
+    question, options, _, images = check_inputs(graph_input, config)
     prompt = base_prompt(question, options, base_model)
-    images = load_images(image_references(graph_input), config)  # type: ignore[arg-type]
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,

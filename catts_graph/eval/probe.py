@@ -49,6 +49,7 @@ from catts_graph.eval.store import DB_FILENAME, ResultStore
 from catts_graph.images import load_image
 from catts_graph.nodes.prepare import base_prompt
 from catts_graph.perturb import PERTURBATIONS, perturb
+from catts_graph.redaction import redact
 from catts_graph.samples import describe_sample
 
 if TYPE_CHECKING:
@@ -543,7 +544,12 @@ def _probe_command(args: argparse.Namespace) -> int:
 
     from catts_graph.eval.datasets import load_benchmark
     from catts_graph.images import InputError
-    from catts_graph.specs import base_model_from_spec, default_base_model_spec, judge_from_spec
+    from catts_graph.specs import (
+        ORGANISM_BASE,
+        base_model_from_spec,
+        default_base_model_spec,
+        judge_from_spec,
+    )
 
     console = Console()
     try:
@@ -586,14 +592,14 @@ def _probe_command(args: argparse.Namespace) -> int:
                 max_new_tokens=args.max_new_tokens,
                 judge=judge,
                 info={
-                    "model": args.model or "tiny-random-qwen2.5-vl",
+                    "model": args.model or ORGANISM_BASE,
                     "benchmark": args.benchmark,
                     "judge": args.judge,
                 },
                 progress=lambda: bar.advance(task),
             )
     except (InputError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}")
+        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
     console.print(f"{run.written} rows answered, {run.skipped} already stored, in {store_path}")
     console.print(summary_table(probe_summary(store_path), title=f"probe: {args.benchmark}"))

@@ -34,6 +34,7 @@ from catts_graph.eval import plots
 from catts_graph.eval.probe import ProbeSummaryRow, probe_summary
 from catts_graph.eval.store import DB_FILENAME
 from catts_graph.graph import NODES
+from catts_graph.redaction import redact
 
 __all__ = [
     "AccuracyCell",
@@ -452,7 +453,7 @@ def _report_command(args: argparse.Namespace) -> int:
     try:
         path = write_report(args.run_dir)
     except (FileNotFoundError, ValueError, sqlite3.Error) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}")
+        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
     summaries = method_summaries(Path(args.run_dir) / DB_FILENAME)
     if summaries:

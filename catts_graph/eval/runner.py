@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,9 +52,10 @@ from catts_graph.eval.methods import (
     parse_method,
     run_method,
 )
-from catts_graph.eval.store import ResultStore, db_path
+from catts_graph.eval.store import ResultStore, db_path, run_lock
 from catts_graph.models.base import BaseVLM
 from catts_graph.models.replay import ReplayVLM
+from catts_graph.redaction import redact
 
 if TYPE_CHECKING:
     from catts_graph.eval.datasets import Item
@@ -181,7 +183,8 @@ def run_eval(
     """Evaluate ``methods`` at every N of ``ns`` on the items; returns the store's path.
 
     ``run_dir`` may hold an earlier run with the same settings: its stored items are skipped (resume);
-    other settings raise :class:`~catts_graph.eval.store.MetaMismatch`. ``model_name`` and
+    other settings raise :class:`~catts_graph.eval.store.MetaMismatch`, and an evaluation still
+    running there :class:`~catts_graph.eval.store.RunDirectoryBusy`. ``model_name`` and
     ``expert_name`` are what the meta records for the models (default: derived from the objects).
     """
     items = list(benchmark_items)
@@ -194,7 +197,7 @@ def run_eval(
     console = console or Console()
     benchmark = items[0].benchmark
     path = db_path(run_dir)
-    with ResultStore(path) as store:
+    with run_lock(run_dir), ResultStore(path) as store:
         store.check_meta(
             {
                 "benchmark": benchmark,
@@ -464,6 +467,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
     from catts_graph.eval.datasets import load_benchmark
     from catts_graph.eval.store import MetaMismatch
     from catts_graph.specs import (
+        ORGANISM_BASE,
         base_model_from_spec,
         default_base_model_spec,
         expert_from_spec,
@@ -496,7 +500,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
                 )
             with console.status("loading the base model"):
                 base_model = base_model_from_spec(args.model or default_base_model_spec())
-            model_name = args.model or "tiny-random-qwen2.5-vl"
+            model_name = args.model or ORGANISM_BASE
         expert_spec = expert_spec if expert_spec is not None else "self"
         run_eval(
             items,
@@ -514,6 +518,6 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
             console=console,
         )
     except (MetaMismatch, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
     return 0

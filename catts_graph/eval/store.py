@@ -17,7 +17,9 @@ is either complete or absent, and the primary keys make counting a row twice imp
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DB_FILENAME", "SCHEMA", "MetaMismatch", "ResultStore", "db_path"]
+from catts_graph.redaction import redact_strings
+
+__all__ = ["DB_FILENAME", "SCHEMA", "MetaMismatch", "ResultStore", "RunDirectoryBusy", "db_path", "run_lock"]
 
 DB_FILENAME = "results.sqlite"
 """The store's file name inside a run directory (``catts eval --run-dir``; ``catts report`` reads it)."""
@@ -66,9 +70,42 @@ class MetaMismatch(ValueError):
     """A run directory already holds a run with other settings; the message lists the differences."""
 
 
+class RunDirectoryBusy(ValueError):
+    """Another process holds the run directory's lock; the message names the directory and process."""
+
+
 def db_path(run_dir: str | Path) -> Path:
     """The store of the run in ``run_dir``."""
     return Path(run_dir) / DB_FILENAME
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, writer: str = "eval") -> Iterator[Path]:
+    """Hold ``run_dir`` for one ``writer`` (``catts eval``) while it runs; yields the lock file.
+
+    Two evaluations into one directory would both draw the same items, at twice the cost, one's rows
+    replacing the other's: the second is refused with :class:`RunDirectoryBusy` instead. The lock is
+    an OS file lock (``flock``) on ``RUN_DIR/results.sqlite.<writer>.lock``: the OS releases it when
+    the process ends, killed or not, so a resumed run never finds a stale one.
+    """
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{DB_FILENAME}.{writer}.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirectoryBusy(
+                f"run_dir: {str(folder)!r} is in use by another {writer} (process {holder}); wait for it "
+                "to finish, or use another --run-dir"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(descriptor)  # closing the descriptor releases the lock
 
 
 class ResultStore:
@@ -229,7 +266,10 @@ class ResultStore:
         modules: Sequence[str] = (),
         trace: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
-        """Store one (item, method, N) row; storing the same key again replaces it, never duplicates."""
+        """Store one (item, method, N) row; storing the same key again replaces it, never duplicates.
+
+        Every string in ``trace`` is stored redacted (:func:`catts_graph.redaction.redact`).
+        """
         with self._lock:
             self._conn.execute(
                 f"INSERT OR REPLACE INTO results({', '.join(RESULT_COLUMNS)}) "
@@ -247,7 +287,8 @@ class ResultStore:
                     int(expert_calls),
                     float(seconds),
                     json.dumps(list(modules)),
-                    None if trace is None else json.dumps(list(trace)),
+                    # The trace carries the experts' error texts: no credential is stored with them.
+                    None if trace is None else json.dumps(redact_strings(list(trace))),
                 ),
             )
 

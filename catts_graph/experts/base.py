@@ -4,6 +4,12 @@ Every role (Planner, Voter, Critic) builds its messages and a ``parse`` function
 :func:`call_expert` (or :func:`acall_expert`). Model errors, timeouts and malformed answers never
 raise: they are retried, and the final :class:`ExpertResult` says what happened on each attempt so
 the graph can fall back and record why.
+
+An expert is another program's output, so everything it returns is bounded here, on one path: the
+reply's length (``max_reply_chars``), its text (lone surrogates replaced), the JSON parse
+(:func:`parse_json_object`: nesting depth, integer size), every number a role reads
+(:func:`finite_number`) and the token counts it reports. A reply that breaks a bound is a malformed
+answer like any other: retried, then reported.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import asyncio
 import concurrent.futures
 import contextvars
 import json
+import math
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Self, TypeVar
 
@@ -24,12 +31,23 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from PIL import Image
 
 from catts_graph.images import to_base64_png
+from catts_graph.redaction import redact
 
 T = TypeVar("T")
 
 _MAX_ERROR_CHARS = 500
 _MAX_ECHO_CHARS = 4000
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
+DEFAULT_MAX_REPLY_CHARS = 50_000
+"""The default of ``max_reply_chars`` (``CATTSConfig.max_expert_reply_chars``)."""
+_MAX_JSON_DEPTH = 32
+"""Deepest nesting parsed. The answers asked for nest two levels; ``'{"a":' * 100000`` would
+otherwise exhaust the parser's recursion (a RecursionError, not a malformed answer)."""
+_MAX_INT_DIGITS = 20
+"""A longer JSON integer is read as a float (so it is infinite, then refused, when too large for
+one): Python's int would take it whole, and a 401-digit int overflows float arithmetic later."""
+_MAX_TOKEN_COUNT = 10**9
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 class MalformedAnswer(ValueError):
@@ -82,27 +100,96 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """The JSON object in an expert's answer.
 
     Accepted, in this order: the whole answer as JSON, a fenced ```json block, the first ``{...}``
-    object inside prose. Anything else raises :class:`MalformedAnswer`.
+    object inside prose. Anything else raises :class:`MalformedAnswer`; so does an object nested
+    deeper than 32 levels. Integers of more than 20 digits are read as floats, so no number in the
+    result overflows a float conversion (an infinite one is refused by :func:`finite_number`).
     """
     stripped = text.strip()
     if not stripped:
         raise MalformedAnswer("the answer is empty")
+    too_deep = False
     for chunk in [stripped, *(m.group(1).strip() for m in _FENCE.finditer(text))]:
+        if _too_deep(chunk, 0):
+            too_deep = True
+            continue
         try:
-            value = json.loads(chunk)
+            value = json.loads(chunk, parse_int=_json_int)
         except ValueError:
             continue
         if isinstance(value, dict):
             return value
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=_json_int)
     for match in re.finditer(r"\{", text):
+        if _too_deep(text, match.start()):
+            too_deep = True
+            continue
         try:
             value, _ = decoder.raw_decode(text, match.start())
         except ValueError:
             continue
         if isinstance(value, dict):
             return value
+    if too_deep:
+        raise MalformedAnswer(f"the JSON in the answer is nested deeper than {_MAX_JSON_DEPTH} levels")
     raise MalformedAnswer(f"no JSON object in the answer: {_preview(stripped)}")
+
+
+def _too_deep(text: str, start: int) -> bool:
+    """Whether the JSON value at ``start`` nests deeper than :data:`_MAX_JSON_DEPTH`.
+
+    Brackets inside JSON strings do not count, as for the parser; the scan ends where the value
+    does (depth back to zero), so text after the value is not held against it.
+    """
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text, start):
+        bracket = match.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > _MAX_JSON_DEPTH:
+                return True
+        elif bracket in "]}":
+            depth -= 1
+            if depth <= 0:
+                return False
+    return False
+
+
+def _json_int(digits: str) -> int | float:
+    return int(digits) if len(digits.lstrip("-")) <= _MAX_INT_DIGITS else float(digits)
+
+
+def finite_number(value: Any, what: str) -> float:
+    """``value`` (from an expert's JSON) as a finite float, or :class:`MalformedAnswer` naming ``what``.
+
+    Booleans are not numbers here; NaN, infinities and integers too large for a float are refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedAnswer(f"{what} is {_short(repr(value))}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise MalformedAnswer(f"{what} is an integer of {value.bit_length()} bits, too large") from None
+    if not math.isfinite(number):
+        raise MalformedAnswer(f"{what} is {number!r}, not finite")
+    return number
+
+
+def truncate_middle(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and its end (the final answer)."""
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    tail = limit - head
+    omitted = len(text) - head - tail
+    return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[-tail:]}"
+
+
+def bound_text(text: str, limit: int, what: str) -> tuple[str, str | None]:
+    """``text`` cut in the middle to about ``limit`` characters (:func:`truncate_middle`), and a note
+    for the trace when it was cut; the cut is marked in the text, so a model reading it knows."""
+    if len(text) <= limit:
+        return text, None
+    return truncate_middle(text, limit), f"{what} cut from {len(text)} to {limit} characters"
 
 
 def _preview(text: str, limit: int = 120) -> str:
@@ -111,11 +198,26 @@ def _preview(text: str, limit: int = 120) -> str:
 
 
 def _reply_text(reply: Any) -> str:
+    """The reply's text, with lone surrogates (not UTF-8, so neither a tokenizer nor a checkpointer
+    takes them) replaced by ``?``."""
     if isinstance(reply, str):
-        return reply
-    if isinstance(reply, BaseMessage):
-        return str(reply.text)
-    raise TypeError(f"the expert model returned {type(reply).__name__}, expected a message")
+        text = reply
+    elif isinstance(reply, BaseMessage):
+        text = str(reply.text)
+    else:
+        raise TypeError(f"the expert model returned {type(reply).__name__}, expected a message")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _token_count(value: Any) -> int:
+    """A token count from a reply's usage; anything but a plausible count (None, NaN, negative,
+    text, absurdly large) counts 0 instead of breaking the run's usage."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    # The range test comes first: it holds for ints of any size, and is False for NaN.
+    if not 0 <= value <= _MAX_TOKEN_COUNT:
+        return 0
+    return int(value)
 
 
 def _short(text: str) -> str:
@@ -123,12 +225,14 @@ def _short(text: str) -> str:
 
 
 def _describe(err: BaseException) -> str:
-    return _short(f"{type(err).__name__}: {err}")
+    return f"{type(err).__name__}: {err}"
 
 
-def _check_settings(retries: int, backoff: float, timeout: float | None) -> None:
+def _check_settings(retries: int, backoff: float, timeout: float | None, max_reply_chars: int) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if isinstance(max_reply_chars, bool) or not isinstance(max_reply_chars, int) or max_reply_chars < 1:
+        raise ValueError(f"max_reply_chars must be an integer >= 1, got {max_reply_chars!r}")
     if backoff < 0:
         raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
     if timeout is not None and timeout < 0:
@@ -143,10 +247,13 @@ def backoff_delay(backoff: float, retry: int) -> float:
 class _Attempts(Generic[T]):
     """Book-keeping shared by the sync and async loops."""
 
-    def __init__(self, messages: Sequence[BaseMessage], parse: Callable[[str], T]) -> None:
+    def __init__(
+        self, messages: Sequence[BaseMessage], parse: Callable[[str], T], max_reply_chars: int
+    ) -> None:
         self.base = list(messages)
         self.messages = list(messages)
         self.parse = parse
+        self.max_reply_chars = max_reply_chars
         self.errors: list[str] = []
         self.count = 0
         self.input_tokens = 0
@@ -154,33 +261,41 @@ class _Attempts(Generic[T]):
         self.start = time.monotonic()
 
     def failed(self, reason: str) -> None:
-        self.errors.append(f"attempt {self.count}: {reason}")
+        """Record why attempt ``count`` failed. The text goes to the trace, the checkpoint and the
+        evaluation store: credentials a provider echoed in its error are redacted first."""
+        self.errors.append(f"attempt {self.count}: {_short(redact(reason))}")
 
     def timed_out(self, timeout: float) -> None:
         self.failed(f"timed out after {timeout:g} s")
 
     def accept(self, reply: Any) -> tuple[bool, T | None]:
         """Parse one reply; on a malformed answer, retry with the reason shown to the model."""
-        usage = getattr(reply, "usage_metadata", None) or {}
-        self.input_tokens += int(usage.get("input_tokens") or 0)
-        self.output_tokens += int(usage.get("output_tokens") or 0)
+        usage = getattr(reply, "usage_metadata", None)
+        if isinstance(usage, Mapping):
+            self.input_tokens += _token_count(usage.get("input_tokens"))
+            self.output_tokens += _token_count(usage.get("output_tokens"))
         try:
             text = _reply_text(reply)
         except TypeError as err:
             self.failed(_describe(err))
             return False, None
         try:
+            if len(text) > self.max_reply_chars:
+                raise MalformedAnswer(
+                    f"the reply is {len(text)} characters, over the limit of {self.max_reply_chars} "
+                    "(max_expert_reply_chars)"
+                )
             return True, self.parse(text)
         except MalformedAnswer as err:
-            self.failed(f"malformed answer: {_short(str(err))}")
+            self.failed(f"malformed answer: {err}")
             # Greedy experts (the base model as its own expert) would repeat the same reply to the
             # same prompt: show it the reply and why it was rejected instead.
             self.messages = [
                 *self.base,
                 AIMessage(content=text[:_MAX_ECHO_CHARS]),
                 HumanMessage(
-                    content=f"That reply could not be used: {err}. Reply again, with only the "
-                    "JSON object asked for above."
+                    content=f"That reply could not be used: {_short(str(err))}. Reply again, with "
+                    "only the JSON object asked for above."
                 ),
             ]
             return False, None
@@ -235,17 +350,18 @@ def call_expert(
     retries: int,
     backoff: float,
     timeout: float | None,
+    max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
 ) -> ExpertResult[T]:
     """Ask ``model`` and parse its answer, retrying failures; never raises for model or parse errors.
 
     Up to ``1 + retries`` attempts; before retry k the call sleeps ``backoff * 2**(k-1)`` seconds.
     An attempt fails when the model raises, when it does not answer within ``timeout`` seconds
-    (``None`` or 0 = no limit), or when ``parse`` raises :class:`MalformedAnswer`; in the last case
-    the next attempt shows the model its reply and the reason it was rejected. Any other exception
-    from ``parse`` is a bug and propagates.
+    (``None`` or 0 = no limit), when its reply is longer than ``max_reply_chars``, or when ``parse``
+    raises :class:`MalformedAnswer`; in the last two cases the next attempt shows the model its
+    reply and the reason it was rejected. Any other exception from ``parse`` is a bug and propagates.
     """
-    _check_settings(retries, backoff, timeout)
-    run = _Attempts(messages, parse)
+    _check_settings(retries, backoff, timeout, max_reply_chars)
+    run = _Attempts(messages, parse, max_reply_chars)
     for attempt in range(1 + retries):
         if attempt:
             time.sleep(backoff_delay(backoff, attempt))
@@ -272,10 +388,11 @@ async def acall_expert(
     retries: int,
     backoff: float,
     timeout: float | None,
+    max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
 ) -> ExpertResult[T]:
     """The async twin of :func:`call_expert`: ``ainvoke``, cancelled (not abandoned) on timeout."""
-    _check_settings(retries, backoff, timeout)
-    run = _Attempts(messages, parse)
+    _check_settings(retries, backoff, timeout, max_reply_chars)
+    run = _Attempts(messages, parse, max_reply_chars)
     for attempt in range(1 + retries):
         if attempt:
             await asyncio.sleep(backoff_delay(backoff, attempt))
@@ -313,25 +430,29 @@ class ExpertRole:
         retries: int = 2,
         backoff: float = 0.5,
         timeout: float | None = 120.0,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
     ) -> None:
         if not isinstance(model, BaseChatModel):
             raise TypeError(
                 f"{type(self).__name__}: model must be a LangChain BaseChatModel, got {type(model).__name__}"
             )
-        _check_settings(retries, backoff, timeout)
+        _check_settings(retries, backoff, timeout, max_reply_chars)
         self.model = model
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        self.max_reply_chars = max_reply_chars
 
     @classmethod
     def from_config(cls, model: BaseChatModel, config: Any) -> Self:
-        """The role with ``config.expert_retries / expert_backoff / expert_timeout`` (a CATTSConfig)."""
+        """The role with ``config.expert_retries / expert_backoff / expert_timeout /
+        max_expert_reply_chars`` (a CATTSConfig)."""
         return cls(
             model,
             retries=config.expert_retries,
             backoff=config.expert_backoff,
             timeout=config.expert_timeout,
+            max_reply_chars=config.max_expert_reply_chars,
         )
 
     def _ask(self, messages: Sequence[BaseMessage], parse: Callable[[str], T]) -> ExpertResult[T]:
@@ -342,6 +463,7 @@ class ExpertRole:
             retries=self.retries,
             backoff=self.backoff,
             timeout=self.timeout,
+            max_reply_chars=self.max_reply_chars,
         )
 
     async def _aask(self, messages: Sequence[BaseMessage], parse: Callable[[str], T]) -> ExpertResult[T]:
@@ -352,6 +474,7 @@ class ExpertRole:
             retries=self.retries,
             backoff=self.backoff,
             timeout=self.timeout,
+            max_reply_chars=self.max_reply_chars,
         )
 
     def __repr__(self) -> str:

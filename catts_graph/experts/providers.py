@@ -84,6 +84,13 @@ def make_chat_model(name: str, *, timeout: float = 120.0, temperature: float | N
     raise ExpertConfigError(f"unknown expert model {name!r}; supported: {_supported()}")
 
 
+def plays(model: BaseChatModel | None, role: str) -> bool:
+    """Whether ``model`` plays ``role``: every chat model plays every role, unless it declares the
+    roles it plays in a ``supported_roles`` attribute (the organism expert has no Planner)."""
+    roles = getattr(model, "supported_roles", None)
+    return model is not None and (roles is None or role in roles)
+
+
 def resolve_experts(
     expert: Any, base_model: Any = None, *, timeout: float = 120.0
 ) -> dict[str, BaseChatModel | None]:
@@ -92,7 +99,9 @@ def resolve_experts(
     ``expert`` is None (no expert), ``"self"`` (the base model as its own expert, via
     :class:`~catts_graph.models.chat_adapter.BaseModelChat`), a model name for
     :func:`make_chat_model`, a BaseChatModel, or a dict from role to any of those (missing roles get
-    None). Roles given the same name or "self" share one instance.
+    None). Roles given the same name or "self" share one instance. A shared model that does not
+    play a role (:func:`plays`) leaves it None, so it is never asked; naming such a model for that
+    role in the dict is an error.
     """
     built: dict[str, BaseChatModel] = {}
 
@@ -121,6 +130,13 @@ def resolve_experts(
         unknown = sorted(str(k) for k in expert if k not in ROLES)
         if unknown:
             raise ExpertConfigError(f"expert: unknown roles {unknown}; the roles are {list(ROLES)}")
-        return {role: one(expert.get(role), f"expert[{role!r}]") for role in ROLES}
+        roles = {role: one(expert.get(role), f"expert[{role!r}]") for role in ROLES}
+        for role, model in roles.items():
+            if model is not None and not plays(model, role):
+                raise ExpertConfigError(
+                    f"expert[{role!r}]: {type(model).__name__} does not play the {role}; it plays "
+                    f"{list(getattr(model, 'supported_roles', ()))}"
+                )
+        return roles
     shared = one(expert, "expert")
-    return {role: shared for role in ROLES}
+    return {role: shared if plays(shared, role) else None for role in ROLES}

@@ -10,10 +10,13 @@ from langchain_core.messages import BaseMessage
 from PIL import Image
 
 from catts_graph.experts.base import (
+    DEFAULT_MAX_REPLY_CHARS,
     ExpertResult,
     ExpertRole,
     MalformedAnswer,
+    finite_number,
     parse_json_object,
+    truncate_middle,
     user_message,
 )
 from catts_graph.prompts import delimit, format_options, render_prompt
@@ -22,8 +25,9 @@ from catts_graph.prompts import delimit, format_options, render_prompt
 def parse_probabilities(text: str, count: int) -> list[float]:
     """``{"probabilities": [...]}`` -> ``count`` probabilities renormalised to sum 1.
 
-    Rejected: a wrong length, a value that is not a number (booleans included), NaN or infinite,
-    negative, or all zero.
+    Rejected: a wrong length, a value that is not a finite number (:func:`finite_number`: booleans,
+    NaN, infinities and integers too large for a float included), negative, or all zero. The values
+    are divided by the largest before they are summed, so no sum overflows (``[1e308, 1e308]``).
     """
     answer = parse_json_object(text)
     values = answer.get("probabilities")
@@ -31,27 +35,16 @@ def parse_probabilities(text: str, count: int) -> list[float]:
         raise MalformedAnswer(f'"probabilities" must be a list of numbers, got {values!r}')
     if len(values) != count:
         raise MalformedAnswer(f"expected {count} probabilities (one per candidate), got {len(values)}")
-    for index, value in enumerate(values, start=1):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MalformedAnswer(f"probability {index} is {value!r}, not a number")
-        if not math.isfinite(value):
-            raise MalformedAnswer(f"probability {index} is {value!r}, not finite")
-        if value < 0:
-            raise MalformedAnswer(f"probability {index} is {value!r}, negative")
-    total = math.fsum(values)
-    if total <= 0:
+    numbers = [finite_number(value, f"probability {index}") for index, value in enumerate(values, start=1)]
+    for index, number in enumerate(numbers, start=1):
+        if number < 0:
+            raise MalformedAnswer(f"probability {index} is {number!r}, negative")
+    top = max(numbers)
+    if top <= 0:
         raise MalformedAnswer("all probabilities are zero")
-    return [float(value) / total for value in values]
-
-
-def truncate_middle(text: str, limit: int) -> str:
-    """``text`` cut to about ``limit`` characters, keeping its start and its end (the final answer)."""
-    if len(text) <= limit:
-        return text
-    head = limit // 3
-    tail = limit - head
-    omitted = len(text) - head - tail
-    return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[-tail:]}"
+    scaled = [number / top for number in numbers]
+    total = math.fsum(scaled)
+    return [number / total for number in scaled]
 
 
 class Voter(ExpertRole):
@@ -66,9 +59,12 @@ class Voter(ExpertRole):
         retries: int = 2,
         backoff: float = 0.5,
         timeout: float | None = 120.0,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
         evidence_chars: int = 3000,
     ) -> None:
-        super().__init__(model, retries=retries, backoff=backoff, timeout=timeout)
+        super().__init__(
+            model, retries=retries, backoff=backoff, timeout=timeout, max_reply_chars=max_reply_chars
+        )
         if evidence_chars < 100:
             raise ValueError(f"evidence_chars must be >= 100, got {evidence_chars!r}")
         self.evidence_chars = evidence_chars

@@ -146,6 +146,14 @@ class TransformersVLM:
         """The device the model's parameters live on."""
         return next(self.model.parameters()).device
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the language model has (``max_position_embeddings``), or None when its config
+        does not say; the graph refuses a prompt that does not fit before it samples."""
+        config = self.model.config
+        value = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
+        return value if isinstance(value, int) else None
+
     # -- protocol -------------------------------------------------------------------------------
 
     def sample(

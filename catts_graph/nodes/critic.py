@@ -8,7 +8,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
-from catts_graph.experts import Critic
+from catts_graph.experts import Critic, bound_text
 from catts_graph.nodes.common import (
     Deps,
     expert_usage,
@@ -45,12 +45,7 @@ def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
                 "trace": [trace_entry("critic", "skipped", "no answered sample to critique")],
             }
         step = target.get("least_confident_step") or {}
-        role = Critic(
-            deps.critic,
-            retries=config.expert_retries,
-            backoff=config.expert_backoff,
-            timeout=config.expert_timeout,
-        )
+        role = Critic.from_config(deps.critic, config)
         progress(runtime, "critic", "calling expert", sample=target["index"])
         with timed() as timer:
             result = role.critique(
@@ -68,12 +63,16 @@ def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
         }
         update: dict[str, Any] = {"usage": expert_usage(result)}
         if result.ok and result.value:
-            update["critique"] = {"text": result.value, "sample": target["index"], "step": step.get("text")}
+            # The critique goes into the base model's reflection prompt: bounded, like any expert text.
+            text, cut = bound_text(result.value, config.max_expert_text_chars, "critique")
+            update["critique"] = {"text": text, "sample": target["index"], "step": step.get("text")}
             update["route"] = ["self_reflection"]
             entry = trace_entry(
                 "critic",
                 f"critiqued sample {target['index']}",
-                "least confident sample" + (f", least confident step {step.get('index')}" if step else ""),
+                "least confident sample"
+                + (f", least confident step {step.get('index')}" if step else "")
+                + (f"; {cut} (max_expert_text_chars)" if cut else ""),
                 inputs=inputs,
                 duration_s=timer.seconds,
                 expert_calls=[result.record("critic")],

@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from catts_graph import policy, scoring
 from catts_graph.config import CATTSConfig
-from catts_graph.experts import Planner
+from catts_graph.experts import Planner, bound_text
 from catts_graph.nodes.common import (
     Deps,
     expert_usage,
@@ -85,12 +85,7 @@ def _first_plan(
         entry = trace_entry("planner", f"plan: {plan or 'adaptive'}", f"no planner expert; {source} plan")
         return plan, source, entry, {}
     allowed = list(policy.MODULES if config.policy == "paper" else policy.PLAN_STEPS)
-    role = Planner(
-        deps.planner,
-        retries=config.expert_retries,
-        backoff=config.expert_backoff,
-        timeout=config.expert_timeout,
-    )
+    role = Planner.from_config(deps.planner, config)
     with timed() as timer:
         result = role.plan(
             question=state["question"],
@@ -106,10 +101,11 @@ def _first_plan(
         except ValueError as err:
             reason = f"planner plan rejected: {err}"
         else:
+            reason, cut = bound_text(result.value.reason, config.max_expert_text_chars, "reason")
             entry = trace_entry(
                 "planner",
                 f"plan: {plan}",
-                f"planner expert: {result.value.reason}",
+                f"planner expert: {reason}" + (f" ({cut}, max_expert_text_chars)" if cut else ""),
                 duration_s=timer.seconds,
                 expert_calls=[result.record("planner")],
             )

@@ -35,12 +35,7 @@ def make_voter(deps: Deps) -> Callable[..., dict[str, Any]]:
         tally = scoring.tally(samples, config)
         candidates = list(tally.votes)[: config.max_voter_candidates]
         evidence = [best_supporting(samples, tally.members[c])["text"] for c in candidates]
-        role = Voter(
-            deps.voter,
-            retries=config.expert_retries,
-            backoff=config.expert_backoff,
-            timeout=config.expert_timeout,
-        )
+        role = Voter.from_config(deps.voter, config)
         progress(runtime, "voter", "calling expert", candidates=len(candidates))
         with timed() as timer:
             result = role.vote(

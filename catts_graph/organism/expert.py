@@ -13,8 +13,8 @@ them), asks the model what it was trained for, and writes the JSON itself:
 - **Critic**: the model answers the question greedily; the verdict is ``correct`` when its answer
   equals the criticised response's, else ``incorrect``, and the critique says which answer the
   expert reads from the image.
-- **Planner**: not supported; it replies with no JSON, and the graph records the malformed reply
-  and falls back to the adaptive policy, as for any expert.
+- **Planner**: not played (``supported_roles``), so the graph never asks it: the ``paper`` policy
+  runs the default module order and ``expert`` needs another planner, as with no planner at all.
 
 So the expert's judgement is the model's, and only the format is scripted.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -53,6 +53,9 @@ def _options(block: str | None) -> list[str] | None:
 
 class OrganismExpert(BaseChatModel):
     """A :class:`~catts_graph.models.TransformersVLM` organism model as Voter and Critic."""
+
+    supported_roles: ClassVar[tuple[str, ...]] = ("voter", "critic")
+    """The roles it plays (:func:`catts_graph.experts.providers.plays`): no Planner."""
 
     vlm: Any
     """The expert model (a TransformersVLM trained by :mod:`catts_graph.organism.train`)."""

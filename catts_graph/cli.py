@@ -8,6 +8,7 @@ the answer, its confidence, the candidates and the modules that ran with their r
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import traceback
@@ -23,7 +24,7 @@ from catts_graph.images import InputError
 from catts_graph.redaction import redact
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="catts",
         description="Confidence-aware test-time scaling (CA-TTS) and CDRL for multimodal models.",
@@ -64,24 +65,45 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
     commands.add_parser("config", help="list every configuration field with its default")
-    for register in _registrars():
-        register(commands)
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    for name, (help_text, target) in SUBCOMMANDS.items():
+        if name == chosen:
+            _registrar(name, target)(commands)
+        else:  # listed in `catts --help`, its module left unimported
+            commands.add_parser(name, help=help_text)
     return parser
 
 
-def _registrars() -> list[Any]:
-    """The sub-commands that live with their subsystems (evaluation, probing, reports, training)."""
-    from catts_graph.eval.probe import add_probe_command
-    from catts_graph.eval.report import add_report_command
-    from catts_graph.eval.runner import add_eval_command
-    from catts_graph.organism import add_organism_command
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("evaluate methods on a benchmark (resumable)", "catts_graph.commands.evaluate:add_eval_command"),
+    "probe": (
+        "accuracy and confidence as the image is degraded",
+        "catts_graph.commands.evaluate:add_probe_command",
+    ),
+    "report": (
+        "write the Markdown report of a run directory",
+        "catts_graph.commands.evaluate:add_report_command",
+    ),
+    "organism": (
+        "train, evaluate or reproduce with the organism models",
+        "catts_graph.commands.organism:add_organism_command",
+    ),
+    "train": ("train with CDRL (TRL GRPO)", "training.cdrl.train:add_train_command"),
+}
+"""The sub-commands that live with their subsystems: ``name: (help, "module:function")``. Only the
+module of the command being run is imported, so ``catts --help`` and ``catts config`` load neither
+torch nor the evaluation harness. ``training`` sits beside the package (in a source checkout and
+in the wheel) and above it: the library never imports it, the command line finds it by name."""
 
-    registrars = [add_eval_command, add_probe_command, add_report_command, add_organism_command]
-    try:  # CDRL lives in training/, beside the package, in a source checkout and in the wheel
-        from training.cdrl.train import add_train_command
-    except ImportError:
-        return registrars
-    return [*registrars, add_train_command]
+
+def _registrar(name: str, target: str) -> Any:
+    module, _, function = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except ImportError as err:
+        raise SystemExit(
+            f"catts {name}: cannot load {module} ({err}); is the package installed whole?"
+        ) from err
 
 
 def _config(args: argparse.Namespace) -> CATTSConfig:
@@ -108,8 +130,8 @@ def _config(args: argparse.Namespace) -> CATTSConfig:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     from catts_graph.graph import build_graph
-    from catts_graph.nodes.prepare import check_inputs
     from catts_graph.specs import ORGANISM, base_model_from_spec, default_base_model_spec, expert_from_spec
+    from catts_graph.task import check_inputs
 
     config = _config(args)
     if args.noise is not None and not 0 < args.noise <= 1:
@@ -244,7 +266,8 @@ def _show_config(console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(argv).parse_args(argv)
     console = Console()
     errors = Console(stderr=True)
     try:

@@ -17,6 +17,7 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import hashlib
 import http.client
 import io
 import ipaddress
@@ -26,10 +27,15 @@ import threading
 import time
 import urllib.parse
 import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from catts_graph.config import CATTSConfig
 
 
 class InputError(ValueError):
@@ -392,3 +398,88 @@ def to_base64_png(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- decoded images of a run -------------------------------------------------------------------
+
+
+class ImageCache:
+    """Decoded images keyed by their content, bounded in bytes of pixels, least recently used out.
+
+    Several nodes of a run need the same pixels, and an evaluation asks about the same image again.
+    The key is the SHA-256 of the image's bytes (with the limits it was checked against), never its
+    path: a new picture saved at the same path is a new entry, not the old pixels. The bytes are
+    read again on every lookup (a file, a data URI); only the decoding is saved. Safe to share
+    between threads; a decoded image is shared too, so callers must not modify it.
+    """
+
+    def __init__(self) -> None:
+        self._images: OrderedDict[tuple[str, int, float], Image.Image] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of pixels held now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def load(self, data: bytes, *, name: str, config: CATTSConfig) -> Image.Image:
+        """``data`` decoded and checked (:func:`~catts_graph.images.decode_image`), from the cache when
+        the same bytes were decoded under the same limits; keeps at most ``config.image_cache_bytes``."""
+        key = (hashlib.sha256(data).hexdigest(), config.max_image_pixels, config.max_aspect_ratio)
+        with self._lock:
+            image = self._images.get(key)
+            if image is not None:
+                self._images.move_to_end(key)
+                return image
+        image = decode_image(
+            data, name=name, max_pixels=config.max_image_pixels, max_aspect_ratio=config.max_aspect_ratio
+        )
+        with self._lock:
+            budget = config.image_cache_bytes
+            size = _pixel_bytes(image)
+            if size <= budget and key not in self._images:
+                self._images[key] = image
+                self._bytes += size
+            while self._bytes > budget:
+                _, dropped = self._images.popitem(last=False)
+                self._bytes -= _pixel_bytes(dropped)
+        return image
+
+
+def _pixel_bytes(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())
+
+
+IMAGE_CACHE = ImageCache()
+"""The decoded images of this process, shared by every graph and run in it."""
+
+
+def read_image(reference: str, *, name: str, config: CATTSConfig) -> bytes:
+    """The bytes behind one reference, within the limits of ``config``."""
+    return read_reference(
+        reference,
+        name=name,
+        allow_url=config.allow_url_fetch,
+        url_max_bytes=config.url_max_bytes,
+        url_timeout=config.url_timeout,
+        max_bytes=config.max_image_bytes,
+        allow_private=config.allow_private_urls,
+    )
+
+
+def image_name(index: int, count: int) -> str:
+    """How errors name image ``index`` of ``count``: ``image``, or ``images[i]`` when there are several."""
+    return "image" if count == 1 else f"images[{index}]"
+
+
+def load_images(references: Sequence[str], config: CATTSConfig) -> list[Image.Image]:
+    """Decode the run's image references (through :data:`IMAGE_CACHE`)."""
+    names = [image_name(i, len(references)) for i in range(len(references))]
+    return [
+        IMAGE_CACHE.load(read_image(ref, name=name, config=config), name=name, config=config)
+        for ref, name in zip(references, names, strict=True)
+    ]

@@ -12,6 +12,7 @@ from PIL import Image
 
 from catts_graph.eval.datasets import Item
 from catts_graph.perturb import region_weights
+from catts_graph.relevance import ClipRelevance, relevance_query, top_fraction_mask
 from training.cdrl.data import (
     CONTACT_SHEET,
     NoiseConfig,
@@ -22,7 +23,6 @@ from training.cdrl.data import (
     to_grpo_dataset,
     training_prompt,
 )
-from training.cdrl.relevance import ClipRelevance, relevance_query, top_fraction_mask
 from training.cdrl.train import add_train_command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"

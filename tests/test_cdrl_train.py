@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.models import TransformersVLM
+from catts_graph.relevance import ClipRelevance
 from training.cdrl.data import build_pairs, load_items
-from training.cdrl.relevance import ClipRelevance
 from training.cdrl.rewards import REWARD_NAMES
 from training.cdrl.train import build_trainer, load_config, train_cdrl
 

@@ -21,9 +21,10 @@ from rich.console import Console
 
 from catts_graph.eval.datasets import Item, load_benchmark
 from catts_graph.eval.methods import method_names
-from catts_graph.eval.runner import item_seed, run_eval
+from catts_graph.eval.runner import run_eval
 from catts_graph.eval.store import MetaMismatch, ResultStore, RunDirectoryBusy, run_lock
 from catts_graph.models.base import Sample
+from catts_graph.task import item_seed
 from tests.conftest import ScriptedChat
 
 ROOT = Path(__file__).resolve().parents[1]

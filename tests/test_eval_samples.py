@@ -13,10 +13,11 @@ from rich.console import Console
 
 from catts_graph.eval.datasets import Item, load_benchmark
 from catts_graph.eval.methods import draw_pool
-from catts_graph.eval.runner import item_seed, run_eval
+from catts_graph.eval.runner import run_eval
 from catts_graph.eval.store import ResultStore
 from catts_graph.models.base import Sample
 from catts_graph.models.replay import ReplayVLM
+from catts_graph.task import item_seed
 from tests.test_eval_runner import (
     MAX_NEW_TOKENS,
     AnsweringVLM,

@@ -18,12 +18,12 @@ from catts_graph.eval.scoring import (
     Judgement,
     ajudge_answer,
     benchmark_metrics,
-    is_correct,
     judge_answer,
     parse_judge_reply,
 )
 from catts_graph.experts.base import MalformedAnswer
 from catts_graph.prompts import load_prompt
+from catts_graph.task import is_correct
 
 
 class ScriptedJudge(BaseChatModel):

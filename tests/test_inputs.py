@@ -23,8 +23,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from PIL import Image
 
 from catts_graph import CATTSConfig, ConfigError, InputError, build_graph, images
-from catts_graph.nodes.common import ImageCache
-from catts_graph.nodes.prepare import check_question
+from catts_graph.images import ImageCache
+from catts_graph.task import check_question
 from catts_graph.testing import ScriptedVLM
 from tests.conftest import png_bytes
 

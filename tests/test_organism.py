@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from catts_graph.organism import add_organism_command, organism_model, organism_path
+from catts_graph.commands.organism import add_organism_command
+from catts_graph.organism import organism_model, organism_path
 from catts_graph.organism.evaluate import evaluate_organism
 from catts_graph.organism.train import CHECKPOINT_SETTINGS, CONFIGS, reply_text, train_organism
 
@@ -46,7 +47,7 @@ def test_clean_accuracy_stays_above_its_floor(which: str) -> None:
 
 def test_the_organism_describes_then_answers(base_model) -> None:
     from catts_graph.eval.synthetic import make_question, render
-    from catts_graph.nodes.prepare import base_prompt
+    from catts_graph.task import base_prompt
 
     question = make_question("test", 4, kind="digits", level=1)
     (sample,) = base_model.sample(
@@ -150,7 +151,7 @@ def test_the_trained_reply_is_scored_correct_for_every_kind() -> None:
     to the gold letter; integer answers are boxed as they are."""
     from catts_graph.answers import extract_answer
     from catts_graph.eval.synthetic import KINDS, make_question
-    from catts_graph.organism.train import spoken_answer
+    from catts_graph.organism.language import spoken_answer
 
     for kind in KINDS:
         for index in range(30):
@@ -168,7 +169,7 @@ def test_the_word_tokenizer_costs_a_token_a_word_and_round_trips_any_text(tmp_pa
 
     from catts_graph.eval.synthetic import make_question
     from catts_graph.models.tiny import build_tiny_qwen25vl
-    from catts_graph.organism.tokenizer import organism_words
+    from catts_graph.organism.language import organism_words
 
     words = organism_words(20)
     assert words == organism_words(20)  # deterministic

@@ -15,15 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catts_graph.commands.evaluate import add_probe_command
 from catts_graph.eval.datasets import Item
-from catts_graph.eval.probe import (
-    add_probe_command,
-    parse_levels,
-    parse_perturbs,
-    probe_model,
-    probe_summary,
-    run_probe,
-)
+from catts_graph.eval.probe import parse_levels, parse_perturbs, probe_model, probe_summary, run_probe
 from catts_graph.eval.store import ResultStore
 from catts_graph.models.base import Sample
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from catts_graph import metrics
+from catts_graph.commands.evaluate import add_report_command
 from catts_graph.eval import plots
-from catts_graph.eval.report import add_report_command, write_report
+from catts_graph.eval.report import write_report
 from catts_graph.eval.store import ResultStore
 
 SCHEMA = """

@@ -56,13 +56,14 @@ import os
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from catts_graph.answers import is_equivalent
+from catts_graph.task import ANSWER_TYPES, Item
 
 __all__ = [
     "ANSWER_TYPES",
@@ -80,7 +81,6 @@ HUB_BENCHMARKS: tuple[str, ...] = ("mathvista", "mathvision", "mmstar", "mmmu")
 BENCHMARKS: tuple[str, ...] = (*HUB_BENCHMARKS, "synthetic")
 """Every benchmark :func:`load_benchmark` knows: the Hub ones, and the generated
 :mod:`catts_graph.eval.synthetic` (splits ``train``, ``validation``, ``test``; no ``source``)."""
-ANSWER_TYPES: tuple[str, ...] = ("choice", "integer", "float", "text")
 _LETTERS = string.ascii_uppercase
 
 MMMU_DISCIPLINES: dict[str, tuple[str, ...]] = {
@@ -119,64 +119,6 @@ _DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 class DatasetUnavailable(RuntimeError):
     """A benchmark could not be loaded from the Hub; the message says how to pass a local export."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One benchmark question, in the form the graph and the scorer use.
-
-    ``images`` are references :mod:`catts_graph.images` reads (file paths or ``data:`` URIs);
-    ``options`` are option texts lettered A, B, C... in order (None when open-ended); ``answer`` is
-    the gold option LETTER for ``answer_type == "choice"``, else the answer text; ``precision`` is
-    the number of decimals a float answer is compared at (MathVista). ``metadata`` holds plain
-    JSON-able fields of the source row (skills, subject, level, accepted alternative answers...).
-    """
-
-    id: str
-    benchmark: str
-    images: list[str]
-    question: str
-    options: list[str] | None
-    answer: str
-    answer_type: str
-    category: str | None = None
-    precision: int | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        where = f"item {self.id!r} of {self.benchmark!r}"
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"item id must be a non-empty string, got {self.id!r}")
-        if self.answer_type not in ANSWER_TYPES:
-            raise ValueError(f"{where}: answer_type {self.answer_type!r} is not one of {ANSWER_TYPES}")
-        if not self.images or not all(isinstance(i, str) and i for i in self.images):
-            raise ValueError(f"{where}: images must be a non-empty list of reference strings")
-        if not isinstance(self.answer, str) or not self.answer.strip():
-            raise ValueError(f"{where}: the gold answer is empty")
-        if self.answer_type == "choice":
-            if not self.options:
-                raise ValueError(f"{where}: a choice item needs options")
-            if self.answer not in _LETTERS[: len(self.options)]:
-                raise ValueError(
-                    f"{where}: gold answer {self.answer!r} is not a letter among "
-                    f"A-{_LETTERS[len(self.options) - 1]}"
-                )
-        if self.precision is not None and (
-            isinstance(self.precision, bool) or not isinstance(self.precision, int) or self.precision < 0
-        ):
-            raise ValueError(f"{where}: precision must be an integer >= 0 or None, got {self.precision!r}")
-
-    def graph_input(self) -> dict[str, Any]:
-        """The graph's input: ``{"image": ...}`` (one image) or ``{"images": [...]}``, with the
-        question and the options (None when open-ended)."""
-        images: dict[str, Any] = (
-            {"image": self.images[0]} if len(self.images) == 1 else {"images": list(self.images)}
-        )
-        return {
-            **images,
-            "question": self.question,
-            "options": list(self.options) if self.options else None,
-        }
 
 
 # --- small row helpers -----------------------------------------------------------------------

@@ -54,8 +54,8 @@ from catts_graph.graph import build_graph
 from catts_graph.models.base import BaseVLM, Sample, SamplingParams
 from catts_graph.models.replay import ReplayVLM
 from catts_graph.nodes.common import trace_entry
-from catts_graph.nodes.prepare import base_prompt, check_inputs
 from catts_graph.samples import DEEPCONF_K, describe_sample
+from catts_graph.task import base_prompt, check_inputs, most_confident
 from catts_graph.voting import pick_answer
 
 __all__ = [
@@ -297,11 +297,6 @@ class MethodResult:
     """The response the answer came from (the judge reads it when no answer was extracted)."""
 
 
-def _most_confident(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    scored = [r for r in records if r.get("nmlp") is not None]
-    return min(scored, key=lambda r: (r["nmlp"], r["index"])) if scored else None
-
-
 def _vote(
     voters: Sequence[Mapping[str, Any]], config: CATTSConfig, records: Sequence[Mapping[str, Any]]
 ) -> tuple[str | None, float, str | None]:
@@ -313,7 +308,7 @@ def _vote(
     tally = scoring.tally(voters, config)
     answer, confidence = pick_answer(tally.votes, tally.votes)
     support = [voters[i] for i in tally.members[answer]] if answer is not None else []
-    source = _most_confident(support) or _most_confident(records)
+    source = most_confident(support) or most_confident(records)
     return answer, confidence, None if source is None else source["text"]
 
 
@@ -556,7 +551,7 @@ class CATTSGraphs:
         answer = result.get("answer")
         samples = scoring.voting_samples(result.get("samples", []))
         support = [s for s in samples if s.get("answer") == answer] if answer is not None else samples
-        source = _most_confident(support) or _most_confident(samples)
+        source = most_confident(support) or most_confident(samples)
         return MethodResult(
             answer=answer,
             confidence=float(result.get("confidence", 0.0)),

@@ -26,9 +26,7 @@ Storage (the ``probe`` table of ``results.sqlite``, one row per item, kind and l
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import hashlib
 import json
 import math
 import sqlite3
@@ -45,12 +43,12 @@ import numpy as np
 from catts_graph import metrics
 from catts_graph.answers import canonicalize
 from catts_graph.eval.scoring import judge_answer
-from catts_graph.eval.store import DB_FILENAME, ResultStore
+from catts_graph.eval.store import ResultStore
+from catts_graph.formatting import number
 from catts_graph.images import load_image
-from catts_graph.nodes.prepare import base_prompt
 from catts_graph.perturb import PERTURBATIONS, perturb
-from catts_graph.redaction import redact
 from catts_graph.samples import describe_sample
+from catts_graph.task import base_prompt, item_seed
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -66,7 +64,6 @@ __all__ = [
     "PERTURB_ALIASES",
     "ProbeRun",
     "ProbeSummaryRow",
-    "add_probe_command",
     "parse_levels",
     "parse_perturbs",
     "probe_model",
@@ -141,12 +138,6 @@ class ProbeRun:
 
 def _level_key(level: float) -> float:
     return round(float(level), _LEVEL_DIGITS)
-
-
-def _derived_seed(seed: int, item_id: str) -> int:
-    """A seed for one item, stable across processes (unlike ``hash``)."""
-    digest = hashlib.sha256(f"{seed}\x00{item_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 def _check_settings(store: ResultStore, settings: dict[str, Any]) -> None:
@@ -268,12 +259,12 @@ def run_probe(
                 load_image(ref, name=f"item {item.id!r} images[{i}]") for i, ref in enumerate(item.images)
             ]
             prompt = base_prompt(item.question, item.options, base_model)
-            item_seed = _derived_seed(seed, item.id)
+            seed_of_item = item_seed(seed, item.id)
             for kind, level in todo:
                 images = (
                     clean
                     if kind == CLEAN
-                    else [perturb(image, kind, level, seed=item_seed + i) for i, image in enumerate(clean)]
+                    else [perturb(image, kind, level, seed=seed_of_item + i) for i, image in enumerate(clean)]
                 )
                 answer, correct, confidence, nmlp = _answer(
                     base_model,
@@ -281,7 +272,7 @@ def run_probe(
                     images,
                     prompt,
                     n=n,
-                    seed=item_seed,
+                    seed=seed_of_item,
                     temperature=temperature,
                     max_new_tokens=max_new_tokens,
                     judge=judge,
@@ -456,10 +447,6 @@ def probe_model(
 # -- command line -----------------------------------------------------------------------------------
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-
-
 def summary_table(rows: Sequence[ProbeSummaryRow], *, title: str = "probe") -> Any:
     """The summary as a Rich table (fits 80 columns): conf is exp(-NMLP); Δ the drops against clean."""
     from rich import box
@@ -481,127 +468,12 @@ def summary_table(rows: Sequence[ProbeSummaryRow], *, title: str = "probe") -> A
             row.perturb,
             f"{row.level:g}",
             str(row.items),
-            _fmt(100 * row.accuracy, 1),
-            _fmt(row.mean_confidence),
-            _fmt(row.mean_nmlp),
-            _fmt(row.confidence_drop),
-            _fmt(row.confidence_drop_nmlp),
-            _fmt(row.ece),
-            _fmt(row.auroc),
+            number(100 * row.accuracy, 1),
+            number(row.mean_confidence),
+            number(row.mean_nmlp),
+            number(row.confidence_drop),
+            number(row.confidence_drop_nmlp),
+            number(row.ece),
+            number(row.auroc),
         )
     return table
-
-
-def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts probe`` on the ``catts`` parser's sub-parsers."""
-    parser = subparsers.add_parser(
-        "probe",
-        help="accuracy and confidence of the base model as perturbations take the image away",
-        description="Answer each item clean and under each perturbation kind and level; store the rows "
-        "in RUN_DIR/results.sqlite (resumable) and print accuracy, confidence, drops, ECE and AUROC.",
-    )
-    parser.add_argument("--benchmark", required=True, help="mathvista, mathvision, mmstar or mmmu")
-    parser.add_argument("--source", help="a local export (JSON, JSONL, parquet); default: the hub dataset")
-    parser.add_argument("--split", help="dataset split (default: the benchmark's usual one)")
-    parser.add_argument("--image-dir", help="folder that relative image paths are resolved against")
-    parser.add_argument("--limit", type=int, help="probe only the first K items")
-    parser.add_argument(
-        "--perturb",
-        default="noise,occlusion,viewpoint,mosaic",
-        help=f"comma-separated kinds: {', '.join([*PERTURB_ALIASES, *PERTURBATIONS])}",
-    )
-    parser.add_argument("--levels", default="0,0.25,0.5,0.75,1", help="comma-separated strengths in [0, 1]")
-    parser.add_argument(
-        "--model",
-        help="base model: a local directory or hub id, or package.module:attribute; "
-        "default: the base organism (offline; it knows only the synthetic benchmark's scenes)",
-    )
-    parser.add_argument("--run-dir", required=True, help="folder of results.sqlite (created; resumed)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n", type=int, default=1, help="samples per item and level (1: greedy)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature when n > 1")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument(
-        "--judge",
-        help="LLM judge for answers the rules cannot extract: a model name or "
-        "package.module:attribute (default: rules only)",
-    )
-    parser.set_defaults(func=_probe_command)
-    return parser
-
-
-def _probe_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from catts_graph.eval.datasets import load_benchmark
-    from catts_graph.images import InputError
-    from catts_graph.specs import (
-        ORGANISM_BASE,
-        base_model_from_spec,
-        default_base_model_spec,
-        judge_from_spec,
-    )
-
-    console = Console()
-    try:
-        kinds = parse_perturbs(args.perturb)
-        levels = parse_levels(args.levels)
-        items = load_benchmark(
-            args.benchmark, source=args.source, split=args.split, limit=args.limit, image_dir=args.image_dir
-        )
-        judge = judge_from_spec(args.judge)
-        if args.model is None:
-            console.print(
-                "[yellow]No --model given: using the base organism (it knows only synthetic scenes); "
-                "pass --model Qwen/Qwen2.5-VL-7B-Instruct (or a local path) for real images.[/]"
-            )
-        model_spec = args.model or default_base_model_spec()
-        with console.status("loading the base model"):
-            base_model = base_model_from_spec(model_spec)
-        store_path = Path(args.run_dir) / DB_FILENAME
-        total = len(items) * (1 + len(kinds) * sum(level > 0 for level in levels))
-        with Progress(
-            TextColumn("probe"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("probe", total=total)
-            run = run_probe(
-                items,
-                base_model=base_model,
-                perturbs=kinds,
-                levels=levels,
-                n=args.n,
-                seed=args.seed,
-                store_path=store_path,
-                temperature=args.temperature,
-                max_new_tokens=args.max_new_tokens,
-                judge=judge,
-                info={
-                    "model": args.model or ORGANISM_BASE,
-                    "benchmark": args.benchmark,
-                    "judge": args.judge,
-                },
-                progress=lambda: bar.advance(task),
-            )
-    except (InputError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
-        return 2
-    console.print(f"{run.written} rows answered, {run.skipped} already stored, in {store_path}")
-    console.print(summary_table(probe_summary(store_path), title=f"probe: {args.benchmark}"))
-    console.print(f"report with plots: catts report {args.run_dir}")
-    return 0

@@ -17,7 +17,6 @@ rows: a probe-only run directory gets the probe section alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sqlite3
@@ -33,13 +32,12 @@ from catts_graph import metrics
 from catts_graph.eval import plots
 from catts_graph.eval.probe import ProbeSummaryRow, probe_summary
 from catts_graph.eval.store import DB_FILENAME
+from catts_graph.formatting import markdown_table, number
 from catts_graph.graph import NODES
-from catts_graph.redaction import redact
 
 __all__ = [
     "AccuracyCell",
     "MethodSummary",
-    "add_report_command",
     "method_summaries",
     "write_report",
 ]
@@ -204,23 +202,6 @@ def _ordered_modules(summaries: Sequence[MethodSummary]) -> list[str]:
 # -- Markdown ---------------------------------------------------------------------------------------
 
 
-def _num(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = [
-        "| " + " | ".join(_cell(h) for h in headers) + " |",
-        "|" + "|".join(" --- " for _ in headers) + "|",
-    ]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _header(meta: dict[str, Any], run_dir: Path) -> list[str]:
     benchmark = meta.get("benchmark") or (meta.get("probe") or {}).get("benchmark")
     lines = [
@@ -234,7 +215,7 @@ def _header(meta: dict[str, Any], run_dir: Path) -> list[str]:
         shown.append(("probe", meta["probe"]))
     if shown:
         lines += [
-            _table(
+            markdown_table(
                 ["setting", "value"], [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in shown]
             ),
             "",
@@ -262,7 +243,7 @@ def _accuracy_section(summaries: Sequence[MethodSummary]) -> list[str]:
         for n in ns:
             c = by_n.get(n)
             row.append("—" if c is None else f"{c.accuracy:.1f} [{c.lower:.1f}, {c.upper:.1f}]")
-        row += [_num(s.slope, 2), s.items]
+        row += [number(s.slope, 2), s.items]
         rows.append(row)
     return [
         "## Accuracy and test-time scaling",
@@ -271,7 +252,7 @@ def _accuracy_section(summaries: Sequence[MethodSummary]) -> list[str]:
         f"interval over items ({N_BOOT} resamples, seed 0). Slope: least-squares accuracy points per "
         "doubling of N (log2 N).",
         "",
-        _table(["method", *[f"N={n}" for n in ns], "slope (pts/doubling)", "items"], rows),
+        markdown_table(["method", *[f"N={n}" for n in ns], "slope (pts/doubling)", "items"], rows),
         "",
         "![accuracy against N](plots/scaling.png)",
         "",
@@ -280,7 +261,7 @@ def _accuracy_section(summaries: Sequence[MethodSummary]) -> list[str]:
 
 def _calibration_section(summaries: Sequence[MethodSummary]) -> list[str]:
     rows = [
-        (s.method, s.largest_n, s.calibrated, _num(s.ece), _num(s.mce), _num(s.brier), _num(s.auroc))
+        (s.method, s.largest_n, s.calibrated, number(s.ece), number(s.mce), number(s.brier), number(s.auroc))
         for s in summaries
     ]
     return [
@@ -289,7 +270,7 @@ def _calibration_section(summaries: Sequence[MethodSummary]) -> list[str]:
         "Each method at its largest N: ECE and MCE over 15 equal-width confidence bins, Brier score, and "
         "AUROC of confidence for right against wrong answers (n/a when all are right or all wrong).",
         "",
-        _table(["method", "N", "items", "ECE", "MCE", "Brier", "AUROC"], rows),
+        markdown_table(["method", "N", "items", "ECE", "MCE", "Brier", "AUROC"], rows),
         "",
         "![reliability diagrams](plots/reliability.png)",
         "",
@@ -302,13 +283,13 @@ def _probe_section(rows: Sequence[ProbeSummaryRow]) -> list[str]:
             r.perturb,
             f"{r.level:g}",
             r.items,
-            _num(100 * r.accuracy, 1),
-            _num(r.mean_confidence),
-            _num(r.mean_nmlp),
-            _num(r.confidence_drop),
-            _num(r.confidence_drop_nmlp),
-            _num(r.ece),
-            _num(r.auroc),
+            number(100 * r.accuracy, 1),
+            number(r.mean_confidence),
+            number(r.mean_nmlp),
+            number(r.confidence_drop),
+            number(r.confidence_drop_nmlp),
+            number(r.ece),
+            number(r.auroc),
         )
         for r in rows
     ]
@@ -320,7 +301,7 @@ def _probe_section(rows: Sequence[ProbeSummaryRow]) -> list[str]:
         "confidence taken as -NMLP (the paper's unit). Negative means the confidence fell; a "
         "perceptually blunt model loses accuracy with little drop.",
         "",
-        _table(
+        markdown_table(
             [
                 "perturb",
                 "level",
@@ -347,9 +328,9 @@ def _cost_section(summaries: Sequence[MethodSummary]) -> list[str]:
         (
             s.method,
             s.largest_n,
-            _num(s.tokens, 1),
-            _num(s.expert_calls, 2),
-            _num(s.seconds, 2),
+            number(s.tokens, 1),
+            number(s.expert_calls, 2),
+            number(s.seconds, 2),
             *[f"{100 * s.modules.get(m, 0.0):.0f}%" if s.modules else "—" for m in modules],
         )
         for s in summaries
@@ -360,7 +341,7 @@ def _cost_section(summaries: Sequence[MethodSummary]) -> list[str]:
         "Each method at its largest N: mean generated tokens, expert calls and seconds per item, and the "
         "share of items in which each module ran (— for methods that run no graph modules).",
         "",
-        _table(["method", "N", "tokens", "expert calls", "seconds", *modules], rows),
+        markdown_table(["method", "N", "tokens", "expert calls", "seconds", *modules], rows),
         "",
         "![cost and module usage](plots/cost.png)",
         "",
@@ -431,49 +412,3 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 # -- command line -----------------------------------------------------------------------------------
-
-
-def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts report RUN_DIR`` on the ``catts`` parser's sub-parsers."""
-    parser = subparsers.add_parser(
-        "report",
-        help="write RUN_DIR/report.md with tables and PNG plots from RUN_DIR/results.sqlite",
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by catts eval / catts probe")
-    parser.set_defaults(func=_report_command)
-    return parser
-
-
-def _report_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console()
-    try:
-        path = write_report(args.run_dir)
-    except (FileNotFoundError, ValueError, sqlite3.Error) as err:
-        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
-        return 2
-    summaries = method_summaries(Path(args.run_dir) / DB_FILENAME)
-    if summaries:
-        table = Table(title="accuracy at the largest N")
-        for column in ("method", "N", "accuracy %", "95% interval", "slope", "ECE", "AUROC"):
-            table.add_column(column, justify="left" if column == "method" else "right")
-        for s in summaries:
-            top = s.cells[-1]
-            interval = escape(f"[{top.lower:.1f}, {top.upper:.1f}]")
-            table.add_row(
-                s.method,
-                str(top.n),
-                f"{top.accuracy:.1f}",
-                interval,
-                _num(s.slope, 2),
-                _num(s.ece),
-                _num(s.auroc),
-            )
-        console.print(table)
-    plot_dir = path.parent / "plots"
-    pngs = sorted(p.name for p in plot_dir.glob("*.png")) if plot_dir.is_dir() else []
-    console.print(f"wrote {path}" + (f" and {len(pngs)} plots in {plot_dir}" if pngs else ""))
-    return 0

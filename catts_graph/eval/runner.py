@@ -19,9 +19,7 @@ base model's latency, and Python work with the model's compute.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -29,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -48,27 +45,20 @@ from catts_graph.eval.methods import (
     MethodSpec,
     SamplePool,
     draw_pool,
-    method_names,
     parse_method,
     run_method,
 )
 from catts_graph.eval.store import ResultStore, db_path, run_lock
 from catts_graph.models.base import BaseVLM
 from catts_graph.models.replay import ReplayVLM
-from catts_graph.redaction import redact
+from catts_graph.task import item_seed
 
 if TYPE_CHECKING:
     from catts_graph.eval.datasets import Item
 
-__all__ = ["DEFAULT_NS", "accuracy_table", "add_eval_command", "evaluate_item", "item_seed", "run_eval"]
+__all__ = ["DEFAULT_NS", "accuracy_table", "evaluate_item", "run_eval"]
 
 DEFAULT_NS = (1, 2, 4, 8, 16, 32)
-
-
-def item_seed(seed: int, item_id: str) -> int:
-    """The seed of one item: a stable hash of the run seed and the item id (31 bits)."""
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def describe(obj: Any) -> str | None:
@@ -379,145 +369,3 @@ def _print_summary(
 
 
 # -- command line ---------------------------------------------------------------------------------
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 1,2,4,8, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
-def _method_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    try:
-        for name in names:
-            parse_method(name)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return names
-
-
-def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts eval`` on the ``catts`` parser's sub-commands."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate methods on a benchmark at several N (resumable)",
-        description="Draw each item's samples once at the largest N, run every method at every N on "
-        "them, and store the results in RUN_DIR/results.sqlite, item by item. Rerun the same command "
-        "to resume an interrupted run.",
-    )
-    parser.add_argument("--benchmark", required=True, help="mathvista, mathvision, mmstar or mmmu")
-    parser.add_argument(
-        "--source", help="a local export (JSON, JSONL, parquet or a folder); default: the hub"
-    )
-    parser.add_argument("--split", help="dataset split (default: the benchmark's usual one)")
-    parser.add_argument("--image-dir", help="folder that relative image paths are resolved against")
-    parser.add_argument("--limit", type=int, help="evaluate only the first K items")
-    parser.add_argument(
-        "--method",
-        type=_method_list,
-        required=True,
-        help="comma-separated methods, from: " + ", ".join(method_names()),
-    )
-    parser.add_argument(
-        "--n", type=_int_list, default=list(DEFAULT_NS), help="budgets N (default 1,2,4,8,16,32)"
-    )
-    parser.add_argument(
-        "--model",
-        help="base model: a local directory or hub id, or package.module:attribute; "
-        "default: the base organism (offline; it knows only the synthetic benchmark's scenes). With "
-        "--samples: the model that scores them (visual self-check) and re-answers (self-reflection); "
-        "without it those two modules are off",
-    )
-    parser.add_argument(
-        "--samples",
-        metavar="FILE.jsonl",
-        help="responses generated elsewhere, one JSON line each: 'id' (the item's), 'text', "
-        "'token_logprobs' and optionally 'top_logprobs', or vLLM's OpenAI-format 'logprobs' as they "
-        "come; the methods vote on these instead of sampling",
-    )
-    parser.add_argument(
-        "--expert",
-        help="'self' (default; 'none' with --samples and no --model), 'none', a model name "
-        "(gemini-2.5-pro, gpt-5, ...) or package.module:attribute",
-    )
-    parser.add_argument(
-        "--judge",
-        help="LLM judge for answers the rules cannot extract: a model name or "
-        "package.module:attribute (default: rules only)",
-    )
-    parser.add_argument("--run-dir", required=True, help="where the results go (and are resumed from)")
-    parser.add_argument("--concurrency", type=int, default=4, help="items evaluated at once (default 4)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--max-new-tokens", type=int, help="longest response (default: CATTS_MAX_NEW_TOKENS or 1024)"
-    )
-    parser.set_defaults(func=eval_command)
-    return parser
-
-
-def eval_command(args: argparse.Namespace, console: Console | None = None) -> int:
-    """``catts eval``: load the benchmark and models, run, print the accuracy table."""
-    from catts_graph.eval.datasets import load_benchmark
-    from catts_graph.eval.store import MetaMismatch
-    from catts_graph.specs import (
-        ORGANISM_BASE,
-        base_model_from_spec,
-        default_base_model_spec,
-        expert_from_spec,
-        judge_from_spec,
-    )
-
-    console = console or Console()
-    try:
-        config = CATTSConfig.from_env()
-        if args.max_new_tokens is not None:
-            config = config.replace(max_new_tokens=args.max_new_tokens)
-        items = load_benchmark(
-            args.benchmark, source=args.source, split=args.split, limit=args.limit, image_dir=args.image_dir
-        )
-        expert_spec = args.expert
-        if args.samples is not None:
-            from catts_graph.models.replay import ReplayVLM
-
-            if expert_spec is None and args.model is None:
-                expert_spec = "none"
-                console.print("[yellow]--samples without --model: no expert ('self' needs the model).[/]")
-            with console.status("reading the responses"):
-                inner = base_model_from_spec(args.model) if args.model is not None else None
-                base_model = ReplayVLM.from_jsonl(args.samples, inner)
-            model_name = f"samples:{args.samples}" + (f" scored by {args.model}" if args.model else "")
-        else:
-            if args.model is None:
-                console.print(
-                    "[yellow]No --model given: using the base organism (it knows only synthetic scenes).[/]"
-                )
-            with console.status("loading the base model"):
-                base_model = base_model_from_spec(args.model or default_base_model_spec())
-            model_name = args.model or ORGANISM_BASE
-        expert_spec = expert_spec if expert_spec is not None else "self"
-        run_eval(
-            items,
-            methods=args.method,
-            ns=args.n,
-            base_model=base_model,
-            expert=expert_from_spec(expert_spec),
-            run_dir=args.run_dir,
-            seed=args.seed,
-            concurrency=args.concurrency,
-            judge=judge_from_spec(args.judge),
-            config=config,
-            model_name=model_name,
-            expert_name=expert_spec,
-            console=console,
-        )
-    except (MetaMismatch, ValueError) as err:
-        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
-        return 2
-    return 0

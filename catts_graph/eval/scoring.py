@@ -32,8 +32,8 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
-from catts_graph.answers import extract_answer, is_equivalent, normalize_answer, option_letter
-from catts_graph.eval.datasets import BENCHMARKS, Item
+from catts_graph.answers import extract_answer, option_letter
+from catts_graph.eval.datasets import BENCHMARKS
 from catts_graph.experts.base import (
     ExpertResult,
     MalformedAnswer,
@@ -44,6 +44,7 @@ from catts_graph.experts.base import (
 )
 from catts_graph.experts.voter import truncate_middle
 from catts_graph.prompts import format_options, render_prompt
+from catts_graph.task import Item, is_correct
 
 __all__ = [
     "Judgement",
@@ -72,30 +73,6 @@ class Judgement:
     correct: bool
     method: str
     detail: str = ""
-
-
-def _number(text: str) -> float | None:
-    """``text`` as a plain decimal number after :func:`normalize_answer`, else None."""
-    try:
-        return float(normalize_answer(text))
-    except ValueError:
-        return None
-
-
-def is_correct(item: Item, answer: str) -> bool:
-    """Whether ``answer`` (a letter for choice items) matches ``item``'s gold, by the rules above."""
-    golds = [item.answer, *item.metadata.get("accepted_answers", [])]
-    if item.answer_type == "choice":
-        return answer.strip() in golds
-    if item.answer_type == "float" and item.precision is not None:
-        predicted = _number(answer)
-        if predicted is not None:
-            return any(
-                (gold := _number(g)) is not None
-                and round(predicted, item.precision) == round(gold, item.precision)
-                for g in golds
-            )
-    return any(is_equivalent(answer, g) for g in golds)
 
 
 def _usable(item: Item, candidate: str | None) -> str | None:

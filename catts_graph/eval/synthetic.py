@@ -454,7 +454,7 @@ def load_synthetic(
     ``"{split}-{index}"``, stay those of the full split). ``category`` is the kind; ``metadata``
     holds the level and the scene.
     """
-    from catts_graph.eval.datasets import Item
+    from catts_graph.task import Item
 
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")

@@ -8,7 +8,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
-from catts_graph.nodes.common import Deps, load_images, progress, run_config, timed, trace_entry
+from catts_graph.images import load_images
+from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
 from catts_graph.policy import wave_size
 from catts_graph.samples import describe_sample
 from catts_graph.scoring import voting_samples

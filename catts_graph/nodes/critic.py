@@ -9,27 +9,16 @@ from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
 from catts_graph.experts import Critic, bound_text
-from catts_graph.nodes.common import (
-    Deps,
-    expert_usage,
-    load_images,
-    progress,
-    run_config,
-    timed,
-    trace_entry,
-)
+from catts_graph.images import load_images
+from catts_graph.nodes.common import Deps, expert_usage, progress, run_config, timed, trace_entry
 from catts_graph.scoring import voting_samples
 from catts_graph.state import CATTSState
+from catts_graph.task import least_confident
 
 
 def least_confident_sample(samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The answered sample with the highest NMLP (ties: the first); None if no sample answered."""
-    answered = [
-        s for s in voting_samples(samples) if s.get("answer") is not None and s.get("nmlp") is not None
-    ]
-    if not answered:
-        return None
-    return max(answered, key=lambda s: (s["nmlp"], -s["index"]))
+    """The answered voting sample with the highest NMLP (ties: the first); None if no sample answered."""
+    return least_confident([s for s in voting_samples(samples) if s.get("answer") is not None])
 
 
 def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:

@@ -10,15 +10,8 @@ from langgraph.runtime import Runtime
 from catts_graph import policy, scoring
 from catts_graph.config import CATTSConfig
 from catts_graph.experts import Planner, bound_text
-from catts_graph.nodes.common import (
-    Deps,
-    expert_usage,
-    load_images,
-    progress,
-    run_config,
-    timed,
-    trace_entry,
-)
+from catts_graph.images import load_images
+from catts_graph.nodes.common import Deps, expert_usage, progress, run_config, timed, trace_entry
 from catts_graph.state import CATTSState
 
 

@@ -8,10 +8,12 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
-from catts_graph.nodes.common import Deps, load_images, progress, run_config, timed, trace_entry
+from catts_graph.images import load_images
+from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
 from catts_graph.prompts import format_options, prompt_fields, render_prompt
 from catts_graph.samples import describe_sample
 from catts_graph.state import CATTSState
+from catts_graph.task import reflection_template
 
 
 def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
@@ -22,7 +24,7 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
         criticised = samples[critique["sample"]]
         # A checkpoint trained on its own format may declare its reflection prompt (see
         # TransformersVLM); it then gets only the values its template asks for.
-        template = getattr(deps.base_model, "reflection_prompt", None) or "reflection"
+        template = reflection_template(deps.base_model)
         values = {
             "question": state["question"],
             "options": format_options(state.get("options")),

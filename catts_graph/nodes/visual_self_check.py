@@ -15,7 +15,8 @@ from langgraph.runtime import Runtime
 
 from catts_graph import scoring
 from catts_graph.config import CATTSConfig
-from catts_graph.nodes.common import Deps, load_images, progress, run_config, timed, trace_entry
+from catts_graph.images import load_images
+from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
 from catts_graph.nodes.voter import best_supporting
 from catts_graph.perturb import diffusion_noise
 from catts_graph.state import CATTSState

@@ -10,21 +10,16 @@ from langgraph.runtime import Runtime
 from catts_graph import scoring
 from catts_graph.config import CATTSConfig
 from catts_graph.experts import Voter
-from catts_graph.nodes.common import (
-    Deps,
-    expert_usage,
-    load_images,
-    progress,
-    run_config,
-    timed,
-    trace_entry,
-)
+from catts_graph.images import load_images
+from catts_graph.nodes.common import Deps, expert_usage, progress, run_config, timed, trace_entry
 from catts_graph.state import CATTSState
+from catts_graph.task import most_confident
 
 
 def best_supporting(samples: Sequence[Mapping[str, Any]], members: Sequence[int]) -> Mapping[str, Any]:
     """The most confident sample (lowest NMLP) among ``members``; ties: the first."""
-    return min((samples[i] for i in members), key=lambda s: (s["nmlp"], s["index"]))
+    best = most_confident([samples[i] for i in members])
+    return best if best is not None else samples[members[0]]
 
 
 def make_voter(deps: Deps) -> Callable[..., dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The CLIP organism: a small open_clip model trained here, contrastively, on the synthetic scenes.
 
 CDRL puts its noise where a CLIP relevance map of the question points
-(:class:`training.cdrl.relevance.ClipRelevance`: cosine of each patch token with the question's text
+(:class:`catts_graph.relevance.ClipRelevance`: cosine of each patch token with the question's text
 embedding). With random weights that map is noise (maps of four random CLIPs correlated from -0.97
 to 0.83), and no pretrained CLIP reaches our machines, so the organism world gets its own CLIP.
 
@@ -308,7 +308,7 @@ def relevance_lift(
         mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
         draw_shapes(ImageDraw.Draw(mask), named, fill=255)
         inside = np.asarray(mask, np.float64) > 0
-        from training.cdrl.relevance import relevance_query  # noqa: PLC0415
+        from catts_graph.relevance import relevance_query
 
         text = relevance_query(question.question, question.options)
         grid = relevance.relevance_map(render(question.scene), text)

@@ -33,8 +33,8 @@ def evaluate_organism(
     from catts_graph.eval.synthetic import load_synthetic
     from catts_graph.images import decode_image, read_reference
     from catts_graph.models import TransformersVLM
-    from catts_graph.nodes.prepare import base_prompt
     from catts_graph.perturb import gaussian
+    from catts_graph.task import base_prompt, is_correct
 
     vlm = model if isinstance(model, TransformersVLM) else TransformersVLM.from_pretrained(Path(model))
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
@@ -49,7 +49,7 @@ def evaluate_organism(
             temperature=0.0,
             max_new_tokens=MAX_NEW_TOKENS,
         )
-        correct = extract_answer(sample.text, item.options) == item.answer
+        correct = is_correct(item, extract_answer(sample.text, item.options))
         confidence = confidence_from_nmlp(nmlp(sample.logprobs)) if sample.logprobs else 0.0
         for key in (str(item.category), "all"):
             totals[key][0] += correct

@@ -51,6 +51,14 @@ def _options(block: str | None) -> list[str] | None:
     return options or None
 
 
+def _spoken(candidate: str, options: list[str] | None) -> str:
+    """A candidate as the organisms say it: the option's text for an option letter, else as is."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    if options and len(candidate) == 1 and candidate in letters[: len(options)]:
+        return options[letters.index(candidate)]
+    return candidate
+
+
 class OrganismExpert(BaseChatModel):
     """A :class:`~catts_graph.models.TransformersVLM` organism model as Voter and Critic."""
 
@@ -86,10 +94,12 @@ class OrganismExpert(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _vote(self, images: list[Any], question: str, options: list[str] | None, listing: str) -> str:
-        from catts_graph.nodes.prepare import base_prompt
-        from catts_graph.organism.train import answer_text
+        from catts_graph.organism.language import answer_text
+        from catts_graph.task import base_prompt
 
         names = [m.group(1) for line in listing.splitlines() if (m := _CANDIDATE_LINE.fullmatch(line))]
+        # Candidates are option letters; the organisms box the option's text (organism.language).
+        names = [_spoken(name, options) for name in names]
         prompt = base_prompt(question, options, self.vlm)
         (reading,) = self.vlm.sample(images, prompt, 1, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
         description = reading.text.split("\\boxed{")[0]
@@ -102,7 +112,7 @@ class OrganismExpert(BaseChatModel):
         return json.dumps({"probabilities": [round(w / total, 6) for w in weights]})
 
     def _critique(self, images: list[Any], question: str, options: list[str] | None, response: str) -> str:
-        from catts_graph.nodes.prepare import base_prompt
+        from catts_graph.task import base_prompt
 
         (sample,) = self.vlm.sample(
             images,

@@ -25,17 +25,20 @@ trace). Expert retries are off: a reply the organism cannot give is not going to
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from catts_graph.formatting import markdown_table, number
 
 ROOT = Path(__file__).resolve().parents[2]
 CDRL_CONFIG = "training/configs/organism_cdrl.yaml"
@@ -201,16 +204,27 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
     target = out / "cdrl"
     summary = target / "cdrl_summary.json"
     if not summary.is_file():
-        from training.cdrl.train import load_config, train_cdrl
-
+        # Through CDRL's command line, as a user runs it: the library never imports training/,
+        # which sits above it, and the GRPO run gets a process (and memory) of its own.
         path = Path(plan.cdrl_config)
-        config = load_config(
-            path if path.is_absolute() else ROOT / path,
-            output_dir=str(target),
-            model=str(organism_path("base")),
-        )
-        overrides = {"max_steps": plan.cdrl_steps} if plan.cdrl_steps is not None else {}
-        train_cdrl(config, **overrides)
+        command = [
+            sys.executable,
+            "-m",
+            "training.cdrl.train",
+            "cdrl",
+            "--config",
+            str(path if path.is_absolute() else ROOT / path),
+            "--output-dir",
+            str(target),
+            "--model",
+            str(organism_path("base")),
+        ]
+        if plan.cdrl_steps is not None:
+            command += ["--max-steps", str(plan.cdrl_steps)]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not summary.is_file():
+            output = (done.stdout + done.stderr)[-3000:]
+            raise RuntimeError(f"CDRL failed (exit {done.returncode}): {' '.join(command)}\n{output}")
     return json.loads(summary.read_text())
 
 
@@ -407,16 +421,8 @@ def _label(method: str, expert: str) -> str:
     return f"{method} ({'base as its own expert' if expert == 'self' else 'expert organism'})"
 
 
-def _f(value: float, digits: int = 3) -> str:
-    return (
-        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-    )
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines + [""]
+def _md(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    return [*markdown_table(headers, rows).splitlines(), ""]
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -425,17 +431,17 @@ def render_markdown(results: dict[str, Any]) -> str:
     models = results["models"]
     kinds = [k for k in models["base"]["clean"] if k != "all"]
     lines.append("### The organisms (greedy, test split)")
-    lines += _table(
+    lines += _md(
         ["model", "params", "clean acc", *kinds, "clean conf", "noised acc", "noised conf"],
         [
             [
                 which,
                 f"{row['parameters'] / 1e6:.2f}M",
-                _f(row["clean"]["all"]["accuracy"]),
-                *(_f(row["clean"][k]["accuracy"]) for k in kinds),
-                _f(row["clean"]["all"]["confidence"]),
-                _f(row["noise"]["all"]["accuracy"]),
-                _f(row["noise"]["all"]["confidence"]),
+                number(row["clean"]["all"]["accuracy"]),
+                *(number(row["clean"][k]["accuracy"]) for k in kinds),
+                number(row["clean"]["all"]["confidence"]),
+                number(row["noise"]["all"]["accuracy"]),
+                number(row["noise"]["all"]["confidence"]),
             ]
             for which, row in models.items()
         ],
@@ -448,18 +454,18 @@ def render_markdown(results: dict[str, Any]) -> str:
                 [
                     "base" if name == "before" else "base + CDRL",
                     row["perturb"],
-                    _f(row["level"], 2),
-                    _f(row["accuracy"]),
-                    _f(row["mean_confidence"]),
-                    _f(row["confidence_drop"]),
-                    _f(row["confidence_drop_nmlp"]),
+                    number(row["level"], 2),
+                    number(row["accuracy"]),
+                    number(row["mean_confidence"]),
+                    number(row["confidence_drop"]),
+                    number(row["confidence_drop_nmlp"]),
                 ]
             )
-    lines += _table(
+    lines += _md(
         ["model", "perturbation", "level", "accuracy", "confidence", "drop", "drop (NMLP)"], probe_rows
     )
     lines.append("### CDRL: confidence-drop ratio (drop after / drop before)")
-    lines += _table(
+    lines += _md(
         [
             "perturbation",
             "level",
@@ -473,23 +479,23 @@ def render_markdown(results: dict[str, Any]) -> str:
         [
             [
                 r["perturb"],
-                _f(r["level"], 2),
-                _f(r["confidence_drop_before"]),
-                _f(r["confidence_drop_after"]),
-                _f(r["confidence_ratio"], 2),
-                _f(r["nmlp_drop_before"]),
-                _f(r["nmlp_drop_after"]),
-                _f(r["nmlp_ratio"], 2),
+                number(r["level"], 2),
+                number(r["confidence_drop_before"]),
+                number(r["confidence_drop_after"]),
+                number(r["confidence_ratio"], 2),
+                number(r["nmlp_drop_before"]),
+                number(r["nmlp_drop_after"]),
+                number(r["nmlp_ratio"], 2),
             ]
             for r in results["ratios"]
         ],
     )
     lines.append("### CDRL: calibration over every probe row")
     calibration = results["calibration"]
-    lines += _table(
+    lines += _md(
         ["model", "clean accuracy", "ECE", "AUROC", "rows"],
         [
-            [label, _f(c["clean_accuracy"]), _f(c["ece"]), _f(c["auroc"]), c["rows"]]
+            [label, number(c["clean_accuracy"]), number(c["ece"]), number(c["auroc"]), c["rows"]]
             for label, c in (("base", calibration["before"]), ("base + CDRL", calibration["after"]))
         ],
     )
@@ -504,15 +510,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"### Adaptive thresholds (validation split, {thresholds['items']} items, N={thresholds['n']}, "
         "expert organism)"
     )
-    lines += _table(
+    lines += _md(
         ["fast_path_share", "fast_path_confidence", "accuracy", "tokens", "expert calls"],
         [
             [
-                _f(c["fast_path_share"], 2),
-                _f(c["fast_path_confidence"], 2),
-                _f(c["accuracy"], 1),
-                _f(c["tokens"], 0),
-                _f(c["expert_calls"], 2),
+                number(c["fast_path_share"], 2),
+                number(c["fast_path_confidence"], 2),
+                number(c["accuracy"], 1),
+                number(c["tokens"], 0),
+                number(c["expert_calls"], 2),
             ]
             for c in thresholds["grid"]
         ],
@@ -535,11 +541,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             scaling_rows.append(
                 [
                     label,
-                    *(_f(per_n.get(str(n), {}).get("accuracy", math.nan), 1) for n in ns),
-                    _f(fitted[method], 2),
+                    *(number(per_n.get(str(n), {}).get("accuracy", math.nan), 1) for n in ns),
+                    number(fitted[method], 2),
                 ]
             )
-    lines += _table(["method", *(f"N={n}" for n in ns), "slope (pts / doubling)"], scaling_rows)
+    lines += _md(["method", *(f"N={n}" for n in ns), "slope (pts / doubling)"], scaling_rows)
     lines.append("### Cost: mean tokens and expert calls per item")
     cost_rows = []
     for expert, table in results["scaling"].items():
@@ -549,17 +555,17 @@ def render_markdown(results: dict[str, Any]) -> str:
                 [
                     label,
                     *(
-                        f"{_f(per_n[str(n)]['tokens'], 0)} / {_f(per_n[str(n)]['expert_calls'], 1)}"
+                        f"{number(per_n[str(n)]['tokens'], 0)} / {number(per_n[str(n)]['expert_calls'], 1)}"
                         for n in ns
                     ),
                 ]
             )
-    lines += _table(["method", *(f"N={n}" for n in ns)], cost_rows)
+    lines += _md(["method", *(f"N={n}" for n in ns)], cost_rows)
     lines.append(f"### Ablations (expert organism, N={results['plan']['ablation_n']})")
-    lines += _table(
+    lines += _md(
         ["method", "accuracy", "tokens", "expert calls"],
         [
-            [method, _f(c["accuracy"], 1), _f(c["tokens"], 0), _f(c["expert_calls"], 2)]
+            [method, number(c["accuracy"], 1), number(c["tokens"], 0), number(c["expert_calls"], 2)]
             for method, c in results["ablations"].items()
         ],
     )
@@ -691,21 +697,3 @@ def reproduce(
     log(markdown)
     log(f"total {results['total_seconds'] / 60:.1f} min of compute over all runs; results in {out}")
     return results
-
-
-def add_reproduce_command(commands: Any) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        "reproduce", help="regenerate every number and figure of docs/organism.md (CPU, < 1 hour)"
-    )
-    parser.add_argument("--out", default="runs/organism", help="run folder (resumed when it exists)")
-    parser.add_argument("--quick", action="store_true", help="a smoke-sized run of every step")
-    parser.set_defaults(func=_reproduce_command)
-    return parser
-
-
-def _reproduce_command(args: argparse.Namespace) -> int:
-    import torch
-
-    torch.set_num_threads(2)
-    reproduce(args.out, Plan.quick() if args.quick else Plan())
-    return 0

@@ -50,16 +50,12 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from catts_graph.eval.synthetic import Question
-
-ANSWER_PROMPT = "answer_short"
-"""The prompt template the organism models are trained on and declare in ``catts.json``."""
+from catts_graph.organism.language import ANSWER_PROMPT, organism_prompt, reply_text
 
 CHECKPOINT_SETTINGS = {"answer_prompt": ANSWER_PROMPT, "reflection_prompt": ANSWER_PROMPT}
 """``catts.json`` of an organism checkpoint. The organisms never learned to read a critique, so
@@ -96,7 +92,7 @@ class OrganismConfig:
     easy_share: float = 0.3
     """The first ``easy_share`` of the steps draw level-1 items only (a curriculum)."""
     word_tokens: bool = True
-    """Tokenize with the organisms' word-level vocabulary (:mod:`catts_graph.organism.tokenizer`)."""
+    """Tokenize with the organisms' word-level vocabulary (:mod:`catts_graph.organism.language`)."""
 
 
 CONFIGS: dict[str, OrganismConfig] = {
@@ -135,48 +131,6 @@ def organism_path(which: str) -> Path:
     if which not in CONFIGS:
         raise ValueError(f"which={which!r}: expected one of {sorted(CONFIGS)}")
     return CHECKPOINTS / which
-
-
-def answer_text(answer: str) -> str:
-    """The final answer as the organism writes it."""
-    return f"\\boxed{{{answer}}}"
-
-
-def spoken_answer(question: Question) -> str:
-    """The answer as the organism says it: the chosen option's *text* for a multiple-choice
-    question (``red``, ``top left``), the number otherwise.
-
-    Why not the letter: a letter is a lookup in the prompt's option list, which a model this small
-    learns slowly (measured with letters: on level-1 colour questions the description was right in
-    36% of items, the boxed letter in 18%). The answer extractor maps an option's text to its letter
-    (:func:`catts_graph.answers.option_letter`), as benchmark harnesses do for real models.
-    """
-    if question.options:
-        return question.options["ABCDEFGH".index(question.answer)]
-    return question.answer
-
-
-def reply_text(question: Question) -> str:
-    """The whole reply the organism is trained to give, one step a line: what it sees
-    (:func:`~catts_graph.eval.synthetic.describe_scene`), the objects the question is about
-    (:func:`~catts_graph.eval.synthetic.describe_focus`; not for digit questions), the boxed answer.
-    """
-    from catts_graph.eval.synthetic import describe_focus, describe_scene
-
-    focus = describe_focus(question)
-    lines = [
-        describe_scene(question.scene),
-        *([focus] if focus else []),
-        answer_text(spoken_answer(question)),
-    ]
-    return "\n".join(lines)
-
-
-def organism_prompt(question: str, options: Sequence[str] | None) -> str:
-    """The user turn the organism models learned (after the image): ``prompts/answer_short.txt``."""
-    from catts_graph.prompts import format_options, render_prompt
-
-    return render_prompt(ANSWER_PROMPT, question=question, options=format_options(options))
 
 
 class _Batches:
@@ -389,7 +343,7 @@ def _initial_model(config: OrganismConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from catts_graph.models.tiny import build_tiny_qwen25vl
-    from catts_graph.organism.tokenizer import organism_words
+    from catts_graph.organism.language import organism_words
 
     with tempfile.TemporaryDirectory() as scratch:
         side = config.image_side

@@ -1,6 +1,6 @@
 """CDRL: GRPO with confidence rewards on original / noised image pairs (CVPR 2026, CA-TTS paper).
 
-- :mod:`training.cdrl.relevance`: open_clip relevance maps (question against image patches).
+- :mod:`catts_graph.relevance`: open_clip relevance maps (question against image patches).
 - :mod:`training.cdrl.data`: items -> original/noised pairs -> a GRPO dataset; saving and a contact sheet.
 - :mod:`training.cdrl.rewards`: accuracy, format, perceptual sensitivity, calibration (TRL reward callables).
 - :mod:`training.cdrl.train`: YAML config, ``GRPOTrainer``, export, before/after probe, ``catts train``.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "ClipRelevance": "training.cdrl.relevance",
+    "ClipRelevance": "catts_graph.relevance",
     "NoiseConfig": "training.cdrl.data",
     "TrainingPair": "training.cdrl.data",
     "build_pairs": "training.cdrl.data",

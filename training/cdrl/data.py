@@ -1,7 +1,7 @@
 """CDRL training data: each item with its original image(s) and a copy noised where the question looks.
 
 Pipeline: items (:class:`catts_graph.eval.datasets.Item`) -> :func:`build_pairs` (a CLIP relevance map
-per image, :mod:`training.cdrl.relevance`, steers a :func:`catts_graph.perturb.perturb`) ->
+per image, :mod:`catts_graph.relevance`, steers a :func:`catts_graph.perturb.perturb`) ->
 :func:`to_grpo_dataset` (the columns TRL's GRPO and the rewards read). :func:`save_pairs` writes the
 pairs to a folder with a contact sheet to look at before training; :func:`load_pairs` reads it back.
 
@@ -17,7 +17,6 @@ it sees at inference.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,11 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from catts_graph.eval.datasets import BENCHMARKS, Item, load_benchmark
+from catts_graph.eval.datasets import BENCHMARKS, load_benchmark
 from catts_graph.images import load_image
 from catts_graph.perturb import PERTURBATIONS, perturb
 from catts_graph.prompts import format_options, render_prompt
-from training.cdrl.relevance import ClipRelevance, relevance_query, top_fraction_mask
+from catts_graph.relevance import ClipRelevance, relevance_query, top_fraction_mask
+from catts_graph.task import Item, item_seed
 
 __all__ = [
     "CONTACT_SHEET",
@@ -191,11 +191,6 @@ def training_prompt(item: Item, answer_prompt: str | None = None) -> str:
     )
 
 
-def _item_seed(seed: int, item_id: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
 def build_pairs(
     items: Iterable[Item],
     relevance: ClipRelevance,
@@ -223,7 +218,7 @@ def build_pairs(
         )
     pairs, cursor = [], 0
     for item, images in zip(items, loaded, strict=True):
-        seed = _item_seed(noise.seed, item.id)
+        seed = item_seed(noise.seed, item.id)
         item_maps = maps[cursor : cursor + len(images)]
         cursor += len(images)
         noised = []

@@ -34,9 +34,10 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
-from catts_graph.answers import extract_answer, is_equivalent
+from catts_graph.answers import extract_answer
 from catts_graph.confidence import confidence_from_nmlp, nmlp
 from catts_graph.models.replay import images_key
+from catts_graph.task import answer_matches
 
 __all__ = [
     "AccuracyReward",
@@ -82,9 +83,10 @@ def _options(value: Any) -> list[str] | None:
 
 
 def is_correct(text: str, gold: str, options: Sequence[str] | None = None) -> bool:
-    """Whether the final answer in ``text`` matches ``gold`` (an option letter for multiple choice)."""
-    predicted = extract_answer(text, options)
-    return predicted is not None and is_equivalent(predicted, str(gold))
+    """Whether the final answer in ``text`` matches ``gold`` (an option letter for multiple choice),
+    by the project's one rule (:func:`catts_graph.task.answer_matches`)."""
+    answer_type = "choice" if options else "text"
+    return answer_matches(extract_answer(text, options), [str(gold)], answer_type=answer_type)
 
 
 def _column(kwargs: dict[str, Any], name: str, n: int, reward: str) -> list[Any]:

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from catts_graph.models.transformers_vlm import checkpoint_settings
+from catts_graph.relevance import ClipRelevance
 from training.cdrl.data import (
     NoiseConfig,
     TrainingPair,
@@ -43,7 +44,6 @@ from training.cdrl.data import (
     save_pairs,
     to_grpo_dataset,
 )
-from training.cdrl.relevance import ClipRelevance
 from training.cdrl.rewards import REWARD_NAMES, PolicyScorer, build_rewards
 
 __all__ = [

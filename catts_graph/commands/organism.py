@@ -1,0 +1,104 @@
+"""``catts organism train | eval | reproduce``: the model organism on the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from catts_graph.organism.reproduce import Plan, reproduce
+from catts_graph.organism.train import CONFIGS, organism_path, train_organism
+
+
+def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``catts organism train | eval``."""
+    parser = subparsers.add_parser("organism", help="train or evaluate the organism models")
+    commands = parser.add_subparsers(dest="organism_command", required=True)
+
+    train = commands.add_parser("train", help="train an organism model from scratch (CPU, seeded)")
+    train.add_argument("--which", choices=sorted(CONFIGS), default="base")
+    train.add_argument("--out", help="checkpoint folder (default: the shipped one, replaced)")
+    train.add_argument(
+        "--minutes", type=float, help="fit the step counts to this wall-clock budget (not bit-reproducible)"
+    )
+    train.add_argument("--steps-scale", type=float, default=1.0, help="multiply the configured steps")
+    train.add_argument("--threads", type=int, default=2, help="CPU threads")
+    train.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    train.add_argument(
+        "--validate-every", type=int, default=0, help="log validation accuracy every this many steps"
+    )
+    train.add_argument(
+        "--state-dir",
+        help="resumable run: save the training state here every --save-every minutes, and continue "
+        "from it when it exists",
+    )
+    train.add_argument("--save-every", type=float, default=10.0, help="minutes between saved states")
+    train.add_argument(
+        "--stop-after", type=float, help="minutes: save the state and stop (resume later with --state-dir)"
+    )
+    train.set_defaults(func=_train_command)
+
+    evaluate = commands.add_parser("eval", help="accuracy and confidence per question kind")
+    evaluate.add_argument("--which", choices=sorted(CONFIGS), default="base")
+    evaluate.add_argument("--model", help="checkpoint folder (default: the shipped one)")
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    evaluate.add_argument("--limit", type=int, default=250)
+    evaluate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise strength in [0, 1]")
+    evaluate.set_defaults(func=_eval_command)
+
+    from catts_graph.organism.reproduce import add_reproduce_command
+
+    add_reproduce_command(commands)
+    return parser
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    if args.steps_scale <= 0:
+        raise ValueError(f"--steps-scale must be positive, got {args.steps_scale}")
+    if args.minutes is not None and args.state_dir is not None:
+        raise ValueError(
+            "--minutes fits the step count to one invocation's speed: it cannot resume; use --steps-scale"
+        )
+    train_organism(
+        args.which,
+        args.out,
+        steps_scale=args.steps_scale,
+        minutes=args.minutes,
+        threads=args.threads,
+        device=args.device,
+        validate_every=args.validate_every,
+        state_dir=args.state_dir,
+        save_every_minutes=args.save_every,
+        stop_after_minutes=args.stop_after,
+    )
+    return 0
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from catts_graph.organism.evaluate import evaluate_organism, format_report
+
+    torch.set_num_threads(2)
+    model = Path(args.model) if args.model else organism_path(args.which)
+    report = evaluate_organism(model, split=args.split, limit=args.limit, noise=args.noise)
+    print(format_report(report))
+    return 0
+
+
+def add_reproduce_command(commands: Any) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "reproduce", help="regenerate every number and figure of docs/organism.md (CPU, < 1 hour)"
+    )
+    parser.add_argument("--out", default="runs/organism", help="run folder (resumed when it exists)")
+    parser.add_argument("--quick", action="store_true", help="a smoke-sized run of every step")
+    parser.set_defaults(func=_reproduce_command)
+    return parser
+
+
+def _reproduce_command(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(2)
+    reproduce(args.out, Plan.quick() if args.quick else Plan())
+    return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -67,14 +65,24 @@ def test_slopes_are_points_per_doubling() -> None:
 
 
 def test_pooled_calibration_reads_every_probe_row(tmp_path: Path) -> None:
+    from catts_graph.eval.store import ResultStore
+
     path = tmp_path / "probe.sqlite"
-    with closing(sqlite3.connect(path)) as connection:
-        connection.execute("CREATE TABLE probe(level REAL, correct INTEGER, confidence REAL)")
-        connection.executemany(
-            "INSERT INTO probe VALUES (?, ?, ?)",
-            [(0.0, 1, 0.9), (0.0, 0, 0.6), (1.0, 1, 0.8), (1.0, 0, 0.7)],
-        )
-        connection.commit()
+    with ResultStore(path) as store:
+        for i, (level, correct, confidence) in enumerate(
+            [(0.0, True, 0.9), (0.0, False, 0.6), (1.0, True, 0.8), (1.0, False, 0.7)]
+        ):
+            store.put_probe(
+                item_id=f"q{i}",
+                perturb="gaussian",
+                level=level,
+                answer="A",
+                gold="A" if correct else "B",
+                correct=correct,
+                confidence=confidence,
+                nmlp=0.1,
+                category=None,
+            )
     result = pooled_calibration(path)
     assert result["rows"] == 4
     assert result["clean_accuracy"] == 0.5

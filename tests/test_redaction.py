@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import string
+from contextlib import closing
 
 import pytest
 from hypothesis import assume, given, settings
@@ -155,5 +156,6 @@ def test_the_store_keeps_no_credential_from_a_trace(tmp_path):
             seconds=0.1,
             trace=trace,
         )
-        stored = store.execute("SELECT trace FROM results")[0]["trace"]
+    with closing(sqlite3.connect(tmp_path / "r.sqlite")) as connection:  # the bytes on disk
+        (stored,) = connection.execute("SELECT trace FROM results").fetchone()
     assert OPENAI_KEY not in stored and "Incorrect API key provided: [REDACTED]" in stored

@@ -7,7 +7,6 @@ The commands turn model names into models (:mod:`catts_graph.specs`) and call th
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from catts_graph.eval.probe import (
 )
 from catts_graph.eval.report import method_summaries, write_report
 from catts_graph.eval.runner import DEFAULT_NS, run_eval
-from catts_graph.eval.store import DB_FILENAME
+from catts_graph.eval.store import DB_FILENAME, StoreError
 from catts_graph.formatting import number
 from catts_graph.perturb import PERTURBATIONS
 from catts_graph.redaction import redact
@@ -286,7 +285,7 @@ def _report_command(args: argparse.Namespace) -> int:
     console = Console()
     try:
         path = write_report(args.run_dir)
-    except (FileNotFoundError, ValueError, sqlite3.Error) as err:
+    except (FileNotFoundError, ValueError, StoreError) as err:
         console.print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
     summaries = method_summaries(Path(args.run_dir) / DB_FILENAME)

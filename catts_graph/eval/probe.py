@@ -29,11 +29,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +41,7 @@ import numpy as np
 from catts_graph import metrics
 from catts_graph.answers import canonicalize
 from catts_graph.eval.scoring import judge_answer
-from catts_graph.eval.store import ResultStore
+from catts_graph.eval.store import ResultStore, read_store
 from catts_graph.formatting import number
 from catts_graph.images import load_image
 from catts_graph.perturb import PERTURBATIONS, perturb
@@ -242,10 +240,7 @@ def run_probe(
     written = skipped = 0
     with ResultStore(store_path) as store:
         _check_settings(store, settings)
-        done = {
-            (row["item_id"], row["perturb"], _level_key(row["level"]))
-            for row in store.execute("SELECT item_id, perturb, level FROM probe")
-        }
+        done = {(item_id, kind, _level_key(level)) for item_id, kind, level in store.probe_keys()}
         for item in items:
             keys = [(CLEAN, 0.0)] + [(kind, level) for kind in kinds for level in strengths]
             todo = [(kind, level) for kind, level in keys if (item.id, kind, level) not in done]
@@ -279,20 +274,16 @@ def run_probe(
                 )
                 # Each row commits on its own (the store is in autocommit mode): a kill loses at
                 # most the row being answered.
-                store.execute(
-                    "INSERT OR REPLACE INTO probe(item_id, perturb, level, answer, gold, correct, "
-                    "confidence, nmlp, category) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        item.id,
-                        kind,
-                        level,
-                        answer,
-                        item.answer,
-                        int(correct),
-                        confidence,
-                        nmlp,
-                        item.category,
-                    ),
+                store.put_probe(
+                    item_id=item.id,
+                    perturb=kind,
+                    level=level,
+                    answer=answer,
+                    gold=item.answer,
+                    correct=correct,
+                    confidence=confidence,
+                    nmlp=nmlp,
+                    category=item.category,
                 )
                 written += 1
                 if progress is not None:
@@ -378,18 +369,13 @@ def probe_summary(store_path: str | Path) -> list[ProbeSummaryRow]:
     Kinds come in the order they were first stored, levels ascending. With clean rows only, one row
     named ``clean``. An empty or missing ``probe`` table gives ``[]``.
     """
-    path = Path(store_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"store_path: no database at {str(path)!r}")
-    with closing(sqlite3.connect(path)) as connection:
-        has_table = connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'probe'"
-        ).fetchone()
-        if has_table is None:
-            return []
-        stored = connection.execute(
-            "SELECT item_id, perturb, level, correct, confidence, nmlp FROM probe ORDER BY rowid"
-        ).fetchall()
+    with read_store(store_path) as store:
+        stored = [
+            (row["item_id"], row["perturb"], row["level"], row["correct"], row["confidence"], row["nmlp"])
+            for row in store.probe_rows()
+        ]
+    if not stored:
+        return []
     groups: dict[tuple[str, float], dict[str, tuple[int, float, float | None]]] = {}
     for item_id, kind, level, correct, confidence, nmlp in stored:
         groups.setdefault((kind, _level_key(level)), {})[item_id] = (

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import numpy as np
 from catts_graph import metrics
 from catts_graph.eval import plots
 from catts_graph.eval.probe import ProbeSummaryRow, probe_summary
-from catts_graph.eval.store import DB_FILENAME
+from catts_graph.eval.store import DB_FILENAME, read_store
 from catts_graph.formatting import markdown_table, number
 from catts_graph.graph import NODES
 
@@ -87,26 +85,7 @@ class MethodSummary:
     """Reliability bins (15) of the calibrated items at the largest N; empty when there are none."""
 
 
-def _tables(connection: sqlite3.Connection) -> set[str]:
-    return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _read_meta(connection: sqlite3.Connection) -> dict[str, Any]:
-    if "meta" not in _tables(connection):
-        return {}
-    meta: dict[str, Any] = {}
-    for key, value in connection.execute("SELECT key, value FROM meta ORDER BY key"):
-        try:
-            meta[key] = json.loads(value)
-        except (TypeError, json.JSONDecodeError):
-            meta[key] = value
-    return meta
-
-
-def _module_names(raw: str | None) -> set[str]:
-    if not raw:
-        return set()
-    entries = json.loads(raw)
+def _module_names(entries: Sequence[Any] | None) -> set[str]:
     names = set()
     for entry in entries or []:
         if isinstance(entry, str):
@@ -130,14 +109,11 @@ def _method_order(found: Sequence[str], meta: dict[str, Any]) -> list[str]:
 
 def method_summaries(store_path: str | Path) -> list[MethodSummary]:
     """Per method: accuracy per N with intervals, slope, calibration and cost at its largest N."""
-    with closing(sqlite3.connect(store_path)) as connection:
-        if "results" not in _tables(connection):
-            return []
-        meta = _read_meta(connection)
-        rows = connection.execute(
-            "SELECT method, n, correct, confidence, tokens, expert_calls, seconds, modules "
-            "FROM results WHERE correct IS NOT NULL ORDER BY method, n, item_id"
-        ).fetchall()
+    with read_store(store_path) as store:
+        meta = store.meta
+        results = sorted(store.results(), key=lambda r: (r["method"], r["n"], r["item_id"]))
+    keys = ("method", "n", "correct", "confidence", "tokens", "expert_calls", "seconds", "modules")
+    rows = [tuple(r[key] for key in keys) for r in results]
     by_method: dict[str, dict[int, list[tuple[Any, ...]]]] = {}
     for row in rows:
         by_method.setdefault(row[0], {}).setdefault(int(row[1]), []).append(row)
@@ -357,8 +333,8 @@ def write_report(run_dir: str | Path) -> Path:
             f"run_dir: no {DB_FILENAME} in {str(folder)!r}; run `catts eval` or `catts probe` with "
             "--run-dir pointing there first"
         )
-    with closing(sqlite3.connect(store_path)) as connection:
-        meta = _read_meta(connection)
+    with read_store(store_path) as store:
+        meta = store.meta
     summaries = method_summaries(store_path)
     probe_rows = probe_summary(store_path)
     plot_dir = folder / "plots"

@@ -66,6 +66,10 @@ RESULT_COLUMNS = (
 )
 
 
+StoreError = sqlite3.Error
+"""What a damaged or foreign database file raises when a store is read (the SQLite error)."""
+
+
 class MetaMismatch(ValueError):
     """A run directory already holds a run with other settings; the message lists the differences."""
 
@@ -164,8 +168,9 @@ class ResultStore:
             finally:
                 self._depth = 0
 
-    def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
-        """Run one SQL statement and return its rows as dicts (for readers such as the report)."""
+    def _rows(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        """Run one SQL statement and return its rows as dicts. Only this module speaks SQL: readers
+        (the report, the probe, the organism's reproduction) use the methods below."""
         with self._lock:
             cursor = self._conn.execute(sql, parameters)
             names = [d[0] for d in cursor.description or ()]
@@ -295,7 +300,7 @@ class ResultStore:
     def results(self, method: str | None = None) -> list[dict[str, Any]]:
         """Result rows as dicts (``modules`` and ``trace`` decoded), ordered by item, method, n."""
         where, parameters = ("WHERE method = ?", (method,)) if method is not None else ("", ())
-        rows = self.execute(
+        rows = self._rows(
             f"SELECT {', '.join(RESULT_COLUMNS)} FROM results {where} ORDER BY item_id, method, n", parameters
         )
         for row in rows:
@@ -306,4 +311,61 @@ class ResultStore:
 
     def item_ids(self) -> list[str]:
         """Items with a stored pool, in id order."""
-        return [row["item_id"] for row in self.execute("SELECT item_id FROM pools ORDER BY item_id")]
+        return [row["item_id"] for row in self._rows("SELECT item_id FROM pools ORDER BY item_id")]
+
+    # -- probe --------------------------------------------------------------------------------------
+
+    def probe_keys(self) -> set[tuple[str, str, float]]:
+        """The (item_id, perturbation, level) keys stored by ``catts probe``."""
+        rows = self._rows("SELECT item_id, perturb, level FROM probe")
+        return {(row["item_id"], row["perturb"], float(row["level"])) for row in rows}
+
+    def put_probe(
+        self,
+        *,
+        item_id: str,
+        perturb: str,
+        level: float,
+        answer: str | None,
+        gold: str,
+        correct: bool,
+        confidence: float,
+        nmlp: float | None,
+        category: str | None,
+    ) -> None:
+        """Store one probe row (the same key again replaces it); it commits on its own, so a kill
+        loses at most the row being answered."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO probe(item_id, perturb, level, answer, gold, correct, "
+                "confidence, nmlp, category) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item_id,
+                    perturb,
+                    float(level),
+                    answer,
+                    gold,
+                    int(bool(correct)),
+                    confidence,
+                    nmlp,
+                    category,
+                ),
+            )
+
+    def probe_rows(self) -> list[dict[str, Any]]:
+        """Probe rows in the order they were stored (``correct`` as a bool)."""
+        rows = self._rows(
+            "SELECT item_id, perturb, level, answer, gold, correct, confidence, nmlp, category "
+            "FROM probe ORDER BY rowid"
+        )
+        for row in rows:
+            row["correct"] = bool(row["correct"])
+        return rows
+
+
+def read_store(path: str | Path) -> ResultStore:
+    """An existing store opened for reading; a missing file is a :class:`FileNotFoundError` naming
+    it (opening a :class:`ResultStore` would create it)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"store_path: no database at {str(path)!r}")
+    return ResultStore(path)

@@ -28,12 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,9 +177,10 @@ def step_probe(out: Path, plan: Plan, name: str, model_path: Path) -> list[dict[
 def pooled_calibration(store_path: Path) -> dict[str, float]:
     """ECE and AUROC of ``exp(-NMLP)`` over every probe row (clean and perturbed), and clean accuracy."""
     from catts_graph import metrics
+    from catts_graph.eval.store import read_store
 
-    with closing(sqlite3.connect(store_path)) as connection:
-        rows = connection.execute("SELECT level, correct, confidence FROM probe").fetchall()
+    with read_store(store_path) as store:
+        rows = [(r["level"], r["correct"], r["confidence"]) for r in store.probe_rows()]
     confidences = [float(c) for _, _, c in rows]
     correct = [bool(y) for _, y, _ in rows]
     clean = [bool(y) for level, y, _ in rows if level == 0]
@@ -230,19 +229,21 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
 
 def _accuracy_by_n(store_path: Path) -> dict[str, dict[int, dict[str, float]]]:
     """``{method: {n: {"accuracy", "tokens", "expert_calls", "seconds", "items"}}}`` from a run's store."""
-    with closing(sqlite3.connect(store_path)) as connection:
-        rows = connection.execute(
-            "SELECT method, n, AVG(correct), AVG(tokens), AVG(expert_calls), AVG(seconds), COUNT(*) "
-            "FROM results GROUP BY method, n ORDER BY method, n"
-        ).fetchall()
+    from catts_graph.eval.store import read_store
+
+    with read_store(store_path) as store:
+        results = store.results()
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in results:
+        groups.setdefault((row["method"], int(row["n"])), []).append(row)
     table: dict[str, dict[int, dict[str, float]]] = {}
-    for method, n, accuracy, tokens, calls, seconds, count in rows:
-        table.setdefault(method, {})[int(n)] = {
-            "accuracy": 100.0 * accuracy,
-            "tokens": tokens,
-            "expert_calls": calls,
-            "seconds": seconds,
-            "items": count,
+    for (method, n), rows in sorted(groups.items()):
+        table.setdefault(method, {})[n] = {
+            "accuracy": 100.0 * sum(r["correct"] for r in rows) / len(rows),
+            "tokens": sum(r["tokens"] for r in rows) / len(rows),
+            "expert_calls": sum(r["expert_calls"] for r in rows) / len(rows),
+            "seconds": sum(r["seconds"] for r in rows) / len(rows),
+            "items": len(rows),
         }
     return table
 

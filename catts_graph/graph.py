@@ -80,7 +80,7 @@ def build_graph(
     a mapping ``{"planner": ..., "voter": ..., "critic": ...}``. ``config`` gives the defaults a run's
     ``context`` overrides.
     """
-    if not isinstance(base_model, BaseVLM):
+    if not all(callable(getattr(base_model, method, None)) for method in ("sample", "score")):
         raise TypeError(
             f"base_model must implement sample() and score() (catts_graph.models.BaseVLM), "
             f"got {type(base_model).__name__}"

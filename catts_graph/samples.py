@@ -8,11 +8,11 @@ log-probs, so it stays small and serialisable, and no later node goes back to th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from catts_graph import confidence as conf
 from catts_graph.answers import answer_span, extract_answer
 from catts_graph.models.base import Sample
+from catts_graph.task import SampleRecord
 
 DEEPCONF_K = 20
 
@@ -26,11 +26,11 @@ def describe_sample(
     source: str = "sample",
     image: str = "original",
     deepconf_window: int = 2048,
-) -> dict[str, Any]:
+) -> SampleRecord:
     """The record of one response: its answer and every confidence statistic the graph may use."""
     logprobs = list(sample.logprobs)
     answer = extract_answer(sample.text, options)
-    record: dict[str, Any] = {
+    record: SampleRecord = {
         "index": index,
         "wave": wave,
         "source": source,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
+from catts_graph.task import SampleRecord
+
 
 def merge_usage(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
     """Reducer of ``usage``: counters add up, so parallel nodes can each report their own cost."""
@@ -43,7 +45,7 @@ class OutputState(TypedDict, total=False):
     """S(answer) / sum_b S(b), in [0, 1]."""
     scores: dict[str, float]
     """Final score S per candidate answer."""
-    samples: Annotated[list[dict[str, Any]], operator.add]
+    samples: Annotated[list[SampleRecord], operator.add]
     """Every response the base model wrote: text, answer, nmlp, confidence, tokens, image, source."""
     trace: Annotated[list[dict[str, Any]], operator.add]
     """One entry per decision: module, decision, reason, inputs, duration_s, expert_calls."""

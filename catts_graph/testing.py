@@ -63,6 +63,8 @@ class ScriptedVLM:
     script: Script
     scorer: Scorer | None = None
     latency: float = 0.0
+    answer_prompt: str | None = None
+    reflection_prompt: str | None = None
     calls: list[tuple[str, str, int]] = field(default_factory=list)
     _vocab: dict[str, int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -22,6 +22,9 @@ from catts_graph.models.chat_adapter import BaseModelChat, flatten_messages
 class FakeVLM:
     """Records every sample() call and answers with a fixed text (or prompt-dependent one)."""
 
+    answer_prompt = None
+    reflection_prompt = None
+
     def __init__(self, text: str = "The answer is \\boxed{B}.") -> None:
         self.text = text
         self.calls: list[dict[str, Any]] = []

@@ -145,7 +145,19 @@ def check_n(n: Any) -> int:
 
 @runtime_checkable
 class BaseVLM(Protocol):
-    """What the graph needs from a base model (local transformers, a vLLM server, a test double)."""
+    """What the graph needs from a base model (local transformers, a vLLM server, a test double).
+
+    Two methods, and two declarations a checkpoint may make about how it is asked:
+    ``answer_prompt`` and ``reflection_prompt`` name prompt templates (``prompts/<name>.txt``) it
+    was trained on, as a chat template travels with a checkpoint; ``None`` means the library's
+    (``answer``, ``reflection``). :class:`~catts_graph.models.TransformersVLM` reads them from the
+    checkpoint's ``catts.json``; wrappers pass their inner model's on. A backend written before
+    they existed (the two methods only) still works: :func:`catts_graph.task.answer_template`
+    treats a missing declaration as ``None``, and ``build_graph`` checks the methods alone.
+    """
+
+    answer_prompt: str | None
+    reflection_prompt: str | None
 
     def sample(
         self,

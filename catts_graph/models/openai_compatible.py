@@ -95,6 +95,10 @@ class OpenAICompatibleVLM:
     {...}}``). The instance is thread-safe; :meth:`close` (or ``with``) releases its connections.
     """
 
+    answer_prompt: str | None = None
+    reflection_prompt: str | None = None
+    """A served model is asked in the library's prompts (a server does not declare its own)."""
+
     def __init__(
         self,
         base_url: str,

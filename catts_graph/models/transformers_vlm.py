@@ -103,6 +103,9 @@ class TransformersVLM:
         self.suppressed_token_ids = _vision_token_ids(tokenizer)
         self.answer_prompt = answer_prompt
         self.reflection_prompt = reflection_prompt
+        self.declared: dict[str, Any] = {}
+        """Everything the checkpoint's ``catts.json`` declares (the prompts above, and any setting
+        an application reads, such as the organisms' ``answer_format``)."""
         self._lock = threading.Lock()
 
     @classmethod
@@ -134,12 +137,14 @@ class TransformersVLM:
         if max_pixels is not None:
             _limit_pixels(processor, max_pixels)
         settings = checkpoint_settings(path_or_id)
-        return cls(
+        vlm = cls(
             model,
             processor,
             answer_prompt=settings.get("answer_prompt"),
             reflection_prompt=settings.get("reflection_prompt"),
         )
+        vlm.declared = settings
+        return vlm
 
     @property
     def device(self) -> torch.device:

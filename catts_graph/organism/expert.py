@@ -69,6 +69,12 @@ class OrganismExpert(BaseChatModel):
     """The expert model (a TransformersVLM trained by :mod:`catts_graph.organism.train`)."""
 
     @property
+    def option_text(self) -> bool:
+        """Whether the model boxes a multiple-choice answer as the option's text (its ``catts.json``
+        declares ``answer_format: option_text``); earlier organisms box the letter."""
+        return getattr(self.vlm, "declared", {}).get("answer_format") == "option_text"
+
+    @property
     def _llm_type(self) -> str:
         return "catts-organism-expert"
 
@@ -98,8 +104,8 @@ class OrganismExpert(BaseChatModel):
         from catts_graph.task import base_prompt
 
         names = [m.group(1) for line in listing.splitlines() if (m := _CANDIDATE_LINE.fullmatch(line))]
-        # Candidates are option letters; the organisms box the option's text (organism.language).
-        names = [_spoken(name, options) for name in names]
+        if self.option_text:  # candidates are option letters; the model boxes the option's text
+            names = [_spoken(name, options) for name in names]
         prompt = base_prompt(question, options, self.vlm)
         (reading,) = self.vlm.sample(images, prompt, 1, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
         description = reading.text.split("\\boxed{")[0]

@@ -57,10 +57,16 @@ from typing import Any
 
 from catts_graph.organism.language import ANSWER_PROMPT, organism_prompt, reply_text
 
-CHECKPOINT_SETTINGS = {"answer_prompt": ANSWER_PROMPT, "reflection_prompt": ANSWER_PROMPT}
+CHECKPOINT_SETTINGS = {
+    "answer_prompt": ANSWER_PROMPT,
+    "reflection_prompt": ANSWER_PROMPT,
+    "answer_format": "option_text",
+}
 """``catts.json`` of an organism checkpoint. The organisms never learned to read a critique, so
 their self-reflection is answering again, greedily, under their own prompt (re-reading the image):
-the reflection template gets only the question and options it asks for."""
+the reflection template gets only the question and options it asks for. ``answer_format:
+option_text``: a multiple-choice answer is boxed as the option's text (checkpoints trained before
+box the letter; :func:`~catts_graph.organism.expert.organism_expert` reads which)."""
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 """Where the shipped organism models live (inside the package, so they ship in the wheel)."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from langchain_core.runnables import RunnableLambda
 from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
 from catts_graph.experts import Critic, bound_text
 from catts_graph.nodes.common import (
     Deps,
+    ExpertSteps,
+    expert_node,
     expert_usage,
     load_images,
     progress,
@@ -32,8 +35,8 @@ def least_confident_sample(samples: Sequence[Mapping[str, Any]]) -> Mapping[str,
     return max(answered, key=lambda s: (s["nmlp"], -s["index"]))
 
 
-def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
-    def critic(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
+def make_critic(deps: Deps) -> RunnableLambda:
+    def critic(state: CATTSState, runtime: Runtime[CATTSConfig]) -> ExpertSteps:
         config = run_config(runtime, deps)
         assert deps.critic is not None, "the critic node is only routed to when a critic expert exists"
         target = least_confident_sample(state.get("samples", []))
@@ -48,7 +51,7 @@ def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
         role = Critic.from_config(deps.critic, config)
         progress(runtime, "critic", "calling expert", sample=target["index"])
         with timed() as timer:
-            result = role.critique(
+            result = yield role.request(
                 question=state["question"],
                 options=state.get("options"),
                 images=load_images(state["image_refs"], config),
@@ -90,4 +93,4 @@ def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
         update["trace"] = [entry]
         return update
 
-    return critic
+    return expert_node("critic", critic)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from langchain_core.runnables import RunnableLambda
 from langgraph.runtime import Runtime
 
 from catts_graph import scoring
@@ -12,6 +13,8 @@ from catts_graph.config import CATTSConfig
 from catts_graph.experts import Voter
 from catts_graph.nodes.common import (
     Deps,
+    ExpertSteps,
+    expert_node,
     expert_usage,
     load_images,
     progress,
@@ -27,8 +30,8 @@ def best_supporting(samples: Sequence[Mapping[str, Any]], members: Sequence[int]
     return min((samples[i] for i in members), key=lambda s: (s["nmlp"], s["index"]))
 
 
-def make_voter(deps: Deps) -> Callable[..., dict[str, Any]]:
-    def voter(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
+def make_voter(deps: Deps) -> RunnableLambda:
+    def voter(state: CATTSState, runtime: Runtime[CATTSConfig]) -> ExpertSteps:
         config = run_config(runtime, deps)
         assert deps.voter is not None, "the voter node is only routed to when a voter expert exists"
         samples = state.get("samples", [])
@@ -38,7 +41,7 @@ def make_voter(deps: Deps) -> Callable[..., dict[str, Any]]:
         role = Voter.from_config(deps.voter, config)
         progress(runtime, "voter", "calling expert", candidates=len(candidates))
         with timed() as timer:
-            result = role.vote(
+            result = yield role.request(
                 question=state["question"],
                 options=state.get("options"),
                 images=load_images(state["image_refs"], config),
@@ -67,4 +70,4 @@ def make_voter(deps: Deps) -> Callable[..., dict[str, Any]]:
         ]
         return update
 
-    return voter
+    return expert_node("voter", voter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -451,3 +452,51 @@ def test_the_organism_expert_declares_it_has_no_planner():
     assert resolve_experts(expert) == {"planner": None, "voter": expert, "critic": expert}
     with pytest.raises(ValueError, match=r"expert\['planner'\]: NoPlannerChat does not play the planner"):
         resolve_experts({"planner": expert})
+
+
+# --- expert nodes are native async under ainvoke / abatch (issue 10) -----------------------------
+
+
+def test_abatch_awaits_every_expert_call_at_once(image_path, scripted_chat):
+    """16 questions, each with a Voter and a Critic call: all 32 calls are in flight together, where
+    sync nodes would queue them in the event loop's few executor threads."""
+    expert = scripted_chat(
+        voter=json.dumps({"probabilities": [0.5, 0.5]}),
+        critic=json.dumps({"critique": "Look again.", "verdict": "unsure"}),
+        planner=json.dumps({"modules": ["self_consistency", "self_reflection"], "reason": "r"}),
+        latency=0.5,
+    )
+    vlm = ScriptedVLM.answering(boxed("A", 0.5), boxed("B", 1.0))
+    graph = build_graph(vlm, expert=expert, config=CATTSConfig(n_samples=2, max_samples=2))
+    inputs = [{"image": image_path, "question": f"Q{i}"} for i in range(16)]
+    results = asyncio.run(graph.abatch(inputs))
+    assert all(r["answer"] == "A" for r in results)
+    calls = [c for c in expert.calls if c["role"] in ("voter", "critic")]
+    assert len(calls) == 32
+    assert max(c["start"] for c in calls) < min(c["end"] for c in calls), "expert calls queued"
+
+
+def test_ainvoke_with_experts_and_a_checkpointer_matches_invoke(image_path, scripted_chat):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    replies = {
+        "planner": json.dumps({"modules": ["self_consistency", "self_reflection"], "reason": "r"}),
+        "voter": json.dumps({"probabilities": [0.3, 0.7]}),
+        "critic": json.dumps({"critique": "Look again.", "verdict": "incorrect"}),
+    }
+    results = []
+    for run in (lambda g, i, c: g.invoke(i, c), lambda g, i, c: asyncio.run(g.ainvoke(i, c))):
+        vlm = waves_model([[boxed("A", 0.5), boxed("B", 1.0)]], reflection=boxed("B", 0.1))
+        graph = build_graph(
+            vlm,
+            expert=scripted_chat(**replies),
+            config=CATTSConfig(policy="paper", n_samples=2, max_samples=2),
+            checkpointer=InMemorySaver(),
+        )
+        results.append(
+            run(graph, {"image": image_path, "question": "Q"}, {"configurable": {"thread_id": "t"}})
+        )
+    sync, asynchronous = results
+    assert asynchronous["answer"] == sync["answer"] == "B"
+    assert asynchronous["scores"] == sync["scores"]
+    assert modules(asynchronous) == modules(sync)

@@ -500,3 +500,41 @@ def test_ainvoke_with_experts_and_a_checkpointer_matches_invoke(image_path, scri
     assert asynchronous["answer"] == sync["answer"] == "B"
     assert asynchronous["scores"] == sync["scores"]
     assert modules(asynchronous) == modules(sync)
+
+
+def test_the_vote_is_counted_once_per_wave(image_path, scripted_chat, monkeypatch):
+    from catts_graph import scoring
+
+    counted: list[int] = []
+    tally = scoring.tally
+    monkeypatch.setattr(
+        scoring, "tally", lambda samples, config: counted.append(len(samples)) or tally(samples, config)
+    )
+    vlm = waves_model([[boxed("A", 0.5), boxed("B", 1.0)]], reflection=boxed("B", 0.1))
+    expert = scripted_chat(
+        voter=json.dumps({"probabilities": [0.4, 0.6]}),
+        critic=json.dumps({"critique": "Look again.", "verdict": "incorrect"}),
+        planner=json.dumps(
+            {"modules": ["self_consistency", "self_reflection", "visual_self_check"], "reason": "r"}
+        ),
+    )
+    config = CATTSConfig(policy="paper", n_samples=2, max_samples=2)
+    result = build_graph(vlm, expert=expert, config=config).invoke({"image": image_path, "question": "Q"})
+    assert {"voter", "self_reflection", "visual_self_check", "aggregate"} <= set(modules(result))
+    assert counted == [2]  # by base_model; the reflected sample does not vote, so nothing recounts
+
+
+def test_a_stored_tally_is_recounted_under_other_voting_settings():
+    from catts_graph import scoring
+
+    samples = [
+        {"index": 0, "answer": "A", "nmlp": 0.5, "confidence": 0.6, "source": "sample"},
+        {"index": 1, "answer": "B", "nmlp": 0.25, "confidence": 0.8, "source": "sample"},
+    ]
+    paper = CATTSConfig()
+    state = {"samples": samples, "tally": scoring.stored_tally(samples, paper)}
+    assert scoring.run_tally(state, paper) == scoring.tally(samples, paper)
+    majority = CATTSConfig(weighting="majority")
+    assert scoring.run_tally(state, majority).votes == {"A": 1.0, "B": 1.0}
+    more = {**state, "samples": [*samples, {**samples[0], "index": 2}]}
+    assert scoring.run_tally(more, paper).counts == {"A": 2, "B": 1}

@@ -26,7 +26,7 @@ from catts_graph.state import CATTSState
 
 
 def situation(state: CATTSState, config: CATTSConfig, deps: Deps) -> tuple[policy.Situation, scoring.Tally]:
-    tally = scoring.tally(state.get("samples", []), config)
+    tally = scoring.run_tally(state, config)
     scores = scoring.final_scores(state, config, tally)
     return (
         policy.Situation(

@@ -35,7 +35,7 @@ def make_voter(deps: Deps) -> RunnableLambda:
         config = run_config(runtime, deps)
         assert deps.voter is not None, "the voter node is only routed to when a voter expert exists"
         samples = state.get("samples", [])
-        tally = scoring.tally(samples, config)
+        tally = scoring.run_tally(state, config)
         candidates = list(tally.votes)[: config.max_voter_candidates]
         evidence = [best_supporting(samples, tally.members[c])["text"] for c in candidates]
         role = Voter.from_config(deps.voter, config)

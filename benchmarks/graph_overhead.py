@@ -122,34 +122,32 @@ def check_path(result: dict[str, Any]) -> None:
         raise RuntimeError(f"the benchmark path skipped {missing}; trace: {modules}")
 
 
-def measure(latency: float, runs: int, warmup: int, image: str) -> dict[str, Any]:
+def measure(latency: float, runs: int, warmup: int, image: str, *, bare: bool = False) -> dict[str, Any]:
+    """Timed runs of our graph; with ``bare``, each followed by a run of :func:`bare_graph`, so that
+    both see the same load on a shared machine."""
     expert = ScriptedExpert(replies=REPLIES, latency=latency)
     config = CATTSConfig(n_samples=N_SAMPLES, max_samples=N_SAMPLES, expert_retries=0)
     graph = build_graph(split_vote_model(), expert=expert, config=config)
-    for _ in range(warmup):
-        check_path(one_run(graph, image, expert)[2])
-    walls, experts = [], []
+    plain, rewind = bare_graph()
+    walls, experts, bare_walls = [], [], []
     roles: list[str] = []
-    for _ in range(runs):
-        wall, expert_seconds, _ = one_run(graph, image, expert)
-        walls.append(wall)
-        experts.append(expert_seconds)
-        roles = expert.roles_called()
-    return {"walls": walls, "experts": experts, "roles": roles}
-
-
-def measure_bare(runs: int, warmup: int, image: str) -> list[float]:
-    graph, rewind = bare_graph()
-    walls = []
     for run in range(warmup + runs):
-        rewind()
-        start = time.perf_counter()
-        result = graph.invoke({"image": image, "question": "Which letter is shown?"})
-        if run >= warmup:
-            walls.append(time.perf_counter() - start)
-    if result:
-        raise RuntimeError(f"the bare graph's nodes write nothing, yet it returned {result}")
-    return walls
+        wall, expert_seconds, result = one_run(graph, image, expert)
+        if run < warmup:
+            check_path(result)
+        else:
+            walls.append(wall)
+            experts.append(expert_seconds)
+            roles = expert.roles_called()
+        if bare:
+            rewind()
+            start = time.perf_counter()
+            output = plain.invoke({"image": image, "question": "Which letter is shown?"})
+            if output:
+                raise RuntimeError(f"the bare graph's nodes write nothing, yet it returned {output}")
+            if run >= warmup:
+                bare_walls.append(time.perf_counter() - start)
+    return {"walls": walls, "experts": experts, "roles": roles, "bare": bare_walls}
 
 
 def ms(seconds: float) -> str:
@@ -170,8 +168,8 @@ def main() -> None:
         image_path.write_bytes(buffer.getvalue())
         image = str(image_path)
 
-        fast = measure(0.0, args.runs, warmup=3, image=image)
-        bare = statistics.median(measure_bare(args.runs, warmup=3, image=image))
+        fast = measure(0.0, args.runs, warmup=3, image=image, bare=True)
+        bare = statistics.median(fast["bare"])
         walls = sorted(fast["walls"])
         print(
             f"(a) orchestration only: zero-latency base model and expert, n_samples={N_SAMPLES}, "

@@ -6,7 +6,9 @@ planner -> visual_self_check -> planner -> aggregate``.
 
 (a) Zero-latency doubles (a scripted base model and a scripted expert): the median wall time of one
     ``invoke`` is the cost of the graph itself (state, reducers, routing, trace, vote, scoring,
-    image decoding and the self-check's noise).
+    image decoding and the self-check's noise). Against it, in the same run, a bare LangGraph graph
+    with the same nodes, edges and path whose nodes return ``{}``: the ratio ours / bare is what
+    our nodes add to what LangGraph itself costs.
 (b) The same path with a 200 ms expert: the wall time against the sum of the expert calls' latencies.
     The Voter and the Critic run in the same step, so the ratio should sit near 0.5, well under 1.
 
@@ -18,73 +20,77 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langgraph.graph import END, START, StateGraph
 from PIL import Image
-from pydantic import ConfigDict, Field
 
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.graph import NODES
-from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
+from catts_graph.state import CATTSState, InputState, OutputState
+from catts_graph.testing import Reply, ScriptCall, ScriptedExpert, ScriptedVLM
 
 N_SAMPLES = 8
 EXPECTED_MODULES = NODES[NODES.index("self_consistency") :]  # every module after the first planner
-ROLE_KEYS = (("voter", '"probabilities"'), ("critic", '"critique"'), ("planner", '"modules"'))
+REPLIES = {
+    # The split vote has two candidates, A and B; the Voter keeps it split.
+    "voter": json.dumps({"probabilities": [0.5, 0.5]}),
+    "critic": json.dumps({"critique": "Step 1 misreads the image.", "verdict": "incorrect"}),
+    "planner": json.dumps(
+        {"modules": ["self_consistency", "self_reflection", "visual_self_check"], "reason": "benchmark"}
+    ),
+}
+ROUTES = {
+    # The path of (a), node by node: where each routing node sends the run on each of its visits.
+    "planner": [["self_consistency"], ["visual_self_check"], ["aggregate"]],
+    "self_consistency": [["voter", "critic"]],
+    "critic": [["self_reflection"]],
+}
 
 
-class TimedFakeExpert(BaseChatModel):
-    """A chat model that answers every expert role after ``latency`` seconds.
+def bare_graph() -> tuple[Any, Any]:
+    """The same nodes, edges, state schema and deferred planner, with pass-through nodes.
 
-    The role is read from the JSON key its prompt asks for. The Voter spreads its probability evenly
-    over the candidates (so the vote stays split), the Critic calls the response incorrect.
+    Routing follows :data:`ROUTES`, so a run takes the same path as (a): the difference in time is
+    what our nodes do, not LangGraph. Returns the graph and a function that rewinds the routes.
     """
+    visits: dict[str, int] = {}
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-    latency: float = 0.0
-    calls: list[tuple[str, float, float]] = Field(default_factory=list)
-    lock: Any = Field(default_factory=threading.Lock)
+    def router(node: str) -> Any:
+        def route(state: CATTSState) -> list[str]:
+            visit = visits.get(node, 0)
+            visits[node] = visit + 1
+            return ROUTES[node][visit]
 
-    @property
-    def _llm_type(self) -> str:
-        return "timed-fake-expert"
+        return route
 
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
-    ) -> ChatResult:
-        start = time.perf_counter()
-        text = "\n".join(m.text if hasattr(m, "text") else str(m.content) for m in messages)
-        role = next((role for role, key in ROLE_KEYS if key in text), None)
-        if role is None:
-            raise ValueError(f"cannot tell the expert role of prompt {text[:200]!r}")
-        if self.latency:
-            time.sleep(self.latency)
-        if role == "voter":
-            count = int(re.search(r"exactly (\d+) numbers", text).group(1))
-            reply = json.dumps({"probabilities": [1 / count] * count})
-        elif role == "critic":
-            reply = json.dumps({"critique": "Step 1 misreads the image.", "verdict": "incorrect"})
-        else:
-            reply = json.dumps(
-                {
-                    "modules": ["self_consistency", "self_reflection", "visual_self_check"],
-                    "reason": "benchmark",
-                }
-            )
-        with self.lock:
-            self.calls.append((role, start, time.perf_counter()))
-        message = AIMessage(
-            content=reply, usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+    def passthrough(state: CATTSState) -> dict[str, Any]:
+        return {}
+
+    builder = StateGraph(CATTSState, input_schema=InputState, output_schema=OutputState)
+    for node in NODES:
+        builder.add_node(node, passthrough, defer=node == "planner")
+    builder.add_edge(START, "prepare")
+    builder.add_edge("prepare", "base_model")
+    builder.add_edge("base_model", "planner")
+    builder.add_conditional_edges(
+        "planner",
+        router("planner"),
+        ["base_model", "self_consistency", "critic", "visual_self_check", "aggregate"],
+    )
+    builder.add_conditional_edges(
+        "self_consistency", router("self_consistency"), ["voter", "critic", "planner"]
+    )
+    builder.add_edge("voter", "planner")
+    builder.add_conditional_edges("critic", router("critic"), ["self_reflection", "planner"])
+    builder.add_edge("self_reflection", "planner")
+    builder.add_edge("visual_self_check", "planner")
+    builder.add_edge("aggregate", END)
+    return builder.compile(name="bare"), visits.clear
 
 
 def split_vote_model() -> ScriptedVLM:
@@ -98,13 +104,13 @@ def split_vote_model() -> ScriptedVLM:
     return ScriptedVLM(script)
 
 
-def one_run(graph: Any, image: str, expert: TimedFakeExpert) -> tuple[float, float, dict[str, Any]]:
+def one_run(graph: Any, image: str, expert: ScriptedExpert) -> tuple[float, float, dict[str, Any]]:
     """Wall seconds of one invoke, the summed latency of its expert calls, and the result."""
     expert.calls.clear()
     start = time.perf_counter()
     result = graph.invoke({"image": image, "question": "Which letter is shown?"})
     wall = time.perf_counter() - start
-    expert_seconds = sum(end - begin for _, begin, end in expert.calls)
+    expert_seconds = sum(call["end"] - call["start"] for call in expert.calls)
     return wall, expert_seconds, result
 
 
@@ -116,20 +122,32 @@ def check_path(result: dict[str, Any]) -> None:
         raise RuntimeError(f"the benchmark path skipped {missing}; trace: {modules}")
 
 
-def measure(latency: float, runs: int, warmup: int, image: str) -> dict[str, Any]:
-    expert = TimedFakeExpert(latency=latency)
+def measure(latency: float, runs: int, warmup: int, image: str, *, bare: bool = False) -> dict[str, Any]:
+    """Timed runs of our graph; with ``bare``, each followed by a run of :func:`bare_graph`, so that
+    both see the same load on a shared machine."""
+    expert = ScriptedExpert(replies=REPLIES, latency=latency)
     config = CATTSConfig(n_samples=N_SAMPLES, max_samples=N_SAMPLES, expert_retries=0)
     graph = build_graph(split_vote_model(), expert=expert, config=config)
-    for _ in range(warmup):
-        check_path(one_run(graph, image, expert)[2])
-    walls, experts = [], []
+    plain, rewind = bare_graph()
+    walls, experts, bare_walls = [], [], []
     roles: list[str] = []
-    for _ in range(runs):
-        wall, expert_seconds, _ = one_run(graph, image, expert)
-        walls.append(wall)
-        experts.append(expert_seconds)
-        roles = [role for role, _, _ in expert.calls]
-    return {"walls": walls, "experts": experts, "roles": roles}
+    for run in range(warmup + runs):
+        wall, expert_seconds, result = one_run(graph, image, expert)
+        if run < warmup:
+            check_path(result)
+        else:
+            walls.append(wall)
+            experts.append(expert_seconds)
+            roles = expert.roles_called()
+        if bare:
+            rewind()
+            start = time.perf_counter()
+            output = plain.invoke({"image": image, "question": "Which letter is shown?"})
+            if output:
+                raise RuntimeError(f"the bare graph's nodes write nothing, yet it returned {output}")
+            if run >= warmup:
+                bare_walls.append(time.perf_counter() - start)
+    return {"walls": walls, "experts": experts, "roles": roles, "bare": bare_walls}
 
 
 def ms(seconds: float) -> str:
@@ -150,7 +168,8 @@ def main() -> None:
         image_path.write_bytes(buffer.getvalue())
         image = str(image_path)
 
-        fast = measure(0.0, args.runs, warmup=3, image=image)
+        fast = measure(0.0, args.runs, warmup=3, image=image, bare=True)
+        bare = statistics.median(fast["bare"])
         walls = sorted(fast["walls"])
         print(
             f"(a) orchestration only: zero-latency base model and expert, n_samples={N_SAMPLES}, "
@@ -160,6 +179,9 @@ def main() -> None:
         p90 = walls[int(0.9 * (len(walls) - 1))]
         print(f"    min / p90 / max    {ms(walls[0]).strip()} / {ms(p90).strip()} / {ms(walls[-1]).strip()}")
         print(f"    expert calls/run   {', '.join(fast['roles'])}")
+        median = statistics.median(walls)
+        print(f"    bare graph         {ms(bare)}  (same nodes, edges and path; pass-through nodes)")
+        print(f"    ours / bare        {median / bare:8.2f}x   (goal: <= 2x)")
 
         slow = measure(args.latency, args.slow_runs, warmup=1, image=image)
         wall = statistics.median(slow["walls"])

@@ -6,6 +6,7 @@ under a :class:`~catts_graph.config.CATTSConfig` (which weighting, which filter,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,32 @@ def tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> Tally:
     )
 
 
+def _tally_key(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> list[Any]:
+    """What a stored tally was counted from: the number of voting samples and the voting settings."""
+    voting = sum(1 for s in samples if s.get("source", "sample") == "sample")
+    return [voting, config.weighting, config.confidence_span, config.top_eta]
+
+
+def stored_tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> dict[str, Any]:
+    """The tally of ``samples`` as plain data for the graph state (``CATTSState.tally``).
+
+    Only the node that adds voting samples (``base_model``) counts the vote; every other node reads
+    it back with :func:`run_tally`, so a run counts each wave's vote once instead of once per node.
+    """
+    return {"key": _tally_key(samples, config), **dataclasses.asdict(tally(samples, config))}
+
+
+def run_tally(state: Mapping[str, Any], config: CATTSConfig) -> Tally:
+    """The tally of the run's samples: the stored one (:func:`stored_tally`) while it still counts
+    the same voting samples under the same voting settings, else counted again (a thread resumed
+    with another context, or samples added to the state from outside the graph)."""
+    samples = state.get("samples", [])
+    stored = state.get("tally")
+    if stored and stored["key"] == _tally_key(samples, config):
+        return Tally(**{key: value for key, value in stored.items() if key != "key"})
+    return tally(samples, config)
+
+
 def match_candidate(answer: str | None, candidates: Sequence[str]) -> str | None:
     """``answer`` as the candidate it is equivalent to, or itself when it is new."""
     if answer is None:
@@ -129,7 +156,7 @@ def final_scores(
     state: Mapping[str, Any], config: CATTSConfig, result: Tally | None = None
 ) -> dict[str, float]:
     """S(a) for every candidate from the votes and whatever modules have run so far."""
-    result = result or tally(state.get("samples", []), config)
+    result = result or run_tally(state, config)
     candidates = list(result.votes)
     return voting.final_scores(
         result.votes,

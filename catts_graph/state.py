@@ -60,6 +60,9 @@ class CATTSState(InputState, OutputState, total=False):
     prompt: str
     waves: int
     votes: dict[str, float]
+    tally: dict[str, Any]
+    """The weighted vote over the samples (:func:`catts_graph.scoring.stored_tally`), counted by
+    ``base_model`` when it adds samples and read by every later node instead of counted again."""
     voter_probs: dict[str, float] | None
     critique: dict[str, Any] | None
     reflected: str | None

@@ -1,12 +1,15 @@
-"""Test doubles that speak the real base-model protocol, for tests and benchmarks of the graph.
+"""Test doubles that speak the real protocols, for tests and benchmarks of the graph.
 
-Like LangChain's fake chat models, nothing here is ever chosen by default: a user only gets a
-:class:`ScriptedVLM` by constructing one. It returns the replies its script gives, tokenised into
-words and spaces (so ``"".join(tokens) == text``), with the log-probs the script sets.
+Like LangChain's fake chat models, nothing here is ever chosen by default: a user only gets one by
+constructing it. :class:`ScriptedVLM` is a base model that returns the replies its script gives,
+tokenised into words and spaces (so ``"".join(tokens) == text``), with the log-probs the script
+sets. :class:`ScriptedExpert` is a chat model that plays the expert roles through structured
+output, as provider models are asked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -14,8 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatResult
+from langchain_core.runnables import Runnable, RunnableLambda
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
+from catts_graph.experts import CriticAnswer, PlannerAnswer, VoterAnswer
 from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, check_n
 
 _TOKEN = re.compile(r"\s+|\S+")
@@ -142,3 +151,94 @@ class ScriptedVLM:
                 TokenLogprobs(token_ids=self._ids(tokens), logprobs=[mean] * len(tokens), tokens=tokens)
             )
         return results
+
+
+class ScriptedExpert(BaseChatModel):
+    """A chat model that plays the expert roles from a script, as a provider model does: through
+    ``with_structured_output``. The role comes from the schema asked for, never from the prompt.
+
+    ``replies[role]`` is the JSON text the model answers, an exception to raise, or a callable of
+    (messages, attempt) giving either. Each answer is validated against the schema as a provider's
+    parser would: a reply that does not fit comes back as a ``parsing_error``. ``latency`` seconds
+    are slept per call, by ``time.sleep`` under ``invoke`` and ``asyncio.sleep`` under ``ainvoke``
+    (as provider clients do). Every call is recorded in ``calls`` with its role, messages and start
+    and end times, so a test can check what the expert saw and whether calls overlapped.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    replies: dict[str, Any] = Field(default_factory=dict)
+    latency: float = 0.0
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    lock: Any = Field(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-expert"
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        raise NotImplementedError(
+            "ScriptedExpert answers through with_structured_output(schema), where the schema names the role"
+        )
+
+    def with_structured_output(
+        self, schema: Any, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[Any, Any]:
+        role = _SCHEMA_ROLES.get(schema)
+        if role is None:
+            raise ValueError(f"schema {schema!r} is not an expert role's; known: {list(_SCHEMA_ROLES)}")
+
+        def answer(messages: Any) -> Any:
+            call = self._start(role, messages)
+            if self.latency:
+                time.sleep(self.latency)
+            return self._finish(call, schema, include_raw)
+
+        async def aanswer(messages: Any) -> Any:
+            call = self._start(role, messages)
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return self._finish(call, schema, include_raw)
+
+        return RunnableLambda(answer, afunc=aanswer, name=f"scripted_{role}")
+
+    def _start(self, role: str, messages: Any) -> dict[str, Any]:
+        messages = list(messages.to_messages() if hasattr(messages, "to_messages") else messages)
+        with self.lock:
+            attempt = sum(1 for c in self.calls if c["role"] == role)
+            call = {"role": role, "messages": messages, "attempt": attempt, "start": time.perf_counter()}
+            call["end"] = None
+            self.calls.append(call)
+        return call
+
+    def _finish(self, call: dict[str, Any], schema: type[BaseModel], include_raw: bool) -> Any:
+        reply = self.replies.get(call["role"])
+        if reply is None:
+            raise AssertionError(f"no scripted reply for role {call['role']!r}")
+        if callable(reply) and not isinstance(reply, BaseException):
+            reply = reply(call["messages"], call["attempt"])
+        call["end"] = time.perf_counter()
+        if isinstance(reply, BaseException):
+            raise reply
+        raw = AIMessage(
+            content=reply, usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+        )
+        try:
+            parsed, error = schema.model_validate_json(reply), None
+        except ValueError as err:
+            if not include_raw:
+                raise
+            parsed, error = None, err
+        return {"raw": raw, "parsed": parsed, "parsing_error": error} if include_raw else parsed
+
+    def roles_called(self) -> list[str]:
+        """The role of each call, in the order the calls started."""
+        return [c["role"] for c in self.calls]
+
+
+_SCHEMA_ROLES: dict[type[BaseModel], str] = {
+    PlannerAnswer: "planner",
+    VoterAnswer: "voter",
+    CriticAnswer: "critic",
+}

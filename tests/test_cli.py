@@ -12,8 +12,7 @@ import pytest
 
 from catts_graph.cli import main
 from catts_graph.experts import ROLES
-from catts_graph.testing import Reply, ScriptedVLM
-from tests.conftest import ScriptedChat
+from catts_graph.testing import Reply, ScriptedExpert, ScriptedVLM
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT / "examples" / "images" / "shapes.png"
@@ -163,9 +162,9 @@ def test_run_with_noise_compares_the_two_confidences(capsys):
 KEY = "sk-proj-Q3v9ZtX1bN7mLp2WcR8kHs4YdF6gJa0E"
 
 
-def failing_expert() -> ScriptedChat:
+def failing_expert() -> ScriptedExpert:
     """Named on the command line: every expert call fails, as with a revoked key."""
-    return ScriptedChat(replies={role: PermissionError(f"401 Unauthorized: {KEY}") for role in ROLES})
+    return ScriptedExpert(replies={role: PermissionError(f"401 Unauthorized: {KEY}") for role in ROLES})
 
 
 class LeakyModel(ScriptedVLM):

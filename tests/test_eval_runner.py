@@ -25,7 +25,7 @@ from catts_graph.eval.runner import run_eval
 from catts_graph.eval.store import MetaMismatch, ResultStore, RunDirectoryBusy, run_lock
 from catts_graph.models.base import Sample
 from catts_graph.task import item_seed
-from tests.conftest import ScriptedChat
+from catts_graph.testing import ScriptedExpert
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 8
@@ -68,7 +68,7 @@ class AnsweringVLM:
         return self.inner.score(images, prompt, continuations)
 
 
-def scripted_expert() -> ScriptedChat:
+def scripted_expert() -> ScriptedExpert:
     """Planner (the paper order), Voter (first candidate 0.6) and Critic, instantly and deterministically."""
 
     def vote(messages, attempt):
@@ -76,7 +76,7 @@ def scripted_expert() -> ScriptedChat:
         probabilities = [0.6] + [0.4 / (count - 1)] * (count - 1) if count > 1 else [1.0]
         return json.dumps({"probabilities": probabilities})
 
-    return ScriptedChat(
+    return ScriptedExpert(
         replies={
             "planner": json.dumps(
                 {"modules": ["self_consistency", "self_reflection", "visual_self_check"], "reason": "r"}

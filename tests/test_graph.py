@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -11,8 +12,7 @@ import numpy as np
 import pytest
 
 from catts_graph import CATTSConfig, build_graph
-from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
-from tests.conftest import ScriptedChat
+from catts_graph.testing import Reply, ScriptCall, ScriptedExpert, ScriptedVLM
 
 
 def boxed(answer: str, nmlp: float) -> Reply:
@@ -242,7 +242,9 @@ def test_malformed_voter_is_retried_then_skipped(image_path, scripted_chat, monk
     assert voter["decision"] == "skipped"
     call = voter["expert_calls"][0]
     assert call["attempts"] == 3 and not call["ok"] and len(call["errors"]) == 3
-    assert sleeps == [0.25, 0.5]
+    # with_retry's exponential backoff, 0.25 then 0.5 s, plus a jitter of up to the backoff.
+    assert len(sleeps) == 2 and 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 0.75
+    assert all("malformed answer" in error for error in call["errors"])
     # No boost: S = vote shares. Weights 2 and 1.
     assert result["scores"]["A"] == pytest.approx(2 / 3)
     assert result["answer"] == "A"
@@ -419,7 +421,7 @@ def test_a_megabyte_critique_is_cut_before_the_reflection_prompt_with_a_trace_no
     assert re.search(r"critique cut from 10000\d\d to 5000 characters \(max_expert_text_chars\)", note)
 
 
-class NoPlannerChat(ScriptedChat):
+class NoPlannerChat(ScriptedExpert):
     """A chat model that declares it plays only the Voter and the Critic, as the organism expert does."""
 
     supported_roles: ClassVar[tuple[str, ...]] = ("voter", "critic")
@@ -450,3 +452,89 @@ def test_the_organism_expert_declares_it_has_no_planner():
     assert resolve_experts(expert) == {"planner": None, "voter": expert, "critic": expert}
     with pytest.raises(ValueError, match=r"expert\['planner'\]: NoPlannerChat does not play the planner"):
         resolve_experts({"planner": expert})
+
+
+# --- expert nodes are native async under ainvoke / abatch (issue 10) -----------------------------
+
+
+def test_abatch_awaits_every_expert_call_at_once(image_path, scripted_chat):
+    """16 questions, each with a Voter and a Critic call: all 32 calls are in flight together, where
+    sync nodes would queue them in the event loop's few executor threads."""
+    expert = scripted_chat(
+        voter=json.dumps({"probabilities": [0.5, 0.5]}),
+        critic=json.dumps({"critique": "Look again.", "verdict": "unsure"}),
+        planner=json.dumps({"modules": ["self_consistency", "self_reflection"], "reason": "r"}),
+        latency=0.5,
+    )
+    vlm = ScriptedVLM.answering(boxed("A", 0.5), boxed("B", 1.0))
+    graph = build_graph(vlm, expert=expert, config=CATTSConfig(n_samples=2, max_samples=2))
+    inputs = [{"image": image_path, "question": f"Q{i}"} for i in range(16)]
+    results = asyncio.run(graph.abatch(inputs))
+    assert all(r["answer"] == "A" for r in results)
+    calls = [c for c in expert.calls if c["role"] in ("voter", "critic")]
+    assert len(calls) == 32
+    assert max(c["start"] for c in calls) < min(c["end"] for c in calls), "expert calls queued"
+
+
+def test_ainvoke_with_experts_and_a_checkpointer_matches_invoke(image_path, scripted_chat):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    replies = {
+        "planner": json.dumps({"modules": ["self_consistency", "self_reflection"], "reason": "r"}),
+        "voter": json.dumps({"probabilities": [0.3, 0.7]}),
+        "critic": json.dumps({"critique": "Look again.", "verdict": "incorrect"}),
+    }
+    results = []
+    for run in (lambda g, i, c: g.invoke(i, c), lambda g, i, c: asyncio.run(g.ainvoke(i, c))):
+        vlm = waves_model([[boxed("A", 0.5), boxed("B", 1.0)]], reflection=boxed("B", 0.1))
+        graph = build_graph(
+            vlm,
+            expert=scripted_chat(**replies),
+            config=CATTSConfig(policy="paper", n_samples=2, max_samples=2),
+            checkpointer=InMemorySaver(),
+        )
+        results.append(
+            run(graph, {"image": image_path, "question": "Q"}, {"configurable": {"thread_id": "t"}})
+        )
+    sync, asynchronous = results
+    assert asynchronous["answer"] == sync["answer"] == "B"
+    assert asynchronous["scores"] == sync["scores"]
+    assert modules(asynchronous) == modules(sync)
+
+
+def test_the_vote_is_counted_once_per_wave(image_path, scripted_chat, monkeypatch):
+    from catts_graph import scoring
+
+    counted: list[int] = []
+    tally = scoring.tally
+    monkeypatch.setattr(
+        scoring, "tally", lambda samples, config: counted.append(len(samples)) or tally(samples, config)
+    )
+    vlm = waves_model([[boxed("A", 0.5), boxed("B", 1.0)]], reflection=boxed("B", 0.1))
+    expert = scripted_chat(
+        voter=json.dumps({"probabilities": [0.4, 0.6]}),
+        critic=json.dumps({"critique": "Look again.", "verdict": "incorrect"}),
+        planner=json.dumps(
+            {"modules": ["self_consistency", "self_reflection", "visual_self_check"], "reason": "r"}
+        ),
+    )
+    config = CATTSConfig(policy="paper", n_samples=2, max_samples=2)
+    result = build_graph(vlm, expert=expert, config=config).invoke({"image": image_path, "question": "Q"})
+    assert {"voter", "self_reflection", "visual_self_check", "aggregate"} <= set(modules(result))
+    assert counted == [2]  # by base_model; the reflected sample does not vote, so nothing recounts
+
+
+def test_a_stored_tally_is_recounted_under_other_voting_settings():
+    from catts_graph import scoring
+
+    samples = [
+        {"index": 0, "answer": "A", "nmlp": 0.5, "confidence": 0.6, "source": "sample"},
+        {"index": 1, "answer": "B", "nmlp": 0.25, "confidence": 0.8, "source": "sample"},
+    ]
+    paper = CATTSConfig()
+    state = {"samples": samples, "tally": scoring.stored_tally(samples, paper)}
+    assert scoring.run_tally(state, paper) == scoring.tally(samples, paper)
+    majority = CATTSConfig(weighting="majority")
+    assert scoring.run_tally(state, majority).votes == {"A": 1.0, "B": 1.0}
+    more = {**state, "samples": [*samples, {**samples[0], "index": 2}]}
+    assert scoring.run_tally(more, paper).counts == {"A": 2, "B": 1}

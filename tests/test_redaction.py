@@ -15,10 +15,9 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.eval.store import ResultStore
-from catts_graph.experts import call_expert, parse_json_object
+from catts_graph.experts import VoterAnswer, call_expert, parse_json_object
 from catts_graph.redaction import REDACTED, redact
-from catts_graph.testing import Reply, ScriptedVLM
-from tests.conftest import ScriptedChat
+from catts_graph.testing import Reply, ScriptedExpert, ScriptedVLM
 
 OPENAI_KEY = "sk-proj-Q3v9ZtX1bN7mLp2WcR8kHs4YdF6gJa0E"
 # What an OpenAI-compatible endpoint answered with a 401, the Authorization header echoed.
@@ -102,9 +101,15 @@ def test_any_value_of_a_key_variable_in_any_error_is_redacted(before, secret, af
 
 def test_an_echoed_key_never_reaches_the_expert_errors(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-    model = ScriptedChat(replies={"voter": PermissionError(PROVIDER_ERROR)})
+    model = ScriptedExpert(replies={"voter": PermissionError(PROVIDER_ERROR)})
     result = call_expert(
-        model, [HumanMessage('"probabilities"')], parse_json_object, retries=1, backoff=0, timeout=None
+        model,
+        [HumanMessage("vote")],
+        parse_json_object,
+        retries=1,
+        backoff=0,
+        timeout=None,
+        schema=VoterAnswer,
     )
     assert not result.ok and len(result.errors) == 2
     assert all(OPENAI_KEY not in error and "Incorrect API key" in error for error in result.errors)
@@ -113,7 +118,7 @@ def test_an_echoed_key_never_reaches_the_expert_errors(monkeypatch):
 def test_an_echoed_key_never_reaches_the_trace_or_the_checkpoint(image_path, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     vlm = ScriptedVLM.answering(Reply("\\boxed{A}", -0.5), Reply("\\boxed{B}", -1.0))
-    expert = ScriptedChat(
+    expert = ScriptedExpert(
         replies={"voter": PermissionError(PROVIDER_ERROR), "critic": PermissionError(PROVIDER_ERROR)}
     )
     database = tmp_path / "checkpoints.sqlite"

@@ -1,6 +1,7 @@
 """The three expert roles of CA-TTS (Planner, Voter, Critic) over any LangChain chat model."""
 
 from catts_graph.experts.base import (
+    ExpertRequest,
     ExpertResult,
     ExpertRole,
     MalformedAnswer,
@@ -10,30 +11,35 @@ from catts_graph.experts.base import (
     finite_number,
     image_blocks,
     parse_json_object,
+    structured_asker,
     user_message,
 )
-from catts_graph.experts.critic import VERDICTS, Critic, parse_critique
-from catts_graph.experts.planner import MODULE_DESCRIPTIONS, Plan, Planner, parse_plan
+from catts_graph.experts.critic import VERDICTS, Critic, CriticAnswer, parse_critique
+from catts_graph.experts.planner import MODULE_DESCRIPTIONS, Plan, Planner, PlannerAnswer, parse_plan
 from catts_graph.experts.providers import (
     ROLES,
     ExpertConfigError,
     make_chat_model,
     resolve_experts,
 )
-from catts_graph.experts.voter import Voter, parse_probabilities
+from catts_graph.experts.voter import Voter, VoterAnswer, parse_probabilities
 
 __all__ = [
     "MODULE_DESCRIPTIONS",
     "ROLES",
     "VERDICTS",
     "Critic",
+    "CriticAnswer",
     "ExpertConfigError",
+    "ExpertRequest",
     "ExpertResult",
     "ExpertRole",
     "MalformedAnswer",
     "Plan",
     "Planner",
+    "PlannerAnswer",
     "Voter",
+    "VoterAnswer",
     "acall_expert",
     "bound_text",
     "call_expert",
@@ -45,5 +51,6 @@ __all__ = [
     "parse_plan",
     "parse_probabilities",
     "resolve_experts",
+    "structured_asker",
     "user_message",
 ]

@@ -1,9 +1,12 @@
 """Calling an expert chat model: retries with backoff, a per-attempt timeout, usage, JSON parsing.
 
-Every role (Planner, Voter, Critic) builds its messages and a ``parse`` function, then goes through
-:func:`call_expert` (or :func:`acall_expert`). Model errors, timeouts and malformed answers never
-raise: they are retried, and the final :class:`ExpertResult` says what happened on each attempt so
-the graph can fall back and record why.
+Every role (Planner, Voter, Critic) builds an :class:`ExpertRequest` (messages, a ``parse``
+function and a pydantic schema of the answer), then goes through :func:`call_expert` (or
+:func:`acall_expert`). The retries are LangChain's ``with_retry`` around one attempt; a provider
+model is asked through ``with_structured_output``, a model without it (the base model as its own
+expert, the organism expert) in text. Model errors, timeouts and malformed answers never raise:
+they are retried, and the final :class:`ExpertResult` says what happened on each attempt so the
+graph can fall back and record why.
 
 An expert is another program's output, so everything it returns is bounded here, on one path: the
 reply's length (``max_reply_chars``), its text (lone surrogates replaced), the JSON parse
@@ -28,7 +31,9 @@ from typing import Any, Generic, Self, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable, RunnableLambda
 from PIL import Image
+from pydantic import BaseModel
 
 from catts_graph.images import to_base64_png
 from catts_graph.redaction import redact
@@ -239,20 +244,32 @@ def _check_settings(retries: int, backoff: float, timeout: float | None, max_rep
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
 
 
-def backoff_delay(backoff: float, retry: int) -> float:
-    """Seconds to wait before retry number ``retry`` (1-based): backoff, 2*backoff, 4*backoff, ..."""
-    return backoff * 2 ** (retry - 1)
+class _FailedAttempt(Exception):
+    """One attempt failed in a way worth retrying (recorded already); the only exception retried."""
 
 
 class _Attempts(Generic[T]):
-    """Book-keeping shared by the sync and async loops."""
+    """Book-keeping of one request across its attempts, shared by the sync and async paths.
+
+    The message list can change between attempts (a malformed reply is shown back to the model),
+    so :class:`~langchain_core.runnables.RunnableRetry` re-runs :meth:`attempt` on this book
+    rather than on a fixed input.
+    """
 
     def __init__(
-        self, messages: Sequence[BaseMessage], parse: Callable[[str], T], max_reply_chars: int
+        self,
+        model: BaseChatModel,
+        messages: Sequence[BaseMessage],
+        parse: Callable[[str], T],
+        schema: type[BaseModel] | None,
+        timeout: float | None,
+        max_reply_chars: int,
     ) -> None:
+        self.asker = structured_asker(model, schema) or model
         self.base = list(messages)
         self.messages = list(messages)
         self.parse = parse
+        self.timeout = timeout or None
         self.max_reply_chars = max_reply_chars
         self.errors: list[str] = []
         self.count = 0
@@ -260,25 +277,64 @@ class _Attempts(Generic[T]):
         self.output_tokens = 0
         self.start = time.monotonic()
 
+    def attempt(self, _: Any = None) -> T:
+        """One sync attempt, under a deadline of ``timeout`` seconds (:func:`_invoke_in_thread`)."""
+        self.count += 1
+        try:
+            if self.timeout:
+                reply = _invoke_in_thread(self.asker, self.messages, self.timeout)
+            else:
+                reply = self.asker.invoke(self.messages)
+        except Exception as err:
+            return self.settle(err)
+        return self.settle(reply)
+
+    async def aattempt(self, _: Any = None) -> T:
+        """One async attempt; on the deadline the call is cancelled, not abandoned."""
+        self.count += 1
+        try:
+            reply = await asyncio.wait_for(self.asker.ainvoke(self.messages), self.timeout)
+        except Exception as err:
+            return self.settle(err)
+        return self.settle(reply)
+
+    def settle(self, outcome: Any) -> T:
+        """The parsed value of a reply, or :class:`_FailedAttempt` after recording why not.
+
+        ``outcome`` is the model's reply (a message, or structured output's ``{"raw", "parsed",
+        "parsing_error"}``) or the exception the call raised.
+        """
+        if isinstance(outcome, (_AttemptTimeout, TimeoutError)) and self.timeout:
+            self.failed(f"timed out after {self.timeout:g} s")
+            raise _FailedAttempt
+        if isinstance(outcome, Exception):
+            self.failed(_describe(outcome))
+            raise _FailedAttempt
+        ok, value = self.accept(outcome)
+        if not ok:
+            raise _FailedAttempt
+        return value  # type: ignore[return-value]
+
     def failed(self, reason: str) -> None:
         """Record why attempt ``count`` failed. The text goes to the trace, the checkpoint and the
         evaluation store: credentials a provider echoed in its error are redacted first."""
         self.errors.append(f"attempt {self.count}: {_short(redact(reason))}")
 
-    def timed_out(self, timeout: float) -> None:
-        self.failed(f"timed out after {timeout:g} s")
-
     def accept(self, reply: Any) -> tuple[bool, T | None]:
         """Parse one reply; on a malformed answer, retry with the reason shown to the model."""
-        usage = getattr(reply, "usage_metadata", None)
+        structured = isinstance(reply, Mapping) and "raw" in reply
+        raw = reply["raw"] if structured else reply
+        usage = getattr(raw, "usage_metadata", None)
         if isinstance(usage, Mapping):
             self.input_tokens += _token_count(usage.get("input_tokens"))
             self.output_tokens += _token_count(usage.get("output_tokens"))
         try:
-            text = _reply_text(reply)
+            text = _structured_text(reply) if structured else _reply_text(reply)
         except TypeError as err:
             self.failed(_describe(err))
             return False, None
+        except MalformedAnswer as err:
+            return self._malformed(err, _reply_text(raw) if isinstance(raw, BaseMessage) else "")
         try:
             if len(text) > self.max_reply_chars:
                 raise MalformedAnswer(
@@ -287,18 +343,21 @@ class _Attempts(Generic[T]):
                 )
             return True, self.parse(text)
         except MalformedAnswer as err:
-            self.failed(f"malformed answer: {err}")
-            # Greedy experts (the base model as its own expert) would repeat the same reply to the
-            # same prompt: show it the reply and why it was rejected instead.
-            self.messages = [
-                *self.base,
-                AIMessage(content=text[:_MAX_ECHO_CHARS]),
-                HumanMessage(
-                    content=f"That reply could not be used: {_short(str(err))}. Reply again, with "
-                    "only the JSON object asked for above."
-                ),
-            ]
-            return False, None
+            return self._malformed(err, text)
+
+    def _malformed(self, err: MalformedAnswer, text: str) -> tuple[bool, None]:
+        self.failed(f"malformed answer: {err}")
+        # Greedy experts (the base model as its own expert) would repeat the same reply to the
+        # same prompt: show it the reply and why it was rejected instead.
+        self.messages = [
+            *self.base,
+            AIMessage(content=text[:_MAX_ECHO_CHARS]),
+            HumanMessage(
+                content=f"That reply could not be used: {_short(str(err))}. Reply again, with "
+                "only the JSON object asked for above."
+            ),
+        ]
+        return False, None
 
     def result(self, value: T | None, ok: bool) -> ExpertResult[T]:
         return ExpertResult(
@@ -312,17 +371,51 @@ class _Attempts(Generic[T]):
         )
 
 
+def structured_asker(model: BaseChatModel, schema: type[BaseModel] | None) -> Runnable[Any, Any] | None:
+    """``model.with_structured_output(schema, include_raw=True)``, or None when the model has none.
+
+    A model supports structured output when its ``with_structured_output`` does not raise
+    NotImplementedError: LangChain's default raises it for every model that does not implement
+    ``bind_tools``, while providers (``ChatOpenAI``, ``ChatGoogleGenerativeAI``) implement both.
+    The base model as its own expert and the organism expert implement neither, so they are asked
+    in text and their JSON is parsed from it. ``include_raw`` keeps the reply's token usage and
+    turns a reply that does not fit ``schema`` into a ``parsing_error`` instead of an exception.
+    """
+    if schema is None:
+        return None
+    try:
+        return model.with_structured_output(schema, include_raw=True)
+    except NotImplementedError:
+        return None
+
+
+def _structured_text(reply: Mapping[str, Any]) -> str:
+    """Structured output as JSON text, so it goes through the role's one parser and its bounds.
+
+    ``allow_nan`` keeps a NaN a provider let through visible to :func:`finite_number`, which refuses it.
+    """
+    error = reply.get("parsing_error")
+    if error is not None:
+        raise MalformedAnswer(f"the reply does not fit the schema: {_describe(error)}")
+    parsed = reply.get("parsed")
+    if isinstance(parsed, BaseModel):
+        parsed = parsed.model_dump(mode="python")
+    if not isinstance(parsed, Mapping):
+        raise MalformedAnswer(f"no structured answer in the reply (got {type(parsed).__name__})")
+    return json.dumps(parsed, ensure_ascii=False, allow_nan=True, default=str)
+
+
 class _AttemptTimeout(Exception):
     """Our own wait ran out (kept apart from a TimeoutError raised by the provider)."""
 
 
-def _invoke_in_thread(model: BaseChatModel, messages: list[BaseMessage], timeout: float) -> Any:
+def _invoke_in_thread(model: Runnable[Any, Any], messages: list[BaseMessage], timeout: float) -> Any:
     """``model.invoke`` in a daemon thread, waited on for at most ``timeout`` seconds.
 
-    Raises :class:`TimeoutError` when the wait runs out. Python cannot stop a thread: the provider
-    call keeps running in the background until it returns or hits the provider's own timeout
-    (which :func:`catts_graph.experts.providers.make_chat_model` sets to the same value). The
-    caller's context (LangGraph config, callbacks, tracing) is carried into the thread.
+    Raises :class:`_AttemptTimeout` when the wait runs out. Python cannot stop a thread: the
+    provider call keeps running in the background until it returns or hits the provider's own
+    timeout (which :func:`catts_graph.experts.providers.make_chat_model` sets to the same value).
+    The caller's context (LangGraph config, callbacks, tracing) is carried into the thread.
     """
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     context = contextvars.copy_context()
@@ -342,6 +435,23 @@ def _invoke_in_thread(model: BaseChatModel, messages: list[BaseMessage], timeout
     return future.result()
 
 
+def _retrying(run: _Attempts[T], retries: int, backoff: float) -> Runnable[Any, T]:
+    """``run``'s attempts under LangChain's ``with_retry``: up to ``1 + retries`` attempts.
+
+    Before retry k it waits ``backoff * 2**(k-1)`` seconds plus a uniform jitter in
+    ``[0, backoff]``, so that parallel runs retrying a rate-limited provider spread out. Only a
+    recorded failure is retried (model error, timeout, malformed answer); any other exception,
+    such as a bug in a parser, propagates at once.
+    """
+    attempts = RunnableLambda(run.attempt, afunc=run.aattempt, name="expert_attempt")
+    return attempts.with_retry(
+        retry_if_exception_type=(_FailedAttempt,),
+        stop_after_attempt=1 + retries,
+        wait_exponential_jitter=True,
+        exponential_jitter_params={"initial": backoff, "exp_base": 2, "jitter": backoff},
+    )
+
+
 def call_expert(
     model: BaseChatModel,
     messages: Sequence[BaseMessage],
@@ -351,33 +461,25 @@ def call_expert(
     backoff: float,
     timeout: float | None,
     max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+    schema: type[BaseModel] | None = None,
 ) -> ExpertResult[T]:
     """Ask ``model`` and parse its answer, retrying failures; never raises for model or parse errors.
 
-    Up to ``1 + retries`` attempts; before retry k the call sleeps ``backoff * 2**(k-1)`` seconds.
-    An attempt fails when the model raises, when it does not answer within ``timeout`` seconds
-    (``None`` or 0 = no limit), when its reply is longer than ``max_reply_chars``, or when ``parse``
-    raises :class:`MalformedAnswer`; in the last two cases the next attempt shows the model its
-    reply and the reason it was rejected. Any other exception from ``parse`` is a bug and propagates.
+    With a ``schema``, a model that supports structured output (:func:`structured_asker`) is asked
+    through it, and its answer is parsed by ``parse`` as JSON text like any other. Up to
+    ``1 + retries`` attempts, spaced as :func:`_retrying` says. An attempt fails when the model
+    raises, when it does not answer within ``timeout`` seconds (``None`` or 0 = no limit), when its
+    reply does not fit ``schema``, is longer than ``max_reply_chars``, or when ``parse`` raises
+    :class:`MalformedAnswer`; in the last cases the next attempt shows the model its reply and the
+    reason it was rejected. Any other exception from ``parse`` is a bug and propagates.
     """
     _check_settings(retries, backoff, timeout, max_reply_chars)
-    run = _Attempts(messages, parse, max_reply_chars)
-    for attempt in range(1 + retries):
-        if attempt:
-            time.sleep(backoff_delay(backoff, attempt))
-        run.count += 1
-        try:
-            reply = _invoke_in_thread(model, run.messages, timeout) if timeout else model.invoke(run.messages)
-        except _AttemptTimeout:
-            run.timed_out(timeout or 0.0)
-            continue
-        except Exception as err:
-            run.failed(_describe(err))
-            continue
-        ok, value = run.accept(reply)
-        if ok:
-            return run.result(value, True)
-    return run.result(None, False)
+    run = _Attempts(model, messages, parse, schema, timeout, max_reply_chars)
+    try:
+        value = _retrying(run, retries, backoff).invoke(None)
+    except _FailedAttempt:
+        return run.result(None, False)
+    return run.result(value, True)
 
 
 async def acall_expert(
@@ -389,36 +491,37 @@ async def acall_expert(
     backoff: float,
     timeout: float | None,
     max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+    schema: type[BaseModel] | None = None,
 ) -> ExpertResult[T]:
-    """The async twin of :func:`call_expert`: ``ainvoke``, cancelled (not abandoned) on timeout."""
+    """:func:`call_expert` awaiting ``ainvoke``: no thread is held while the model answers."""
     _check_settings(retries, backoff, timeout, max_reply_chars)
-    run = _Attempts(messages, parse, max_reply_chars)
-    for attempt in range(1 + retries):
-        if attempt:
-            await asyncio.sleep(backoff_delay(backoff, attempt))
-        run.count += 1
-        try:
-            if timeout:
-                reply = await asyncio.wait_for(model.ainvoke(run.messages), timeout)
-            else:
-                reply = await model.ainvoke(run.messages)
-        except TimeoutError:
-            run.timed_out(timeout or 0.0)
-            continue
-        except Exception as err:
-            run.failed(_describe(err))
-            continue
-        ok, value = run.accept(reply)
-        if ok:
-            return run.result(value, True)
-    return run.result(None, False)
+    run = _Attempts(model, messages, parse, schema, timeout, max_reply_chars)
+    try:
+        value = await _retrying(run, retries, backoff).ainvoke(None)
+    except _FailedAttempt:
+        return run.result(None, False)
+    return run.result(value, True)
+
+
+@dataclass(frozen=True)
+class ExpertRequest(Generic[T]):
+    """One question for an expert role: the messages, the parser of the answer and its schema.
+
+    Built by a role (e.g. :meth:`Voter.request`) and answered by :meth:`ExpertRole.ask` or
+    :meth:`ExpertRole.aask`, so that the code around a call is written once for sync and async.
+    """
+
+    role: ExpertRole
+    messages: list[BaseMessage]
+    parse: Callable[[str], T]
+    schema: type[BaseModel] | None = None
 
 
 class ExpertRole:
     """A role played by an expert chat model, with its retry settings.
 
-    Subclasses build messages and a parser; :meth:`_ask` / :meth:`_aask` run them through
-    :func:`call_expert` / :func:`acall_expert`.
+    Subclasses build an :class:`ExpertRequest` (messages, parser, schema); :meth:`ask` and
+    :meth:`aask` answer it through :func:`call_expert` / :func:`acall_expert`.
     """
 
     role: str = "expert"
@@ -455,26 +558,30 @@ class ExpertRole:
             max_reply_chars=config.max_expert_reply_chars,
         )
 
-    def _ask(self, messages: Sequence[BaseMessage], parse: Callable[[str], T]) -> ExpertResult[T]:
+    def ask(self, request: ExpertRequest[T]) -> ExpertResult[T]:
+        """Answer ``request`` (:func:`call_expert`)."""
         return call_expert(
             self.model,
-            messages,
-            parse,
+            request.messages,
+            request.parse,
             retries=self.retries,
             backoff=self.backoff,
             timeout=self.timeout,
             max_reply_chars=self.max_reply_chars,
+            schema=request.schema,
         )
 
-    async def _aask(self, messages: Sequence[BaseMessage], parse: Callable[[str], T]) -> ExpertResult[T]:
+    async def aask(self, request: ExpertRequest[T]) -> ExpertResult[T]:
+        """Answer ``request`` awaiting the model (:func:`acall_expert`)."""
         return await acall_expert(
             self.model,
-            messages,
-            parse,
+            request.messages,
+            request.parse,
             retries=self.retries,
             backoff=self.backoff,
             timeout=self.timeout,
             max_reply_chars=self.max_reply_chars,
+            schema=request.schema,
         )
 
     def __repr__(self) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from langchain_core.messages import BaseMessage
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from catts_graph.experts.base import (
+    ExpertRequest,
     ExpertResult,
     ExpertRole,
     MalformedAnswer,
@@ -17,6 +19,13 @@ from catts_graph.experts.base import (
 from catts_graph.prompts import format_options, render_prompt
 
 VERDICTS = ("correct", "incorrect", "unsure")
+
+
+class CriticAnswer(BaseModel):
+    """The Critic's answer: what is wrong with the response, if anything, and a verdict."""
+
+    critique: str = Field(description="the critique, starting at the step singled out")
+    verdict: Literal["correct", "incorrect", "unsure"] = Field(description="the response's final answer is")
 
 
 def parse_critique(text: str) -> str:
@@ -40,14 +49,16 @@ class Critic(ExpertRole):
 
     role = "critic"
 
-    def _request(
+    def request(
         self,
+        *,
         question: str,
         options: Sequence[str] | None,
         images: Sequence[Image.Image],
         response: str,
-        step: str | None,
-    ) -> tuple[list[BaseMessage], Callable[[str], str]]:
+        step: str | None = None,
+    ) -> ExpertRequest[str]:
+        """Ask for ``{"critique": ..., "verdict": ...}`` about ``response``, pointed at ``step``."""
         if not response or not response.strip():
             raise ValueError("response: got an empty response to critique")
         prompt = render_prompt(
@@ -57,28 +68,8 @@ class Critic(ExpertRole):
             response=response,
             step=step.strip() if step and step.strip() else "(no step singled out: check the whole response)",
         )
-        return [user_message(prompt, images)], parse_critique
+        return ExpertRequest(self, [user_message(prompt, images)], parse_critique, CriticAnswer)
 
-    def critique(
-        self,
-        *,
-        question: str,
-        options: Sequence[str] | None,
-        images: Sequence[Image.Image],
-        response: str,
-        step: str | None = None,
-    ) -> ExpertResult[str]:
-        """Ask for ``{"critique": ..., "verdict": ...}`` about ``response``, pointed at ``step``."""
-        return self._ask(*self._request(question, options, images, response, step))
-
-    async def acritique(
-        self,
-        *,
-        question: str,
-        options: Sequence[str] | None,
-        images: Sequence[Image.Image],
-        response: str,
-        step: str | None = None,
-    ) -> ExpertResult[str]:
-        """Async :meth:`critique`."""
-        return await self._aask(*self._request(question, options, images, response, step))
+    def critique(self, **request: Any) -> ExpertResult[str]:
+        """:meth:`request` answered (:meth:`ask`)."""
+        return self.ask(self.request(**request))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import BaseMessage
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from catts_graph.experts.base import (
+    ExpertRequest,
     ExpertResult,
     ExpertRole,
     MalformedAnswer,
@@ -30,6 +31,13 @@ MODULE_DESCRIPTIONS: dict[str, str] = {
     "base_model": "draw another wave of samples from the base model",
     "aggregate": "stop and choose the final answer now",
 }
+
+
+class PlannerAnswer(BaseModel):
+    """The Planner's answer: the modules to run, in order, and why."""
+
+    modules: list[str] = Field(description="module names from the list offered, in the order to run them")
+    reason: str = Field(description="one sentence on why")
 
 
 @dataclass(frozen=True)
@@ -92,14 +100,16 @@ class Planner(ExpertRole):
 
     role = "planner"
 
-    def _request(
+    def request(
         self,
+        *,
         question: str,
         options: Sequence[str] | None,
         images: Sequence[Image.Image],
         summary: Mapping[str, Any],
         allowed: Sequence[str],
-    ) -> tuple[list[BaseMessage], Callable[[str], Plan]]:
+    ) -> ExpertRequest[Plan]:
+        """Ask for ``{"modules": [...], "reason": "..."}``; the value is a :class:`Plan`."""
         if isinstance(allowed, str) or not allowed:
             raise ValueError(f"allowed must be a non-empty list of module names, got {allowed!r}")
         allowed = list(allowed)
@@ -114,28 +124,10 @@ class Planner(ExpertRole):
             summary=render_summary(summary),
             allowed=menu,
         )
-        return [user_message(prompt, images)], lambda text: parse_plan(text, allowed)
+        return ExpertRequest(
+            self, [user_message(prompt, images)], lambda text: parse_plan(text, allowed), PlannerAnswer
+        )
 
-    def plan(
-        self,
-        *,
-        question: str,
-        options: Sequence[str] | None,
-        images: Sequence[Image.Image],
-        summary: Mapping[str, Any],
-        allowed: Sequence[str],
-    ) -> ExpertResult[Plan]:
-        """Ask for ``{"modules": [...], "reason": "..."}``; ``value`` is a :class:`Plan`."""
-        return self._ask(*self._request(question, options, images, summary, allowed))
-
-    async def aplan(
-        self,
-        *,
-        question: str,
-        options: Sequence[str] | None,
-        images: Sequence[Image.Image],
-        summary: Mapping[str, Any],
-        allowed: Sequence[str],
-    ) -> ExpertResult[Plan]:
-        """Async :meth:`plan`."""
-        return await self._aask(*self._request(question, options, images, summary, allowed))
+    def plan(self, **request: Any) -> ExpertResult[Plan]:
+        """:meth:`request` answered (:meth:`ask`)."""
+        return self.ask(self.request(**request))

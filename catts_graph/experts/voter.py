@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from catts_graph.experts.base import (
     DEFAULT_MAX_REPLY_CHARS,
+    ExpertRequest,
     ExpertResult,
     ExpertRole,
     MalformedAnswer,
@@ -20,6 +22,14 @@ from catts_graph.experts.base import (
     user_message,
 )
 from catts_graph.prompts import delimit, format_options, render_prompt
+
+
+class VoterAnswer(BaseModel):
+    """The Voter's answer: how likely each candidate is to be the correct answer."""
+
+    probabilities: list[float] = Field(
+        description="one probability per candidate, in the order the candidates are listed"
+    )
 
 
 def parse_probabilities(text: str, count: int) -> list[float]:
@@ -69,14 +79,20 @@ class Voter(ExpertRole):
             raise ValueError(f"evidence_chars must be >= 100, got {evidence_chars!r}")
         self.evidence_chars = evidence_chars
 
-    def _request(
+    def request(
         self,
+        *,
         question: str,
         options: Sequence[str] | None,
         images: Sequence[Image.Image],
         candidates: Sequence[str],
-        evidence: Sequence[str] | None,
-    ) -> tuple[list[BaseMessage], Callable[[str], list[float]]]:
+        evidence: Sequence[str] | None = None,
+    ) -> ExpertRequest[list[float]]:
+        """Ask for ``{"probabilities": [...]}`` over ``candidates`` (listed 1..n).
+
+        ``evidence``, when given, is one supporting response per candidate, shown in the middle-cut
+        to ``evidence_chars`` characters.
+        """
         if isinstance(candidates, str) or not candidates:
             raise ValueError(f"candidates must be a non-empty list of answers, got {candidates!r}")
         if evidence is not None and len(evidence) != len(candidates):
@@ -107,32 +123,10 @@ class Voter(ExpertRole):
             count=len(candidates),
         )
         count = len(candidates)
-        return [user_message(prompt, images)], lambda text: parse_probabilities(text, count)
+        return ExpertRequest(
+            self, [user_message(prompt, images)], lambda text: parse_probabilities(text, count), VoterAnswer
+        )
 
-    def vote(
-        self,
-        *,
-        question: str,
-        options: Sequence[str] | None,
-        images: Sequence[Image.Image],
-        candidates: Sequence[str],
-        evidence: Sequence[str] | None = None,
-    ) -> ExpertResult[list[float]]:
-        """Ask for ``{"probabilities": [...]}`` over ``candidates`` (listed 1..n).
-
-        ``evidence``, when given, is one supporting response per candidate, shown in the middle-cut
-        to ``evidence_chars`` characters.
-        """
-        return self._ask(*self._request(question, options, images, candidates, evidence))
-
-    async def avote(
-        self,
-        *,
-        question: str,
-        options: Sequence[str] | None,
-        images: Sequence[Image.Image],
-        candidates: Sequence[str],
-        evidence: Sequence[str] | None = None,
-    ) -> ExpertResult[list[float]]:
-        """Async :meth:`vote`."""
-        return await self._aask(*self._request(question, options, images, candidates, evidence))
+    def vote(self, **request: Any) -> ExpertResult[list[float]]:
+        """:meth:`request` answered (:meth:`ask`); ``value`` sums to 1."""
+        return self.ask(self.request(**request))

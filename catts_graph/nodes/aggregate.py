@@ -18,7 +18,7 @@ def make_aggregate(deps: Deps) -> Callable[..., dict[str, Any]]:
     def aggregate(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
         config = run_config(runtime, deps)
         with timed() as timer:
-            tally = scoring.tally(state.get("samples", []), config)
+            tally = scoring.run_tally(state, config)
             scores = scoring.final_scores(state, config, tally)
             answer, confidence = pick_answer(scores, tally.votes)
         boosts = {

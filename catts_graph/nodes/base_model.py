@@ -7,6 +7,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from catts_graph import scoring
 from catts_graph.config import CATTSConfig
 from catts_graph.images import load_images
 from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
@@ -54,6 +55,7 @@ def make_base_model(deps: Deps) -> Callable[..., dict[str, Any]]:
         progress(runtime, "base_model", "sampled", wave=wave, n=n, tokens=tokens, seconds=timer.seconds)
         return {
             "samples": records,
+            "tally": scoring.stored_tally([*state.get("samples", []), *records], config),
             "waves": wave + 1,
             "usage": {"base_model_calls": 1, "generated_tokens": tokens, "base_model_seconds": timer.seconds},
             "trace": [

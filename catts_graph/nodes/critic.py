@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from langchain_core.runnables import RunnableLambda
 from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
 from catts_graph.experts import Critic, bound_text
 from catts_graph.images import load_images
-from catts_graph.nodes.common import Deps, expert_usage, progress, run_config, timed, trace_entry
+from catts_graph.nodes.common import (
+    Deps,
+    ExpertSteps,
+    expert_node,
+    expert_usage,
+    progress,
+    run_config,
+    timed,
+    trace_entry,
+)
 from catts_graph.scoring import voting_samples
 from catts_graph.state import CATTSState
 from catts_graph.task import least_confident
@@ -21,8 +31,8 @@ def least_confident_sample(samples: Sequence[Mapping[str, Any]]) -> Mapping[str,
     return least_confident([s for s in voting_samples(samples) if s.get("answer") is not None])
 
 
-def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
-    def critic(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
+def make_critic(deps: Deps) -> RunnableLambda:
+    def critic(state: CATTSState, runtime: Runtime[CATTSConfig]) -> ExpertSteps:
         config = run_config(runtime, deps)
         assert deps.critic is not None, "the critic node is only routed to when a critic expert exists"
         target = least_confident_sample(state.get("samples", []))
@@ -37,7 +47,7 @@ def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
         role = Critic.from_config(deps.critic, config)
         progress(runtime, "critic", "calling expert", sample=target["index"])
         with timed() as timer:
-            result = role.critique(
+            result = yield role.request(
                 question=state["question"],
                 options=state.get("options"),
                 images=load_images(state["image_refs"], config),
@@ -79,4 +89,4 @@ def make_critic(deps: Deps) -> Callable[..., dict[str, Any]]:
         update["trace"] = [entry]
         return update
 
-    return critic
+    return expert_node("critic", critic)

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Generator
 from typing import Any
 
+from langchain_core.runnables import RunnableLambda
 from langgraph.runtime import Runtime
 
 from catts_graph import policy, scoring
 from catts_graph.config import CATTSConfig
-from catts_graph.experts import Planner, bound_text
+from catts_graph.experts import ExpertRequest, ExpertResult, Planner, bound_text
 from catts_graph.images import load_images
-from catts_graph.nodes.common import Deps, expert_usage, progress, run_config, timed, trace_entry
+from catts_graph.nodes.common import (
+    Deps,
+    ExpertSteps,
+    expert_node,
+    expert_usage,
+    progress,
+    run_config,
+    timed,
+    trace_entry,
+)
 from catts_graph.state import CATTSState
 
 
 def situation(state: CATTSState, config: CATTSConfig, deps: Deps) -> tuple[policy.Situation, scoring.Tally]:
-    tally = scoring.tally(state.get("samples", []), config)
+    tally = scoring.run_tally(state, config)
     scores = scoring.final_scores(state, config, tally)
     return (
         policy.Situation(
@@ -32,8 +42,8 @@ def situation(state: CATTSState, config: CATTSConfig, deps: Deps) -> tuple[polic
     )
 
 
-def make_planner(deps: Deps) -> Callable[..., dict[str, Any]]:
-    def planner(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
+def make_planner(deps: Deps) -> RunnableLambda:
+    def planner(state: CATTSState, runtime: Runtime[CATTSConfig]) -> ExpertSteps:
         config = run_config(runtime, deps)
         update: dict[str, Any] = {}
         entries: list[dict[str, Any]] = []
@@ -42,7 +52,9 @@ def make_planner(deps: Deps) -> Callable[..., dict[str, Any]]:
             plan_source = state.get("plan_source")
             pending = state.get("pending")
             if config.policy != "adaptive" and plan_source is None:
-                pending, plan_source, entry, usage = _first_plan(state, config, deps, tally, now.drawn)
+                pending, plan_source, entry, usage = yield from _first_plan(
+                    state, config, deps, tally, now.drawn
+                )
                 update["usage"] = usage
                 entries.append(entry)
             if plan_source in ("expert", "default"):
@@ -65,12 +77,14 @@ def make_planner(deps: Deps) -> Callable[..., dict[str, Any]]:
         update["trace"] = entries
         return update
 
-    return planner
+    return expert_node("planner", planner)
 
 
 def _first_plan(
     state: CATTSState, config: CATTSConfig, deps: Deps, tally: scoring.Tally, drawn: int
-) -> tuple[list[str] | None, str, dict[str, Any], dict[str, float]]:
+) -> Generator[
+    ExpertRequest[Any], ExpertResult[Any], tuple[list[str] | None, str, dict[str, Any], dict[str, float]]
+]:
     """Ask the Planner expert for the module plan (paper / expert policies); fall back on failure."""
     fallback = ("default", list(policy.DEFAULT_ORDER)) if config.policy == "paper" else ("adaptive", None)
     if deps.planner is None:
@@ -80,7 +94,7 @@ def _first_plan(
     allowed = list(policy.MODULES if config.policy == "paper" else policy.PLAN_STEPS)
     role = Planner.from_config(deps.planner, config)
     with timed() as timer:
-        result = role.plan(
+        result = yield role.request(
             question=state["question"],
             options=state.get("options"),
             images=load_images(state["image_refs"], config),

@@ -17,7 +17,7 @@ def make_self_consistency(deps: Deps) -> Callable[..., dict[str, Any]]:
     def self_consistency(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
         config = run_config(runtime, deps)
         with timed() as timer:
-            tally = scoring.tally(state.get("samples", []), config)
+            tally = scoring.run_tally(state, config)
         routes, notes = _next(state, tally, deps, config)
         leader = next(iter(tally.votes), None)
         details = [f"{config.weighting} weighting over {tally.voters} samples"]

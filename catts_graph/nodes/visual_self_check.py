@@ -43,7 +43,7 @@ def make_visual_self_check(deps: Deps) -> Callable[..., dict[str, Any]]:
     def visual_self_check(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
         config = run_config(runtime, deps)
         samples = state.get("samples", [])
-        tally = scoring.tally(samples, config)
+        tally = scoring.run_tally(state, config)
         scores = scoring.final_scores(state, config, tally)
         ranked = sorted(tally.votes, key=lambda a: -scores[a])[: config.self_check_candidates]
         texts = [best_supporting(samples, tally.members[a])["text"] for a in ranked]

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from langchain_core.runnables import RunnableLambda
 from langgraph.runtime import Runtime
 
 from catts_graph import scoring
 from catts_graph.config import CATTSConfig
 from catts_graph.experts import Voter
 from catts_graph.images import load_images
-from catts_graph.nodes.common import Deps, expert_usage, progress, run_config, timed, trace_entry
+from catts_graph.nodes.common import (
+    Deps,
+    ExpertSteps,
+    expert_node,
+    expert_usage,
+    progress,
+    run_config,
+    timed,
+    trace_entry,
+)
 from catts_graph.state import CATTSState
 from catts_graph.task import most_confident
 
@@ -22,18 +32,18 @@ def best_supporting(samples: Sequence[Mapping[str, Any]], members: Sequence[int]
     return best if best is not None else samples[members[0]]
 
 
-def make_voter(deps: Deps) -> Callable[..., dict[str, Any]]:
-    def voter(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
+def make_voter(deps: Deps) -> RunnableLambda:
+    def voter(state: CATTSState, runtime: Runtime[CATTSConfig]) -> ExpertSteps:
         config = run_config(runtime, deps)
         assert deps.voter is not None, "the voter node is only routed to when a voter expert exists"
         samples = state.get("samples", [])
-        tally = scoring.tally(samples, config)
+        tally = scoring.run_tally(state, config)
         candidates = list(tally.votes)[: config.max_voter_candidates]
         evidence = [best_supporting(samples, tally.members[c])["text"] for c in candidates]
         role = Voter.from_config(deps.voter, config)
         progress(runtime, "voter", "calling expert", candidates=len(candidates))
         with timed() as timer:
-            result = role.vote(
+            result = yield role.request(
                 question=state["question"],
                 options=state.get("options"),
                 images=load_images(state["image_refs"], config),
@@ -62,4 +72,4 @@ def make_voter(deps: Deps) -> Callable[..., dict[str, Any]]:
         ]
         return update
 
-    return voter
+    return expert_node("voter", voter)

@@ -3,7 +3,6 @@ and VLMEvalKit-style metric names checked by hand."""
 
 from __future__ import annotations
 
-import asyncio
 import string
 from typing import Any
 
@@ -16,7 +15,6 @@ from pydantic import Field
 from catts_graph.eval.datasets import Item
 from catts_graph.eval.scoring import (
     Judgement,
-    ajudge_answer,
     benchmark_metrics,
     judge_answer,
     parse_judge_reply,
@@ -183,13 +181,6 @@ def test_judge_reporting_no_answer_or_a_non_option() -> None:
     assert (none.method, none.correct) == ("none", False) and "no final answer" in none.detail
     other = judge_answer(CHOICE, None, "hmm", judge=ScriptedJudge(script=['{"answer": "E"}']))
     assert (other.answer, other.correct, other.method) == ("E", False, "judge")
-
-
-def test_async_judge() -> None:
-    judge = ScriptedJudge(script=['{"answer": "B"}'])
-    judged = asyncio.run(ajudge_answer(CHOICE, None, "the middle one", judge=judge))
-    assert judged == Judgement("B", True, "judge") and judge.calls[0]["temperature"] == 0.0
-    assert asyncio.run(ajudge_answer(CHOICE, "A")) == Judgement("A", False, "rule")
 
 
 def test_bad_arguments() -> None:

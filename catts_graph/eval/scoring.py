@@ -37,7 +37,6 @@ from catts_graph.eval.datasets import BENCHMARKS
 from catts_graph.experts.base import (
     ExpertResult,
     MalformedAnswer,
-    acall_expert,
     call_expert,
     parse_json_object,
     user_message,
@@ -48,7 +47,6 @@ from catts_graph.task import Item, is_correct
 
 __all__ = [
     "Judgement",
-    "ajudge_answer",
     "benchmark_metrics",
     "is_correct",
     "judge_answer",
@@ -201,31 +199,6 @@ def judge_answer(
     if isinstance(outcome, Judgement):
         return outcome
     result = call_expert(
-        _deterministic(judge),
-        _judge_messages(item, outcome),
-        parse_judge_reply,
-        retries=retries,
-        backoff=backoff,
-        timeout=timeout,
-    )
-    return _from_judge(item, result)
-
-
-async def ajudge_answer(
-    item: Item,
-    answer: str | None,
-    response: str | None = None,
-    *,
-    judge: BaseChatModel | None = None,
-    retries: int = 2,
-    backoff: float = 0.5,
-    timeout: float | None = 60.0,
-) -> Judgement:
-    """The async twin of :func:`judge_answer` (``ainvoke``; for runners under an event loop)."""
-    outcome = _rule_or_text(item, answer, response, judge)
-    if isinstance(outcome, Judgement):
-        return outcome
-    result = await acall_expert(
         _deterministic(judge),
         _judge_messages(item, outcome),
         parse_judge_reply,

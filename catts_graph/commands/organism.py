@@ -46,8 +46,6 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise strength in [0, 1]")
     evaluate.set_defaults(func=_eval_command)
 
-    from catts_graph.organism.reproduce import add_reproduce_command
-
     add_reproduce_command(commands)
     return parser
 

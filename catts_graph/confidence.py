@@ -1,8 +1,11 @@
 """Confidence estimators: pure functions of a sample's token statistics.
 
 Response level (CA-TTS): NMLP, the mean negative log-probability of the chosen tokens.
-DeepConf family: token confidence from the top-k log-probs per step, then sliding-window group,
-lowest-group, bottom-percent, tail and mean confidence. Entropy of each step's distribution.
+DeepConf family: token confidence from the top-k log-probs per step (and the sampled token when it is
+outside them), then sliding-window group, lowest-group, bottom-percent, tail and mean confidence. The
+window and tail are in tokens; DeepConf's 2048 is for 10k-token traces, and a trace no longer than
+the window is one group, which makes lowest-group, bottom-percent and mean the same number.
+Entropy: the mean of the backend's full-vocabulary per-step entropies, or of the renormalised top-k.
 Step level (MMBoundary): NMLP per reasoning sentence, and over any character span of the response.
 
 Log-probabilities are natural logs under the model's raw distribution. Higher NMLP means *less*
@@ -27,6 +30,7 @@ __all__ = [
     "least_confident_step",
     "lowest_group_confidence",
     "mean_confidence",
+    "mean_entropy",
     "mean_token_entropy",
     "nmlp",
     "span_nmlp",
@@ -71,18 +75,37 @@ def confidence_from_nmlp(value: float) -> float:
     return min(1.0, math.exp(-value))
 
 
-def token_confidence(top_logprobs: Sequence[Sequence[float]], k: int = 20) -> list[float]:
-    """DeepConf token confidence ``C_t = -(1/k) * sum_{j<=k} log p_t(j)`` for each step t.
+def token_confidence(
+    top_logprobs: Sequence[Sequence[float]],
+    k: int = 20,
+    chosen_logprobs: Sequence[float] | None = None,
+) -> list[float]:
+    """DeepConf token confidence ``C_t = -(1/|S_t|) * sum_{j in S_t} log p_t(j)`` for each step t.
 
-    ``top_logprobs[t]`` holds step t's top log-probs in descending order; the first ``k`` are used,
-    or all of them when the step has fewer.
+    ``top_logprobs[t]`` holds step t's top log-probs in descending order; ``S_t`` is its first
+    ``k`` entries (all of them when the step has fewer), plus the sampled token when
+    ``chosen_logprobs`` is given and ``chosen_logprobs[t]`` lies below the last of them, i.e. the
+    sampled token is outside the top-k. That is DeepConf's reference rule: vLLM lists the sampled
+    token beside the top-k whenever it is not among them, and DeepConf averages every listed entry.
     """
     _positive_int(k, "k")
+    if chosen_logprobs is not None and len(chosen_logprobs) != len(top_logprobs):
+        raise ValueError(
+            f"chosen_logprobs must hold one log-prob per step of top_logprobs, "
+            f"got {len(chosen_logprobs)} and {len(top_logprobs)}"
+        )
     confidences = []
     for t, step in enumerate(top_logprobs):
         if len(step) == 0:
             raise ValueError(f"top_logprobs[{t}] is empty; every step needs at least one log-prob")
-        confidences.append(float(-_finite_array(step[:k], f"top_logprobs[{t}]").mean()))
+        kept = _finite_array(step[:k], f"top_logprobs[{t}]")
+        if chosen_logprobs is not None:
+            chosen = float(chosen_logprobs[t])
+            if not math.isfinite(chosen):
+                raise ValueError(f"chosen_logprobs[{t}] must be finite, got {chosen}")
+            if chosen < kept.min():
+                kept = np.append(kept, chosen)
+        confidences.append(float(-kept.mean()))
     return confidences
 
 
@@ -151,10 +174,24 @@ def token_entropy(step_logprobs: Sequence[float]) -> float:
 
 
 def mean_token_entropy(per_step_logprobs: Sequence[Sequence[float]]) -> float:
-    """Mean entropy over steps ``(1/T) * sum_t H_t`` (see :func:`token_entropy`)."""
+    """Mean entropy over steps ``(1/T) * sum_t H_t`` (see :func:`token_entropy`).
+
+    Given top-k log-probs, this is the entropy of the renormalised top-k, which can be far below
+    the model's (issue 12 measured 2.4 nats against 6.9 at k = 20): a fallback for backends that
+    report no full-vocabulary entropy (:func:`mean_entropy`).
+    """
     if len(per_step_logprobs) == 0:
         raise ValueError("per_step_logprobs must hold at least one step")
     return float(np.mean([token_entropy(step) for step in per_step_logprobs]))
+
+
+def mean_entropy(entropies: Sequence[float]) -> float:
+    """Mean of per-step full-vocabulary entropies ``(1/T) * sum_t H_t``, with
+    ``H_t = -sum_{v in V} p_t(v) log p_t(v)`` computed by the backend as it decodes."""
+    values = _finite_array(entropies, "entropies")
+    if np.any(values < 0.0):
+        raise ValueError("entropies must be >= 0, got a negative value")
+    return float(values.mean())
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,26 @@ class CATTSConfig:
         },
     )
     deepconf_window: int = field(
-        default=2048, metadata={"description": "Sliding window of DeepConf group confidence."}
+        default=32,
+        metadata={
+            "description": "Sliding window of DeepConf group confidence, in tokens (a trace no longer "
+            "than it is one group); also the window online early stopping watches. DeepConf's 2048 "
+            "is for 10k-token traces; the CA-TTS baselines use 20-50."
+        },
+    )
+    deepconf_tail: int = field(
+        default=32,
+        metadata={
+            "description": "DeepConf tail confidence: mean token confidence of the last this many "
+            "tokens (DeepConf: 2048)."
+        },
+    )
+    nmlp_floor: float | None = field(
+        default=None,
+        metadata={
+            "description": "Floor of the NMLP in the 'nmlp' weight: w = 1 / max(NMLP, floor), so one "
+            "near-certain sample cannot outvote many; None = the paper's 1 / (NMLP + 1e-8)."
+        },
     )
     tau1: float = field(default=0.5, metadata={"description": "Weight of the Voter's probability."})
     tau2: float = field(default=0.5, metadata={"description": "Boost of the reflected answer."})
@@ -248,6 +267,7 @@ class CATTSConfig:
             "wave_size",
             "max_new_tokens",
             "deepconf_window",
+            "deepconf_tail",
             "max_voter_candidates",
             "self_check_candidates",
             "max_expert_reply_chars",
@@ -276,6 +296,8 @@ class CATTSConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1] (0 would keep no token), got {self.top_p!r}")
+        if self.nmlp_floor is not None and not self.nmlp_floor > 0.0:
+            raise ConfigError(f"nmlp_floor must be > 0 or None (off), got {self.nmlp_floor!r}")
         if self.top_eta is not None and not 0.0 < self.top_eta <= 1.0:
             raise ConfigError(f"top_eta must be in (0, 1] or None, got {self.top_eta!r}")
         unknown = [m for m in self.disabled_modules if m not in MODULES]

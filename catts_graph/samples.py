@@ -17,6 +17,14 @@ from catts_graph.task import SampleRecord
 DEEPCONF_K = 20
 
 
+def deepconf_token_confidence(sample: Sample) -> list[float] | None:
+    """DeepConf token confidence of each step (:func:`~catts_graph.confidence.token_confidence`,
+    k = 20, the sampled token counted when it is outside the top-k), or None without top-k."""
+    if not sample.top_logprobs:
+        return None
+    return conf.token_confidence(sample.top_logprobs, k=DEEPCONF_K, chosen_logprobs=sample.logprobs)
+
+
 def describe_sample(
     sample: Sample,
     *,
@@ -26,8 +34,15 @@ def describe_sample(
     source: str = "sample",
     image: str = "original",
     deepconf_window: int = 2048,
+    deepconf_tail: int = 2048,
 ) -> SampleRecord:
-    """The record of one response: its answer and every confidence statistic the graph may use."""
+    """The record of one response: its answer and every confidence statistic the graph may use.
+
+    ``deepconf_window`` / ``deepconf_tail``: DeepConf's group window and tail, in tokens
+    (``CATTSConfig.deepconf_window`` / ``deepconf_tail``). ``mean_entropy`` is the mean of the
+    backend's full-vocabulary per-step entropies (``entropy_over == "vocabulary"``), else of the
+    renormalised top-k (``"top_k"``, a lower bound), else None.
+    """
     logprobs = list(sample.logprobs)
     answer = extract_answer(sample.text, options)
     record: SampleRecord = {
@@ -44,6 +59,8 @@ def describe_sample(
         "nmlp_answer": None,
         "least_confident_step": None,
         "deepconf": None,
+        "mean_entropy": None,
+        "entropy_over": None,
     }
     if not logprobs:
         return record
@@ -65,13 +82,18 @@ def describe_sample(
                 "nmlp": step.nmlp,
                 "n_tokens": step.n_tokens,
             }
-    if sample.top_logprobs:
-        token_conf = conf.token_confidence(sample.top_logprobs, k=DEEPCONF_K)
+    token_conf = deepconf_token_confidence(sample)
+    if token_conf is not None:
         record["deepconf"] = {
             "mean": conf.mean_confidence(token_conf),
-            "tail": conf.tail_confidence(token_conf, tail=deepconf_window),
+            "tail": conf.tail_confidence(token_conf, tail=deepconf_tail),
             "bottom_percent": conf.bottom_percent_confidence(token_conf, window=deepconf_window),
             "lowest_group": conf.lowest_group_confidence(token_conf, window=deepconf_window),
-            "mean_entropy": conf.mean_token_entropy(sample.top_logprobs),
         }
+    if sample.entropies is not None:
+        record["mean_entropy"] = conf.mean_entropy(sample.entropies)
+        record["entropy_over"] = "vocabulary"
+    elif sample.top_logprobs:
+        record["mean_entropy"] = conf.mean_token_entropy(sample.top_logprobs)
+        record["entropy_over"] = "top_k"
     return record

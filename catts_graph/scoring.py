@@ -81,12 +81,13 @@ def sample_nmlp(sample: Mapping[str, Any], config: CATTSConfig) -> float | None:
 
 
 def sample_weight(sample: Mapping[str, Any], config: CATTSConfig) -> float:
-    """Vote weight: 1 (majority), 1 / NMLP (the paper) or a DeepConf confidence."""
+    """Vote weight: 1 (majority), 1 / NMLP (the paper; ``1 / max(NMLP, nmlp_floor)`` with a floor)
+    or a DeepConf confidence."""
     if config.weighting == "majority":
         return 1.0
     if config.weighting == "nmlp":
         value = sample_nmlp(sample, config)
-        return 0.0 if value is None else voting.nmlp_weights([value])[0]
+        return 0.0 if value is None else voting.nmlp_weights([value], floor=config.nmlp_floor)[0]
     return sample_confidence(sample, config)
 
 
@@ -122,7 +123,7 @@ def tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> Tally:
 def _tally_key(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> list[Any]:
     """What a stored tally was counted from: the number of voting samples and the voting settings."""
     voting = sum(1 for s in samples if s.get("source", "sample") == "sample")
-    return [voting, config.weighting, config.confidence_span, config.top_eta]
+    return [voting, config.weighting, config.confidence_span, config.top_eta, config.nmlp_floor]
 
 
 def stored_tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> dict[str, Any]:

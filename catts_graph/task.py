@@ -299,7 +299,9 @@ class SampleRecord(TypedDict, total=False):
     ``nmlp`` is the mean negative log-probability of its tokens (None without log-probs),
     ``confidence`` its ``exp(-nmlp)``; ``nmlp_answer`` the same over the final answer's tokens;
     ``deepconf`` DeepConf's confidences (``mean``, ``tail``, ``bottom_percent``,
-    ``lowest_group``, ``mean_entropy``) when top-k log-probs were kept; ``source`` says which module
+    ``lowest_group``) when top-k log-probs were kept; ``mean_entropy`` the mean per-step entropy,
+    over the whole vocabulary when the backend reported it (``entropy_over == "vocabulary"``), else
+    over the renormalised top-k (``"top_k"``, a lower bound), else None; ``source`` says which module
     produced it (``sample``, ``reflection``), ``image`` which image it saw, ``wave`` which wave of
     samples it came in.
     """
@@ -317,6 +319,8 @@ class SampleRecord(TypedDict, total=False):
     nmlp_answer: float | None
     least_confident_step: StepRecord | None
     deepconf: dict[str, float] | None
+    mean_entropy: float | None
+    entropy_over: str | None
 
 
 def most_confident(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

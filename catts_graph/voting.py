@@ -49,18 +49,23 @@ def weighted_vote(answers: Sequence[str | None], weights: Sequence[float]) -> di
     return votes
 
 
-def nmlp_weights(nmlps: Sequence[float], eps: float = 1e-8) -> list[float]:
-    """The paper's confidence weights ``w_i = 1 / (NMLP_i + eps)``.
+def nmlp_weights(nmlps: Sequence[float], eps: float = 1e-8, floor: float | None = None) -> list[float]:
+    """The paper's confidence weights ``w_i = 1 / (NMLP_i + eps)``, or ``w_i = 1 / max(NMLP_i, floor)``
+    with a ``floor``.
 
-    A slightly negative NMLP counts as 0 (log-probs of near-certain tokens can round above zero).
+    Unbounded, one sample at NMLP 0.01 (w = 100) outvotes seven at 0.30 (w = 23.3 together); a floor
+    of 0.1 caps every weight at 10. A slightly negative NMLP counts as 0 (log-probs of near-certain
+    tokens can round above zero).
     """
     if not eps > 0.0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if floor is not None and not (math.isfinite(floor) and floor > 0.0):
+        raise ValueError(f"floor must be finite and > 0, or None, got {floor}")
     weights = []
     for i, value in enumerate(nmlps):
         if not math.isfinite(value):
             raise ValueError(f"nmlps[{i}] must be finite, got {value}")
-        weights.append(1.0 / (max(value, 0.0) + eps))
+        weights.append(1.0 / (max(value, 0.0) + eps) if floor is None else 1.0 / max(value, floor))
     return weights
 
 

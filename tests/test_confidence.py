@@ -13,6 +13,7 @@ from catts_graph.confidence import (
     least_confident_step,
     lowest_group_confidence,
     mean_confidence,
+    mean_entropy,
     mean_token_entropy,
     nmlp,
     span_nmlp,
@@ -57,6 +58,21 @@ def test_token_confidence():
     assert token_confidence([]) == []
 
 
+def test_token_confidence_counts_the_sampled_token_outside_the_top_k():
+    """DeepConf's reference averages every log-prob vLLM lists: the top-k, plus the sampled token
+    when it is not among them."""
+    top = [[-0.1, -0.5], [-0.2, -1.0]]
+    # Step 0: the sampled token (-0.5) is the 2nd of the top-2 -> -(-0.1 - 0.5) / 2 = 0.3.
+    # Step 1: the sampled token (-3.0) is below the top-2 -> -(-0.2 - 1.0 - 3.0) / 3 = 1.4.
+    assert token_confidence(top, k=2, chosen_logprobs=[-0.5, -3.0]) == pytest.approx([0.3, 1.4])
+    # Without the sampled log-probs, the top-k only: 0.3, 0.6.
+    assert token_confidence(top, k=2) == pytest.approx([0.3, 0.6])
+    # vLLM's own listing (top-2 plus the sampled token) gives the same number through k = 2.
+    assert token_confidence([[-0.2, -1.0, -3.0]], k=2, chosen_logprobs=[-3.0]) == pytest.approx([1.4])
+    # A sampled token tied with the k-th log-prob is inside the top-k: nothing is added.
+    assert token_confidence([[-0.2, -1.0]], k=2, chosen_logprobs=[-1.0]) == pytest.approx([0.6])
+
+
 def test_token_confidence_errors():
     with pytest.raises(ValueError, match=r"top_logprobs\[1\] is empty"):
         token_confidence([[-0.1], []])
@@ -64,6 +80,10 @@ def test_token_confidence_errors():
         token_confidence([[-0.1]], k=0)
     with pytest.raises(ValueError, match=r"top_logprobs\[0\]"):
         token_confidence([[float("nan")]])
+    with pytest.raises(ValueError, match="chosen_logprobs must hold one log-prob per step"):
+        token_confidence([[-0.1], [-0.2]], chosen_logprobs=[-0.1])
+    with pytest.raises(ValueError, match=r"chosen_logprobs\[1\] must be finite"):
+        token_confidence([[-0.1], [-0.2]], chosen_logprobs=[-0.1, float("-inf")])
 
 
 def test_group_confidence():
@@ -213,3 +233,11 @@ def test_span_nmlp():
             span_nmlp(tokens, logprobs, start, end)
     with pytest.raises(ValueError, match="tokens and token_logprobs"):
         span_nmlp(tokens, logprobs[:-1], 0, 1)
+
+
+def test_mean_entropy_of_full_vocabulary_entropies():
+    # (ln 4 + 0 + ln 2) / 3 = ln(8) / 3
+    assert mean_entropy([math.log(4), 0.0, math.log(2)]) == pytest.approx(math.log(8) / 3)
+    for bad, match in (([], "non-empty"), ([0.1, float("nan")], "finite"), ([0.1, -0.2], ">= 0")):
+        with pytest.raises(ValueError, match=match):
+            mean_entropy(bad)

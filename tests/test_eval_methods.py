@@ -118,9 +118,8 @@ def test_greedy_is_the_temperature_zero_record():
 
 def test_online_lows_are_the_running_minimum_of_the_group_confidence():
     # Token confidence C_t = -mean(top log-probs) = 1, 3, 2, 0, 5.
-    sample = Sample(
-        token_ids=[1] * 5, logprobs=[-1.0] * 5, text="x", top_logprobs=[[-1.0], [-3.0], [-2.0], [0.0], [-5.0]]
-    )
+    tops = [[-1.0], [-3.0], [-2.0], [0.0], [-5.0]]
+    sample = Sample(token_ids=[1] * 5, logprobs=[t[0] for t in tops], text="x", top_logprobs=tops)
     # window 2: groups (ending at tokens 2, 3, 4, 5) = 2, 2.5, 1, 2.5 -> lows at tokens 2 and 4.
     lows = M.online_lows(sample, window=2)
     assert lows == [[2, 2.0], [4, 1.0]]
@@ -129,6 +128,32 @@ def test_online_lows_are_the_running_minimum_of_the_group_confidence():
     assert M.online_stop({"deepconf_lows": lows}, 0.5) is None
     # A trace shorter than the window has one group over all of it, known at its end.
     assert M.online_lows(sample, window=10) == [[5, pytest.approx(11 / 5)]]
+
+
+def test_draw_pool_online_lows_use_the_configured_window_and_stop_inside_a_trace(item_input):
+    """The pool's lows come from ``deepconf_window``, the window of the offline confidences too, so a
+    trace shorter than DeepConf's 2048 can be stopped before its end."""
+    # C_t with k = 1 (the sampled token is the top-1): 4, 4, 1, 1, 2, 2, 2, 2.
+    conf = [4.0, 4.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+    trace = Sample(
+        token_ids=[3] * 8, logprobs=[-c for c in conf], text="x", top_logprobs=[[-c] for c in conf]
+    )
+
+    def lows(window: int) -> tuple[list[list[float]], float]:
+        config = CATTSConfig(deepconf_window=window, deepconf_tail=window)
+        pool = M.draw_pool(
+            prefix_model("A"), item_input, n=1, config=config, seed=0, greedy=False, recorded=[trace]
+        )
+        (record,) = pool.records
+        return record["deepconf_lows"], record["deepconf"]["lowest_group"]
+
+    # Groups of 2, known after 2..8 tokens: 4, 2.5, 1, 1.5, 2, 2, 2 -> record lows at tokens 2, 3, 4.
+    assert lows(2) == ([[2, 4.0], [3, 2.5], [4, 1.0]], 1.0)
+    # A threshold of 3 stops the trace after 3 of its 8 tokens.
+    assert M.online_stop({"deepconf_lows": lows(2)[0]}, 3.0) == 3
+    # DeepConf's 2048: one group, the mean 18 / 8, known only at the end; nothing saved.
+    assert lows(2048) == ([[8, 2.25]], 2.25)
+    assert M.online_stop({"deepconf_lows": lows(2048)[0]}, 3.0) == 8
 
 
 def test_deepconf_online_hand_computed():

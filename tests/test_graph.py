@@ -538,3 +538,6 @@ def test_a_stored_tally_is_recounted_under_other_voting_settings():
     assert scoring.run_tally(state, majority).votes == {"A": 1.0, "B": 1.0}
     more = {**state, "samples": [*samples, {**samples[0], "index": 2}]}
     assert scoring.run_tally(more, paper).counts == {"A": 2, "B": 1}
+    # A floor changes the weights, so the stored tally is counted again: 1 / max(0.25, 0.4) = 2.5.
+    floored = CATTSConfig(nmlp_floor=0.4)
+    assert scoring.run_tally(state, floored).votes == pytest.approx({"B": 2.5, "A": 2.0})

@@ -128,6 +128,8 @@ def test_bad_data_uri(vlm):
         ({"policy": "random"}, "policy must be one of"),
         ({"n_samples": 8, "max_samples": 4}, "max_samples"),
         ({"weighting": "tail"}, "needs token confidence"),
+        ({"nmlp_floor": 0.0}, r"nmlp_floor must be > 0 or None \(off\), got 0.0"),
+        ({"deepconf_tail": 0}, "deepconf_tail must be an integer >= 1"),
         # Values that used to pass the config and fail after the model calls:
         ({"noise_step": 999.5}, "noise_step must be an integer, got 999.5"),
         ({"noise_step": "500"}, "noise_step must be an integer, got '500'"),

@@ -49,6 +49,23 @@ def test_nmlp_weights():
         nmlp_weights([0.1], eps=0.0)
 
 
+def test_nmlp_floor_bounds_a_near_certain_sample():
+    """One sample at NMLP 0.01 against seven at 0.30 (issue 12)."""
+    nmlps = [0.01] + [0.30] * 7
+    answers = ["a"] + ["b"] * 7
+    # The paper's weight: a gets 1 / (0.01 + 1e-8) ~ 100; b gets 7 / (0.30 + 1e-8) ~ 23.33. a wins.
+    paper = weighted_vote(answers, nmlp_weights(nmlps))
+    assert paper == pytest.approx({"a": 100.0, "b": 70.0 / 3.0}, rel=1e-6)
+    # Floor 0.1: a gets 1 / max(0.01, 0.1) = 10; b still 7 / 0.30 = 23.33. b wins.
+    floored = weighted_vote(answers, nmlp_weights(nmlps, floor=0.1))
+    assert floored == pytest.approx({"a": 10.0, "b": 70.0 / 3.0})
+    # A floor replaces eps: NMLP 0 weighs 1 / floor, and an NMLP above the floor is untouched.
+    assert nmlp_weights([0.0, 0.5], floor=0.25) == pytest.approx([4.0, 2.0])
+    for bad in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="floor must be finite and > 0"):
+            nmlp_weights([0.1], floor=bad)
+
+
 def test_top_eta_mask():
     conf = [0.1, 0.9, 0.5, 0.3, 0.7]
     # sorted [0.1, 0.3, 0.5, 0.7, 0.9]; q = 0.5 sits at position 0.5 * 4 = 2 -> 0.5

@@ -54,7 +54,7 @@ from catts_graph.graph import build_graph
 from catts_graph.models.base import BaseVLM, Sample, SamplingParams
 from catts_graph.models.replay import ReplayVLM
 from catts_graph.nodes.common import trace_entry
-from catts_graph.samples import DEEPCONF_K, describe_sample
+from catts_graph.samples import DEEPCONF_K, deepconf_token_confidence, describe_sample
 from catts_graph.task import base_prompt, check_inputs, most_confident
 from catts_graph.voting import pick_answer
 
@@ -204,10 +204,11 @@ def online_lows(sample: Sample, window: int) -> list[list[float]]:
     below the threshold (see :func:`online_stop`). The list is the running minimum's steps, so it is
     short (its last value is the lowest-group confidence).
     """
-    if not sample.top_logprobs:
+    token_conf = deepconf_token_confidence(sample)
+    if token_conf is None:
         return []
-    groups = conf.group_confidence(conf.token_confidence(sample.top_logprobs, k=DEEPCONF_K), window)
-    width = min(window, len(sample.top_logprobs))
+    groups = conf.group_confidence(token_conf, window)
+    width = min(window, len(token_conf))
     lows: list[list[float]] = []
     for i, value in enumerate(groups):
         if not lows or value < lows[-1][1]:
@@ -257,7 +258,12 @@ def draw_pool(
         pool.raw = list(raw)
         for i, sample in enumerate(raw):
             record = describe_sample(
-                sample, options=options, index=i, wave=0, deepconf_window=config.deepconf_window
+                sample,
+                options=options,
+                index=i,
+                wave=0,
+                deepconf_window=config.deepconf_window,
+                deepconf_tail=config.deepconf_tail,
             )
             record["seconds"] = seconds * len(sample.logprobs) / total if total else seconds / n
             record["deepconf_lows"] = online_lows(sample, config.deepconf_window)
@@ -272,6 +278,7 @@ def draw_pool(
             wave=0,
             source="greedy",
             deepconf_window=config.deepconf_window,
+            deepconf_tail=config.deepconf_tail,
         )
         record["seconds"] = time.perf_counter() - start
         record["deepconf_lows"] = online_lows(raw_greedy, config.deepconf_window)
@@ -366,8 +373,11 @@ def online_stop(record: Mapping[str, Any], threshold: float) -> int | None:
     """Tokens a trace had generated when DeepConf online stopped it, or None if it ran to its end.
 
     The trace stops at the first group confidence below ``threshold``, i.e. at the first record low
-    (``record["deepconf_lows"]``) below it. A trace shorter than the window has one group, over the
-    whole trace, known only at its end: it can be rejected but saves no tokens.
+    (``record["deepconf_lows"]``) below it, i.e. after ``i + w`` tokens for group ``i`` of the
+    pool's window ``w`` (``CATTSConfig.deepconf_window``, the same window as the offline
+    confidences). A trace no longer than the window has one group, over the whole trace, known only
+    at its end: it can be rejected but saves no tokens; hence windows of tens of tokens, not
+    DeepConf's 2048, on replies of a few hundred.
     """
     for tokens, value in record.get("deepconf_lows") or ():
         if value < threshold:

@@ -46,14 +46,25 @@ class Sample(TokenLogprobs):
 
     ``top_logprobs[t]`` holds the k largest raw log-probabilities at step t (descending), when the
     caller asked for them (DeepConf's token confidence); capturing them costs O(T * k) per sample.
-    ``finish_reason`` is ``"stop"`` when the model ended the response itself and ``"length"`` when
-    it hit ``max_new_tokens``.
+    ``entropies[t]`` is the entropy of step t's raw distribution over the whole vocabulary,
+    ``H_t = -sum_v p_t(v) log p_t(v)`` in nats, when the backend computes it (one float per step,
+    O(T)); None when it does not (an API reports top-k log-probs only). ``finish_reason`` is
+    ``"stop"`` when the model ended the response itself and ``"length"`` when it hit
+    ``max_new_tokens``.
     """
 
     text: str = ""
     top_logprobs: list[list[float]] | None = None
     finish_reason: str = "stop"
     extra: dict[str, object] = field(default_factory=dict)
+    entropies: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.entropies is not None and len(self.entropies) != len(self.token_ids):
+            raise ValueError(
+                f"entropies has {len(self.entropies)} steps but token_ids has {len(self.token_ids)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -486,5 +486,6 @@ def _copy_sample(sample: Sample, *, index: int) -> Sample:
         logprobs=list(sample.logprobs),
         tokens=list(sample.tokens) if sample.tokens is not None else None,
         top_logprobs=[list(t) for t in sample.top_logprobs] if sample.top_logprobs is not None else None,
+        entropies=list(sample.entropies) if sample.entropies is not None else None,
         extra={**sample.extra, "index": index},
     )

@@ -270,7 +270,8 @@ def read_responses(path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
       distribution, before temperature / top-k / top-p), and optionally ``top_logprobs`` (per step,
       the largest raw log-probs: a list of numbers, a list of ``{"token", "logprob"}`` objects, or an
       object from token to log-prob), ``tokens`` (per-token strings; they make step-level confidence
-      exact), ``token_ids`` and ``finish_reason``; or
+      exact), ``entropies`` (per step, the entropy of the raw distribution over the whole
+      vocabulary, in nats), ``token_ids`` and ``finish_reason``; or
     - vLLM's OpenAI-format log-probs as they come: a ``logprobs`` object with ``content: [{token,
       logprob, top_logprobs: [{token, logprob}, ...]}, ...]``, the text as ``text`` or
       ``message.content``, and optionally ``finish_reason``, ``stop_reason`` and ``token_ids`` (a
@@ -345,6 +346,15 @@ def _sample_from_row(row: Mapping[str, Any]) -> Sample:
         if not isinstance(tops, list) or len(tops) != count:
             raise ValueError(f"'top_logprobs' must hold {count} steps, one per entry of 'token_logprobs'")
         tops = [_top_values(step, t) for t, step in enumerate(tops)]
+    entropies = row.get("entropies")
+    if entropies is not None and (
+        not isinstance(entropies, list)
+        or len(entropies) != count
+        or not all(_finite(v) and v >= 0 for v in entropies)
+    ):
+        raise ValueError(
+            f"'entropies' must be {count} finite numbers >= 0, one per entry of 'token_logprobs'"
+        )
     finish = row.get("finish_reason", "stop")
     if finish not in ("stop", "length"):
         raise ValueError(f"'finish_reason' must be 'stop' or 'length', got {finish!r}")
@@ -354,6 +364,7 @@ def _sample_from_row(row: Mapping[str, Any]) -> Sample:
         tokens=tokens,
         text=text,
         top_logprobs=tops,
+        entropies=None if entropies is None else [float(v) for v in entropies],
         finish_reason=finish,
     )
 

@@ -47,6 +47,7 @@ def make_base_model(deps: Deps) -> Callable[..., dict[str, Any]]:
                 index=offset + i,
                 wave=wave,
                 deepconf_window=config.deepconf_window,
+                deepconf_tail=config.deepconf_tail,
             )
             for i, sample in enumerate(raw)
         ]

@@ -51,6 +51,7 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
             wave=state.get("waves", 0),
             source="reflection",
             deepconf_window=config.deepconf_window,
+            deepconf_tail=config.deepconf_tail,
         )
         changed = record["answer"] != criticised["answer"]
         return {

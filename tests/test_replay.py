@@ -125,6 +125,7 @@ def test_reads_both_formats_in_file_order(tmp_path: Path) -> None:
             "text": "ab",
             "token_logprobs": [-0.5, -0.25],
             "top_logprobs": [[-0.5, -1.0], {"x": -2.0, "a": -0.1}],
+            "entropies": [1.25, 0],
         },
         {
             "id": 7,
@@ -157,6 +158,7 @@ def test_reads_both_formats_in_file_order(tmp_path: Path) -> None:
     first, choice, bare = responses["q1"]
     assert first.text == "ab" and first.logprobs == [-0.5, -0.25] and first.tokens is None
     assert first.top_logprobs == [[-0.5, -1.0], [-0.1, -2.0]] and first.token_ids == [-1, -1]
+    assert first.entropies == [1.25, 0.0] and responses["7"][0].entropies is None
     assert responses["7"][0].token_ids == [65] and responses["7"][0].finish_reason == "length"
     # vLLM's listed stop token is dropped; top log-probs come back sorted.
     assert choice.text == "é" and choice.logprobs == [-0.2] and choice.tokens == ["é"]
@@ -189,6 +191,14 @@ def test_reads_both_formats_in_file_order(tmp_path: Path) -> None:
         (
             '{"id": "a", "text": "a", "token_logprobs": [-1], "top_logprobs": []}',
             r"'top_logprobs' must hold 1",
+        ),
+        (
+            '{"id": "a", "text": "a", "token_logprobs": [-1], "entropies": [-0.5]}',
+            r"'entropies' must be 1 finite numbers >= 0",
+        ),
+        (
+            '{"id": "a", "text": "a", "token_logprobs": [-1], "entropies": [0.1, 0.2]}',
+            r"'entropies' must be 1 finite numbers >= 0",
         ),
         (
             '{"id": "a", "text": "a", "logprobs": {"content": [{"token": "a"}]}}',

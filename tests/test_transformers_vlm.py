@@ -36,6 +36,24 @@ def _uncached_logprobs(vlm: TransformersVLM, image: Image.Image, prompt: str, id
     return logprobs[start : start + len(ids)].gather(1, cont[0][:, None])[:, 0].tolist()
 
 
+def _uncached_entropies(vlm: TransformersVLM, image: Image.Image, prompt: str, ids: list[int]) -> list[float]:
+    """Reference: ``H_t = -sum_v p_t(v) log p_t(v)`` from one plain forward's full logits, in float64."""
+    inputs = vlm._encode([image], prompt)
+    cont = torch.tensor([ids])
+    full = {
+        **inputs,
+        "input_ids": torch.cat([inputs["input_ids"], cont], 1),
+        "attention_mask": torch.ones(1, inputs["input_ids"].shape[1] + len(ids), dtype=torch.long),
+        "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(cont)], 1),
+    }
+    vlm.model.model.rope_deltas = None
+    with torch.no_grad():
+        logits = vlm.model(**full).logits[0].double()
+    start = inputs["input_ids"].shape[1] - 1
+    step = torch.distributions.Categorical(logits=logits[start : start + len(ids)])
+    return step.entropy().tolist()
+
+
 def _close(a: list[float], b: list[float], atol: float = ATOL) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= atol for x, y in zip(a, b, strict=True))
 
@@ -100,6 +118,26 @@ def test_chosen_logprobs_equal_teacher_forced_score(
         assert sc.token_ids == s.token_ids and sc.tokens == s.tokens
         assert _close(sc.logprobs, s.logprobs)
         assert abs(sum(sc.logprobs) - sum(s.logprobs)) < 1e-3
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_entropies_are_full_vocabulary_and_one_float_per_step(
+    tiny_vlm: TransformersVLM, tiny_image: Image.Image, temperature: float
+) -> None:
+    """Each step's entropy is over the whole vocabulary of the raw distribution (not the top-k),
+    and a sample keeps one float per step: O(T), whatever the vocabulary."""
+    samples = tiny_vlm.sample(
+        [tiny_image], PROMPT, 3, temperature=temperature, top_k=5, max_new_tokens=10, seed=3, top_logprobs=4
+    )
+    for s in samples:
+        assert s.entropies is not None and len(s.entropies) == len(s.token_ids)
+        assert all(type(h) is float for h in s.entropies)
+        assert _close(s.entropies, _uncached_entropies(tiny_vlm, tiny_image, PROMPT, s.token_ids))
+        # The renormalised top-4 is a different, smaller number: the full one is what is kept.
+        top_k = [
+            float(torch.distributions.Categorical(logits=torch.tensor(t)).entropy()) for t in s.top_logprobs
+        ]
+        assert all(h > t + 1e-3 for h, t in zip(s.entropies, top_k, strict=True))
 
 
 def test_identity_holds_with_temperature_top_k_top_p(

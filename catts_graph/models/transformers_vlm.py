@@ -196,6 +196,7 @@ class TransformersVLM:
             ids: list[list[int]] = [[] for _ in range(rows)]
             logprobs: list[list[float]] = [[] for _ in range(rows)]
             tops: list[list[list[float]]] = [[] for _ in range(rows)]
+            entropies: list[list[float]] = [[] for _ in range(rows)]
             finish = ["length"] * rows
             active = list(range(rows))  # sample index of each cache row
             active_rows = torch.arange(rows, device=device)
@@ -211,9 +212,13 @@ class TransformersVLM:
                 else:
                     u = uniforms.at(step)[active_rows]
                     chosen = _draw(allowed, params.temperature, params.top_p, params.top_k, u)
-                # The step's one device-to-host copy: id, raw log-prob, stopped, then the top-k,
-                # as float64 (exact for ids below 2**53 and for float32 log-probs).
-                columns = [chosen, raw.gather(1, chosen[:, None])[:, 0], torch.isin(chosen, stop)]
+                # Full-vocabulary entropy on device, one float per row: O(T) to keep, where the
+                # distributions themselves would be O(T * V). exp(-inf) * -inf is NaN, hence the
+                # where; rounding can make the top token's log-prob a hair above 0, hence the clamp.
+                entropy = (-torch.where(raw > float("-inf"), raw.exp() * raw, 0.0).sum(-1)).clamp_min(0.0)
+                # The step's one device-to-host copy: id, raw log-prob, stopped, entropy, then the
+                # top-k, as float64 (exact for ids below 2**53 and for float32 log-probs).
+                columns = [chosen, raw.gather(1, chosen[:, None])[:, 0], torch.isin(chosen, stop), entropy]
                 host = torch.cat(
                     [c.double()[:, None] for c in columns]
                     + ([torch.topk(raw, k, dim=-1).values.double()] if k else []),
@@ -226,8 +231,9 @@ class TransformersVLM:
                         continue
                     ids[index].append(int(values[0]))
                     logprobs[index].append(values[1])
+                    entropies[index].append(values[3])
                     if k:
-                        tops[index].append(values[3:])
+                        tops[index].append(values[4:])
                     still.append(row)
                 if not still or step == params.max_new_tokens - 1:
                     break
@@ -253,6 +259,7 @@ class TransformersVLM:
                     tokens=tokens,
                     text=text,
                     top_logprobs=tops[i] if k else None,
+                    entropies=entropies[i],
                     finish_reason=finish[i],
                     extra={"seed": seed, "index": i},
                 )
@@ -578,6 +585,7 @@ def _copy_sample(sample: Sample, *, index: int) -> Sample:
         logprobs=list(sample.logprobs),
         tokens=list(sample.tokens) if sample.tokens is not None else None,
         top_logprobs=[list(t) for t in sample.top_logprobs] if sample.top_logprobs is not None else None,
+        entropies=list(sample.entropies) if sample.entropies is not None else None,
         extra={**sample.extra, "index": index},
     )
 

@@ -7,14 +7,17 @@ log-probs, so it stays small and serialisable, and no later node goes back to th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from catts_graph import confidence as conf
 from catts_graph.answers import answer_span, extract_answer
+from catts_graph.config import CATTSConfig
 from catts_graph.models.base import Sample
 from catts_graph.task import SampleRecord
 
 DEEPCONF_K = 20
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CATTSConfig)}
 
 
 def deepconf_token_confidence(sample: Sample) -> list[float] | None:
@@ -33,15 +36,16 @@ def describe_sample(
     wave: int,
     source: str = "sample",
     image: str = "original",
-    deepconf_window: int = 2048,
-    deepconf_tail: int = 2048,
+    deepconf_window: int = _DEFAULTS["deepconf_window"],
+    deepconf_tail: int = _DEFAULTS["deepconf_tail"],
 ) -> SampleRecord:
     """The record of one response: its answer and every confidence statistic the graph may use.
 
     ``deepconf_window`` / ``deepconf_tail``: DeepConf's group window and tail, in tokens
-    (``CATTSConfig.deepconf_window`` / ``deepconf_tail``). ``mean_entropy`` is the mean of the
-    backend's full-vocabulary per-step entropies (``entropy_over == "vocabulary"``), else of the
-    renormalised top-k (``"top_k"``, a lower bound), else None.
+    (``CATTSConfig.deepconf_window`` / ``deepconf_tail``, whose defaults they take).
+    ``mean_entropy`` is the mean of the backend's full-vocabulary per-step entropies
+    (``entropy_over == "vocabulary"``), else of the renormalised top-k (``"top_k"``, a lower
+    bound), else None.
     """
     logprobs = list(sample.logprobs)
     answer = extract_answer(sample.text, options)

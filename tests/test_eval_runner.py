@@ -62,6 +62,7 @@ class AnsweringVLM:
             tokens=[*(sample.tokens or []), suffix],
             text=sample.text + suffix,
             top_logprobs=[*sample.top_logprobs, [-0.5 - j for j in range(k)]] if k else None,
+            entropies=[*sample.entropies, 0.5] if sample.entropies is not None else None,
         )
 
     def score(self, images, prompt, continuations):

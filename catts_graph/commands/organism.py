@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from catts_graph.organism.clip import load_clip_organism
 from catts_graph.organism.reproduce import Plan, reproduce
 from catts_graph.organism.train import CONFIGS, organism_path, train_organism
 
@@ -46,8 +47,23 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise strength in [0, 1]")
     evaluate.set_defaults(func=_eval_command)
 
+    clip = commands.add_parser("train-clip", help="train the CLIP organism (relevance maps) from scratch")
+    clip.add_argument("--out", help="checkpoint folder (default: the shipped one, replaced)")
+    clip.add_argument("--threads", type=int, default=2, help="CPU threads")
+    clip.set_defaults(func=_train_clip_command)
+
     add_reproduce_command(commands)
     return parser
+
+
+def _train_clip_command(args: argparse.Namespace) -> int:
+    from catts_graph.organism.clip import relevance_lift, train_clip_organism
+    from catts_graph.relevance import ClipRelevance
+
+    path = train_clip_organism(args.out, threads=args.threads)
+    model, tokenizer = load_clip_organism(path)
+    print(f"relevance on the named object (test split): {relevance_lift(ClipRelevance(model, tokenizer))}")
+    return 0
 
 
 def _train_command(args: argparse.Namespace) -> int:

@@ -117,7 +117,7 @@ def load_clip_organism(path: str | Path | None = None) -> tuple[Any, Any]:
     manifest = folder / "clip_organism.json"
     if not manifest.is_file():
         raise FileNotFoundError(
-            f"no CLIP organism at {str(folder)!r}; build it with `catts organism train --which clip`"
+            f"no CLIP organism at {str(folder)!r}; build it with `catts organism train-clip`"
         )
     config = ClipOrganismConfig(**json.loads(manifest.read_text())["config"])
     model = _build(config)

@@ -136,7 +136,7 @@ def test_describe_scene_lists_objects_in_reading_order() -> None:
         lines=((0, 0, 10, 10),),
     )
     assert describe_scene(scene) == (
-        "green triangle top left; yellow circle top left; red circle top right; blue square bottom right."
+        "triangle green top left; circle yellow top left; circle red top right; square blue bottom right."
     )
     assert describe_scene(Scene(digits=(Digit(7, 170, 100), Digit(3, 50, 100)))) == "digits 3 and 7."
     assert describe_scene(Scene(digits=(Digit(5, 100, 100),))) == "digit 5."
@@ -149,7 +149,7 @@ def test_the_description_determines_every_answer_it_could_support() -> None:
     for index in range(0, 200, 5):
         question = make_question("test", index + 1, kind="count")
         text = describe_scene(question.scene)
-        wanted = f"{question.target['colour']} {question.target['shape']} "
+        wanted = f"{question.target['shape']} {question.target['colour']} "
         assert text.count(wanted) == int(question.answer)
 
 
@@ -168,13 +168,13 @@ def test_describe_focus_lists_the_asked_objects_numbered() -> None:
         return describe_focus(Question(kind, 1, "?", None, "0", scene, target))
 
     assert ask("count", {"colour": "red", "shape": "circle"}) == (
-        "red circles: 1 red circle top left; 2 red circle bottom right."
+        "red circles: 1 circle red top left; 2 circle red bottom right."
     )
     assert ask("count", {"colour": "green", "shape": "circle"}) == "green circles: none."
-    assert ask("colour", {"shape": "square"}) == "square: 1 blue square top right."
-    assert ask("position", {"colour": "blue", "shape": "square"}) == "blue square: 1 blue square top right."
+    assert ask("colour", {"shape": "square"}) == "square: 1 square blue top right."
+    assert ask("position", {"colour": "blue", "shape": "square"}) == "blue square: 1 square blue top right."
     assert ask("compare", {"colours": ["blue", "green"]}) == (
-        "blue shapes: 1 blue square top right. green shapes: none."
+        "blue shapes: 1 square blue top right. green shapes: none."
     )
     assert describe_focus(Question("digits", 1, "?", None, "3", Scene(digits=(Digit(3, 9, 9),)), {})) is None
 

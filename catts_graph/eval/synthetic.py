@@ -337,7 +337,7 @@ def _lines(rng: random.Random, n: int) -> tuple[tuple[int, int, int, int], ...]:
 
 
 def describe_scene(scene: Scene) -> str:
-    """What a scene shows, in words: ``"red circle top left; blue square bottom right."`` for shapes
+    """What a scene shows, in words: ``"circle red top left; square blue bottom right."`` for shapes
     (in reading order: by quadrant, then left to right), ``"digits 3 and 7."`` for digits. Clutter
     lines are not mentioned. This is the reasoning the organism models are taught to write before
     their answer (:mod:`catts_graph.organism.train`)."""
@@ -355,12 +355,16 @@ def _reading_order(shapes: Sequence[Shape]) -> list[Shape]:
 
 
 def _entry(shape: Shape) -> str:
-    return f"{shape.colour} {shape.shape} {shape.quadrant}"
+    # Shape first: a question names an object by its shape ("What colour is the square?"), and
+    # what follows the shape is then a forward copy from the description (measured, base
+    # architecture, 250 validation items: colour questions 0.52 after 8,000 steps with colour
+    # first, 0.56 after 1,500 steps with shape first).
+    return f"{shape.shape} {shape.colour} {shape.quadrant}"
 
 
 def describe_focus(question: Question) -> str | None:
     """The objects a question is about, numbered in reading order, under a label copied from the
-    question: ``"green triangles: 1 green triangle top left; 2 green triangle bottom left."``;
+    question: ``"green triangles: 1 triangle green top left; 2 triangle green bottom left."``;
     ``"red circles: none."`` when there are none; for a comparison one such list per colour. ``None``
     for digit questions (their description already holds everything).
 

@@ -4,7 +4,8 @@ Plain supervised fine-tuning on CPU, seeded. A model is built random with
 :func:`~catts_graph.models.tiny.build_tiny_qwen25vl` (the same offline tokenizer, processor and chat
 template as every tiny model here), then taught to answer :mod:`catts_graph.eval.synthetic`
 questions: first what the image shows (:func:`~catts_graph.eval.synthetic.describe_scene`, e.g.
-``red circle top left; blue square bottom right.``), then ``\\boxed{X}``. The loss is on the reply
+``circle red top left; square blue bottom right.``), then the objects the question is about, then
+``\\boxed{X}``. The loss is on the reply
 tokens and the closing ``<|im_end|>`` only.
 
 Why the description: with the bare ``\\boxed{X}`` reply an image teaches one answer token, and

@@ -25,23 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from graph_overhead import split_vote_model  # the same split-vote base model (benchmarks/ is on the path)
 from PIL import Image
 
 from catts_graph import CATTSConfig, build_graph
-from catts_graph.testing import Reply, ScriptCall, ScriptedExpert, ScriptedVLM
+from catts_graph.testing import ScriptedExpert
 
 EXPERT_NODES = ("planner", "voter", "critic")
-
-
-def split_vote_model() -> ScriptedVLM:
-    """Half the samples say A, half B; the reflection (prompted with a critique) says C."""
-
-    def script(call: ScriptCall) -> list[Reply]:
-        if "<critique>" in call.prompt:
-            return [Reply("After the critique: \\boxed{C}", -0.3)] * call.n
-        return [Reply(f"I read \\boxed{{{'AB'[i % 2]}}}", -0.5) for i in range(call.n)]
-
-    return ScriptedVLM(script)
 
 
 def graph_with(expert: ScriptedExpert, *, sync_only: bool) -> Any:

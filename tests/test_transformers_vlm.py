@@ -19,25 +19,9 @@ PROMPT = "What colour is the square?"
 ATOL = 1e-4  # float32 on CPU; a wrong rope position shifts log-probs by more (see the uncached test)
 
 
-def _uncached_logprobs(vlm: TransformersVLM, image: Image.Image, prompt: str, ids: list[int]) -> list[float]:
-    """Reference: one plain forward over prompt + continuation, positions computed by the model."""
-    inputs = vlm._encode([image], prompt)
-    cont = torch.tensor([ids])
-    full = {
-        **inputs,
-        "input_ids": torch.cat([inputs["input_ids"], cont], 1),
-        "attention_mask": torch.ones(1, inputs["input_ids"].shape[1] + len(ids), dtype=torch.long),
-        "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(cont)], 1),
-    }
-    vlm.model.model.rope_deltas = None
-    with torch.no_grad():
-        logprobs = torch.log_softmax(vlm.model(**full).logits[0].float(), -1)
-    start = inputs["input_ids"].shape[1] - 1
-    return logprobs[start : start + len(ids)].gather(1, cont[0][:, None])[:, 0].tolist()
-
-
-def _uncached_entropies(vlm: TransformersVLM, image: Image.Image, prompt: str, ids: list[int]) -> list[float]:
-    """Reference: ``H_t = -sum_v p_t(v) log p_t(v)`` from one plain forward's full logits, in float64."""
+def _uncached_logits(vlm: TransformersVLM, image: Image.Image, prompt: str, ids: list[int]) -> torch.Tensor:
+    """Reference: one plain forward over prompt + continuation (positions computed by the model);
+    the float64 logits that predict each continuation token."""
     inputs = vlm._encode([image], prompt)
     cont = torch.tensor([ids])
     full = {
@@ -50,8 +34,19 @@ def _uncached_entropies(vlm: TransformersVLM, image: Image.Image, prompt: str, i
     with torch.no_grad():
         logits = vlm.model(**full).logits[0].double()
     start = inputs["input_ids"].shape[1] - 1
-    step = torch.distributions.Categorical(logits=logits[start : start + len(ids)])
-    return step.entropy().tolist()
+    return logits[start : start + len(ids)]
+
+
+def _uncached_logprobs(vlm: TransformersVLM, image: Image.Image, prompt: str, ids: list[int]) -> list[float]:
+    logprobs = torch.log_softmax(_uncached_logits(vlm, image, prompt, ids), -1)
+    return logprobs.gather(1, torch.tensor(ids)[:, None])[:, 0].tolist()
+
+
+def _uncached_entropies(vlm: TransformersVLM, image: Image.Image, prompt: str, ids: list[int]) -> list[float]:
+    """``H_t = -sum_v p_t(v) log p_t(v)`` over the whole vocabulary."""
+    return (
+        torch.distributions.Categorical(logits=_uncached_logits(vlm, image, prompt, ids)).entropy().tolist()
+    )
 
 
 def _close(a: list[float], b: list[float], atol: float = ATOL) -> bool:

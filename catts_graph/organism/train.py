@@ -113,7 +113,7 @@ CONFIGS: dict[str, OrganismConfig] = {
         vision_hidden_size=128,
         vision_depth=3,
         vision_num_heads=4,
-        steps=8000,
+        steps=5000,
         easy_share=0.15,
     ),
     "expert": OrganismConfig(

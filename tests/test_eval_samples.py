@@ -181,7 +181,7 @@ def test_samples_errors_before_any_work(tmp_path, capsys):
         args = ["eval", "--benchmark", "mmstar", "--source", str(data), "--samples", str(path)]
         assert main([*args, "--run-dir", str(tmp_path / "run"), *extra]) == 2
         assert not (tmp_path / "run" / "results.sqlite").exists()
-        return capsys.readouterr().out.replace("\n", " ")
+        return capsys.readouterr().err.replace("\n", " ")
 
     assert "no responses for 1 of the 2 items ('1')" in run("--method", "majority", "--n", "1")
     path.write_text(path.read_text() + json.dumps({"id": 1, "text": "x", "token_logprobs": [-1.0]}) + "\n")

@@ -200,7 +200,8 @@ def test_probe_command_end_to_end(tmp_path, tiny_model_dir, tiny_image, capsys):
         ]
     )
     assert bad.func(bad) == 2
-    assert "unknown kind 'fog'" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "unknown kind 'fog'" in printed.err and "fog" not in printed.out  # errors go to stderr
 
 
 def test_an_interrupted_probe_resumes_to_the_uninterrupted_table(tmp_path, tiny_image):

@@ -296,7 +296,8 @@ def test_report_command(tmp_path, capsys):
     assert "report.md" in out and "catts_adaptive" in out
     missing = parser.parse_args(["report", str(tmp_path / "nowhere")])
     assert missing.func(missing) == 2
-    assert "no results.sqlite" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "no results.sqlite" in printed.err and not printed.out
 
 
 def test_write_report_names_the_missing_database(tmp_path):

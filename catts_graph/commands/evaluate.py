@@ -146,7 +146,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
             console=console,
         )
     except (MetaMismatch, ValueError) as err:
-        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
+        Console(stderr=True).print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
     return 0
 
@@ -258,7 +258,7 @@ def _probe_command(args: argparse.Namespace) -> int:
                 progress=lambda: bar.advance(task),
             )
     except (InputError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
+        Console(stderr=True).print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
     console.print(f"{run.written} rows answered, {run.skipped} already stored, in {store_path}")
     console.print(summary_table(probe_summary(store_path), title=f"probe: {args.benchmark}"))
@@ -286,7 +286,7 @@ def _report_command(args: argparse.Namespace) -> int:
     try:
         path = write_report(args.run_dir)
     except (FileNotFoundError, ValueError, StoreError) as err:
-        console.print(f"[red]error:[/] {escape(redact(str(err)))}")
+        Console(stderr=True).print(f"[red]error:[/] {escape(redact(str(err)))}")
         return 2
     summaries = method_summaries(Path(args.run_dir) / DB_FILENAME)
     if summaries:

@@ -4,17 +4,21 @@
 "question": ...})`` returns the answer, its confidence, the candidates' scores, the samples and a
 trace of every decision.
 
-The layers, bottom up (each imports only those below it; ``lint-imports`` checks it):
+The layers, bottom up (each imports only those below it; ``lint-imports`` checks the contracts in
+``pyproject.toml``):
 
-- pure math: ``confidence``, ``answers``, ``voting``, ``metrics``, ``vcd`` math, ``perturb``,
-  ``step_confidence``: numpy and PIL only;
-- the task layer (``task``, ``prompts``, ``images``, ``config``, ``samples``): the benchmark item,
-  input checks, prompt selection, correctness, per-item seeds, the typed sample record;
-- ``models``: the base-model protocol and its backends;
+- pure math: ``confidence``, ``answers``, ``voting``, ``metrics``, ``vcd``, ``perturb``,
+  ``redaction``, ``formatting``: numpy and PIL only; then ``config``;
+- ``images`` and ``prompts`` (reading and decoding inputs, prompt templates);
+- the task layer, ``task``: the benchmark item, input checks, prompt selection, correctness,
+  per-item seeds, the typed sample record;
+- ``models`` (the base-model protocol and its backends) and ``state`` (the graph's state schema);
+- ``samples`` (a response -> its record) and ``relevance`` (CLIP relevance maps);
 - ``experts``: Planner, Voter and Critic over any LangChain chat model;
-- ``scoring`` / ``policy``, then ``nodes``, then ``graph`` (and ``state``);
-- ``eval``: datasets, runner, probe, report;
-- applications: ``organism``, ``specs``, ``studio``, ``cli`` (and ``training/`` beside the package).
+- ``scoring``, ``policy``, then ``nodes``, then ``graph``;
+- ``eval``: datasets, runner, probe, report, the result store;
+- applications: ``organism``, ``specs``, ``commands``, ``studio``, ``testing``, ``cli``; and
+  ``training/`` beside the package, which the package never imports.
 
 The names below are imported on first use (PEP 562), so ``import catts_graph.voting`` loads numpy,
 not LangGraph or torch.

@@ -218,8 +218,9 @@ def test_the_pool_replays_exactly_what_the_real_model_would_sample(tmp_path, tin
     assert comparable(via_pool.trace) == comparable(direct["trace"])
 
 
-def test_runner_rejects_bad_settings_before_any_work(tmp_path, tiny_vlm):
-    item = Item(
+def _choice_item(tmp_path) -> Item:
+    """A two-option item whose image path lies in ``tmp_path`` (written by the test when needed)."""
+    return Item(
         id="q",
         benchmark="mmstar",
         images=[str(tmp_path / "x.png")],
@@ -228,6 +229,10 @@ def test_runner_rejects_bad_settings_before_any_work(tmp_path, tiny_vlm):
         answer="A",
         answer_type="choice",
     )
+
+
+def test_runner_rejects_bad_settings_before_any_work(tmp_path, tiny_vlm):
+    item = _choice_item(tmp_path)
     kwargs: dict[str, Any] = dict(
         ns=[1], base_model=tiny_vlm, expert=None, run_dir=tmp_path, console=Console(file=io.StringIO())
     )
@@ -327,15 +332,7 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tmp_path, tiny_
 
 
 def test_a_second_evaluation_into_a_busy_run_directory_is_refused(tmp_path, tiny_vlm):
-    item = Item(
-        id="q",
-        benchmark="mmstar",
-        images=[str(tmp_path / "x.png")],
-        question="Q?",
-        options=["a", "b"],
-        answer="A",
-        answer_type="choice",
-    )
+    item = _choice_item(tmp_path)
     Image.new("RGB", (28, 28)).save(tmp_path / "x.png")
     kwargs: dict[str, Any] = dict(
         methods=["greedy"],

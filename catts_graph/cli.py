@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     _warn_if_every_expert_call_failed(result, console)
     noised: dict[str, Any] | None = None
     if args.noise is not None:
-        noised = _stream(graph, _noised_inputs(inputs, images, args.noise), console)
+        noised = _stream(graph, _noised_inputs(inputs, images, args.noise, base_model), console)
         _warn_if_every_expert_call_failed(noised, console)
     if args.json:
         print(json.dumps({**result, "noised": noised} if noised else result, indent=2, default=str))
@@ -195,11 +195,15 @@ def _stream(graph: Any, inputs: dict[str, Any], console: Console) -> dict[str, A
     return result
 
 
-def _noised_inputs(inputs: dict[str, Any], images: Sequence[Any], strength: float) -> dict[str, Any]:
-    """The same question with every image under Gaussian noise (seeded: the same pixels every run)."""
-    from catts_graph.perturb import gaussian
+def _noised_inputs(
+    inputs: dict[str, Any], images: Sequence[Any], strength: float, base_model: Any
+) -> dict[str, Any]:
+    """The same question with every image under Gaussian noise at the base model's input size
+    (seeded: the same pixels every run)."""
+    from catts_graph.models.base import input_size_of
+    from catts_graph.perturb import perturbed_views
 
-    noised = [gaussian(image, strength, seed=i) for i, image in enumerate(images)]
+    _, noised = perturbed_views(images, "gaussian", strength, 0, input_size=input_size_of(base_model))
     return {
         "question": inputs["question"],
         "options": inputs["options"],

@@ -13,6 +13,15 @@ under a noised copy, and CDRL trains on original/noised pairs. Every perturbatio
   the other kinds blend per pixel, ``out = w * f(image) + (1 - w) * image``.
 
 Outputs are 8-bit RGB. :data:`PERTURBATIONS` names them all and :func:`perturb` dispatches by name.
+
+**Noise at the resolution the model sees.** A vision-language model's processor resizes every image
+to its input size before the model sees it, so a perturbation applied to the full-size image means
+something different for every image size (a 2x downscale halves the pixel noise a model sees).
+:func:`perturbed_views` therefore resizes first, to the size an ``input_size`` function names (a
+backend's :meth:`input_size`), and perturbs the image at that size, as VCD adds its noise to the
+processor's tensor. It returns the clean views beside the perturbed ones, so a comparison of the two
+differs only by the perturbation, never by resampling. The visual self-check, the probe and the CDRL
+pairs all noise through it.
 :func:`gaussian_tensor` and :func:`diffusion_tensor` do the same to a processor's normalised pixel
 tensor, which is where VCD itself adds its noise.
 
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,11 +53,16 @@ __all__ = [
     "mosaic",
     "occlusion",
     "perturb",
+    "perturbed_views",
     "region_weights",
+    "resize_to",
     "strength_to_step",
     "vcd_alphas_cumprod",
     "viewpoint",
 ]
+
+InputSize = Callable[[Image.Image], "tuple[int, int] | None"]
+"""The ``(width, height)`` a model's processor resizes an image to, or None to keep its size."""
 
 DIFFUSION_STEPS = 1000
 
@@ -301,6 +315,51 @@ def perturb(image: Image.Image, kind: str, strength: float, seed: int = 0, **opt
     except (KeyError, TypeError):
         raise ValueError(f"kind={kind!r}: expected one of {', '.join(PERTURBATIONS)}") from None
     return function(image, strength, seed, **options)
+
+
+def resize_to(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """The image as RGB at ``size = (width, height)`` (bicubic, as Qwen-VL processors resample);
+    ``None`` or its own size gives an RGB copy."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image: got {type(image).__name__}, expected a PIL image")
+    rgb = image.convert("RGB")
+    if size is None or tuple(size) == rgb.size:
+        return rgb
+    width, height = size
+    if not all(isinstance(v, numbers.Integral) and v > 0 for v in (width, height)):
+        raise ValueError(f"size={size!r}: expected (width, height) of positive ints")
+    return rgb.resize((int(width), int(height)), Image.Resampling.BICUBIC)
+
+
+def perturbed_views(
+    images: Sequence[Image.Image],
+    kind: str,
+    strength: float,
+    seed: int = 0,
+    *,
+    input_size: InputSize | None = None,
+    regions: Sequence[np.ndarray | None] | None = None,
+    **options: Any,
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """Each image at the model's input size, and a perturbed copy of it: ``(views, perturbed)``.
+
+    ``views[i] = resize_to(images[i], input_size(images[i]))`` (the image itself without
+    ``input_size``) and ``perturbed[i] = perturb(views[i], kind, strength, seed + i, region=regions[i])``:
+    image ``i`` draws from seed ``seed + i``, so two same-size images of a question never get the
+    same noise. Feeding ``views`` (not the originals) as the clean branch leaves the perturbation
+    as the only difference between the two. A region map of any size is resized to the view.
+    """
+    images = list(images)
+    if regions is not None and len(regions) != len(images):
+        raise ValueError(f"regions: got {len(regions)} maps for {len(images)} images")
+    _check_seed(seed)
+    views = [resize_to(image, input_size(image) if input_size is not None else None) for image in images]
+    perturbed = []
+    for i, view in enumerate(views):
+        region = regions[i] if regions is not None else None
+        extra = dict(options) if region is None else {**options, "region": region}
+        perturbed.append(perturb(view, kind, strength, seed + i, **extra))
+    return views, perturbed
 
 
 def region_weights(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:

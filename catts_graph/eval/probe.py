@@ -1,9 +1,10 @@
 """The probing experiment: does the model's confidence follow what it can see?
 
 Each item is answered on its clean image(s) and on copies damaged by each perturbation kind at each
-strength level (:func:`catts_graph.perturb.perturb`, strength in [0, 1]). A perceptually blunt model
-loses accuracy as the level rises while its confidence (``exp(-NMLP)``) barely moves; after CDRL the
-confidence should fall with the accuracy (PAPER.md).
+strength level (:func:`catts_graph.perturb.perturb`, strength in [0, 1]), applied at the size the
+model's processor resizes the image to (:func:`catts_graph.perturb.perturbed_views`). A perceptually
+blunt model loses accuracy as the level rises while its confidence (``exp(-NMLP)``) barely moves;
+after CDRL the confidence should fall with the accuracy (PAPER.md).
 
 Storage (the ``probe`` table of ``results.sqlite``, one row per item, kind and level):
 
@@ -44,7 +45,8 @@ from catts_graph.eval.scoring import judge_answer
 from catts_graph.eval.store import ResultStore, read_store
 from catts_graph.formatting import number
 from catts_graph.images import load_image
-from catts_graph.perturb import PERTURBATIONS, perturb
+from catts_graph.models.base import input_size_of
+from catts_graph.perturb import PERTURBATIONS, perturbed_views, resize_to
 from catts_graph.samples import describe_sample
 from catts_graph.task import base_prompt, item_seed
 
@@ -235,6 +237,8 @@ def run_probe(
         "n": n,
         "temperature": 0.0 if n == 1 else float(temperature),
         "max_new_tokens": max_new_tokens,
+        # Probes made before noise moved to the model's input size are not resumed into.
+        "noise_at": "model input size",
         **dict(info or {}),
     }
     written = skipped = 0
@@ -255,11 +259,13 @@ def run_probe(
             ]
             prompt = base_prompt(item.question, item.options, base_model)
             seed_of_item = item_seed(seed, item.id)
+            size = input_size_of(base_model)
+            views = [resize_to(image, size(image) if size else None) for image in clean]
             for kind, level in todo:
                 images = (
-                    clean
+                    views
                     if kind == CLEAN
-                    else [perturb(image, kind, level, seed=seed_of_item + i) for i, image in enumerate(clean)]
+                    else perturbed_views(clean, kind, level, seed_of_item, input_size=size)[1]
                 )
                 answer, correct, confidence, nmlp = _answer(
                     base_model,

@@ -10,7 +10,7 @@ validated here for every backend.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -145,6 +145,18 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def input_size_of(model: Any) -> Callable[[Image.Image], tuple[int, int] | None] | None:
+    """The backend's ``input_size(image) -> (width, height) | None``, or None when it declares none.
+
+    ``input_size`` is optional: the size the backend's processor resizes an image to before the
+    model sees it (:meth:`TransformersVLM.input_size`). Perturbations are applied at that size
+    (:func:`catts_graph.perturb.perturbed_views`); a backend that cannot say (a remote server) has
+    its images perturbed at their own size.
+    """
+    function = getattr(model, "input_size", None)
+    return function if callable(function) else None
 
 
 def check_n(n: Any) -> int:

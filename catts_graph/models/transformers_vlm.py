@@ -46,6 +46,7 @@ __all__ = [
     "Continuation",
     "TransformersVLM",
     "prefill",
+    "processor_input_size",
     "response_ids",
     "stop_token_ids",
     "teacher_forced_logprobs",
@@ -145,6 +146,10 @@ class TransformersVLM:
         )
         vlm.declared = settings
         return vlm
+
+    def input_size(self, image: Image.Image) -> tuple[int, int] | None:
+        """The ``(width, height)`` the processor resizes ``image`` to (see :func:`processor_input_size`)."""
+        return processor_input_size(self.processor, image)
 
     @property
     def device(self) -> torch.device:
@@ -662,6 +667,30 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype={dtype!r}: expected a torch.dtype, 'auto' or one of {sorted(_DTYPES)}")
+
+
+def processor_input_size(processor: Any, image: Image.Image) -> tuple[int, int] | None:
+    """The ``(width, height)`` a Qwen2-VL-style processor resizes ``image`` to, or None for another.
+
+    Qwen2-VL's ``smart_resize``: both sides rounded to multiples of ``patch_size * merge_size``,
+    then scaled (keeping the aspect ratio) into ``[shortest_edge, longest_edge]`` pixels.
+    """
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    image_processor = getattr(processor, "image_processor", processor)
+    size = getattr(image_processor, "size", None)
+    patch = getattr(image_processor, "patch_size", None)
+    merge = getattr(image_processor, "merge_size", None)
+    try:
+        min_pixels, max_pixels = size["shortest_edge"], size["longest_edge"]
+    except (KeyError, TypeError):
+        return None
+    if not (min_pixels and max_pixels and patch and merge):
+        return None
+    height, width = smart_resize(
+        image.height, image.width, factor=patch * merge, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    return (width, height)
 
 
 def _limit_pixels(processor: Any, max_pixels: int) -> None:

@@ -1,9 +1,10 @@
 """``visual_self_check``: which candidate answer really rests on the image?
 
 Each top candidate's most confident supporting response is scored teacher-forced under the original
-image and under a noised copy (VCD's diffusion noise). An answer grounded in the image loses support
-when the image is noised: grounding ``g = mean_lp_orig - mean_lp_noised``. The winner has the best
-contrastive score ``(1 + alpha) * mean_lp_orig - alpha * mean_lp_noised`` and gets the tau3 boost.
+image and under a noised copy (VCD's diffusion noise, added at the model's input size). An answer
+grounded in the image loses support when the image is noised: grounding
+``g = mean_lp_orig - mean_lp_noised``. The winner has the best contrastive score
+``(1 + alpha) * mean_lp_orig - alpha * mean_lp_noised`` and gets the tau3 boost.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from langgraph.runtime import Runtime
 from catts_graph import scoring
 from catts_graph.config import CATTSConfig
 from catts_graph.images import load_images
+from catts_graph.models.base import input_size_of
 from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
 from catts_graph.nodes.voter import best_supporting
-from catts_graph.perturb import diffusion_noise
+from catts_graph.perturb import DIFFUSION_STEPS, perturbed_views
 from catts_graph.state import CATTSState
 from catts_graph.vcd import contrastive_score, grounding_score
 
@@ -48,14 +50,17 @@ def make_visual_self_check(deps: Deps) -> Callable[..., dict[str, Any]]:
         ranked = sorted(tally.votes, key=lambda a: -scores[a])[: config.self_check_candidates]
         texts = [best_supporting(samples, tally.members[a])["text"] for a in ranked]
         images = load_images(state["image_refs"], config)
-        # One seed per image: two same-size images of a question must not get the same noise.
-        noised = [
-            diffusion_noise(image, step=config.noise_step, seed=config.seed + i)
-            for i, image in enumerate(images)
-        ]
+        # At the model's input size, so a noise step means the same for every image size.
+        views, noised = perturbed_views(
+            images,
+            "diffusion",
+            config.noise_step / DIFFUSION_STEPS,
+            config.seed,
+            input_size=input_size_of(deps.base_model),
+        )
         progress(runtime, "visual_self_check", "scoring", candidates=len(ranked))
         with timed() as timer:
-            original = deps.base_model.score(images, state["prompt"], texts)
+            original = deps.base_model.score(views, state["prompt"], texts)
             perturbed = deps.base_model.score(noised, state["prompt"], texts)
         rows: dict[str, dict[str, float]] = {}
         for answer, lp_orig, lp_noised in zip(ranked, original, perturbed, strict=True):

@@ -26,14 +26,14 @@ def evaluate_organism(
 
     ``model`` is a :class:`~catts_graph.models.TransformersVLM` or a checkpoint folder. ``noise``
     is the strength of :func:`catts_graph.perturb.gaussian` (0: clean; 1: sigma 0.5 of the pixel
-    range), seeded per item.
+    range), added at the model's input size and seeded per item.
     """
     from catts_graph.answers import extract_answer
     from catts_graph.confidence import confidence_from_nmlp, nmlp
     from catts_graph.eval.synthetic import load_synthetic
     from catts_graph.images import decode_image, read_reference
     from catts_graph.models import TransformersVLM
-    from catts_graph.perturb import gaussian
+    from catts_graph.perturb import perturbed_views
     from catts_graph.task import base_prompt, is_correct
 
     vlm = model if isinstance(model, TransformersVLM) else TransformersVLM.from_pretrained(Path(model))
@@ -41,7 +41,7 @@ def evaluate_organism(
     for number, item in enumerate(load_synthetic(split, limit=limit, seed=seed)):
         image = decode_image(read_reference(item.images[0], name=item.id), name=item.id)
         if noise > 0:
-            image = gaussian(image, noise, seed=number)
+            image = perturbed_views([image], "gaussian", noise, number, input_size=vlm.input_size)[1][0]
         (sample,) = vlm.sample(
             [image],
             base_prompt(item.question, item.options, vlm),

@@ -34,8 +34,10 @@ __all__ = [
     "mean_token_entropy",
     "nmlp",
     "span_nmlp",
+    "CLAUSE_CUT",
     "split_steps",
     "step_confidences",
+    "step_tokens",
     "tail_confidence",
     "token_confidence",
     "token_entropy",
@@ -213,16 +215,20 @@ _STEP_CUT = re.compile(r"\n|[.!?](?=\s)")
 _LIST_MARKER = re.compile(r"\d+\.")
 
 
-def split_steps(text: str) -> list[tuple[int, int]]:
+# Clauses as well: also after ``;`` followed by whitespace (the organism's one object per clause).
+CLAUSE_CUT = re.compile(r"\n|[.!?;](?=\s)")
+
+
+def split_steps(text: str, cut: re.Pattern[str] = _STEP_CUT) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of the reasoning steps of ``text``.
 
     Steps are cut at newlines and after ``.``/``!``/``?`` followed by whitespace (but not after a
-    leading list marker such as ``1.``); each span is stripped of surrounding whitespace and
-    whitespace-only spans are dropped.
+    leading list marker such as ``1.``); ``cut=CLAUSE_CUT`` also cuts after ``;``. Each span is
+    stripped of surrounding whitespace and whitespace-only spans are dropped.
     """
     spans = []
     start = 0
-    for match in _STEP_CUT.finditer(text):
+    for match in cut.finditer(text):
         if _LIST_MARKER.fullmatch(text[start : match.end()].strip()):
             continue
         spans.append((start, match.end()))
@@ -257,37 +263,48 @@ def step_confidences(tokens: Sequence[str], token_logprobs: Sequence[float]) -> 
     belongs to the preceding token's step (the next one's if none precedes). ``index`` is the step's
     position in ``split_steps(text)``; steps that receive no token are dropped.
     """
-    offsets = _token_offsets(tokens, token_logprobs)
+    _token_offsets(tokens, token_logprobs)
     text = "".join(tokens)
     spans = split_steps(text)
-    starts = [start for start, _ in spans]
-    owner: list[int | None] = []
-    for i, token in enumerate(tokens):
-        content = token.lstrip()
-        first_char = offsets[i] + len(token) - len(content)
-        owner.append(bisect.bisect_right(starts, first_char) - 1 if content else None)
-    members: dict[int, list[float]] = {}
-    leading: list[float] = []  # whitespace tokens seen before any step; they join the first one
-    current: int | None = None
-    for step, logprob in zip(owner, token_logprobs, strict=True):
-        current = step if step is not None else current
-        if current is None:
-            leading.append(logprob)
-            continue
-        if current not in members:
-            members[current], leading = leading, []
-        members[current].append(logprob)
     return [
         StepConfidence(
             index=step,
             text=text[spans[step][0] : spans[step][1]],
             start=spans[step][0],
             end=spans[step][1],
-            n_tokens=len(logprobs),
-            nmlp=nmlp(logprobs),
+            n_tokens=len(members),
+            nmlp=nmlp([token_logprobs[i] for i in members]),
         )
-        for step, logprobs in sorted(members.items())
+        for step, members in step_tokens(tokens, spans).items()
     ]
+
+
+def step_tokens(tokens: Sequence[str], spans: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """The indices of the tokens of each step (``spans`` from :func:`split_steps` of ``"".join(tokens)``).
+
+    A token belongs to the step holding its first non-whitespace character; a whitespace-only token
+    belongs to the preceding token's step (the next one's if none precedes). Steps that receive no
+    token are left out; the keys are in step order.
+    """
+    offsets = [0]
+    for token in tokens:
+        offsets.append(offsets[-1] + len(token))
+    starts = [start for start, _ in spans]
+    members: dict[int, list[int]] = {}
+    leading: list[int] = []  # whitespace tokens seen before any step; they join the first one
+    current: int | None = None
+    for i, token in enumerate(tokens):
+        content = token.lstrip()
+        first_char = offsets[i] + len(token) - len(content)
+        step = bisect.bisect_right(starts, first_char) - 1 if content else None
+        current = step if step is not None and step >= 0 else current
+        if current is None:
+            leading.append(i)
+            continue
+        if current not in members:
+            members[current], leading = leading, []
+        members[current].append(i)
+    return dict(sorted(members.items()))
 
 
 def least_confident_step(tokens: Sequence[str], token_logprobs: Sequence[float]) -> StepConfidence | None:

@@ -20,6 +20,7 @@ _LAZY = {
     "ReplayVLM": "catts_graph.models.replay",
     "NotRecordedError": "catts_graph.models.replay",
     "serve": "catts_graph.models.loopback_server",
+    "MiniLMEncoder": "catts_graph.models.encoders",
 }
 
 __all__ = ["BaseVLM", "Sample", "SamplingParams", "TokenLogprobs", *_LAZY]

@@ -208,8 +208,8 @@ class StepCalibrator:
     """Normalisation, fusion weights, level cut points and level accuracies fitted on validation steps.
 
     ``reference[name]``: the sorted validation confidences of each signal; ``weights[name]``;
-    ``cuts``: the four fused quintiles; ``level_accuracy[level - 1]`` (NaN for a level no
-    validation step reached, or when no labels were given); ``level_counts``.
+    ``cuts``: the four fused quintiles; ``level_accuracy[level - 1]`` (the overall validation
+    accuracy for a level no validation step reached; NaN when no labels were given); ``level_counts``.
     """
 
     reference: dict[str, list[float]]
@@ -248,8 +248,11 @@ class StepCalibrator:
         levels = np.array([calibrator.level(f) for f in fused])
         calibrator.level_counts = [int((levels == k).sum()) for k in range(1, LEVELS + 1)]
         labels = None if correct is None else np.asarray(correct, dtype=np.float64)
+        # A level no validation step reached (ties at a cut) takes the overall validation accuracy.
         calibrator.level_accuracy = [
-            float(labels[levels == k].mean()) if labels is not None and (levels == k).any() else math.nan
+            math.nan
+            if labels is None
+            else float(labels[levels == k].mean() if (levels == k).any() else labels.mean())
             for k in range(1, LEVELS + 1)
         ]
         return calibrator

@@ -10,8 +10,9 @@ random model stops at random places):
   code's), which prefills the prefix 8 times and keeps a full-vocabulary score row per token.
 
 Also measured: prefix positions the language model prefills per question (a forward hook), memory
-kept by the log-prob capture, and the visual self-check's cost (two batched ``score`` calls of 4
-continuations, original and noised image) as a fraction of one N=8 call. Prints measured numbers only.
+kept by the log-prob capture, and the visual self-check's cost (two batched ``score`` calls of 16
+continuations, 4 candidates in 4 frames, original and noised image) as a fraction of one N=8 call.
+Prints measured numbers only.
 
     python benchmarks/sampling.py                 # tiny model, then a ~125M-parameter one (152k vocab)
     python benchmarks/sampling.py --skip-medium   # tiny model only
@@ -160,7 +161,8 @@ def run(name: str, vlm: TransformersVLM, image: Image.Image, tokens: int, top_k:
             peak = torch.cuda.max_memory_allocated() - start
             print(f"CUDA peak above the weights, {label}: {peak / 2**20:.1f} MiB")
 
-    continuations = list(samples)[:4]  # type: ignore[call-overload]
+    # 4 candidates written into 4 frames: 16 continuations about as long as the responses.
+    continuations = [sample for sample in list(samples)[:4] for _ in range(4)]  # type: ignore[call-overload]
     noised = image.filter(ImageFilter.GaussianBlur(4))
 
     def self_check() -> None:
@@ -169,7 +171,7 @@ def run(name: str, vlm: TransformersVLM, image: Image.Image, tokens: int, top_k:
 
     check = median_seconds(self_check, repeats)
     print(
-        f"self-check (2 score calls, 4 continuations of {tokens} tokens): {check:.3f} s = "
+        f"self-check (2 score calls, 16 continuations of {tokens} tokens): {check:.3f} s = "
         f"{check / base:.2f} of one sample(n=8) call"
     )
 

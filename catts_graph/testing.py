@@ -51,7 +51,7 @@ class ScriptCall:
 
 
 Script = Callable[[ScriptCall], Sequence[Reply | str]]
-Scorer = Callable[[Sequence[Image.Image], str, str], float]
+Scorer = Callable[[Sequence[Image.Image], str, str], float | Sequence[float]]
 
 
 def tokenize(text: str) -> list[str]:
@@ -64,7 +64,8 @@ class ScriptedVLM:
     """A base model whose ``sample`` answers from ``script`` and whose ``score`` uses ``scorer``.
 
     ``script`` gets a :class:`ScriptCall` and returns ``n`` replies. ``scorer(images, prompt,
-    continuation)`` gives the mean log-prob per token of a teacher-forced continuation (default -1).
+    continuation)`` gives the log-prob of every token of a teacher-forced continuation (one float,
+    default -1) or of each token in turn (a sequence, one per token of :func:`tokenize`).
     ``latency`` seconds are slept per call, to model a slow backend. Every call is recorded in
     ``calls`` (kind, prompt, n).
     """
@@ -146,10 +147,16 @@ class ScriptedVLM:
         results = []
         for text in continuations:
             tokens = tokenize(text)
-            mean = -1.0 if self.scorer is None else self.scorer(images, prompt, text)
-            results.append(
-                TokenLogprobs(token_ids=self._ids(tokens), logprobs=[mean] * len(tokens), tokens=tokens)
-            )
+            scored = -1.0 if self.scorer is None else self.scorer(images, prompt, text)
+            if isinstance(scored, (int, float)):
+                logprobs = [float(scored)] * len(tokens)
+            else:
+                logprobs = [float(v) for v in scored]
+                if len(logprobs) != len(tokens):
+                    raise ValueError(
+                        f"scorer gave {len(logprobs)} log-probs for the {len(tokens)} tokens of {text!r}"
+                    )
+            results.append(TokenLogprobs(token_ids=self._ids(tokens), logprobs=logprobs, tokens=tokens))
         return results
 
 

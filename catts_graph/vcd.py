@@ -15,8 +15,10 @@ Three levels here:
 - :func:`contrastive_logits`: the formula on one step's logits.
 - :class:`VCDLogitsProcessor`: full VCD decoding inside ``model.generate``, greedy or sampling (the
   official code patches one sampling loop, and greedy and beam search silently skip the contrast).
-- :func:`grounding_score` and :func:`contrastive_score`: the same contrast on sequence level, for
-  the graph's ``visual_self_check``, which scores finished responses teacher-forced under both images.
+- :func:`grounding_score` and :func:`contrastive_score`: the same contrast on sequence level;
+  :func:`answer_logprob` and :func:`answer_contrast` apply it to the graph's ``visual_self_check``,
+  which scores each candidate answer teacher-forced on common frames (the same responses with only
+  the answer swapped) under both images.
 
 Torch is imported inside the functions that need it, so the graph can import the sequence-level
 scores without loading torch.
@@ -28,12 +30,20 @@ import math
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["VCDLogitsProcessor", "contrastive_logits", "contrastive_score", "grounding_score"]
+__all__ = [
+    "AnswerContrast",
+    "VCDLogitsProcessor",
+    "answer_contrast",
+    "answer_logprob",
+    "contrastive_logits",
+    "contrastive_score",
+    "grounding_score",
+]
 
 
 def contrastive_logits(
@@ -263,6 +273,94 @@ def contrastive_score(mean_lp_orig: float, mean_lp_noised: float, alpha: float) 
     how much of it the image provides.
     """
     return (1.0 + _check_alpha(alpha)) * mean_lp_orig - alpha * mean_lp_noised
+
+
+def answer_logprob(tokens: Sequence[str], logprobs: Sequence[float], start: int, end: int) -> float:
+    """Log-probability of the answer written at characters ``[start, end)`` of ``"".join(tokens)``.
+
+    ``sum(logprobs[t])`` over the tokens t that write a character of ``[start, end]``: the answer's
+    own and the token that writes character ``end``, the one that closes the answer (``}`` of a
+    box, the period after "the answer is X"), when there is one. The closing token makes this the
+    probability of the answer *ending there*: without it "1" would always score at least as well
+    as "12", whose first token it shares. A token counts when its characters overlap the range, so
+    a token that also writes part of the frame around the answer counts too; an empty piece (a
+    character split across tokens, see :func:`catts_graph.models.base.align_tokens`) counts with
+    the character after it.
+
+    A sum, not a mean: it is the log-probability of writing this answer, comparable between answers
+    of different token lengths (a mean per token would let an answer with near-certain later tokens,
+    "San Francisco", look likelier than a one-token one), and VCD's per-step contrast summed over
+    the answer's steps is the contrast of these sums.
+    """
+    if len(tokens) != len(logprobs):
+        raise ValueError(
+            f"logprobs: has {len(logprobs)} entries but tokens has {len(tokens)}; expected one each"
+        )
+    if not 0 <= start < end:
+        raise ValueError(f"start={start}, end={end}: expected 0 <= start < end (a non-empty answer)")
+    length = sum(len(token) for token in tokens)
+    total, selected, position = 0.0, 0, 0
+    for token, logprob in zip(tokens, logprobs, strict=True):
+        # An empty piece (part of a character split across tokens) belongs to the next character.
+        last = position + max(len(token), 1)
+        if last > start and position <= end and position < length:
+            total += logprob
+            selected += 1
+        position += len(token)
+    if selected == 0:
+        raise ValueError(f"tokens: none writes the characters [{start}, {end}) of a {length}-character text")
+    return total
+
+
+class AnswerContrast(NamedTuple):
+    """One candidate's self-check numbers (:func:`answer_contrast`)."""
+
+    lp_orig: float
+    """Mean over the frames of the answer's log-prob under the original image."""
+    lp_noised: float
+    """The same under the noised image."""
+    grounding: float
+    """``lp_orig - lp_noised``: how much support the image gives the answer."""
+    contrastive: float
+    """``(1 + alpha) * lp_orig - alpha * lp_noised`` (:func:`contrastive_score`)."""
+
+
+def answer_contrast(
+    lp_orig: Sequence[Sequence[float]], lp_noised: Sequence[Sequence[float]], alpha: float
+) -> list[AnswerContrast]:
+    """The self-check's contrast of each candidate from its answer log-probs on common frames.
+
+    ``lp_orig[c][f]`` is candidate c's :func:`answer_logprob` in frame f (a response with its answer
+    replaced by c's) under the original image, ``lp_noised[c][f]`` under the noised one. Every
+    candidate must be scored on the same F >= 1 frames, so that only the answer differs::
+
+        lp_orig(c) = (1 / F) * sum_f lp_orig[c][f]        (lp_noised(c) likewise)
+        grounding(c) = lp_orig(c) - lp_noised(c)
+        contrastive(c) = (1 + alpha) * lp_orig(c) - alpha * lp_noised(c)
+    """
+    if len(lp_noised) != len(lp_orig):
+        raise ValueError(
+            f"lp_noised: has {len(lp_noised)} candidates but lp_orig has {len(lp_orig)}; expected the same"
+        )
+    frames = len(lp_orig[0]) if lp_orig else 0
+    contrasts = []
+    for c, (orig, noised) in enumerate(zip(lp_orig, lp_noised, strict=True)):
+        for name, row in (("lp_orig", orig), ("lp_noised", noised)):
+            if len(row) != frames or frames == 0:
+                raise ValueError(
+                    f"{name}[{c}]: has {len(row)} frames, expected {frames or 'at least one'} "
+                    "(every candidate on the same frames)"
+                )
+        mean_orig, mean_noised = sum(orig) / frames, sum(noised) / frames
+        contrasts.append(
+            AnswerContrast(
+                lp_orig=mean_orig,
+                lp_noised=mean_noised,
+                grounding=mean_orig - mean_noised,
+                contrastive=contrastive_score(mean_orig, mean_noised, alpha),
+            )
+        )
+    return contrasts
 
 
 def _check_alpha(alpha: float) -> float:

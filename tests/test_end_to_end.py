@@ -67,10 +67,13 @@ def test_visual_self_check_scores_with_the_real_model(tiny_vlm, tiny_image):
         {"image": tiny_image, "question": "What colour is the square?"}
     )
     (check,) = [e for e in result["trace"] if e["module"] == "visual_self_check"]
+    assert len(check["inputs"]["frames"]) == 2  # each candidate written into both responses
     for answer in ("red", "blue"):
-        row = check["inputs"][answer]
-        assert row["mean_lp_orig"] < 0 and row["mean_lp_noised"] < 0
-        assert row["grounding"] == pytest.approx(row["mean_lp_orig"] - row["mean_lp_noised"], abs=2e-4)
-        assert row["contrastive"] == pytest.approx(2 * row["mean_lp_orig"] - row["mean_lp_noised"], abs=2e-4)
+        row = check["inputs"]["candidates"][answer]
+        assert row["answer_text"] == answer
+        assert row["lp_orig"] < 0 and row["lp_noised"] < 0
+        assert row["lp_orig"] == pytest.approx(sum(row["lp_orig_by_frame"]) / 2, abs=2e-4)
+        assert row["grounding"] == pytest.approx(row["lp_orig"] - row["lp_noised"], abs=2e-4)
+        assert row["contrastive"] == pytest.approx(2 * row["lp_orig"] - row["lp_noised"], abs=2e-4)
     assert result["answer"] in ("red", "blue")
     assert result["usage"]["score_calls"] == 2

@@ -110,18 +110,23 @@ def test_visual_self_check_breaks_a_close_vote(image_path):
         {"image": image_path, "question": "Which?"}
     )
     check = entries(result, "visual_self_check")[0]
+    # Both responses are the frame "\boxed{...}", scored once: A and B each written in it.
     # contrastive = 2 * lp_orig - lp_noised: A = -1 + 2 = 1.0, B = -1 + 0.6 = -0.4.
-    assert check["inputs"]["A"] == {
-        "mean_lp_orig": -0.5,
-        "mean_lp_noised": -2.0,
+    assert check["inputs"]["frames"] == [{"sample": 0, "answer": "A", "prefix_chars": 7}]
+    assert check["inputs"]["candidates"]["A"] == {
+        "answer_text": "A",
+        "lp_orig": -0.5,
+        "lp_noised": -2.0,
         "grounding": 1.5,
         "contrastive": 1.0,
+        "lp_orig_by_frame": [-0.5],
+        "lp_noised_by_frame": [-2.0],
     }
-    assert check["inputs"]["B"]["contrastive"] == pytest.approx(-0.4)
+    assert check["inputs"]["candidates"]["B"]["contrastive"] == pytest.approx(-0.4)
     assert result["answer"] == "A"
     assert result["scores"] == pytest.approx({"A": 1.0, "B": 0.5})
     assert result["confidence"] == pytest.approx(2 / 3)
-    assert [c[0] for c in vlm.calls] == ["sample", "score", "score"]
+    assert vlm.calls[1:] == [("score", vlm.calls[0][1], 2)] * 2
 
 
 def test_contested_vote_draws_more_waves_within_budget(image_path):

@@ -13,7 +13,15 @@ import torch
 from PIL import Image
 
 from catts_graph.perturb import diffusion
-from catts_graph.vcd import VCDLogitsProcessor, contrastive_logits, contrastive_score, grounding_score
+from catts_graph.vcd import (
+    AnswerContrast,
+    VCDLogitsProcessor,
+    answer_contrast,
+    answer_logprob,
+    contrastive_logits,
+    contrastive_score,
+    grounding_score,
+)
 
 INF = math.inf
 
@@ -101,13 +109,70 @@ def test_grounding_and_contrastive_score_by_hand():
         contrastive_score(-0.2, -1.0, -0.5)
 
 
-def test_contrastive_score_matches_the_graph_node():
-    from catts_graph.nodes import visual_self_check
+def test_answer_logprob_by_hand():
+    # "So it is \boxed{red}." with the answer "red" at [16, 19): its tokens "re", "d" and the "}"
+    # that closes it: -0.25 - 0.125 - 0.0625. Neither the frame's " \boxed{" nor the "." counts.
+    tokens = ["So", " it", " is", " \\boxed{", "re", "d", "}", "."]
+    logprobs = [-1.0, -2.0, -3.0, -0.5, -0.25, -0.125, -0.0625, -4.0]
+    assert answer_logprob(tokens, logprobs, 16, 19) == -0.4375
+    # A token that writes part of the frame and part of the answer counts: "{12" and "}".
+    assert answer_logprob(["x", "{12", "}"], [-1.0, -0.5, -0.25], 2, 4) == -0.75
+    # "1" in "{1}" pays for ending there: "1" and "}" (in "{12}" the "}" would follow "2").
+    assert answer_logprob(["{", "1", "}"], [-0.5, -0.25, -2.0], 1, 2) == -2.25
+    # At the end of the text nothing closes the answer: the lone letter alone.
+    assert answer_logprob(["Answer:", " ", "B"], [-1.0, -1.0, -0.5], 8, 9) == -0.5
+    # An empty piece (a character split across tokens) counts with the character after it.
+    assert answer_logprob(["a ", "", "\u00e9", "!", "?"], [-1.0, -0.5, -0.25, -0.125, -4.0], 2, 3) == -0.875
 
-    for orig, noised, alpha in [(-0.2, -1.0, 1.0), (-2.5, -0.3, 0.5), (0.0, -4.0, 2.0)]:
-        assert contrastive_score(orig, noised, alpha) == visual_self_check.contrastive_score(
-            orig, noised, alpha
-        )
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((["a", "b"], [-1.0], 0, 1), "logprobs: has 1 entries but tokens has 2"),
+        ((["a", "b"], [-1.0, -1.0], 1, 1), "expected 0 <= start < end"),
+        ((["a", "b"], [-1.0, -1.0], 5, 7), "none writes the characters \\[5, 7\\) of a 2-character text"),
+    ],
+)
+def test_answer_logprob_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        answer_logprob(*args)
+
+
+def test_answer_contrast_by_hand():
+    # Two candidates on two frames. A: orig mean(-1, -3) = -2, noised mean(-2, -6) = -4, g = 2;
+    # B: -0.5, -1.0, g = 0.5. alpha 1: 2 * -2 + 4 = 0, 2 * -0.5 + 1 = 0; alpha 0.5: -3 + 2 = -1,
+    # -0.75 + 0.5 = -0.25.
+    orig = [[-1.0, -3.0], [-0.5, -0.5]]
+    noised = [[-2.0, -6.0], [-1.0, -1.0]]
+    assert answer_contrast(orig, noised, 1.0) == [
+        AnswerContrast(lp_orig=-2.0, lp_noised=-4.0, grounding=2.0, contrastive=0.0),
+        AnswerContrast(lp_orig=-0.5, lp_noised=-1.0, grounding=0.5, contrastive=0.0),
+    ]
+    assert [c.contrastive for c in answer_contrast(orig, noised, 0.5)] == [-1.0, -0.25]
+    assert answer_contrast([], [], 1.0) == []
+
+
+@pytest.mark.parametrize(
+    ("orig", "noised", "message"),
+    [
+        ([[-1.0]], [], "lp_noised: has 0 candidates but lp_orig has 1"),
+        ([[-1.0, -2.0], [-1.0]], [[-1.0, -2.0], [-1.0, -2.0]], "lp_orig\\[1\\]: has 1 frames, expected 2"),
+        ([[-1.0]], [[-1.0, -2.0]], "lp_noised\\[0\\]: has 2 frames, expected 1"),
+        ([[]], [[]], "lp_orig\\[0\\]: has 0 frames, expected at least one"),
+    ],
+)
+def test_answer_contrast_errors(orig, noised, message):
+    with pytest.raises(ValueError, match=message):
+        answer_contrast(orig, noised, 1.0)
+
+
+def test_answer_contrast_is_the_sequence_level_formula():
+    rows = [([-0.2, -1.4, -0.3], [-1.0, -0.9, -2.5]), ([-2.5, -0.1, 0.0], [-0.3, -4.0, -0.7])]
+    for alpha in (0.0, 0.5, 1.0, 2.0):
+        contrasts = answer_contrast([o for o, _ in rows], [n for _, n in rows], alpha)
+        for (orig, noised), contrast in zip(rows, contrasts, strict=True):
+            assert contrast.grounding == grounding_score(orig, noised)
+            assert contrast.contrastive == contrastive_score(contrast.lp_orig, contrast.lp_noised, alpha)
 
 
 def test_importing_vcd_and_perturb_does_not_load_torch():

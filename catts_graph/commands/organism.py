@@ -52,8 +52,68 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     clip.add_argument("--threads", type=int, default=2, help="CPU threads")
     clip.set_defaults(func=_train_clip_command)
 
+    tune = commands.add_parser(
+        "tune", help="choose DeepConf's window and check nmlp_floor on validation, report on test"
+    )
+    steps = commands.add_parser(
+        "steps", help="step-level calibration (MMBoundary's signals) against step truth"
+    )
+    for sub in (tune, steps):
+        sub.add_argument("--which", choices=sorted(CONFIGS), default="base")
+        sub.add_argument("--model", help="checkpoint folder (default: the shipped one)")
+        sub.add_argument("--validation", type=int, default=100, help="validation items")
+        sub.add_argument("--test", type=int, default=100, help="test items")
+        sub.add_argument("--out", help="write <out>.json and <out>.md")
+        sub.add_argument("--threads", type=int, default=1, help="CPU threads")
+    tune.add_argument("--n", type=int, default=16, help="samples per item")
+    tune.set_defaults(func=_tune_command)
+    steps.add_argument("--no-tokensar", action="store_true", help="skip TokenSAR (no sentence encoder)")
+    steps.set_defaults(func=_steps_command)
+
     add_reproduce_command(commands)
     return parser
+
+
+def _measured_model(args: argparse.Namespace) -> Any:
+    import torch
+
+    from catts_graph.models import TransformersVLM
+
+    torch.set_num_threads(args.threads)
+    return TransformersVLM.from_pretrained(Path(args.model) if args.model else organism_path(args.which))
+
+
+def _write(out: str | None, result: dict[str, Any], table: str) -> None:
+    import json
+
+    print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        Path(f"{out}.md").write_text(table + "\n")
+
+
+def _tune_command(args: argparse.Namespace) -> int:
+    from catts_graph.organism.tune import tune_voting, voting_table
+
+    result = tune_voting(_measured_model(args), validation=args.validation, test=args.test, n=args.n)
+    _write(args.out, result, voting_table(result))
+    return 0
+
+
+def _steps_command(args: argparse.Namespace) -> int:
+    from catts_graph.organism.steps import measure_step_calibration, step_table
+
+    similarity = None
+    if not args.no_tokensar:
+        from catts_graph.models.encoders import MiniLMEncoder
+
+        similarity = MiniLMEncoder().similarity
+    result = measure_step_calibration(
+        _measured_model(args), validation=args.validation, test=args.test, similarity=similarity
+    )
+    _write(args.out, result, step_table(result))
+    return 0
 
 
 def _train_clip_command(args: argparse.Namespace) -> int:

@@ -20,7 +20,14 @@ from typing import Any
 from catts_graph.confidence import CLAUSE_CUT, split_steps
 from catts_graph.statements import split_statement
 
-__all__ = ["label_steps", "measure_step_calibration", "normalise_step", "reference_steps", "sample_steps"]
+__all__ = [
+    "label_steps",
+    "measure_step_calibration",
+    "normalise_step",
+    "reference_steps",
+    "sample_steps",
+    "step_table",
+]
 
 
 def normalise_step(step: str) -> str:
@@ -129,3 +136,20 @@ def measure_step_calibration(
     report["calibrator"] = calibrator.to_dict()
     report["step_accuracy"] = sum(labels) / len(labels)
     return report
+
+
+def step_table(result: dict[str, Any]) -> str:
+    """A Markdown table of :func:`measure_step_calibration`'s result."""
+    from catts_graph.formatting import markdown_table
+
+    rows = [[name, f"{v['ece']:.3f}", f"{v['auroc']:.3f}"] for name, v in result["signals"].items()]
+    rows.append(["fused", f"{result['fused']['ece']:.3f}", f"{result['fused']['auroc']:.3f}"])
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in result["calibrator"]["weights"].items())
+    return "\n".join(
+        [
+            f"Steps: {result['steps']['validation']} validation (fit), {result['steps']['test']} test; "
+            f"test step accuracy {result['step_accuracy']:.3f}; fusion weights {weights}.",
+            "",
+            markdown_table(["signal", "step ECE (level-mapped)", "step AUROC"], rows),
+        ]
+    )

@@ -181,7 +181,7 @@ class VCDLogitsProcessor:
         self._cache, self._rope_deltas = None, None
         with self._noised_branch():
             out = self.model(**self.noised_inputs, use_cache=True, logits_to_keep=1)
-        self._cache = out.past_key_values
+        self._cache = output_cache(out)
         logits = out.logits[:, -1, :].float()
         if repeat > 1:
             self._cache.batch_repeat_interleave(repeat)
@@ -213,9 +213,13 @@ class VCDLogitsProcessor:
             extra["mm_token_type_ids"] = torch.zeros_like(new)  # generated tokens are text
         with self._noised_branch():
             out = self.model(
-                input_ids=new, past_key_values=self._cache, use_cache=True, logits_to_keep=1, **extra
+                input_ids=new,
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_kwargs(self.model, self._cache),
+                **extra,
             )
-        self._cache = out.past_key_values
+        self._cache = output_cache(out)
         self._seen = input_ids.clone()
         return out.logits[:, -1, :].float()
 
@@ -373,3 +377,24 @@ def _check_beta(beta: float) -> float:
     if not isinstance(beta, numbers.Real) or isinstance(beta, bool) or not 0 <= beta <= 1:
         raise ValueError(f"beta={beta!r}: expected a number in [0, 1]")
     return float(beta)
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The key-value cache as a transformers model's forward takes it: ``cache`` since transformers
+    5.24 (``past_key_values`` is deprecated there and warns), ``past_key_values`` before."""
+    import inspect
+
+    forward = getattr(model, "forward", model)
+    try:
+        name = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        name = "past_key_values"
+    return {name: cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The key-value cache a forward returned (``cache`` since transformers 5.24, else
+    ``past_key_values``), read without the deprecation warning."""
+    if isinstance(out, Mapping) and "cache" in out:
+        return out["cache"]
+    return out.past_key_values

@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 
 from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
+from catts_graph.vcd import cache_kwargs, output_cache
 
 __all__ = [
     "Continuation",
@@ -252,7 +253,7 @@ class TransformersVLM:
                     active = [active[row] for row in still]
                 if uniforms is not None:
                     uniforms.prefetch(step + 1)
-                out = self.model(input_ids=chosen[:, None], past_key_values=cache, use_cache=True)
+                out = self.model(input_ids=chosen[:, None], use_cache=True, **cache_kwargs(self.model, cache))
                 logits = out.logits[:, -1, :]
         samples = []
         for i in range(rows):
@@ -428,7 +429,7 @@ def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, torch.
         if getattr(module, "rope_deltas", None) is not None:
             module.rope_deltas = None
     out = model(**inputs, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1, :]
+    return output_cache(out), out.logits[:, -1, :]
 
 
 def teacher_forced_logprobs(
@@ -459,7 +460,7 @@ def teacher_forced_logprobs(
         if len(target) > 1:  # an empty or one-token continuation's row stays padding
             batch[row, : len(target) - 1] = torch.tensor(target[:-1], dtype=torch.long)
     cache.batch_repeat_interleave(len(targets))
-    rest = model(input_ids=batch.to(first.device), past_key_values=cache, use_cache=True).logits
+    rest = model(input_ids=batch.to(first.device), use_cache=True, **cache_kwargs(model, cache)).logits
     firsts = torch.tensor([t[0] if t else 0 for t in targets], device=first.device)
     gathered = [first[firsts]]
     for row, target in enumerate(targets):

@@ -1,4 +1,5 @@
-"""CDRL data: CLIP relevance maps, noised pairs steered by them, saving, the contact sheet, items."""
+"""CDRL data: CLIP relevance maps, noised pairs steered by them at the model's input size, the
+two-row GRPO dataset and the sampler that keeps a pair together, saving, the contact sheet, items."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 from catts_graph.eval.datasets import Item
-from catts_graph.perturb import region_weights
+from catts_graph.models.transformers_vlm import processor_input_size
+from catts_graph.perturb import perturbed_views, region_weights
 from catts_graph.relevance import ClipRelevance, relevance_query, top_fraction_mask
+from catts_graph.task import item_seed
 from training.cdrl.data import (
     CONTACT_SHEET,
     NoiseConfig,
+    PairedRepeatSampler,
     build_pairs,
     load_items,
     load_pairs,
+    pair_rows,
     save_pairs,
     to_grpo_dataset,
     training_prompt,
@@ -117,23 +123,119 @@ def test_save_load_and_contact_sheet(items: list[Item], relevance: ClipRelevance
         np.testing.assert_array_equal(old.relevance[0], new.relevance[0])
 
 
-def test_grpo_dataset_columns(items: list[Item], relevance: ClipRelevance) -> None:
-    dataset = to_grpo_dataset(build_pairs(items, relevance))
-    row = dataset[1]
+def test_grpo_dataset_has_an_original_and_a_noised_row_per_pair(
+    items: list[Item], relevance: ClipRelevance
+) -> None:
+    pairs = build_pairs(items, relevance)
+    dataset = to_grpo_dataset(pairs)
     assert set(dataset.column_names) == {
         "id",
+        "pair_id",
+        "variant",
         "prompt",
         "images",
-        "noised_images",
         "answer",
         "options",
         "answer_type",
     }
-    assert row["prompt"] == [{"role": "user", "content": training_prompt(items[1])}]
-    assert "\\boxed{}" in row["prompt"][0]["content"]
-    assert len(row["images"]) == len(row["noised_images"]) == 2
-    assert isinstance(row["noised_images"][0], Image.Image)
-    assert dataset[0]["options"] == ["red", "blue"] and row["options"] == []
+    assert dataset["variant"] == ["original", "noised", "original", "noised"]
+    assert dataset["pair_id"] == [0, 0, 1, 1]
+    assert dataset["id"] == ["a", "a", "b", "b"]
+    original, noised = dataset[2], dataset[3]
+    assert original["prompt"] == noised["prompt"] == [{"role": "user", "content": training_prompt(items[1])}]
+    assert "\\boxed{}" in original["prompt"][0]["content"]
+    assert len(original["images"]) == len(noised["images"]) == 2
+    for row, images in ((original, pairs[1].images), (noised, pairs[1].noised)):
+        for got, expected in zip(row["images"], images, strict=True):
+            assert isinstance(got, Image.Image)
+            assert np.array_equal(np.asarray(got), np.asarray(expected.convert("RGB")))
+    assert dataset[0]["options"] == ["red", "blue"] and original["options"] == []
+
+
+def test_both_rows_are_at_the_models_input_size_and_differ_only_by_the_noise(
+    items: list[Item], relevance: ClipRelevance
+) -> None:
+    processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=28 * 28 * 4)
+    noise = NoiseConfig(kind="gaussian", strength=1.0, top_fraction=0.5, seed=2)
+    pairs = build_pairs(
+        items[:1], relevance, noise, input_size=lambda image: processor_input_size(processor, image)
+    )
+    source = Image.open(items[0].images[0]).convert("RGB")
+    size = processor_input_size(processor, source)
+    assert size is not None and size != source.size
+    pair = pairs[0]
+    assert pair.images[0].size == pair.noised[0].size == size
+    views, noised = perturbed_views(
+        [source],
+        "gaussian",
+        1.0,
+        item_seed(2, "a"),
+        input_size=lambda image: processor_input_size(processor, image),
+        regions=[top_fraction_mask(pair.relevance[0], 0.5)],
+    )
+    assert np.array_equal(np.asarray(pair.images[0]), np.asarray(views[0]))
+    assert np.array_equal(np.asarray(pair.noised[0]), np.asarray(noised[0]))
+
+
+def test_pair_rows_reads_the_pairs_and_refuses_broken_ones() -> None:
+    assert pair_rows([3, 5, 3, 5], ["noised", "original", "original", "noised"]) == [(2, 0), (1, 3)]
+    with pytest.raises(ValueError, match="pair_id 3: expected an 'original' and a 'noised' row"):
+        pair_rows([3, 5, 5], ["original", "original", "noised"])
+    with pytest.raises(ValueError, match="two 'noised' rows"):
+        pair_rows([1, 1, 1], ["original", "noised", "noised"])
+    with pytest.raises(ValueError, match="variant of row 1"):
+        pair_rows([1, 1], ["original", "clean"])
+
+
+def test_paired_sampler_is_trls_repeat_sampler_with_pairs_kept_together() -> None:
+    from trl.trainer.utils import RepeatSampler
+
+    # Unshuffled, with pairs (0, 1), (2, 3), ...: exactly TRL's order.
+    pairs = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    ours = PairedRepeatSampler(pairs, mini_repeat_count=2, batch_size=4, repeat_count=3, shuffle=False)
+    trls = RepeatSampler(list(range(10)), mini_repeat_count=2, batch_size=4, repeat_count=3, shuffle=False)
+    assert list(ours) == list(trls)
+    assert len(ours) == len(trls) == 2 * 4 * 2 * 3  # two full batches; the fifth pair is dropped
+
+    # Shuffled, pairs anywhere in the dataset: every generation batch (batch_size prompts x
+    # mini_repeat_count, repeated repeat_count times) holds both rows of each of its pairs.
+    pairs = [(9, 2), (0, 5), (7, 1), (3, 8), (4, 6), (11, 10)]
+    partner = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
+    sampler = PairedRepeatSampler(pairs, mini_repeat_count=3, batch_size=4, repeat_count=2, seed=0)
+    epochs = [list(sampler), list(sampler)]
+    assert epochs[0] != epochs[1]  # a new order each epoch
+    for order in epochs:
+        assert len(order) == len(sampler) == 12 * 3 * 2
+        block = 4 * 3
+        for start in range(0, len(order), block):
+            rows = order[start : start + block]
+            assert all(rows.count(row) == 3 and partner[row] in rows for row in rows)
+    again = PairedRepeatSampler(pairs, mini_repeat_count=3, batch_size=4, repeat_count=2, seed=0)
+    assert list(again) == epochs[0]  # every process draws the same order from the same seed
+    with pytest.raises(ValueError, match="even number of prompts"):
+        PairedRepeatSampler(pairs, mini_repeat_count=2, batch_size=3)
+
+
+def test_a_generation_batch_of_an_odd_number_of_prompts_is_refused_before_the_model_loads() -> None:
+    from training.cdrl.trainer import check_pair_layout
+
+    layout = {
+        "per_device_train_batch_size": 2,
+        "world_size": 7,
+        "steps_per_generation": 4,
+        "num_generations": 8,
+        "remove_unused_columns": False,
+    }
+    args = argparse.Namespace(generation_batch_size=56, **layout)
+    with pytest.raises(ValueError, match=r"holds 7 prompts .* per_device_train_batch_size 2 x 7 processes"):
+        check_pair_layout(args, 100)
+    args = argparse.Namespace(generation_batch_size=112, **{**layout, "steps_per_generation": 8})
+    check_pair_layout(args, 100)
+    with pytest.raises(ValueError, match="fewer than the 14 prompts"):
+        check_pair_layout(args, 6)
+    args.remove_unused_columns = True
+    with pytest.raises(ValueError, match="remove_unused_columns"):
+        check_pair_layout(args, 100)
 
 
 def test_item_file_errors(tmp_path: Path) -> None:

@@ -1,9 +1,15 @@
-"""CDRL end to end on CPU: real GRPO steps on the tiny Qwen2.5-VL, the saved model in the graph, and
-the multi-GPU configs validated by building their trainers on the tiny model."""
+"""CDRL end to end on CPU: real GRPO steps on the tiny Qwen2.5-VL, in one process and in two, the
+saved model in the graph, and the multi-GPU configs validated by building their trainers on the tiny
+model."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,8 @@ from training.cdrl.data import build_pairs, load_items
 from training.cdrl.rewards import REWARD_NAMES
 from training.cdrl.train import build_trainer, load_config, train_cdrl
 
-CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "training" / "configs"
 GPU_CONFIGS = [
     "qwen25vl7b_zero3.yaml",
     "qwen25vl7b_vllm_colocate.yaml",
@@ -30,6 +37,13 @@ GPU_CONFIGS = [
 ]
 # What a GPU config needs changed to build on this CPU with the tiny model: no bf16, no vLLM (not
 # installed here), float32 weights.
+CDRL_METRICS = (
+    "cdrl/nmlp_original",
+    "cdrl/nmlp_noised",
+    "cdrl/confidence_drop",
+    "cdrl/confidence_drop_nmlp",
+    "cdrl/confidence",
+)
 ON_CPU = {
     "use_cpu": True,
     "bf16": False,
@@ -66,8 +80,10 @@ def test_smoke_run_trains_saves_and_the_graph_runs(tiny_model_dir: Path, tmp_pat
     for entry in steps:
         for name in REWARD_NAMES:
             assert math.isfinite(entry[f"rewards/{name}/mean"]), name
-        for metric in ("cdrl/nmlp_original", "cdrl/nmlp_noised", "cdrl/nmlp_gap", "cdrl/confidence"):
+        for metric in CDRL_METRICS:
             assert math.isfinite(entry[metric]), metric
+        assert entry["cdrl/pairs_across_processes"] == 0.0  # one process
+    assert set(result.metric_means) == {*CDRL_METRICS, "cdrl/pairs_across_processes"}
     assert all(math.isfinite(loss) for loss in result.losses)
     assert set(result.reward_means) == {*REWARD_NAMES, "reward"}
     print(f"\nCDRL smoke: {wall:.1f} s wall (run {result.seconds:.1f} s); reward means {result.reward_means}")
@@ -137,6 +153,71 @@ def test_lora_run_merges_into_a_plain_checkpoint(tiny_model_dir: Path, tmp_path:
     TransformersVLM.from_pretrained(result.output_dir, device="cpu")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_processes_pair_each_noised_group_with_its_original_group_on_the_other(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The smoke run under two CPU processes (torch.distributed with gloo; ``accelerate launch --cpu``
+    would need mpirun for several processes). One pair per step, one group per process: process 0
+    samples on the original image, process 1 on the noised one, so every noised reward needs the
+    other process's NMLPs."""
+    raw = yaml.safe_load((CONFIGS / "smoke_cpu.yaml").read_text())
+    raw["model"] = str(tiny_model_dir)
+    raw["data"]["source"] = str(CONFIGS / "smoke_items.jsonl")
+    raw["grpo"].update(max_steps=2, per_device_train_batch_size=2, num_generations=2)
+    raw["probe"] = None
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--nnodes",
+        "1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "training.cdrl.train",
+        "cdrl",
+        "--config",
+        str(path),
+        "--output-dir",
+        str(out),
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    wall = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((out / "cdrl_summary.json").read_text())
+    print(f"\nCDRL on two processes: {wall:.1f} s wall; {summary['metric_means']}")
+    assert summary["steps"] == 2 and all(math.isfinite(loss) for loss in summary["losses"])
+    metrics = summary["metric_means"]
+    assert metrics["cdrl/pairs_across_processes"] == 1.0
+    # Every noised rollout of the tiny random model is within the margin (NMLPs differ by ~0.01), so
+    # its reward is own - mean_original - margin, and the mean noised reward is the noised rollouts'
+    # mean NMLP minus the partner process's original mean, minus the margin.
+    expected = (
+        metrics["cdrl/nmlp_noised"] - metrics["cdrl/nmlp_original"] - raw["rewards"]["sensitivity_margin"]
+    )
+    assert summary["reward_means"]["perceptual_sensitivity"] == pytest.approx(expected, abs=1e-3)
+
+
 def test_config_errors(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {weights: {speed: 1}}\n")
@@ -151,3 +232,28 @@ def test_config_errors(tmp_path: Path) -> None:
     path.write_text("model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nnoise: {kind: blurr}\n")
     with pytest.raises(ValueError, match="noise.kind"):
         load_config(path)
+    path.write_text(
+        "model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {sensitivity_clip: [-1, 1]}\n"
+    )
+    with pytest.raises(ValueError, match="rewards.sensitivity_clip: no longer used.*sensitivity_margin"):
+        load_config(path)
+    path.write_text(
+        "model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {sensitivity_margin: -1}\n"
+    )
+    with pytest.raises(ValueError, match="rewards.sensitivity_margin=-1"):
+        load_config(path)
+    path.write_text(
+        "model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {calibration_variant: sign}\n"
+    )
+    with pytest.raises(ValueError, match="rewards.calibration_variant='sign'"):
+        load_config(path)
+
+
+CDRL_CONFIGS = [path for path in sorted(CONFIGS.glob("*.yaml")) if not path.name.startswith("accelerate_")]
+
+
+@pytest.mark.parametrize("path", CDRL_CONFIGS, ids=lambda path: path.name)
+def test_every_shipped_cdrl_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert config.calibration_variant() == "brier"
+    assert config.sensitivity_margin() == 1.0

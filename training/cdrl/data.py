@@ -1,9 +1,12 @@
 """CDRL training data: each item with its original image(s) and a copy noised where the question looks.
 
 Pipeline: items (:class:`catts_graph.eval.datasets.Item`) -> :func:`build_pairs` (a CLIP relevance map
-per image, :mod:`catts_graph.relevance`, steers a :func:`catts_graph.perturb.perturb`) ->
-:func:`to_grpo_dataset` (the columns TRL's GRPO and the rewards read). :func:`save_pairs` writes the
-pairs to a folder with a contact sheet to look at before training; :func:`load_pairs` reads it back.
+per image, :mod:`catts_graph.relevance`, steers :func:`catts_graph.perturb.perturbed_views`, which
+noises each image at the size the model's processor resizes it to) -> :func:`to_grpo_dataset` (two
+prompt rows per item, original and noised, with the columns TRL's GRPO and the rewards read) ->
+:class:`PairedRepeatSampler` (GRPO's sampler, keeping both rows of a pair in one generation batch).
+:func:`save_pairs` writes the pairs to a folder with a contact sheet to look at before training;
+:func:`load_pairs` reads it back.
 
 Items come from :func:`load_items`: any of the evaluation benchmarks (the Hub by name or a local
 export, through :func:`catts_graph.eval.datasets.load_benchmark`), or a plain CDRL item file, a JSON
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,20 +32,25 @@ from PIL import Image, ImageDraw
 
 from catts_graph.eval.datasets import BENCHMARKS, load_benchmark
 from catts_graph.images import load_image
-from catts_graph.perturb import PERTURBATIONS, perturb
+from catts_graph.perturb import PERTURBATIONS, InputSize, perturbed_views
 from catts_graph.prompts import format_options, render_prompt
 from catts_graph.relevance import ClipRelevance, relevance_query, top_fraction_mask
 from catts_graph.task import Item, item_seed
 
 __all__ = [
     "CONTACT_SHEET",
+    "NOISED",
+    "ORIGINAL",
     "PAIRS_FILE",
+    "VARIANTS",
     "NoiseConfig",
+    "PairedRepeatSampler",
     "TrainingPair",
     "build_pairs",
     "contact_sheet",
     "load_items",
     "load_pairs",
+    "pair_rows",
     "save_pairs",
     "to_grpo_dataset",
     "training_prompt",
@@ -52,6 +60,10 @@ PAIRS_FILE = "pairs.jsonl"
 CONTACT_SHEET = "contact_sheet.png"
 CUSTOM_BENCHMARK = "custom"
 """The ``benchmark`` of items read from a plain CDRL item file."""
+ORIGINAL = "original"
+NOISED = "noised"
+VARIANTS: tuple[str, ...] = (ORIGINAL, NOISED)
+"""The values of the GRPO dataset's ``variant`` column (:func:`to_grpo_dataset`)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,12 @@ class NoiseConfig:
 
 @dataclass
 class TrainingPair:
-    """One training item: the item, its images, their noised copies and the relevance maps used."""
+    """One training item: the item, its clean images, their noised copies and the relevance maps used.
+
+    ``images`` are the clean *views* (each image at the model's input size, see
+    :func:`~catts_graph.perturb.perturbed_views`) and ``noised`` the same views perturbed, so the two
+    prompt rows of the item differ only by the noise.
+    """
 
     item: Item
     images: list[Image.Image]
@@ -196,10 +213,14 @@ def build_pairs(
     relevance: ClipRelevance,
     noise: NoiseConfig = NoiseConfig(),
     *,
+    input_size: InputSize | None = None,
     batch_size: int = 16,
 ) -> list[TrainingPair]:
-    """For each item and image: the relevance map of the question over the image, and the image
-    perturbed by ``noise`` where the map is high. Relevance maps are computed ``batch_size`` at a time."""
+    """For each item and image: the relevance map of the question over the image, the image at the
+    model's input size (``input_size(image)``, e.g. ``lambda image: processor_input_size(processor,
+    image)`` of :mod:`catts_graph.models.transformers_vlm`; None keeps each image's size) and that
+    view perturbed by ``noise`` where the map is high. Relevance maps are computed on the original
+    images, ``batch_size`` at a time, and resized to the view."""
     items = list(items)
     loaded = [
         [load_image(ref, name=f"item {item.id!r} images[{i}]") for i, ref in enumerate(item.images)]
@@ -221,61 +242,143 @@ def build_pairs(
         seed = item_seed(noise.seed, item.id)
         item_maps = maps[cursor : cursor + len(images)]
         cursor += len(images)
-        noised = []
-        for index, (image, relevance_map) in enumerate(zip(images, item_maps, strict=True)):
-            options = dict(noise.options)
-            if noise.takes_region:
-                region = (
-                    top_fraction_mask(relevance_map, noise.top_fraction)
-                    if noise.top_fraction
-                    else relevance_map
-                )
-                options["region"] = region
-            noised.append(perturb(image, noise.kind, noise.strength, seed + index, **options))
-        pairs.append(TrainingPair(item=item, images=images, noised=noised, relevance=item_maps))
+        regions = None
+        if noise.takes_region:
+            regions = [
+                top_fraction_mask(relevance_map, noise.top_fraction) if noise.top_fraction else relevance_map
+                for relevance_map in item_maps
+            ]
+        views, noised = perturbed_views(
+            images,
+            noise.kind,
+            noise.strength,
+            seed,
+            input_size=input_size,
+            regions=regions,
+            **noise.options,
+        )
+        pairs.append(TrainingPair(item=item, images=views, noised=noised, relevance=item_maps))
     return pairs
 
 
 def to_grpo_dataset(pairs: Sequence[TrainingPair], *, answer_prompt: str | None = None) -> Any:
-    """A ``datasets.Dataset`` for TRL's GRPO: ``prompt`` (conversational, the answer prompt; TRL puts
-    the images before it), ``images`` and ``noised_images`` (lists of PIL images), ``answer``,
-    ``options`` (empty list for an open question), ``answer_type`` and ``id``. ``answer_prompt``
-    names the prompt template (default: the graph's ``answer``)."""
+    """A ``datasets.Dataset`` for TRL's GRPO, two rows per pair: ``variant`` "original" (the clean
+    views as ``images``) then "noised" (the noised copies as ``images``), sharing ``pair_id`` (the
+    pair's index). TRL puts each row's ``images`` before its ``prompt`` (conversational, the answer
+    prompt), so rollouts are drawn on both. Also ``answer``, ``options`` (empty list for an open
+    question), ``answer_type`` and ``id`` (the item's). ``answer_prompt`` names the prompt template
+    (default: the graph's ``answer``)."""
     import datasets
 
     if not pairs:
         raise ValueError("pairs: expected at least one training pair")
-    rows = [
-        {
+    rows = []
+    for pair_id, pair in enumerate(pairs):
+        shared = {
             "id": pair.item.id,
+            "pair_id": pair_id,
             "prompt": [{"role": "user", "content": training_prompt(pair.item, answer_prompt)}],
-            "images": [image.convert("RGB") for image in pair.images],
-            "noised_images": [image.convert("RGB") for image in pair.noised],
             "answer": pair.item.answer,
             "options": list(pair.item.options or []),
             "answer_type": pair.item.answer_type,
         }
-        for pair in pairs
-    ]
+        for variant, images in ((ORIGINAL, pair.images), (NOISED, pair.noised)):
+            rows.append({**shared, "variant": variant, "images": [image.convert("RGB") for image in images]})
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
+            "pair_id": datasets.Value("int64"),
             "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-            "images": datasets.List(datasets.Image()),
-            "noised_images": datasets.List(datasets.Image()),
             "answer": datasets.Value("string"),
             "options": datasets.List(datasets.Value("string")),
             "answer_type": datasets.Value("string"),
+            "variant": datasets.Value("string"),
+            "images": datasets.List(datasets.Image()),
         }
     )
     return datasets.Dataset.from_list(rows, features=features)
+
+
+def pair_rows(pair_ids: Sequence[Any], variants: Sequence[str]) -> list[tuple[int, int]]:
+    """``(original row, noised row)`` of each pair, in order of first appearance, from a dataset's
+    ``pair_id`` and ``variant`` columns; every pair must have exactly one row of each variant."""
+    if len(pair_ids) != len(variants):
+        raise ValueError(f"pair_id and variant: got {len(pair_ids)} and {len(variants)} rows")
+    found: dict[Any, dict[str, int]] = {}
+    for row, (pair_id, variant) in enumerate(zip(pair_ids, variants, strict=True)):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant of row {row}: got {variant!r}, expected one of {VARIANTS}")
+        rows = found.setdefault(pair_id, {})
+        if variant in rows:
+            raise ValueError(f"pair_id {pair_id!r}: two {variant!r} rows ({rows[variant]} and {row})")
+        rows[variant] = row
+    incomplete = [pair_id for pair_id, rows in found.items() if len(rows) != 2]
+    if incomplete:
+        raise ValueError(f"pair_id {incomplete[0]!r}: expected an {ORIGINAL!r} and a {NOISED!r} row")
+    return [(rows[ORIGINAL], rows[NOISED]) for rows in found.values()]
+
+
+class PairedRepeatSampler:
+    """TRL's ``RepeatSampler`` with pairs kept together: both rows of a pair in one generation batch.
+
+    TRL's GRPO sampler shuffles rows, takes ``batch_size`` prompts per generation batch, yields each
+    ``mini_repeat_count`` (= ``num_generations``) times in a row and the whole batch ``repeat_count``
+    (= ``num_iterations * steps_per_generation``) times. This one shuffles *pairs* and lays each
+    pair's original row and noised row next to each other, so with an even ``batch_size`` a pair
+    never straddles two generation batches: the perceptual-sensitivity reward of the noised rollouts
+    always finds the same pair's original rollouts in the same step (gathered across processes,
+    :class:`training.cdrl.rewards.PerceptualSensitivityReward`). Like ``RepeatSampler``, every
+    process builds the same sampler from the same ``seed``, a new order each epoch, and a last
+    incomplete batch is dropped.
+
+    >>> list(PairedRepeatSampler([(0, 1), (2, 3)], mini_repeat_count=2, batch_size=2, shuffle=False))
+    [0, 0, 1, 1, 2, 2, 3, 3]
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[int, int]],
+        mini_repeat_count: int,
+        batch_size: int = 2,
+        repeat_count: int = 1,
+        shuffle: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        if batch_size < 2 or batch_size % 2:
+            raise ValueError(
+                f"batch_size={batch_size!r}: expected an even number of prompts per generation batch "
+                "(both rows of each pair)"
+            )
+        for name, value in (("mini_repeat_count", mini_repeat_count), ("repeat_count", repeat_count)):
+            if value < 1:
+                raise ValueError(f"{name}={value!r}: expected an int >= 1")
+        self.pairs = [(int(a), int(b)) for a, b in pairs]
+        self.mini_repeat_count = mini_repeat_count
+        self.batch_size = batch_size
+        self.repeat_count = repeat_count
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._rng.permutation(len(self.pairs)) if self.shuffle else range(len(self.pairs))
+        rows = [row for index in order for row in self.pairs[index]]
+        for start in range(0, len(rows) - self.batch_size + 1, self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            for _ in range(self.repeat_count):
+                for row in chunk:
+                    for _ in range(self.mini_repeat_count):
+                        yield row
+
+    def __len__(self) -> int:
+        batches = 2 * len(self.pairs) // self.batch_size
+        return batches * self.batch_size * self.mini_repeat_count * self.repeat_count
 
 
 # -- saving and looking -------------------------------------------------------------------------
 
 
 def save_pairs(pairs: Sequence[TrainingPair], out_dir: str | Path, *, sheet_items: int = 8) -> Path:
-    """Write the pairs to ``out_dir``: ``images/<n>_<k>.png`` (original), ``images/<n>_<k>_noised.png``,
+    """Write the pairs to ``out_dir``: ``images/<n>_<k>.png`` (the clean view), ``images/<n>_<k>_noised.png``,
     ``images/<n>_<k>_relevance.npy``, one row per item in ``pairs.jsonl`` (a CDRL item file with
     ``noised`` and ``relevance`` paths added) and ``contact_sheet.png`` of the first ``sheet_items``
     items. Returns the path of ``pairs.jsonl``."""

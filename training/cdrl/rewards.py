@@ -3,25 +3,31 @@
 Each reward is ``reward(prompts, completions, completion_ids, **columns) -> list[float | None]``: one
 value per completion, ``None`` where it is undefined (TRL turns that into NaN and leaves it out of
 the means). ``columns`` are the dataset's columns, repeated per completion (``answer``, ``options``,
-``images``, ``noised_images``), plus TRL's ``log_metric``. The classes are *not* ``nn.Module``s:
-TRL would take one for a reward model. Each instance carries a ``__name__``, which TRL uses to log
-it as ``rewards/<name>/mean``, so every component shows up separately in the training logs.
+``images``, ``pair_id``, ``variant``), plus TRL's ``log_metric``. Each item is two prompt rows, its
+original image and a noised copy (``variant`` "original" / "noised", a shared ``pair_id``; see
+:func:`training.cdrl.data.to_grpo_dataset`), so GRPO samples rollouts on both and ``images`` is
+each row's own prompt image. The classes are *not* ``nn.Module``s: TRL would take one for a reward
+model. Each instance carries a ``__name__``, which TRL uses to log it as ``rewards/<name>/mean``,
+so every component shows up separately in the training logs.
 
 - :class:`AccuracyReward`: 1 if the extracted final answer is equivalent to the gold one
   (:func:`catts_graph.answers.extract_answer` and :func:`~catts_graph.answers.is_equivalent`, the
   project's one answer checker, with ``math-verify``), else 0.
 - :class:`FormatReward`: 1 if the response ends with a non-empty ``\\boxed{...}`` answer, else 0.
-- :class:`PerceptualSensitivityReward`: the same completion is re-scored by the *current* policy under
-  the noised image; ``r = scale * clip(NMLP_noised - NMLP_orig, low, high)``. Positive when the model
-  is less sure of its own answer once the evidence is gone.
-- :class:`CalibrationReward`: with ``c = exp(-NMLP_orig)`` and ``y`` = correct,
-  ``signed``: ``r = c`` if correct else ``-c``; ``brier``: ``r = 1 - 2 (c - y)^2`` (the negative Brier
-  score mapped onto the same [-1, 1] range).
+- :class:`PerceptualSensitivityReward` (noised rows; ``None`` on original rows): each rollout's own
+  NMLP under its noised image against the mean NMLP of the same pair's original-image rollouts,
+  as a hinge (:func:`sensitivity_reward`): ``r = -max(0, mean_nmlp_original + margin -
+  own_nmlp_noised)``. The model is paid for being less sure of *its own answer* to the noised
+  image, which is what the probe measures.
+- :class:`CalibrationReward` (every row): with ``c = exp(-NMLP)`` and ``y`` = correct,
+  :func:`calibration_reward`: ``brier`` (default) ``r = 1 - 2 (c - y)^2``, a proper scoring rule;
+  ``signed``: ``r = c`` if correct else ``-c``.
 
 NMLP is the mean negative log-probability of the completion's tokens (stop tokens excluded, as in
-:func:`catts_graph.confidence.nmlp`), under the raw distribution (no temperature). The two confidence
-rewards share a :class:`PolicyScorer`, which caches the last batch, so the original image is scored
-once per step, not once per reward; it scores through the teacher forcing of
+:func:`catts_graph.confidence.nmlp`), under the raw distribution (no temperature), of each
+completion under its own prompt and image. The two confidence rewards read it through one path
+(a :class:`PolicyScorer`, which caches the last batches, so each completion is scored once per
+step, not once per reward); it scores through the teacher forcing of
 :meth:`catts_graph.models.TransformersVLM.score`, so sampling, evaluation and training read one
 log-probability.
 """
@@ -32,24 +38,31 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from catts_graph.answers import extract_answer
 from catts_graph.confidence import confidence_from_nmlp, nmlp
+from catts_graph.metrics import confidence_drop
 from catts_graph.models.replay import images_key
 from catts_graph.task import answer_matches
+from training.cdrl.data import ORIGINAL, VARIANTS
 
 __all__ = [
+    "CALIBRATION_VARIANTS",
+    "DEFAULT_SENSITIVITY_MARGIN",
+    "REWARD_NAMES",
     "AccuracyReward",
     "CalibrationReward",
     "ConfidenceScorer",
     "FormatReward",
     "PerceptualSensitivityReward",
     "PolicyScorer",
-    "REWARD_NAMES",
     "build_rewards",
+    "calibration_reward",
     "completion_text",
     "is_correct",
+    "sensitivity_reward",
 ]
 
 REWARD_NAMES: tuple[str, ...] = ("accuracy", "format", "perceptual_sensitivity", "calibration")
@@ -206,8 +219,7 @@ class PolicyScorer:
         self.batch_size = batch_size
         self._model_getter: Callable[[], Any] | None = None
         self._stop_ids: set[int] | None = None
-        # The last few (key, images, values): one step scores the original and the noised images, and
-        # the calibration reward asks for the original again.
+        # The last few (key, images, values): both confidence rewards of a step ask for the same rows.
         self._cache: list[tuple[tuple[Any, ...], list[Any], list[float | None]]] = []
 
     def bind(self, model: Any | Callable[[], Any]) -> PolicyScorer:
@@ -371,35 +383,135 @@ def _with_images(prompt: Any, images: list[Any]) -> list[dict[str, Any]]:
 
 # -- confidence rewards -------------------------------------------------------------------------
 
+DEFAULT_SENSITIVITY_MARGIN = 1.0
+"""NMLP units. After CDRL the paper's model is 1.1-1.4 NMLP less sure under perturbation (its
+probe), so the reward keeps pushing until the gap is about that large."""
 
-class PerceptualSensitivityReward:
-    """``scale * clip(NMLP_noised - NMLP_orig, low, high)`` for each completion.
+CALIBRATION_VARIANTS: tuple[str, ...] = ("brier", "signed")
 
-    The completion is scored by ``scorer`` under the original images (column ``images``) and the
-    noised ones (column ``noised_images``). Logs ``cdrl/nmlp_original``, ``cdrl/nmlp_noised`` and
-    ``cdrl/nmlp_gap`` (before clipping).
+
+def sensitivity_reward(own_nmlp_noised: float, mean_nmlp_original: float, margin: float) -> float:
+    """The perceptual-sensitivity reward of one rollout on a noised image, a hinge with a margin:
+
+    ``r = -max(0, mean_nmlp_original + margin - own_nmlp_noised)``
+
+    ``own_nmlp_noised`` is the rollout's own NMLP under its own (noised) prompt image and
+    ``mean_nmlp_original`` the mean NMLP of the same item's rollouts on the original image, in the
+    same step. ``r`` is 0 once the model is at least ``margin`` NMLP less sure of its own answer to
+    the noised image than of its answers to the original, and minus the shortfall before that. It
+    does not look at the answer: becoming unsure is what is paid for, whether the answer is kept or
+    changed (the calibration reward judges the answer).
+
+    Why a hinge: GRPO normalises rewards within each prompt's group of rollouts, and every rollout of
+    a noised group shares ``mean_nmlp_original``. A linear ``own - mean_original`` would lose that
+    reference in the normalisation and mean "raise NMLP on noised images" without limit, paying for
+    ever vaguer answers. The hinge keeps the reference: past the margin a vaguer answer earns nothing
+    more, and a group whose rollouts are all past it gets no advantage from this reward (below the
+    margin, rollouts are still ranked by their own NMLP; the reference decides where paying stops,
+    and it moves with the model's confidence on the original image). The clipped
+    ``min(own - mean_original, margin)`` is the same reward plus the constant ``margin``, which the
+    normalisation removes.
+
+    >>> sensitivity_reward(2.0, 0.5, 1.0)  # 1.5 NMLP less sure than on the original: past the margin
+    0.0
+    >>> sensitivity_reward(0.75, 0.5, 1.0)  # only 0.25 less sure: 0.75 short
+    -0.75
+    >>> sensitivity_reward(0.25, 0.5, 1.0)  # surer than on the original
+    -1.25
+    """
+    for name, value in (("own_nmlp_noised", own_nmlp_noised), ("mean_nmlp_original", mean_nmlp_original)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value!r}: expected a finite NMLP")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin={margin!r}: expected a finite number >= 0 (NMLP units)")
+    return min(0.0, own_nmlp_noised - (mean_nmlp_original + margin))  # the hinge, without a -0.0
+
+
+def calibration_reward(confidence: float, correct: bool, variant: str = "brier") -> float:
+    """Confident and right is rewarded, confident and wrong penalised; ``c = exp(-NMLP)`` in [0, 1].
+
+    ``brier`` (default): ``1 - 2 (c - y)^2`` with ``y`` = 1 if correct else 0, the negative Brier
+    score mapped onto [-1, 1]. A proper scoring rule: if the answer is right with probability ``p``,
+    the expected reward is highest at ``c = p``. ``signed``: ``c`` if correct else ``-c``, whose
+    expectation ``(2p - 1) c`` is highest at ``c = 1`` whenever ``p > 1/2`` and at ``c = 0``
+    otherwise: it pushes confidence to the extremes instead of to ``p``.
+
+    >>> calibration_reward(0.5, False)
+    0.5
+    >>> calibration_reward(0.5, False, "signed")
+    -0.5
+    """
+    if variant not in CALIBRATION_VARIANTS:
+        raise ValueError(f"variant={variant!r}: expected one of {CALIBRATION_VARIANTS}")
+    if not 0 <= confidence <= 1:
+        raise ValueError(f"confidence={confidence!r}: expected a number in [0, 1]")
+    if variant == "signed":
+        return confidence if correct else -confidence
+    return 1.0 - 2.0 * (confidence - float(correct)) ** 2
+
+
+class _OwnConfidenceReward:
+    """What the two confidence rewards share: each completion's NMLP under its *own* prompt images
+    (column ``images``: the original or the noised copy), from one :class:`ConfidenceScorer`. Both
+    rewards ask for the same rows, so in a step the second reads the scorer's cache."""
+
+    def __init__(self, name: str, scorer: ConfidenceScorer, images_column: str) -> None:
+        self.__name__ = name
+        self.scorer = scorer
+        self.images_column = images_column
+
+    def _own_nmlp(
+        self, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]], kwargs: dict[str, Any]
+    ) -> list[float | None]:
+        images = _column(kwargs, self.images_column, len(completion_ids), self.__name__)
+        return self.scorer.nmlp(prompts, completion_ids, images)
+
+
+@dataclass
+class _PairRows:
+    """The NMLPs of one pair's rollouts in a generation batch, and the processes they came from."""
+
+    original: list[float] = field(default_factory=list)
+    noised: list[float] = field(default_factory=list)
+    has_original: bool = False
+    processes: set[int] = field(default_factory=set)
+
+
+class PerceptualSensitivityReward(_OwnConfidenceReward):
+    """On noised rows, :func:`sensitivity_reward` of each rollout's own NMLP against the mean NMLP of
+    the same pair's rollouts on the original image in this step; ``None`` on original rows.
+
+    Rows are matched by the ``pair_id`` column and told apart by ``variant``. TRL hands a reward
+    function only its own process's rows, and a pair's two groups may sit on different processes
+    (:class:`~training.cdrl.data.PairedRepeatSampler` keeps them in one generation batch), so the
+    rows' ``(pair_id, variant, NMLP)`` are first gathered from every process (one small
+    ``all_gather_object``; nothing in a single process). A noised row whose pair has no original
+    rows in the gathered batch is an error, not a silent ``None``.
+
+    Logged over the whole generation batch (every process logs the same values):
+    ``cdrl/nmlp_original`` and ``cdrl/nmlp_noised`` (mean NMLP of the rollouts of each variant);
+    ``cdrl/confidence_drop``, the mean over pairs of ``mean exp(-NMLP)`` of the noised rollouts minus
+    that of the original rollouts (what the probe measures, negative when confidence falls);
+    ``cdrl/confidence_drop_nmlp``, the same with ``-NMLP`` (the paper's unit); and
+    ``cdrl/pairs_across_processes``, the fraction of pairs whose rollouts came from more than one
+    process (the pairs whose reward needed the gather).
     """
 
     def __init__(
         self,
         scorer: ConfidenceScorer,
         *,
-        scale: float = 1.0,
-        clip: tuple[float, float] = (-1.0, 1.0),
+        margin: float = DEFAULT_SENSITIVITY_MARGIN,
         images_column: str = "images",
-        noised_column: str = "noised_images",
+        pair_column: str = "pair_id",
+        variant_column: str = "variant",
     ) -> None:
-        low, high = clip
-        if not low < high:
-            raise ValueError(f"clip={clip!r}: expected (low, high) with low < high")
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale={scale!r}: expected a positive number")
-        self.__name__ = "perceptual_sensitivity"
-        self.scorer = scorer
-        self.scale = float(scale)
-        self.clip = (float(low), float(high))
-        self.images_column = images_column
-        self.noised_column = noised_column
+        if not (math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin={margin!r}: expected a finite number >= 0 (NMLP units)")
+        super().__init__("perceptual_sensitivity", scorer, images_column)
+        self.margin = float(margin)
+        self.pair_column = pair_column
+        self.variant_column = variant_column
 
     def __call__(
         self,
@@ -408,45 +520,107 @@ class PerceptualSensitivityReward:
         completion_ids: Sequence[Sequence[int]],
         **kwargs: Any,
     ) -> list[float | None]:
-        n = len(completions)
-        originals = _column(kwargs, self.images_column, n, self.__name__)
-        noised = _column(kwargs, self.noised_column, n, self.__name__)
-        before = self.scorer.nmlp(prompts, completion_ids, originals)
-        after = self.scorer.nmlp(prompts, completion_ids, noised)
-        gaps = [
-            b - a if a is not None and b is not None else None for a, b in zip(before, after, strict=True)
-        ]
-        _log(kwargs, "cdrl/nmlp_original", before)
-        _log(kwargs, "cdrl/nmlp_noised", after)
-        _log(kwargs, "cdrl/nmlp_gap", gaps)
-        low, high = self.clip
-        return [None if g is None else self.scale * min(high, max(low, g)) for g in gaps]
+        n = len(completion_ids)
+        own = self._own_nmlp(prompts, completion_ids, kwargs)
+        pair_ids = _column(kwargs, self.pair_column, n, self.__name__)
+        variants = _column(kwargs, self.variant_column, n, self.__name__)
+        unknown = sorted({str(v) for v in variants} - set(VARIANTS))
+        if unknown:
+            raise ValueError(
+                f"reward {self.__name__!r}: column {self.variant_column!r} has {unknown}; expected {VARIANTS}"
+            )
+        pairs = _pair_rows(_gather_rows(list(zip(pair_ids, variants, own, strict=True))))
+        _log_pairs(kwargs, pairs)
+        rewards: list[float | None] = []
+        for pair_id, variant, value in zip(pair_ids, variants, own, strict=True):
+            if variant == ORIGINAL:
+                rewards.append(None)
+                continue
+            rows = pairs[pair_id]
+            if not rows.has_original:
+                raise ValueError(
+                    f"reward {self.__name__!r}: pair_id {pair_id!r} has noised rollouts but no original "
+                    "ones in this generation batch; both rows of a pair must be sampled together "
+                    "(training.cdrl.trainer.CDRLTrainer's PairedRepeatSampler)"
+                )
+            if value is None or not rows.original:
+                rewards.append(None)  # an empty completion, or no original rollout had one token
+                continue
+            reference = sum(rows.original) / len(rows.original)
+            rewards.append(sensitivity_reward(value, reference, self.margin))
+        return rewards
 
 
-class CalibrationReward:
-    """Confident and right is rewarded, confident and wrong penalised; ``c = exp(-NMLP_orig)``.
+def _gather_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` of every process of a distributed run, in process order, each with its process
+    index in front (this process's rows alone, with index 0, outside one)."""
+    import torch.distributed as dist
 
-    ``variant="signed"``: ``c`` if correct else ``-c``. ``variant="brier"``: ``1 - 2 (c - y)^2``
-    with ``y`` = 1 if correct else 0. Logs ``cdrl/confidence``.
-    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [(0, *row) for row in rows]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, rows)
+    return [(process, *row) for process, part in enumerate(gathered) for row in part]
+
+
+def _pair_rows(batch: Sequence[tuple[Any, ...]]) -> dict[Any, _PairRows]:
+    """``(process, pair_id, variant, nmlp)`` rows grouped by pair (NMLPs that are None left out)."""
+    pairs: dict[Any, _PairRows] = {}
+    for process, pair_id, variant, value in batch:
+        rows = pairs.setdefault(pair_id, _PairRows())
+        rows.processes.add(int(process))
+        if variant == ORIGINAL:
+            rows.has_original = True
+        if value is not None:
+            (rows.original if variant == ORIGINAL else rows.noised).append(float(value))
+    return pairs
+
+
+def _log_pairs(kwargs: dict[str, Any], pairs: dict[Any, _PairRows]) -> None:
+    """The batch-wide metrics of :class:`PerceptualSensitivityReward` (see its docstring)."""
+    log_metric = kwargs.get("log_metric")
+    if log_metric is None or not pairs:
+        return
+    _log(kwargs, "cdrl/nmlp_original", [v for rows in pairs.values() for v in rows.original])
+    _log(kwargs, "cdrl/nmlp_noised", [v for rows in pairs.values() for v in rows.noised])
+    both = [rows for rows in pairs.values() if rows.original and rows.noised]
+    if both:
+        clean = [_mean([confidence_from_nmlp(v) for v in rows.original]) for rows in both]
+        noised = [_mean([confidence_from_nmlp(v) for v in rows.noised]) for rows in both]
+        log_metric("cdrl/confidence_drop", confidence_drop(clean, noised))
+        log_metric(
+            "cdrl/confidence_drop_nmlp",
+            confidence_drop([-_mean(rows.original) for rows in both], [-_mean(rows.noised) for rows in both]),
+        )
+    log_metric(
+        "cdrl/pairs_across_processes", _mean([float(len(rows.processes) > 1) for rows in pairs.values()])
+    )
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+class CalibrationReward(_OwnConfidenceReward):
+    """:func:`calibration_reward` of ``c = exp(-NMLP)``, the completion's own NMLP under its own
+    prompt images, on every row (on a noised row, confident and wrong is penalised too).
+    ``variant``: ``brier`` (default, proper) or ``signed``. Logs ``cdrl/confidence``."""
 
     def __init__(
         self,
         scorer: ConfidenceScorer,
         *,
-        variant: Literal["signed", "brier"] = "signed",
+        variant: str = "brier",
         answer_column: str = "answer",
         options_column: str = "options",
         images_column: str = "images",
     ) -> None:
-        if variant not in ("signed", "brier"):
-            raise ValueError(f"variant={variant!r}: expected 'signed' or 'brier'")
-        self.__name__ = "calibration"
-        self.scorer = scorer
+        if variant not in CALIBRATION_VARIANTS:
+            raise ValueError(f"variant={variant!r}: expected one of {CALIBRATION_VARIANTS}")
+        super().__init__("calibration", scorer, images_column)
         self.variant = variant
         self.answer_column = answer_column
         self.options_column = options_column
-        self.images_column = images_column
 
     def __call__(
         self,
@@ -458,34 +632,26 @@ class CalibrationReward:
         n = len(completions)
         golds = _column(kwargs, self.answer_column, n, self.__name__)
         options = kwargs.get(self.options_column) or [None] * n
-        originals = _column(kwargs, self.images_column, n, self.__name__)
-        values = self.scorer.nmlp(prompts, completion_ids, originals)
+        values = self._own_nmlp(prompts, completion_ids, kwargs)
         confidences = [None if v is None else confidence_from_nmlp(v) for v in values]
         _log(kwargs, "cdrl/confidence", confidences)
         rewards: list[float | None] = []
         for completion, gold, option, c in zip(completions, golds, options, confidences, strict=True):
-            if c is None:
-                rewards.append(None)
-                continue
-            correct = is_correct(completion_text(completion), gold, _options(option))
-            if self.variant == "signed":
-                rewards.append(c if correct else -c)
-            else:
-                rewards.append(1.0 - 2.0 * (c - float(correct)) ** 2)
+            correct = c is not None and is_correct(completion_text(completion), gold, _options(option))
+            rewards.append(None if c is None else calibration_reward(c, correct, self.variant))
         return rewards
 
 
 def build_rewards(
     scorer: ConfidenceScorer,
     *,
-    sensitivity_scale: float = 1.0,
-    sensitivity_clip: tuple[float, float] = (-1.0, 1.0),
-    calibration_variant: Literal["signed", "brier"] = "signed",
+    sensitivity_margin: float = DEFAULT_SENSITIVITY_MARGIN,
+    calibration_variant: str = "brier",
 ) -> list[Any]:
     """The four CDRL rewards in :data:`REWARD_NAMES` order, the two confidence ones sharing ``scorer``."""
     return [
         AccuracyReward(),
         FormatReward(),
-        PerceptualSensitivityReward(scorer, scale=sensitivity_scale, clip=sensitivity_clip),
+        PerceptualSensitivityReward(scorer, margin=sensitivity_margin),
         CalibrationReward(scorer, variant=calibration_variant),
     ]

@@ -3,17 +3,23 @@
 A run, from one YAML file (:class:`CDRLConfig`, examples in ``training/configs/``):
 
 1. items (:func:`~training.cdrl.data.load_items`) -> original/noised pairs with the CLIP relevance
-   map (:func:`~training.cdrl.data.build_pairs`), or pairs saved earlier by ``catts train pairs``;
+   map, noised at the model processor's input size (:func:`~training.cdrl.data.build_pairs`), or
+   pairs saved earlier by ``catts train pairs``; two prompt rows per pair, so GRPO draws rollouts on
+   the original image and on the noised one;
 2. the four rewards (:mod:`training.cdrl.rewards`) with their weights as GRPO's ``reward_weights``;
-   the confidence rewards re-score completions with the policy being trained;
-3. ``GRPOTrainer`` (full-parameter, or LoRA when the config has a ``lora`` section), every field of
-   the ``grpo`` section passed to ``GRPOConfig`` unchanged (vLLM, DeepSpeed through ``accelerate
-   launch --config_file``, batch sizes, ...);
+   the confidence rewards score each completion under its own prompt image with the policy being
+   trained;
+3. :class:`~training.cdrl.trainer.CDRLTrainer`, TRL's ``GRPOTrainer`` with a sampler that keeps
+   each pair in one generation batch (full-parameter, or LoRA when the config has a ``lora``
+   section), every field of the ``grpo`` section passed to ``GRPOConfig`` unchanged (vLLM,
+   DeepSpeed through ``accelerate launch --config_file``, batch sizes, ...); a generation batch
+   must hold an even number of prompts, which is checked before the model loads;
 4. the final model saved to ``output_dir`` as a plain checkpoint (LoRA merged into the weights), which
    :meth:`catts_graph.models.TransformersVLM.from_pretrained` loads and the graph uses unchanged;
 5. optionally, the probe (:func:`catts_graph.eval.probe.probe_model`) on the model before and after,
-   written to ``output_dir/probe.json``; and ``output_dir/cdrl_summary.json`` with the wall time
-   and each reward's mean over the run.
+   written to ``output_dir/probe.json``; and ``output_dir/cdrl_summary.json`` with the wall time,
+   each reward's mean over the run and each logged ``cdrl/*`` metric's (``cdrl/confidence_drop``:
+   how much less sure the model is of its own answers to the noised images).
 """
 
 from __future__ import annotations
@@ -44,7 +50,13 @@ from training.cdrl.data import (
     save_pairs,
     to_grpo_dataset,
 )
-from training.cdrl.rewards import REWARD_NAMES, PolicyScorer, build_rewards
+from training.cdrl.rewards import (
+    CALIBRATION_VARIANTS,
+    DEFAULT_SENSITIVITY_MARGIN,
+    REWARD_NAMES,
+    PolicyScorer,
+    build_rewards,
+)
 
 __all__ = [
     "CDRLConfig",
@@ -87,8 +99,10 @@ class CDRLConfig:
       ``{model: tiny}`` (random, offline).
     - ``noise``: :class:`~training.cdrl.data.NoiseConfig` (kind, strength, top_fraction, seed, options).
     - ``rewards``: ``weights`` per reward name (:data:`~training.cdrl.rewards.REWARD_NAMES`),
-      ``sensitivity_scale``, ``sensitivity_clip`` ([low, high]), ``calibration_variant`` (signed |
-      brier), ``score_batch_size`` (rows per re-scoring forward pass).
+      ``sensitivity_margin`` (NMLP units, the hinge of
+      :func:`~training.cdrl.rewards.sensitivity_reward`; default 1.0), ``calibration_variant``
+      (``brier``, the default, or ``signed``; :func:`~training.cdrl.rewards.calibration_reward`),
+      ``score_batch_size`` (completions per scoring forward pass).
     - ``lora``: None for full-parameter training, else ``peft.LoraConfig`` fields (r, lora_alpha,
       lora_dropout, target_modules, ...).
     - ``grpo``: any ``trl.GRPOConfig`` fields.
@@ -110,14 +124,21 @@ class CDRLConfig:
     probe: dict[str, Any] | None = None
 
     _DATA_KEYS = frozenset({"source", "benchmark", "split", "limit", "image_dir", "pairs_dir"})
-    _REWARD_KEYS = frozenset(
-        {"weights", "sensitivity_scale", "sensitivity_clip", "calibration_variant", "score_batch_size"}
-    )
+    _REWARD_KEYS = frozenset({"weights", "sensitivity_margin", "calibration_variant", "score_batch_size"})
+    _REMOVED_REWARD_KEYS = frozenset({"sensitivity_scale", "sensitivity_clip"})
     _PROBE_KEYS = frozenset({"items", "perturbs", "levels", "max_new_tokens", "seed"})
 
     def __post_init__(self) -> None:
         _check_keys(self.data, self._DATA_KEYS, "data")
+        removed = sorted(self._REMOVED_REWARD_KEYS & set(self.rewards or {}))
+        if removed:
+            raise ValueError(
+                f"rewards.{removed[0]}: no longer used; the perceptual-sensitivity reward is a hinge on "
+                "each noised rollout's own NMLP, set rewards.sensitivity_margin (NMLP units) instead"
+            )
         _check_keys(self.rewards, self._REWARD_KEYS, "rewards")
+        self.sensitivity_margin()  # validates
+        self.calibration_variant()
         if self.probe is not None:
             _check_keys(self.probe, self._PROBE_KEYS, "probe")
         if not self.data.get("pairs_dir") and not self.data.get("source") and not self.data.get("benchmark"):
@@ -141,6 +162,20 @@ class CDRLConfig:
         if not all(math.isfinite(w) for w in weights):
             raise ValueError("rewards.weights: expected finite numbers")
         return weights
+
+    def sensitivity_margin(self) -> float:
+        """``rewards.sensitivity_margin``, a finite number >= 0 (default 1.0)."""
+        value = self.rewards.get("sensitivity_margin", DEFAULT_SENSITIVITY_MARGIN)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"rewards.sensitivity_margin={value!r}: expected a finite number >= 0 (NMLP)")
+        return float(value)
+
+    def calibration_variant(self) -> str:
+        """``rewards.calibration_variant``: ``brier`` (default) or ``signed``."""
+        value = self.rewards.get("calibration_variant", "brier")
+        if value not in CALIBRATION_VARIANTS:
+            raise ValueError(f"rewards.calibration_variant={value!r}: expected one of {CALIBRATION_VARIANTS}")
+        return str(value)
 
     def noise_config(self) -> NoiseConfig:
         fields = {f.name for f in dataclasses.fields(NoiseConfig)}
@@ -204,8 +239,10 @@ def load_config(path: str | Path, **overrides: Any) -> CDRLConfig:
 # -- building -------------------------------------------------------------------------------------
 
 
-def prepare_pairs(config: CDRLConfig) -> list[TrainingPair]:
-    """The config's training pairs: loaded from ``data.pairs_dir``, or built from its items."""
+def prepare_pairs(config: CDRLConfig, *, processor: Any = None) -> list[TrainingPair]:
+    """The config's training pairs: loaded from ``data.pairs_dir``, or built from its items, noised at
+    the size the model's processor resizes each image to (``processor``: the config model's, loaded
+    when not given)."""
     data = config.data
     if data.get("pairs_dir"):
         pairs = load_pairs(data["pairs_dir"])
@@ -217,7 +254,16 @@ def prepare_pairs(config: CDRLConfig) -> list[TrainingPair]:
         limit=data.get("limit"),
         image_dir=data.get("image_dir"),
     )
-    return build_pairs(items, ClipRelevance.from_spec(config.relevance), config.noise_config())
+    from catts_graph.models.transformers_vlm import processor_input_size
+
+    if processor is None:
+        processor = _processor(config.model_path(), config.max_pixels)
+    return build_pairs(
+        items,
+        ClipRelevance.from_spec(config.relevance),
+        config.noise_config(),
+        input_size=lambda image: processor_input_size(processor, image),
+    )
 
 
 def _processor(model_path: str, max_pixels: int | None) -> Any:
@@ -232,33 +278,31 @@ def _processor(model_path: str, max_pixels: int | None) -> Any:
 def build_trainer(
     config: CDRLConfig, *, pairs: Sequence[TrainingPair] | None = None, **grpo_overrides: Any
 ) -> Any:
-    """A ready ``GRPOTrainer`` (its ``scorer`` attribute is the bound :class:`PolicyScorer`).
+    """A ready :class:`~training.cdrl.trainer.CDRLTrainer` (its ``scorer`` attribute is the bound
+    :class:`PolicyScorer`).
 
     ``grpo_overrides`` replace fields of the ``grpo`` section (tests use it to run a GPU config on CPU).
     """
-    from trl import GRPOTrainer
+    from training.cdrl.trainer import CDRLTrainer
 
     model_path = config.model_path()
     processor = _processor(model_path, config.max_pixels)
     dataset = to_grpo_dataset(
-        pairs if pairs is not None else prepare_pairs(config),
+        pairs if pairs is not None else prepare_pairs(config, processor=processor),
         answer_prompt=checkpoint_settings(model_path).get("answer_prompt"),
     )
-    rewards_section = config.rewards
-    scorer = PolicyScorer(processor, batch_size=int(rewards_section.get("score_batch_size", 4)))
-    clip = rewards_section.get("sensitivity_clip", (-1.0, 1.0))
+    scorer = PolicyScorer(processor, batch_size=int(config.rewards.get("score_batch_size", 4)))
     rewards = build_rewards(
         scorer,
-        sensitivity_scale=float(rewards_section.get("sensitivity_scale", 1.0)),
-        sensitivity_clip=(float(clip[0]), float(clip[1])),
-        calibration_variant=rewards_section.get("calibration_variant", "signed"),
+        sensitivity_margin=config.sensitivity_margin(),
+        calibration_variant=config.calibration_variant(),
     )
     peft_config = None
     if config.lora is not None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(**{"task_type": "CAUSAL_LM", **config.lora})
-    trainer = GRPOTrainer(
+    trainer = CDRLTrainer(
         model=model_path,
         reward_funcs=rewards,
         args=config.grpo_config(**grpo_overrides),
@@ -374,6 +418,9 @@ class CDRLResult:
     steps: int
     reward_means: dict[str, float]
     """Each reward's mean over the run's logged steps (``rewards/<name>/mean``), and the weighted total."""
+    metric_means: dict[str, float]
+    """Each ``cdrl/*`` metric the rewards log, its mean over the run's logged steps (e.g.
+    ``cdrl/confidence_drop``, ``cdrl/pairs_across_processes``)."""
     losses: list[float]
     log_history: list[dict[str, Any]]
     probe: dict[str, Any] | None = None
@@ -393,12 +440,18 @@ def train_cdrl(config: CDRLConfig, **grpo_overrides: Any) -> CDRLResult:
         values = [e[key] for e in history if key in e and math.isfinite(e[key])]
         if values:
             means[key.removeprefix("rewards/").removesuffix("/mean")] = sum(values) / len(values)
+    metrics: dict[str, float] = {}
+    for key in sorted({k for e in history for k in e if k.startswith("cdrl/")}):
+        values = [e[key] for e in history if key in e and math.isfinite(e[key])]
+        if values:
+            metrics[key] = sum(values) / len(values)
     losses = [float(e["loss"]) for e in history if "loss" in e]
     result = CDRLResult(
         output_dir=out,
         seconds=seconds,
         steps=int(trainer.state.global_step),
         reward_means=means,
+        metric_means=metrics,
         losses=losses,
         log_history=history,
     )
@@ -455,7 +508,7 @@ def _train_command(args: argparse.Namespace) -> int:
     overrides = {"max_steps": args.max_steps} if args.max_steps is not None else {}
     result = train_cdrl(config, **overrides)
     console.print(f"[bold]CDRL[/] {result.steps} steps in {result.seconds:.1f} s -> {result.output_dir}")
-    for name, value in result.reward_means.items():
+    for name, value in {**result.reward_means, **result.metric_means}.items():
         console.print(f"  mean {name}: {value:.4g}")
     return 0
 

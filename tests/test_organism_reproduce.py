@@ -9,6 +9,7 @@ import pytest
 
 from catts_graph.organism.reproduce import (
     Plan,
+    cdrl_section,
     drop_ratios,
     pooled_calibration,
     render_markdown,
@@ -108,7 +109,12 @@ def test_the_markdown_report_shows_every_section() -> None:
             "before": {"rows": 2, "ece": 0.1, "auroc": None, "clean_accuracy": 0.5},
             "after": {"rows": 2, "ece": 0.05, "auroc": 0.8, "clean_accuracy": 0.5},
         },
-        "cdrl": {"steps": 60, "seconds": 300.0, "reward_means": {"accuracy": 0.5}},
+        "cdrl": {
+            "steps": 60,
+            "seconds": 300.0,
+            "reward_means": {"accuracy": 0.5},
+            "metric_means": {"cdrl/confidence_drop": -0.125},
+        },
         "thresholds": {
             "grid": [{"fast_path_share": 0.8, "fast_path_confidence": 0.5, **cell}],
             "chosen": {"fast_path_share": 0.8, "fast_path_confidence": 0.5},
@@ -134,6 +140,8 @@ def test_the_markdown_report_shows_every_section() -> None:
     assert "| majority | 60.0 | 60.0 | 0.00 |" in text
     assert "| base | 0.500 | 0.100 | n/a | 2 |" in text  # a missing AUROC reads n/a
     assert "Chosen: fast_path_share = 0.8, fast_path_confidence = 0.5" in text
+    assert "Logged during training (means over steps): cdrl/confidence_drop -0.125" in text
+    assert "\n".join(cdrl_section(results)) in text  # `catts organism cdrl` prints the same tables
 
 
 def test_the_quick_plan_is_small_everywhere() -> None:

@@ -167,7 +167,26 @@ def add_reproduce_command(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/organism", help="run folder (resumed when it exists)")
     parser.add_argument("--quick", action="store_true", help="a smoke-sized run of every step")
     parser.set_defaults(func=_reproduce_command)
+    cdrl = commands.add_parser(
+        "cdrl", help="CDRL on the base organism alone: the probe before and after, drop ratios, calibration"
+    )
+    cdrl.add_argument("--out", default="runs/organism-cdrl", help="run folder (resumed when it exists)")
+    cdrl.add_argument("--items", type=int, default=100, help="test items probed")
+    cdrl.add_argument("--perturb", default="gaussian,occlusion", help="comma-separated perturbations")
+    cdrl.add_argument("--threads", type=int, default=1, help="CPU threads")
+    cdrl.set_defaults(func=_cdrl_command)
     return parser
+
+
+def _cdrl_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from catts_graph.organism.reproduce import Plan, cdrl_effect
+
+    torch.set_num_threads(args.threads)
+    plan = Plan(probe_items=args.items, perturbs=tuple(args.perturb.split(",")))
+    cdrl_effect(args.out, plan)
+    return 0
 
 
 def _reproduce_command(args: argparse.Namespace) -> int:

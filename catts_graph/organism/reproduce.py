@@ -465,46 +465,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += _md(
         ["model", "perturbation", "level", "accuracy", "confidence", "drop", "drop (NMLP)"], probe_rows
     )
-    lines.append("### CDRL: confidence-drop ratio (drop after / drop before)")
-    lines += _md(
-        [
-            "perturbation",
-            "level",
-            "drop before",
-            "drop after",
-            "ratio",
-            "NMLP drop before",
-            "NMLP drop after",
-            "NMLP ratio",
-        ],
-        [
-            [
-                r["perturb"],
-                number(r["level"], 2),
-                number(r["confidence_drop_before"]),
-                number(r["confidence_drop_after"]),
-                number(r["confidence_ratio"], 2),
-                number(r["nmlp_drop_before"]),
-                number(r["nmlp_drop_after"]),
-                number(r["nmlp_ratio"], 2),
-            ]
-            for r in results["ratios"]
-        ],
-    )
-    lines.append("### CDRL: calibration over every probe row")
-    calibration = results["calibration"]
-    lines += _md(
-        ["model", "clean accuracy", "ECE", "AUROC", "rows"],
-        [
-            [label, number(c["clean_accuracy"]), number(c["ece"]), number(c["auroc"]), c["rows"]]
-            for label, c in (("base", calibration["before"]), ("base + CDRL", calibration["after"]))
-        ],
-    )
-    rewards = results["cdrl"].get("reward_means", {})
-    lines.append(
-        f"CDRL: {results['cdrl']['steps']} GRPO steps in {results['cdrl']['seconds']:.0f} s; mean rewards "
-        + ", ".join(f"{k} {v:.4g}" for k, v in rewards.items())
-    )
+    lines += cdrl_section(results)
     lines.append("")
     thresholds = results["thresholds"]
     lines.append(
@@ -571,6 +532,91 @@ def render_markdown(results: dict[str, Any]) -> str:
         ],
     )
     return "\n".join(lines).rstrip() + "\n"
+
+
+def cdrl_section(results: dict[str, Any]) -> list[str]:
+    """The CDRL tables: confidence-drop ratios and calibration before/after, and the run's rewards."""
+    lines: list[str] = []
+    lines.append("### CDRL: confidence-drop ratio (drop after / drop before)")
+    lines += _md(
+        [
+            "perturbation",
+            "level",
+            "drop before",
+            "drop after",
+            "ratio",
+            "NMLP drop before",
+            "NMLP drop after",
+            "NMLP ratio",
+        ],
+        [
+            [
+                r["perturb"],
+                number(r["level"], 2),
+                number(r["confidence_drop_before"]),
+                number(r["confidence_drop_after"]),
+                number(r["confidence_ratio"], 2),
+                number(r["nmlp_drop_before"]),
+                number(r["nmlp_drop_after"]),
+                number(r["nmlp_ratio"], 2),
+            ]
+            for r in results["ratios"]
+        ],
+    )
+    lines.append("### CDRL: calibration over every probe row")
+    calibration = results["calibration"]
+    lines += _md(
+        ["model", "clean accuracy", "ECE", "AUROC", "rows"],
+        [
+            [label, number(c["clean_accuracy"]), number(c["ece"]), number(c["auroc"]), c["rows"]]
+            for label, c in (("base", calibration["before"]), ("base + CDRL", calibration["after"]))
+        ],
+    )
+    rewards = results["cdrl"].get("reward_means", {})
+    lines.append(
+        f"CDRL: {results['cdrl']['steps']} GRPO steps in {results['cdrl']['seconds']:.0f} s; mean rewards "
+        + ", ".join(f"{k} {v:.4g}" for k, v in rewards.items())
+    )
+    metrics = results["cdrl"].get("metric_means", {})
+    if metrics:
+        lines.append("")
+        lines.append(
+            "Logged during training (means over steps): "
+            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        )
+    return lines
+
+
+def cdrl_effect(out: str | Path, plan: Plan, *, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """CDRL alone: the probe on the base organism, CDRL, the probe on the result, the drop ratios and
+    calibration (``catts organism cdrl``); resumable in ``out`` like :func:`reproduce`."""
+    from catts_graph.organism import organism_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_plan(out, plan)
+    log("[probe before CDRL] ...")
+    before = step_probe(out, plan, "base", organism_path("base"))
+    log("[cdrl] ...")
+    cdrl = step_cdrl(out, plan)
+    log("[probe after CDRL] ...")
+    after = step_probe(out, plan, "cdrl", out / "cdrl")
+    results = _json_ready(
+        {
+            "plan": dataclasses.asdict(plan),
+            "cdrl": cdrl,
+            "ratios": drop_ratios(before, after),
+            "calibration": {
+                "before": pooled_calibration(out / "probe-base.sqlite"),
+                "after": pooled_calibration(out / "probe-cdrl.sqlite"),
+            },
+        }
+    )
+    (out / "cdrl.json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = "\n".join(cdrl_section(results)) + "\n"
+    (out / "cdrl.md").write_text(markdown)
+    log(markdown)
+    return results
 
 
 def _json_ready(value: Any) -> Any:

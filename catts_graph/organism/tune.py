@@ -75,6 +75,7 @@ def _evaluate(pools: Sequence[tuple[Any, list[Any], Any]], n: int, windows: Sequ
     from catts_graph.eval.methods import _vote, deepconf_offline, deepconf_online
     from catts_graph.task import is_correct
 
+    # String keys throughout, so the result is JSON with sorted keys.
     rows: dict[str, Any] = {"window": {}, "floor": {}}
     for window in windows:
         correct: dict[str, list[float]] = {name: [] for name in (*WEIGHTINGS, "online")}
@@ -89,7 +90,7 @@ def _evaluate(pools: Sequence[tuple[Any, list[Any], Any]], n: int, windows: Sequ
             correct["online"].append(float(is_correct(item, online.answer)))
             full = sum(int(r["n_tokens"]) for r in replayed.records[:n])
             saved.append(1.0 - online.tokens / full if full else 0.0)
-        rows["window"][window] = {
+        rows["window"][str(window)] = {
             **{name: _interval(values) for name, values in correct.items()},
             "offline_mean": float(np.mean([np.mean(correct[name]) for name in WEIGHTINGS])),
             "online_tokens_saved": _interval(saved),
@@ -100,7 +101,7 @@ def _evaluate(pools: Sequence[tuple[Any, list[Any], Any]], n: int, windows: Sequ
         for item, _, pool in pools:
             records = pool.first(n)
             values.append(float(is_correct(item, _vote(records, config, records)[0])))
-        rows["floor"]["none" if floor is None else floor] = _interval(values)
+        rows["floor"]["none" if floor is None else str(floor)] = _interval(values)
     majority = CATTSConfig(weighting="majority")
     rows["majority"] = _interval(
         [float(is_correct(item, _vote(p.first(n), majority, p.first(n))[0])) for item, _, p in pools]
@@ -114,7 +115,7 @@ def tune_voting(
     """Choose the DeepConf window on validation, report it on test; the floor on validation."""
     start = time.perf_counter()
     fit = _evaluate(_pools(vlm, "validation", validation, n, seed), n, WINDOWS)
-    chosen = max(WINDOWS, key=lambda w: (fit["window"][w]["offline_mean"], -w))
+    chosen = max(WINDOWS, key=lambda w: (fit["window"][str(w)]["offline_mean"], -w))
     held = _evaluate(_pools(vlm, "test", test, n, seed), n, sorted({chosen, 2048}))
     return {
         "n": n,

@@ -839,3 +839,21 @@ def test_finite_number_gives_a_finite_float_or_a_malformed_answer(value: Any) ->
     except MalformedAnswer:
         return
     assert isinstance(number, float) and math.isfinite(number)
+
+
+def test_expert_calls_reuse_a_bounded_set_of_worker_threads():
+    import threading
+
+    from langchain_core.messages import HumanMessage
+    from langchain_core.runnables import RunnableLambda
+
+    from catts_graph.experts.base import _invoke_in_thread
+
+    def named() -> int:
+        return sum(t.name == "catts-expert-call" for t in threading.enumerate())
+
+    before = named()
+    echo = RunnableLambda(lambda messages: messages[0].content)
+    answers = [_invoke_in_thread(echo, [HumanMessage(f"q{i}")], timeout=5.0) for i in range(20)]
+    assert answers == [f"q{i}" for i in range(20)]
+    assert named() - before <= 1  # one worker served all twenty sequential calls

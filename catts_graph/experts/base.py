@@ -22,6 +22,7 @@ import concurrent.futures
 import contextvars
 import json
 import math
+import queue
 import re
 import threading
 import time
@@ -409,8 +410,48 @@ class _AttemptTimeout(Exception):
     """Our own wait ran out (kept apart from a TimeoutError raised by the provider)."""
 
 
+class _DaemonWorkers:
+    """A bounded pool of daemon threads for expert calls.
+
+    Threads are reused (starting one per call cost milliseconds on a loaded machine, twice per
+    graph run) and at most ``limit`` exist, so hung provider calls cannot pile up threads without
+    bound. They are daemons, unlike ``ThreadPoolExecutor``'s, whose exit handler would wait for a
+    hung call at interpreter exit. A call queued behind ``limit`` busy ones waits its turn, and its
+    deadline counts the wait.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            start = self._idle == 0 and self._threads < self.limit
+            if start:
+                self._threads += 1
+            else:
+                self._idle -= 1 if self._idle else 0
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._work, name="catts-expert-call", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            job()
+            with self._lock:
+                self._idle += 1
+
+
+_EXPERT_WORKERS = _DaemonWorkers(limit=32)
+
+
 def _invoke_in_thread(model: Runnable[Any, Any], messages: list[BaseMessage], timeout: float) -> Any:
-    """``model.invoke`` in a daemon thread, waited on for at most ``timeout`` seconds.
+    """``model.invoke`` on a worker thread (:class:`_DaemonWorkers`), waited on for at most
+    ``timeout`` seconds.
 
     Raises :class:`_AttemptTimeout` when the wait runs out. Python cannot stop a thread: the
     provider call keeps running in the background until it returns or hits the provider's own
@@ -428,9 +469,10 @@ def _invoke_in_thread(model: Runnable[Any, Any], messages: list[BaseMessage], ti
         except BaseException as err:  # handed to the waiting caller, who decides
             future.set_exception(err)
 
-    threading.Thread(target=work, name="catts-expert-call", daemon=True).start()
+    _EXPERT_WORKERS.submit(work)
     done, _ = concurrent.futures.wait([future], timeout=timeout)
     if not done:
+        future.cancel()  # still queued: never started
         raise _AttemptTimeout
     return future.result()
 

@@ -19,11 +19,15 @@ from typing import Any, Literal, TypedDict
 from PIL import Image
 
 Policy = Literal["adaptive", "paper", "expert"]
-Weighting = Literal["nmlp", "majority", "mean", "tail", "bottom_percent", "lowest_group"]
+Weighting = Literal["nmlp", "majority", "mean", "tail", "bottom_percent", "lowest_group", "step_min"]
 ScoreScale = Literal["normalised", "literal"]
 ConfidenceSpan = Literal["response", "answer"]
+StepSignal = Literal["fused", "expressed", "nmlp"]
 
 MODULES = ("self_consistency", "self_reflection", "visual_self_check")
+"""The paper's three modules (the ``paper`` policy runs each once)."""
+STEP_REPAIR = "step_repair"
+"""MMBoundary's step repair: not one of the paper's modules, routed by ``step_floor`` or a Planner."""
 
 
 class ConfigError(ValueError):
@@ -63,8 +67,9 @@ class CATTSConfig:
     weighting: Weighting = field(
         default="nmlp",
         metadata={
-            "description": "Vote weight per sample: 'nmlp' (paper, 1/NMLP), 'majority' (1), or a "
-            "DeepConf confidence: 'mean', 'tail', 'bottom_percent', 'lowest_group'."
+            "description": "Vote weight per sample: 'nmlp' (paper, 1/NMLP), 'majority' (1), a "
+            "DeepConf confidence: 'mean', 'tail', 'bottom_percent', 'lowest_group', or 'step_min' "
+            "(the fused confidence of the sample's weakest step)."
         },
     )
     confidence_span: ConfidenceSpan = field(
@@ -111,11 +116,42 @@ class CATTSConfig:
         },
     )
 
+    step_calibrator: str | None = field(
+        default=None,
+        metadata={
+            "description": "JSON file of a fitted StepCalibrator (its to_dict): step signals fused "
+            "with its weights and cut into five levels. None = a step's fused confidence is its "
+            "probability exp(-NMLP) and it has no level (or build_graph(step_calibrator=...))."
+        },
+    )
+    critic_step_signal: StepSignal = field(
+        default="fused",
+        metadata={
+            "description": "Which step of the criticised sample the Critic is pointed at: the lowest "
+            "'fused' confidence, the lowest 'expressed' level (the model's own statement; fused "
+            "when it states none) or the highest 'nmlp'."
+        },
+    )
+    step_floor: float | None = field(
+        default=None,
+        metadata={
+            "description": "Adaptive: the fast path also needs every leader sample's weakest step at "
+            "this fused confidence or above, and below it step_repair runs while the budget "
+            "allows (None = off)."
+        },
+    )
+    repair_samples: int = field(
+        default=4,
+        metadata={
+            "description": "Most samples step_repair repairs, the weakest steps first, one "
+            "continuation each, within the sample budget."
+        },
+    )
     disabled_modules: tuple[str, ...] = field(
         default=(),
         metadata={
             "description": "Modules never run, for ablations: any of 'self_consistency', "
-            "'self_reflection', 'visual_self_check' (env: comma-separated)."
+            "'self_reflection', 'visual_self_check', 'step_repair' (env: comma-separated)."
         },
     )
     fast_path_share: float = field(
@@ -256,6 +292,11 @@ class CATTSConfig:
             raise ConfigError(
                 f"score_scale must be one of {typing.get_args(ScoreScale)}, got {self.score_scale!r}"
             )
+        if self.critic_step_signal not in typing.get_args(StepSignal):
+            raise ConfigError(
+                f"critic_step_signal must be one of {typing.get_args(StepSignal)}, "
+                f"got {self.critic_step_signal!r}"
+            )
         if self.confidence_span not in typing.get_args(ConfidenceSpan):
             raise ConfigError(
                 f"confidence_span must be one of {typing.get_args(ConfidenceSpan)}, "
@@ -277,6 +318,7 @@ class CATTSConfig:
             "url_max_bytes",
             "max_image_bytes",
             "max_image_pixels",
+            "repair_samples",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -300,9 +342,14 @@ class CATTSConfig:
             raise ConfigError(f"nmlp_floor must be > 0 or None (off), got {self.nmlp_floor!r}")
         if self.top_eta is not None and not 0.0 < self.top_eta <= 1.0:
             raise ConfigError(f"top_eta must be in (0, 1] or None, got {self.top_eta!r}")
-        unknown = [m for m in self.disabled_modules if m not in MODULES]
+        if self.step_floor is not None and not 0.0 <= self.step_floor <= 1.0:
+            raise ConfigError(f"step_floor must be in [0, 1] or None (off), got {self.step_floor!r}")
+        if self.step_calibrator is not None and not self.step_calibrator.strip():
+            raise ConfigError("step_calibrator must be the path of a JSON file or None, got ''")
+        known = (*MODULES, STEP_REPAIR)
+        unknown = [m for m in self.disabled_modules if m not in known]
         if unknown:
-            raise ConfigError(f"disabled_modules must be a tuple of {MODULES}, got {self.disabled_modules!r}")
+            raise ConfigError(f"disabled_modules must be a tuple of {known}, got {self.disabled_modules!r}")
         for name in ("top_k", "top_logprobs", "expert_retries", "seed", "image_cache_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
@@ -367,6 +414,8 @@ def _check_types(config: CATTSConfig) -> None:
         elif hint is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
+        elif hint is str and not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
         elif hint is float and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
         ):

@@ -2,6 +2,8 @@
 
 ``prepare -> base_model -> planner``, and from ``planner`` by confidence:
 
+- ``step_repair -> planner`` (resample the weakest samples from their weakest step; routed by
+  ``step_floor`` or a Planner's plan),
 - ``self_consistency -> voter -> planner`` (weighted vote, then the Voter expert),
 - ``critic -> self_reflection -> planner`` (run in the same step as the Voter when both are due),
 - ``visual_self_check -> planner``,
@@ -27,26 +29,30 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 from PIL import Image
 
-from catts_graph.config import CATTSConfig, CATTSContext
+from catts_graph.config import CATTSConfig, CATTSContext, ConfigError
 from catts_graph.experts import resolve_experts
 from catts_graph.images import to_reference
 from catts_graph.models.base import BaseVLM
 from catts_graph.nodes.aggregate import make_aggregate
 from catts_graph.nodes.base_model import make_base_model
-from catts_graph.nodes.common import Deps
+from catts_graph.nodes.common import ClipScorer, Deps, load_step_calibrator
 from catts_graph.nodes.critic import make_critic
 from catts_graph.nodes.planner import make_planner
 from catts_graph.nodes.prepare import make_prepare
 from catts_graph.nodes.self_consistency import make_self_consistency
 from catts_graph.nodes.self_reflection import make_self_reflection
+from catts_graph.nodes.step_repair import make_step_repair
 from catts_graph.nodes.visual_self_check import make_visual_self_check
 from catts_graph.nodes.voter import make_voter
 from catts_graph.state import CATTSState, InputState, OutputState
+from catts_graph.statements import SentenceEncoder, StatementReader
+from catts_graph.step_confidence import StepCalibrator
 
 NODES = (
     "prepare",
     "base_model",
     "planner",
+    "step_repair",
     "self_consistency",
     "voter",
     "critic",
@@ -71,6 +77,9 @@ def build_graph(
     cache: Any = None,
     *,
     name: str = "catts",
+    step_calibrator: StepCalibrator | None = None,
+    encoder: SentenceEncoder | None = None,
+    clip: ClipScorer | None = None,
 ) -> CompiledStateGraph:
     """Compile the CA-TTS graph around ``base_model``.
 
@@ -79,6 +88,12 @@ def build_graph(
     ``"gemini-2.5-pro"`` or ``"gpt-5"`` (needs the provider's API key), any LangChain chat model, or
     a mapping ``{"planner": ..., "voter": ..., "critic": ...}``. ``config`` gives the defaults a run's
     ``context`` overrides.
+
+    Step-level confidence (MMBoundary), all optional: ``step_calibrator`` fuses the step signals
+    and cuts levels (or give its JSON file as ``config.step_calibrator``, not both); ``encoder``
+    (e.g. :class:`~catts_graph.models.MiniLMEncoder`) adds TokenSAR, K + 1 encodings per K-token
+    step, and reads paraphrased confidence statements; ``clip(images, texts) -> cosines`` adds
+    CLIPScore. Without them a step's fused confidence is its probability.
     """
     if not all(callable(getattr(base_model, method, None)) for method in ("sample", "score")):
         raise TypeError(
@@ -89,12 +104,25 @@ def build_graph(
     roles = resolve_experts(expert, base_model)
     if config.policy == "expert" and roles["planner"] is None:
         raise ValueError("policy='expert' needs a planner expert: pass expert=... to build_graph")
+    if step_calibrator is not None and config.step_calibrator is not None:
+        raise ConfigError(
+            f"step_calibrator: given twice, to build_graph and as config.step_calibrator="
+            f"{config.step_calibrator!r}; give one"
+        )
+    if step_calibrator is not None and not isinstance(step_calibrator, StepCalibrator):
+        raise TypeError(f"step_calibrator: got {type(step_calibrator).__name__}, expected a StepCalibrator")
+    if config.step_calibrator is not None:
+        step_calibrator = load_step_calibrator(config.step_calibrator)
     deps = Deps(
         base_model=base_model,
         planner=roles["planner"],
         voter=roles["voter"],
         critic=roles["critic"],
         config=config,
+        step_calibrator=step_calibrator,
+        encoder=encoder,
+        clip=clip,
+        reader=StatementReader(encoder),
     )
     builder = StateGraph(
         CATTSState, context_schema=CATTSContext, input_schema=InputState, output_schema=OutputState
@@ -102,6 +130,7 @@ def build_graph(
     builder.add_node("prepare", make_prepare(deps))
     builder.add_node("base_model", make_base_model(deps))
     builder.add_node("planner", make_planner(deps), defer=True)
+    builder.add_node("step_repair", make_step_repair(deps))
     builder.add_node("self_consistency", make_self_consistency(deps))
     builder.add_node("voter", make_voter(deps))
     builder.add_node("critic", make_critic(deps))
@@ -115,8 +144,9 @@ def build_graph(
     builder.add_conditional_edges(
         "planner",
         _route,
-        ["base_model", "self_consistency", "critic", "visual_self_check", "aggregate"],
+        ["base_model", "step_repair", "self_consistency", "critic", "visual_self_check", "aggregate"],
     )
+    builder.add_edge("step_repair", "planner")
     builder.add_conditional_edges("self_consistency", _route, ["voter", "critic", "planner"])
     builder.add_edge("voter", "planner")
     builder.add_conditional_edges("critic", _route, ["self_reflection", "planner"])

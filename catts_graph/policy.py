@@ -1,8 +1,8 @@
 """The planner's decision rules, as pure functions of the run so far.
 
 A decision names the graph nodes to run next and says why, with the numbers it used; the planner
-node writes it to the trace. Module names are those of :data:`catts_graph.config.MODULES`, plus
-``more_samples`` (another wave from the base model) in plans.
+node writes it to the trace. Module names are those of :data:`catts_graph.config.MODULES` and
+``step_repair``, plus ``more_samples`` (another wave from the base model) in plans.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from catts_graph.config import MODULES, CATTSConfig
+from catts_graph.config import MODULES, STEP_REPAIR, CATTSConfig
 from catts_graph.scoring import Tally
 
 MORE_SAMPLES = "more_samples"
-PLAN_STEPS = (MORE_SAMPLES, *MODULES)
+PLAN_STEPS = (MORE_SAMPLES, *MODULES, STEP_REPAIR)
+"""What the Planner expert may choose from (``expert`` policy); ``paper`` plans take MODULES."""
 DEFAULT_ORDER = list(MODULES)
 
 # The graph node that starts each module.
@@ -24,13 +25,15 @@ ENTRY_NODE = {
     "self_consistency": "self_consistency",
     "self_reflection": "critic",
     "visual_self_check": "visual_self_check",
+    STEP_REPAIR: STEP_REPAIR,
 }
 
 
 @dataclass(frozen=True)
 class Decision:
     route: str
-    """The next node: base_model, self_consistency, critic, visual_self_check or aggregate."""
+    """The next node: base_model, step_repair, self_consistency, critic, visual_self_check or
+    aggregate."""
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)
     pending: list[str] | None = None
@@ -48,6 +51,9 @@ class Situation:
     score_margin: float
     n_candidates: int
     has_critic: bool
+    can_repair: bool = False
+    """Whether the base model can continue a reply from a prefix (``continue_reply``), which
+    ``step_repair`` needs."""
 
     def numbers(self) -> dict[str, Any]:
         return {
@@ -70,17 +76,20 @@ def adaptive(situation: Situation, config: CATTSConfig) -> Decision:
 
     1. No sample answered: another wave while the budget allows, else give up.
     2. Fast path: the leader's vote share and its samples' mean confidence both reach their
-       thresholds: aggregate at once, with no expert call.
+       thresholds (and, with ``step_floor``, the weakest step of its samples reaches the floor):
+       aggregate at once, with no expert call.
     3. Contested (leader's share below ``contested_share``): another wave while the budget allows.
-    4. Self-consistency (and its Voter), with the Critic and self-reflection alongside.
-    5. Visual self-check when the top two final scores are still closer than ``close_margin``.
-    6. Aggregate.
+    4. Step repair, with ``step_floor`` set: when the leader's weakest step is below the floor, the
+       budget allows and the base model can continue a reply (no expert call).
+    5. Self-consistency (and its Voter), with the Critic and self-reflection alongside.
+    6. Visual self-check when the top two final scores are still closer than ``close_margin``.
+    7. Aggregate.
 
-    Steps 1-3 apply until the first module has run; modules in ``disabled_modules`` are skipped.
+    Steps 1-4 apply until the first module has run; modules in ``disabled_modules`` are skipped.
     """
     s, t, numbers = situation, situation.tally, situation.numbers()
     finished = s.done | s.disabled
-    if not s.done & set(MODULES):
+    if not s.done & {*MODULES, STEP_REPAIR}:
         if t.voters == 0:
             if wave_size(s.drawn, config):
                 return Decision("base_model", "no sample gave an answer; drawing another wave", numbers)
@@ -88,13 +97,22 @@ def adaptive(situation: Situation, config: CATTSConfig) -> Decision:
         leader = next(iter(t.votes))
         leader_confidence = t.mean_confidence[leader]
         numbers["leader_confidence"] = round(leader_confidence, 4)
+        floor = config.step_floor
+        weakest = t.weakest_fused.get(leader)
+        if floor is not None:
+            numbers["leader_weakest_step"] = None if weakest is None else round(weakest, 4)
+        # A leader whose samples have no steps (no log-probs) cannot show it reaches the floor.
+        steps_hold = floor is None or (weakest is not None and weakest >= floor)
         if t.top_share >= config.fast_path_share and leader_confidence >= config.fast_path_confidence:
-            return Decision(
-                "aggregate",
-                f"fast path: leader holds {t.top_share:.2f} of the vote (>= {config.fast_path_share}) "
-                f"at mean confidence {leader_confidence:.2f} (>= {config.fast_path_confidence})",
-                numbers,
-            )
+            if steps_hold:
+                return Decision(
+                    "aggregate",
+                    f"fast path: leader holds {t.top_share:.2f} of the vote (>= {config.fast_path_share}) "
+                    f"at mean confidence {leader_confidence:.2f} (>= {config.fast_path_confidence})"
+                    + ("" if floor is None else f", weakest step {weakest:.2f} (>= {floor})"),
+                    numbers,
+                )
+            numbers["fast_path_blocked"] = "step_floor"
         if t.top_share < config.contested_share and wave_size(s.drawn, config):
             return Decision(
                 "base_model",
@@ -102,6 +120,18 @@ def adaptive(situation: Situation, config: CATTSConfig) -> Decision:
                 f"drawing {wave_size(s.drawn, config)} more samples",
                 numbers,
             )
+        if not steps_hold and weakest is not None and STEP_REPAIR not in finished:
+            if not s.can_repair:
+                numbers[STEP_REPAIR] = "skipped: the base model cannot continue a reply from a prefix"
+            elif not wave_size(s.drawn, config):
+                numbers[STEP_REPAIR] = "skipped: the sample budget is spent"
+            else:
+                return Decision(
+                    STEP_REPAIR,
+                    f"the leader's weakest step has fused confidence {weakest:.2f} (< step_floor "
+                    f"{floor}): resampling the weakest samples from their weakest step",
+                    numbers,
+                )
     reflect = s.has_critic and "self_reflection" not in finished and t.voters > 0
     if "self_consistency" not in finished:
         return Decision(
@@ -143,7 +173,13 @@ def follow_plan(
         if step == "self_reflection" and not s.has_critic:
             skipped.append(f"{step} (no critic expert)")
             continue
-        if step in ("self_consistency", "self_reflection") and s.tally.voters == 0:
+        if step == STEP_REPAIR and not s.can_repair:
+            skipped.append(f"{step} (the base model cannot continue a reply from a prefix)")
+            continue
+        if step == STEP_REPAIR and not wave_size(s.drawn, config):
+            skipped.append(f"{step} (sample budget spent)")
+            continue
+        if step in ("self_consistency", "self_reflection", STEP_REPAIR) and s.tally.voters == 0:
             skipped.append(f"{step} (no sample gave an answer)")
             continue
         if step == "visual_self_check" and s.n_candidates < 2:

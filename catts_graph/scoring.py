@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from catts_graph import voting
 from catts_graph.answers import canonicalize
 from catts_graph.config import CATTSConfig
+from catts_graph.task import weakest_step
+
+VOTING_SOURCES = ("sample", "repair")
+"""The samples that vote: the base model's draws and ``step_repair``'s repairs (a reflected answer
+is a boost, not a vote). Both count against the sample budget ``max_samples``."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class Tally:
     """Samples with no extractable answer: kept in the trace, never voting."""
     filtered_out: int
     """Samples dropped by the DeepConf top-eta filter."""
+    weakest_fused: dict[str, float | None] = field(default_factory=dict)
+    """The lowest fused step confidence among each answer's voting samples (None: no steps)."""
 
     @property
     def shares(self) -> dict[str, float]:
@@ -51,26 +58,56 @@ class Tally:
 
 
 def voting_samples(samples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Only first-pass samples vote: a reflected answer is a boost, not a vote."""
-    return [s for s in samples if s.get("source", "sample") == "sample"]
+    """The samples that vote (:data:`VOTING_SOURCES`): a reflected answer is a boost, not a vote."""
+    return [s for s in samples if s.get("source", "sample") in VOTING_SOURCES]
+
+
+def step_min_confidence(sample: Mapping[str, Any]) -> float:
+    """The fused confidence of the sample's weakest step (0.0 when it has no step)."""
+    step = weakest_step(sample, "fused")
+    return 0.0 if step is None else float(step["fused"])
+
+
+def _exp_nmlp(sample: Mapping[str, Any], config: CATTSConfig) -> float:
+    value = sample_nmlp(sample, config)
+    return 0.0 if value is None else math.exp(-value)
+
+
+def _deepconf(name: str) -> Callable[[Mapping[str, Any], CATTSConfig], float]:
+    def confidence(sample: Mapping[str, Any], config: CATTSConfig) -> float:
+        deepconf = sample.get("deepconf")
+        if not deepconf:
+            raise ValueError(
+                f"weighting={name!r} needs top-k log-probs, but sample "
+                f"{sample.get('index')} has none: set top_logprobs"
+            )
+        return float(deepconf[name])
+
+    return confidence
+
+
+CONFIDENCES: dict[str, Callable[[Mapping[str, Any], CATTSConfig], float]] = {
+    "nmlp": _exp_nmlp,
+    "majority": _exp_nmlp,
+    "mean": _deepconf("mean"),
+    "tail": _deepconf("tail"),
+    "bottom_percent": _deepconf("bottom_percent"),
+    "lowest_group": _deepconf("lowest_group"),
+    "step_min": lambda sample, config: step_min_confidence(sample),
+}
+"""Each weighting's per-sample confidence (higher = surer), by ``CATTSConfig.weighting``: the one
+registry a new weighting joins (with its name in :data:`catts_graph.config.Weighting`)."""
 
 
 def sample_confidence(sample: Mapping[str, Any], config: CATTSConfig) -> float:
-    """The confidence used to weight and filter one sample, by ``config.weighting``.
+    """The confidence used to weight and filter one sample, by ``config.weighting``
+    (:data:`CONFIDENCES`).
 
     'nmlp' and 'majority' use exp(-NMLP) (over the answer span when ``confidence_span='answer'``);
-    the DeepConf weightings use the matching DeepConf confidence (higher = more confident).
+    the DeepConf weightings the matching DeepConf confidence; 'step_min' the fused confidence of
+    the sample's weakest step.
     """
-    if config.weighting in ("nmlp", "majority"):
-        value = sample_nmlp(sample, config)
-        return 0.0 if value is None else math.exp(-value)
-    deepconf = sample.get("deepconf")
-    if not deepconf:
-        raise ValueError(
-            f"weighting={config.weighting!r} needs top-k log-probs, but sample "
-            f"{sample.get('index')} has none: set top_logprobs"
-        )
-    return float(deepconf[config.weighting])
+    return CONFIDENCES[config.weighting](sample, config)
 
 
 def sample_nmlp(sample: Mapping[str, Any], config: CATTSConfig) -> float | None:
@@ -81,8 +118,8 @@ def sample_nmlp(sample: Mapping[str, Any], config: CATTSConfig) -> float | None:
 
 
 def sample_weight(sample: Mapping[str, Any], config: CATTSConfig) -> float:
-    """Vote weight: 1 (majority), 1 / NMLP (the paper; ``1 / max(NMLP, nmlp_floor)`` with a floor)
-    or a DeepConf confidence."""
+    """Vote weight: 1 (majority), 1 / NMLP (the paper; ``1 / max(NMLP, nmlp_floor)`` with a floor),
+    or the weighting's confidence (DeepConf's, or the weakest step's fused confidence)."""
     if config.weighting == "majority":
         return 1.0
     if config.weighting == "nmlp":
@@ -93,7 +130,7 @@ def sample_weight(sample: Mapping[str, Any], config: CATTSConfig) -> float:
 
 def tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> Tally:
     """Group the samples' answers by equivalence and vote by ``config.weighting``."""
-    indexed = [(i, s) for i, s in enumerate(samples) if s.get("source", "sample") == "sample"]
+    indexed = [(i, s) for i, s in enumerate(samples) if s.get("source", "sample") in VOTING_SOURCES]
     answered = [(i, s) for i, s in indexed if s.get("answer") is not None]
     filtered_out = 0
     if config.top_eta is not None and answered:
@@ -114,23 +151,34 @@ def tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> Tally:
             a: sum(float(samples[i]["confidence"]) for i in members[a]) / len(members[a]) for a in order
         },
         members={a: members[a] for a in order},
+        weakest_fused={a: _weakest([samples[i] for i in members[a]]) for a in order},
         voters=len(answered),
         abstained=len(indexed) - len(answered) - filtered_out,
         filtered_out=filtered_out,
     )
 
 
+def _weakest(samples: Sequence[Mapping[str, Any]]) -> float | None:
+    found = [step["fused"] for s in samples if (step := weakest_step(s, "fused")) is not None]
+    return min(found) if found else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def _tally_key(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> list[Any]:
     """What a stored tally was counted from: the number of voting samples and the voting settings."""
-    voting = sum(1 for s in samples if s.get("source", "sample") == "sample")
+    voting = sum(1 for s in samples if s.get("source", "sample") in VOTING_SOURCES)
     return [voting, config.weighting, config.confidence_span, config.top_eta, config.nmlp_floor]
 
 
 def stored_tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> dict[str, Any]:
     """The tally of ``samples`` as plain data for the graph state (``CATTSState.tally``).
 
-    Only the node that adds voting samples (``base_model``) counts the vote; every other node reads
-    it back with :func:`run_tally`, so a run counts each wave's vote once instead of once per node.
+    Only the nodes that add voting samples (``base_model``, ``step_repair``) count the vote; every
+    other node reads it back with :func:`run_tally`, so a run counts each wave's vote once instead
+    of once per node.
     """
     return {"key": _tally_key(samples, config), **dataclasses.asdict(tally(samples, config))}
 
@@ -195,6 +243,7 @@ def summary(result: Tally, *, drawn: int, config: CATTSConfig, limit: int = 8) -
                 "vote_share": round(shares[answer], 4),
                 "count": result.counts[answer],
                 "mean_confidence": round(result.mean_confidence[answer], 4),
+                "weakest_step": _round(result.weakest_fused.get(answer)),
             }
             for answer in list(result.votes)[:limit]
         ],

@@ -46,7 +46,8 @@ class OutputState(TypedDict, total=False):
     scores: dict[str, float]
     """Final score S per candidate answer."""
     samples: Annotated[list[SampleRecord], operator.add]
-    """Every response the base model wrote: text, answer, nmlp, confidence, tokens, image, source."""
+    """Every response the base model wrote: text, answer, nmlp, confidence, tokens, image, source,
+    and its reasoning steps (:class:`~catts_graph.task.SampleRecord`)."""
     trace: Annotated[list[dict[str, Any]], operator.add]
     """One entry per decision: module, decision, reason, inputs, duration_s, expert_calls."""
     usage: Annotated[dict[str, Any], merge_usage]
@@ -62,7 +63,8 @@ class CATTSState(InputState, OutputState, total=False):
     votes: dict[str, float]
     tally: dict[str, Any]
     """The weighted vote over the samples (:func:`catts_graph.scoring.stored_tally`), counted by
-    ``base_model`` when it adds samples and read by every later node instead of counted again."""
+    ``base_model`` and ``step_repair`` when they add samples and read by every later node instead
+    of counted again."""
     voter_probs: dict[str, float] | None
     critique: dict[str, Any] | None
     reflected: str | None

@@ -26,7 +26,9 @@ from catts_graph.prompts import format_options, render_prompt
 __all__ = [
     "ANSWER_TYPES",
     "Item",
+    "RepairOrigin",
     "SampleRecord",
+    "StepFusion",
     "StepRecord",
     "answer_matches",
     "answer_template",
@@ -41,6 +43,7 @@ __all__ = [
     "least_confident",
     "most_confident",
     "reflection_template",
+    "weakest_step",
 ]
 
 ANSWER_TYPES: tuple[str, ...] = ("choice", "integer", "float", "text")
@@ -284,12 +287,46 @@ def reflection_template(model: Any) -> str:
 
 
 class StepRecord(TypedDict):
-    """The least confident reasoning step of a response (the Critic is pointed at it)."""
+    """One reasoning step of a response (MMBoundary), as the record keeps it.
+
+    ``index`` is the step's position among the response's steps (0 first); ``span`` its
+    ``[start, end)`` character offsets in the response text; ``nmlp`` the mean negative log-prob of
+    its ``n_tokens`` tokens; ``signals`` the raw step signals of
+    :mod:`catts_graph.step_confidence` (``probability`` = exp(-NMLP), ``entropy`` in nats,
+    ``tokensar``, ``clipscore``; None where not computed); ``fused`` the fused confidence in [0, 1]
+    (the step calibrator's weighted mean of the normalised signals, else the probability);
+    ``level`` its level 1..5 (None without a calibrator); ``expressed`` the level the model
+    states in the step's closing phrase (:class:`~catts_graph.statements.StatementReader`), None
+    when it states none or the phrase is unparsed. Floats are rounded to 6 decimals.
+    """
 
     index: int
     text: str
-    nmlp: float
+    span: list[int]
     n_tokens: int
+    nmlp: float
+    signals: dict[str, float | None]
+    fused: float
+    level: int | None
+    expressed: int | None
+
+
+class StepFusion(TypedDict):
+    """How a response's steps were fused: ``calibrated`` (a step calibrator was used), the signals
+    ``used`` in the fused confidence, and each ``dropped`` signal with the reason."""
+
+    calibrated: bool
+    used: list[str]
+    dropped: dict[str, str]
+
+
+class RepairOrigin(TypedDict):
+    """Where a ``step_repair`` sample comes from: the repaired sample's index (``of``), how many of
+    its steps were kept (``kept_steps``) and the characters of kept text (``prefix_chars``)."""
+
+    of: int
+    kept_steps: int
+    prefix_chars: int
 
 
 class SampleRecord(TypedDict, total=False):
@@ -301,9 +338,13 @@ class SampleRecord(TypedDict, total=False):
     ``deepconf`` DeepConf's confidences (``mean``, ``tail``, ``bottom_percent``,
     ``lowest_group``) when top-k log-probs were kept; ``mean_entropy`` the mean per-step entropy,
     over the whole vocabulary when the backend reported it (``entropy_over == "vocabulary"``), else
-    over the renormalised top-k (``"top_k"``, a lower bound), else None; ``source`` says which module
-    produced it (``sample``, ``reflection``), ``image`` which image it saw, ``wave`` which wave of
-    samples it came in.
+    over the renormalised top-k (``"top_k"``, a lower bound), else None; ``steps`` its reasoning
+    steps with their signals (:class:`StepRecord`; empty without per-token log-probs) and
+    ``step_fusion`` how they were fused; ``source`` says which module produced it (``sample``,
+    ``reflection``, ``repair``), ``image`` which image it saw, ``wave`` which wave of samples it
+    came in. A ``repair`` sample keeps the first steps of another sample and continues it
+    (``repair``: :class:`RepairOrigin`); its ``nmlp`` covers the kept and the new tokens, its
+    DeepConf confidences and entropy the new tokens only.
     """
 
     index: int
@@ -317,10 +358,28 @@ class SampleRecord(TypedDict, total=False):
     nmlp: float | None
     confidence: float
     nmlp_answer: float | None
-    least_confident_step: StepRecord | None
     deepconf: dict[str, float] | None
     mean_entropy: float | None
     entropy_over: str | None
+    steps: list[StepRecord]
+    step_fusion: StepFusion | None
+    repair: RepairOrigin
+
+
+def weakest_step(record: Mapping[str, Any], by: str = "fused") -> Mapping[str, Any] | None:
+    """The weakest step of a sample record: the lowest ``fused`` confidence, the highest ``nmlp``,
+    or the lowest ``expressed`` level (steps that state none are skipped; ties: lower fused).
+    Ties go to the earliest step; None when the record has no step (or, by ``expressed``, none
+    states a level)."""
+    steps = record.get("steps") or []
+    if by == "fused":
+        return min(steps, key=lambda s: (s["fused"], s["index"]), default=None)
+    if by == "nmlp":
+        return min(steps, key=lambda s: (-s["nmlp"], s["index"]), default=None)
+    if by == "expressed":
+        stated = [s for s in steps if s.get("expressed") is not None]
+        return min(stated, key=lambda s: (s["expressed"], s["fused"], s["index"]), default=None)
+    raise ValueError(f"by={by!r}: expected 'fused', 'nmlp' or 'expressed'")
 
 
 def most_confident(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

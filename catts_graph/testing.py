@@ -3,8 +3,9 @@
 Like LangChain's fake chat models, nothing here is ever chosen by default: a user only gets one by
 constructing it. :class:`ScriptedVLM` is a base model that returns the replies its script gives,
 tokenised into words and spaces (so ``"".join(tokens) == text``), with the log-probs the script
-sets. :class:`ScriptedExpert` is a chat model that plays the expert roles through structured
-output, as provider models are asked.
+sets (and, optionally, the full-vocabulary entropies), and that continues a reply from a prefix
+(``continue_reply``) with what the script gives. :class:`ScriptedExpert` is a chat model that plays
+the expert roles through structured output, as provider models are asked.
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ _TOKEN = re.compile(r"\s+|\S+")
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted response: its text and the log-prob of each token (one value for all, or a list)."""
+    """One scripted response: its text, the log-prob of each token (one value for all, or a list)
+    and, optionally, each step's full-vocabulary entropy (one value for all, or a list)."""
 
     text: str
     logprobs: float | Sequence[float] = -0.1
+    entropies: float | Sequence[float] | None = None
 
 
 @dataclass(frozen=True)
 class ScriptCall:
-    """What the script sees of one ``sample`` call."""
+    """What the script sees of one ``sample`` call, or of one ``continue_reply`` call (``prefix``
+    is then the reply's beginning, and the script gives what follows it)."""
 
     index: int
     images: Sequence[Image.Image]
@@ -48,6 +52,7 @@ class ScriptCall:
     n: int
     temperature: float
     seed: int | None
+    prefix: str | None = None
 
 
 Script = Callable[[ScriptCall], Sequence[Reply | str]]
@@ -66,8 +71,10 @@ class ScriptedVLM:
     ``script`` gets a :class:`ScriptCall` and returns ``n`` replies. ``scorer(images, prompt,
     continuation)`` gives the log-prob of every token of a teacher-forced continuation (one float,
     default -1) or of each token in turn (a sequence, one per token of :func:`tokenize`).
-    ``latency`` seconds are slept per call, to model a slow backend. Every call is recorded in
-    ``calls`` (kind, prompt, n).
+    ``continue_reply`` asks the script too, with the prefix in :attr:`ScriptCall.prefix`; its
+    replies are the continuations. ``latency`` seconds are slept per call, to model a slow backend.
+    Every call is recorded in ``calls`` (kind, prompt, n; ``continue`` calls as ``("continue",
+    prompt, n, prefix)``).
     """
 
     script: Script
@@ -75,7 +82,7 @@ class ScriptedVLM:
     latency: float = 0.0
     answer_prompt: str | None = None
     reflection_prompt: str | None = None
-    calls: list[tuple[str, str, int]] = field(default_factory=list)
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
     _vocab: dict[str, int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -101,14 +108,37 @@ class ScriptedVLM:
         params: SamplingParams | None = None,
         **settings: Any,
     ) -> list[Sample]:
-        params = SamplingParams.of(params, **settings)
+        return self._draw(images, prompt, n, SamplingParams.of(params, **settings), None)
+
+    def continue_reply(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        prefix: str,
+        n: int,
+        params: SamplingParams | None = None,
+        **settings: Any,
+    ) -> list[Sample]:
+        """The script's replies to ``ScriptCall(prefix=prefix)``, as the continuations of ``prefix``."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix: got {type(prefix).__name__}, expected str")
+        return self._draw(images, prompt, n, SamplingParams.of(params, **settings), prefix)
+
+    def _draw(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        n: int,
+        params: SamplingParams,
+        prefix: str | None,
+    ) -> list[Sample]:
         n = check_n(n)
         with self._lock:
             index = len(self.calls)
-            self.calls.append(("sample", prompt, n))
+            self.calls.append(("sample", prompt, n) if prefix is None else ("continue", prompt, n, prefix))
         if self.latency:
             time.sleep(self.latency)
-        call = ScriptCall(index, list(images), prompt, n, params.temperature, params.seed)
+        call = ScriptCall(index, list(images), prompt, n, params.temperature, params.seed, prefix)
         replies = list(self.script(call))
         if len(replies) != n:
             raise ValueError(f"script returned {len(replies)} replies for n={n}")
@@ -117,14 +147,10 @@ class ScriptedVLM:
     def _sample(self, reply: Reply | str, top_logprobs: int) -> Sample:
         reply = Reply(reply) if isinstance(reply, str) else reply
         tokens = tokenize(reply.text)
-        if isinstance(reply.logprobs, (int, float)):
-            logprobs = [float(reply.logprobs)] * len(tokens)
-        else:
-            logprobs = [float(v) for v in reply.logprobs]
-            if len(logprobs) != len(tokens):
-                raise ValueError(
-                    f"reply {reply.text!r} has {len(tokens)} tokens but {len(logprobs)} log-probs"
-                )
+        logprobs = _per_token(reply.logprobs, tokens, reply.text, "log-probs")
+        entropies = (
+            None if reply.entropies is None else _per_token(reply.entropies, tokens, reply.text, "entropies")
+        )
         top = None
         if top_logprobs:
             # The chosen token is the most likely one; the alternatives fall off by 1 nat each.
@@ -135,6 +161,7 @@ class ScriptedVLM:
             tokens=tokens,
             text=reply.text,
             top_logprobs=top,
+            entropies=entropies,
         )
 
     def score(
@@ -158,6 +185,16 @@ class ScriptedVLM:
                     )
             results.append(TokenLogprobs(token_ids=self._ids(tokens), logprobs=logprobs, tokens=tokens))
         return results
+
+
+def _per_token(values: float | Sequence[float], tokens: Sequence[str], text: str, what: str) -> list[float]:
+    """One value per token: a number repeated, or a sequence of exactly one per token."""
+    if isinstance(values, (int, float)):
+        return [float(values)] * len(tokens)
+    out = [float(v) for v in values]
+    if len(out) != len(tokens):
+        raise ValueError(f"reply {text!r} has {len(tokens)} tokens but {len(out)} {what}")
+    return out
 
 
 class ScriptedExpert(BaseChatModel):

@@ -39,7 +39,7 @@ def record(
         "nmlp": nmlp,
         "confidence": 0.0 if nmlp is None else math.exp(-nmlp),
         "nmlp_answer": None,
-        "least_confident_step": None,
+        "steps": [],
         "deepconf": deepconf,
         "seconds": 0.01 * n_tokens,
         "deepconf_lows": lows or [],

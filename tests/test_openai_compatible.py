@@ -126,6 +126,19 @@ def test_sample_logprobs_equal_teacher_forced_score(
         assert abs(sum(score.logprobs) - sum(sample.logprobs)) <= ATOL * len(sample.logprobs)
 
 
+def test_continue_reply_round_trip_equals_direct(
+    client: OpenAICompatibleVLM, tiny_vlm: TransformersVLM, tiny_image: Image.Image
+) -> None:
+    """The prefix travels as a final assistant message with continue_final_message (as vLLM takes
+    it); what comes back is the direct continuation, new tokens only."""
+    kwargs: dict[str, Any] = {"max_new_tokens": 8, "seed": 4}
+    remote = client.continue_reply([tiny_image], PROMPT, "The square is red;", 3, **kwargs)
+    direct = tiny_vlm.continue_reply([tiny_image], PROMPT, "The square is red;", 3, **kwargs)
+    for r, d in zip(remote, direct, strict=True):
+        assert r.token_ids == d.token_ids and r.text == d.text
+        assert _close(r.logprobs, d.logprobs, 1e-9)
+
+
 def test_standard_fields_only(
     loopback: tuple[LoopbackServer, str], tiny_vlm: TransformersVLM, tiny_image: Image.Image
 ) -> None:
@@ -142,6 +155,8 @@ def test_standard_fields_only(
         plain.sample([tiny_image], PROMPT, 1, top_k=5)
     with pytest.raises(RuntimeError, match="prompt_logprobs"):
         plain.score([tiny_image], PROMPT, ["red"])
+    with pytest.raises(NotImplementedError, match="continue_final_message"):
+        plain.continue_reply([tiny_image], PROMPT, "The square", 1)
     plain.close()
 
 

@@ -25,7 +25,7 @@ EXPECTED_PLACEHOLDERS = {
     "reflection": {"question", "options", "response", "critique"},
     "planner": {"question", "options", "summary", "allowed"},
     "voter": {"question", "options", "candidates", "evidence", "count"},
-    "critic": {"question", "options", "response", "step"},
+    "critic": {"question", "options", "response", "step", "step_note"},
     "judge": {"question", "options", "response", "answer_format"},
 }
 

@@ -399,3 +399,45 @@ def test_a_checkpoint_declares_its_prompts_in_catts_json(tiny_model_dir: Path, t
     (folder / "catts.json").write_text("{not json")
     with pytest.raises(ValueError, match="catts.json: not valid JSON"):
         TransformersVLM.from_pretrained(folder, device="cpu")
+
+
+# -- continuing a reply from a prefix (step_repair) ---------------------------------------------
+
+
+def test_greedy_continuation_of_a_greedy_prefix_is_the_rest_of_the_reply(
+    tiny_vlm: TransformersVLM, tiny_image: Image.Image
+) -> None:
+    """Continuing the first k tokens of a greedy reply (as exact ids) writes its remaining tokens,
+    with their log-probs and entropies: the prefix enters the prefill as the reply's own tokens."""
+    (whole,) = tiny_vlm.sample([tiny_image], PROMPT, 1, temperature=0, max_new_tokens=12)
+    assert len(whole.token_ids) >= 6
+    k = 4
+    (rest,) = tiny_vlm.continue_reply(
+        [tiny_image], PROMPT, whole.token_ids[:k], 1, temperature=0, max_new_tokens=12 - k
+    )
+    assert rest.token_ids == whole.token_ids[k:]
+    assert _close(rest.logprobs, whole.logprobs[k:])
+    assert rest.entropies is not None and _close(rest.entropies, (whole.entropies or [])[k:])
+    assert rest.text == tiny_vlm.detokenize(whole.token_ids[k:])[0]
+
+
+def test_continuation_logprobs_equal_teacher_forcing_the_whole_text(
+    tiny_vlm: TransformersVLM, tiny_image: Image.Image
+) -> None:
+    """A sampled continuation of a text prefix reports the log-probs of its new tokens only, and
+    they are those of teacher-forcing prefix + continuation with ``score``."""
+    prefix = "The square is red;"
+    prefix_ids = tiny_vlm.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    samples = tiny_vlm.continue_reply([tiny_image], PROMPT, prefix, 3, max_new_tokens=8, seed=5)
+    scored = tiny_vlm.score([tiny_image], PROMPT, [prefix_ids + s.token_ids for s in samples])
+    for sample, forced in zip(samples, scored, strict=True):
+        assert len(sample.logprobs) == len(sample.token_ids) >= 1
+        assert forced.token_ids[len(prefix_ids) :] == sample.token_ids
+        assert _close(forced.logprobs[len(prefix_ids) :], sample.logprobs)
+        assert "".join(sample.tokens or []) == sample.text
+    # An empty prefix is an ordinary sample.
+    (plain,) = tiny_vlm.sample([tiny_image], PROMPT, 1, max_new_tokens=6, seed=9)
+    (empty,) = tiny_vlm.continue_reply([tiny_image], PROMPT, "", 1, max_new_tokens=6, seed=9)
+    assert empty.token_ids == plain.token_ids and _close(empty.logprobs, plain.logprobs)
+    with pytest.raises(TypeError, match="prefix: got float"):
+        tiny_vlm.continue_reply([tiny_image], PROMPT, 3.5, 1)  # type: ignore[arg-type]

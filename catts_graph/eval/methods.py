@@ -473,7 +473,14 @@ def _modules(trace: Sequence[Mapping[str, Any]]) -> list[str]:
     return ran
 
 
-_GRAPH_MODULES = ("self_consistency", "voter", "critic", "self_reflection", "visual_self_check")
+_GRAPH_MODULES = (
+    "step_repair",
+    "self_consistency",
+    "voter",
+    "critic",
+    "self_reflection",
+    "visual_self_check",
+)
 
 
 NEEDS_THE_MODEL = ("self_reflection", "visual_self_check")

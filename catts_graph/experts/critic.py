@@ -1,4 +1,4 @@
-"""The Critic: an expert checks a low-confidence response, starting at its least confident step."""
+"""The Critic: an expert checks a low-confidence response, starting at its weakest step."""
 
 from __future__ import annotations
 
@@ -57,16 +57,22 @@ class Critic(ExpertRole):
         images: Sequence[Image.Image],
         response: str,
         step: str | None = None,
+        step_note: str | None = None,
     ) -> ExpertRequest[str]:
-        """Ask for ``{"critique": ..., "verdict": ...}`` about ``response``, pointed at ``step``."""
+        """Ask for ``{"critique": ..., "verdict": ...}`` about ``response``, pointed at ``step``;
+        ``step_note`` says which step it is and on what numbers it was chosen."""
         if not response or not response.strip():
             raise ValueError("response: got an empty response to critique")
+        singled = bool(step and step.strip())
         prompt = render_prompt(
             "critic",
             question=question,
             options=format_options(options),
             response=response,
-            step=step.strip() if step and step.strip() else "(no step singled out: check the whole response)",
+            step=step.strip() if step and singled else "(no step singled out: check the whole response)",
+            step_note=(step_note or "The step was singled out as the least confident one.")
+            if singled
+            else "No step was singled out.",
         )
         return ExpertRequest(self, [user_message(prompt, images)], parse_critique, CriticAnswer)
 

@@ -28,6 +28,8 @@ MODULE_DESCRIPTIONS: dict[str, str] = {
     "confident step, and the base model answers again with the critique",
     "visual_self_check": "score the top candidates under the original and a noised image: an answer "
     "that really rests on the image loses support when the image is noised",
+    "step_repair": "keep the weakest samples' steps before their least confident step and have the "
+    "base model write the rest again; the repairs join the vote (no expert call)",
     "base_model": "draw another wave of samples from the base model",
     "aggregate": "stop and choose the final answer now",
 }

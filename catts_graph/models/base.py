@@ -159,6 +159,27 @@ def input_size_of(model: Any) -> Callable[[Image.Image], tuple[int, int] | None]
     return function if callable(function) else None
 
 
+Continue = Callable[..., list[Sample]]
+"""A backend's ``continue_reply(images, prompt, prefix, n, params=None, **settings)``."""
+
+
+def continuation_of(model: Any) -> Continue | None:
+    """The backend's ``continue_reply``, or None when it declares none.
+
+    ``continue_reply`` is optional: draw ``n`` continuations of an assistant reply that begins with
+    ``prefix`` (text), under the same user turn as :meth:`BaseVLM.sample` and the same
+    :class:`SamplingParams`. The model reads the user turn, the generation prompt, then the
+    prefix's tokens, and writes on; each :class:`Sample` holds the *new* tokens only (text, ids,
+    raw log-probs, entropies of what follows the prefix), so ``prefix + sample.text`` is the
+    whole reply. ``step_repair`` needs it (:class:`~catts_graph.models.TransformersVLM`, vLLM
+    through :class:`~catts_graph.models.OpenAICompatibleVLM`, and the test double have it); a
+    backend that has the method but cannot serve it (a server without the extension) raises
+    ``NotImplementedError`` saying why.
+    """
+    function = getattr(model, "continue_reply", None)
+    return function if callable(function) else None
+
+
 def check_n(n: Any) -> int:
     """``n`` if it is an int >= 1 (the number of responses :meth:`BaseVLM.sample` draws)."""
     if not _is_int(n) or n < 1:
@@ -177,6 +198,8 @@ class BaseVLM(Protocol):
     checkpoint's ``catts.json``; wrappers pass their inner model's on. A backend written before
     they existed (the two methods only) still works: :func:`catts_graph.task.answer_template`
     treats a missing declaration as ``None``, and ``build_graph`` checks the methods alone.
+    A third method is optional: ``continue_reply`` (see :func:`continuation_of`), which
+    ``step_repair`` needs; without it that module is skipped.
     """
 
     answer_prompt: str | None

@@ -11,8 +11,9 @@ can try a remote-style setup on one machine::
 Endpoints, in vLLM's wire format: ``GET /v1/models``, ``GET /health``, ``POST /tokenize``
 (``prompt``, ``add_special_tokens``) and ``POST /v1/chat/completions`` with ``n``, ``seed``,
 ``temperature``, ``top_p``, ``top_k``, ``max_tokens`` / ``max_completion_tokens``, ``logprobs``,
-``top_logprobs``, ``return_token_ids``, ``skip_special_tokens``, and, for scoring,
-``prompt_logprobs: 0`` with ``add_generation_prompt: false, continue_final_message: true``.
+``top_logprobs``, ``return_token_ids``, ``skip_special_tokens``; with a final assistant message and
+``add_generation_prompt: false, continue_final_message: true`` it writes on from that message
+(``TransformersVLM.continue_reply``), and with ``prompt_logprobs: 0`` as well it scores it instead.
 
 What it does not do, by design (it is a dev server, not vLLM):
 
@@ -33,6 +34,7 @@ model serialises them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import threading
@@ -191,15 +193,18 @@ def _chat_completions(server: LoopbackServer, body: Mapping[str, Any]) -> dict[s
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(HTTPStatus.BAD_REQUEST, "messages: expected a non-empty list")
+    prefix: str | None = None
     if body.get("continue_final_message"):
-        return _score_final_message(server, body, messages)
-    if body.get("prompt_logprobs") is not None:
+        if body.get("prompt_logprobs") is not None:
+            return _score_final_message(server, body, messages)
+        prefix = _final_message(body, messages)
+    elif body.get("prompt_logprobs") is not None:
         raise RequestError(
             HTTPStatus.BAD_REQUEST,
             "prompt_logprobs: the loopback server computes them only for a final assistant message "
             "(continue_final_message=true, add_generation_prompt=false)",
         )
-    if len(messages) != 1:
+    elif len(messages) != 1:
         raise RequestError(
             HTTPStatus.BAD_REQUEST, f"messages: expected one user message, got {len(messages)}"
         )
@@ -211,10 +216,11 @@ def _chat_completions(server: LoopbackServer, body: Mapping[str, Any]) -> dict[s
     top_k = _int(body, "top_k", 0)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
     vlm = server.vlm
-    samples = vlm.sample(
+    draw = vlm.sample if prefix is None else functools.partial(vlm.continue_reply, prefix=prefix)
+    samples = draw(
         images,
         prompt,
-        _int(body, "n", 1),
+        n=_int(body, "n", 1),
         temperature=_float(body, "temperature", 1.0),
         top_p=_float(body, "top_p", 1.0),
         top_k=0 if top_k == -1 else top_k,  # vLLM spells "off" as -1 or 0
@@ -242,6 +248,8 @@ def _chat_completions(server: LoopbackServer, body: Mapping[str, Any]) -> dict[s
             choice["token_ids"] = list(sample.token_ids)
         choices.append(choice)
     prompt_ids = vlm.prompt_ids(images, prompt)
+    if prefix:
+        prompt_ids += vlm.tokenizer(prefix, add_special_tokens=False)["input_ids"]
     completion_tokens = sum(len(s.token_ids) for s in samples)
     return _completion(
         server,
@@ -252,24 +260,30 @@ def _chat_completions(server: LoopbackServer, body: Mapping[str, Any]) -> dict[s
     )
 
 
-def _score_final_message(
-    server: LoopbackServer, body: Mapping[str, Any], messages: Sequence[Any]
-) -> dict[str, Any]:
+def _final_message(body: Mapping[str, Any], messages: Sequence[Any]) -> str:
+    """The final assistant message a ``continue_final_message`` request continues (after one user
+    message), checked as vLLM checks it."""
     if body.get("add_generation_prompt", True):
         raise RequestError(
             HTTPStatus.BAD_REQUEST, "continue_final_message=true needs add_generation_prompt=false"
         )
+    roles = [m.get("role") if isinstance(m, Mapping) else None for m in messages]
+    if roles != ["user", "assistant"]:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"messages: expected roles [user, assistant], got {roles}")
+    return _text_of(messages[1], "messages[1]")
+
+
+def _score_final_message(
+    server: LoopbackServer, body: Mapping[str, Any], messages: Sequence[Any]
+) -> dict[str, Any]:
+    continuation = _final_message(body, messages)
     if body.get("prompt_logprobs") != 0:
         raise RequestError(
             HTTPStatus.BAD_REQUEST,
             f"prompt_logprobs={body.get('prompt_logprobs')!r}: the loopback server supports 0 "
             "(the log-prob of each prompt token, no alternatives)",
         )
-    roles = [m.get("role") if isinstance(m, Mapping) else None for m in messages]
-    if roles != ["user", "assistant"]:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"messages: expected roles [user, assistant], got {roles}")
     images, prompt = _user_turn(messages[0])
-    continuation = _text_of(messages[1], "messages[1]")
     vlm = server.vlm
     (scored,) = vlm.score(images, prompt, [continuation])
     prompt_ids = vlm.prompt_ids(images, prompt)

@@ -19,6 +19,9 @@ What goes over the wire:
   vLLM extensions ride along unless ``vllm_extensions=False``: ``top_k`` (when > 0),
   ``return_token_ids`` (exact token ids), ``skip_special_tokens: false`` (the text keeps special
   tokens, as :class:`~catts_graph.models.TransformersVLM` does).
+- ``continue_reply`` (``step_repair``): the same request with an assistant turn holding the prefix
+  after the user turn, rendered with ``add_generation_prompt: false, continue_final_message: true``,
+  so the server writes on from the prefix (vLLM only).
 - ``score``: teacher-forced log-probs through vLLM's *prompt* log-probs. For each continuation, the
   messages are the user turn and an assistant turn holding the continuation, rendered with
   ``add_generation_prompt: false, continue_final_message: true`` (the prompt ends with the
@@ -171,7 +174,46 @@ class OpenAICompatibleVLM:
         Settings: ``SamplingParams.of(params, **settings)``. ``temperature == 0`` is greedy: one
         response is requested and copied ``n`` times. ``extra`` holds ``seed`` and ``index``.
         """
-        params = SamplingParams.of(params, **settings)
+        return self._sample([_user_message(images, prompt)], n, SamplingParams.of(params, **settings))
+
+    def continue_reply(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        prefix: str,
+        n: int,
+        params: SamplingParams | None = None,
+        **settings: Any,
+    ) -> list[Sample]:
+        """Draw ``n`` continuations of an assistant reply that begins with ``prefix``, in one request.
+
+        The messages are the user turn and an assistant turn holding ``prefix``, rendered with vLLM's
+        ``add_generation_prompt: false, continue_final_message: true`` (the prompt ends with the
+        prefix, no end-of-turn token), so the server writes on from it; each sample holds the new
+        text and its tokens only. Needs vLLM (``vllm_extensions=True``): a plain OpenAI server would
+        answer a new turn instead, so without the extensions this raises ``NotImplementedError``.
+        """
+        if not self.vllm_extensions:
+            raise NotImplementedError(
+                f"{self!r}: continue_reply needs vLLM's continue_final_message; construct with "
+                "vllm_extensions=True"
+            )
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix: got {type(prefix).__name__}, expected str")
+        messages = [_user_message(images, prompt)]
+        extra: dict[str, Any] = {}
+        if prefix:
+            messages.append({"role": "assistant", "content": prefix})
+            extra = {"add_generation_prompt": False, "continue_final_message": True}
+        return self._sample(messages, n, SamplingParams.of(params, **settings), extra)
+
+    def _sample(
+        self,
+        messages: list[dict[str, Any]],
+        n: int,
+        params: SamplingParams,
+        extra: Mapping[str, Any] | None = None,
+    ) -> list[Sample]:
         n = check_n(n)
         if params.top_k and not self.vllm_extensions:
             raise ValueError(
@@ -180,8 +222,9 @@ class OpenAICompatibleVLM:
         rows = 1 if params.greedy else n
         body: dict[str, Any] = {
             **self.extra_body,
+            **(extra or {}),
             "model": self.model,
-            "messages": [_user_message(images, prompt)],
+            "messages": messages,
             "n": rows,
             "temperature": params.temperature,
             "top_p": params.top_p,

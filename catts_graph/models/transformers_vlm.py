@@ -187,6 +187,35 @@ class TransformersVLM:
         """
         params = SamplingParams.of(params, **settings)
         n = check_n(n)
+        return self._decode(lambda: self._encode(images, prompt), n, params)
+
+    def continue_reply(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        prefix: Continuation,
+        n: int,
+        params: SamplingParams | None = None,
+        **settings: Any,
+    ) -> list[Sample]:
+        """Draw ``n`` continuations of an assistant reply that begins with ``prefix``.
+
+        The prefill is the user turn and the generation prompt, as in :meth:`sample`, followed by
+        the prefix's tokens (text, tokenised with the model's tokenizer, or exact token ids as
+        :meth:`score` takes them); decoding then goes on as :meth:`sample` decodes. Each sample
+        holds the new tokens only, with their raw log-probs and entropies: teacher-forcing
+        ``prefix ids + sample ids`` with :meth:`score` gives the same log-probs for the new tokens.
+        """
+        params = SamplingParams.of(params, **settings)
+        n = check_n(n)
+        ids = self._continuation_ids(prefix, "prefix")
+        return self._decode(lambda: _append_tokens(self._encode(images, prompt), ids), n, params)
+
+    def _decode(
+        self, encode: Callable[[], dict[str, torch.Tensor]], n: int, params: SamplingParams
+    ) -> list[Sample]:
+        """The decode loop behind :meth:`sample` and :meth:`continue_reply`: prefill ``encode()``
+        once, then ``n`` rows (one when greedy) in a batch."""
         vocab = self.model.get_output_embeddings().weight.shape[0]
         k = params.top_logprobs
         if k > vocab:
@@ -194,7 +223,7 @@ class TransformersVLM:
         seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
         rows = 1 if params.greedy else n
         with self._lock, torch.inference_mode():
-            cache, logits = prefill(self.model, self._encode(images, prompt))
+            cache, logits = prefill(self.model, encode())
             device = logits.device
             logits = logits.expand(rows, -1)
             cache.batch_repeat_interleave(rows)
@@ -287,7 +316,7 @@ class TransformersVLM:
         ids (see :data:`Continuation`); stop tokens are not appended, matching :meth:`sample`, which
         excludes them.
         """
-        targets = [self._continuation_ids(c, i) for i, c in enumerate(continuations)]
+        targets = [self._continuation_ids(c, f"continuations[{i}]") for i, c in enumerate(continuations)]
         if not targets:
             return []
         with self._lock, torch.inference_mode():
@@ -401,7 +430,7 @@ class TransformersVLM:
             if isinstance(value, torch.Tensor)
         }
 
-    def _continuation_ids(self, continuation: Continuation, index: int) -> list[int]:
+    def _continuation_ids(self, continuation: Continuation, where: str) -> list[int]:
         if isinstance(continuation, str):
             ids = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
         elif isinstance(continuation, TokenLogprobs):
@@ -409,15 +438,29 @@ class TransformersVLM:
         elif isinstance(continuation, Sequence):
             ids = list(continuation)
         else:
-            raise TypeError(
-                f"continuations[{index}]: got {type(continuation).__name__}, "
-                "expected str, Sample or token ids"
-            )
+            raise TypeError(f"{where}: got {type(continuation).__name__}, expected str, Sample or token ids")
         vocab = self.model.get_output_embeddings().weight.shape[0]
         bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < vocab]
         if bad:
-            raise ValueError(f"continuations[{index}]: token ids {bad[:5]} are not ints in [0, {vocab})")
+            raise ValueError(f"{where}: token ids {bad[:5]} are not ints in [0, {vocab})")
         return ids
+
+
+def _append_tokens(inputs: dict[str, torch.Tensor], ids: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Processor inputs with text tokens ``ids`` appended after the prompt (and its generation
+    prompt): ``input_ids`` grows, the attention mask with ones, token type ids with 0 (text)."""
+    if not ids:
+        return inputs
+    input_ids = inputs["input_ids"]
+    added = torch.tensor([list(ids)], dtype=input_ids.dtype, device=input_ids.device)
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([input_ids, added], dim=1)
+    for key, value in inputs.items():
+        if key == "attention_mask":
+            out[key] = torch.cat([value, torch.ones_like(added, dtype=value.dtype)], dim=1)
+        elif key.endswith("token_type_ids"):
+            out[key] = torch.cat([value, torch.zeros_like(added, dtype=value.dtype)], dim=1)
+    return out
 
 
 def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:

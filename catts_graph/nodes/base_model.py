@@ -10,11 +10,17 @@ from langgraph.runtime import Runtime
 from catts_graph import scoring
 from catts_graph.config import CATTSConfig
 from catts_graph.images import load_images
-from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
+from catts_graph.nodes.common import Deps, progress, run_config, step_assessor, timed, trace_entry
 from catts_graph.policy import wave_size
 from catts_graph.samples import describe_sample
 from catts_graph.scoring import voting_samples
 from catts_graph.state import CATTSState
+from catts_graph.task import SampleRecord, weakest_step
+
+
+def _weakest_fused(record: SampleRecord) -> float | None:
+    step = weakest_step(record, "fused")
+    return None if step is None else round(step["fused"], 4)
 
 
 def make_base_model(deps: Deps) -> Callable[..., dict[str, Any]]:
@@ -40,6 +46,7 @@ def make_base_model(deps: Deps) -> Callable[..., dict[str, Any]]:
         if len(raw) != n:
             raise RuntimeError(f"base model returned {len(raw)} samples, {n} were asked for")
         offset = len(state.get("samples", []))
+        assessor = step_assessor(config, deps, images)
         records = [
             describe_sample(
                 sample,
@@ -48,6 +55,7 @@ def make_base_model(deps: Deps) -> Callable[..., dict[str, Any]]:
                 wave=wave,
                 deepconf_window=config.deepconf_window,
                 deepconf_tail=config.deepconf_tail,
+                steps=assessor,
             )
             for i, sample in enumerate(raw)
         ]
@@ -70,6 +78,8 @@ def make_base_model(deps: Deps) -> Callable[..., dict[str, Any]]:
                         "temperature": config.temperature,
                         "answers": answers,
                         "nmlp": [None if r["nmlp"] is None else round(r["nmlp"], 4) for r in records],
+                        "weakest_step": [_weakest_fused(r) for r in records],
+                        "step_fusion": next((r["step_fusion"] for r in records if r["step_fusion"]), None),
                         "tokens": tokens,
                     },
                     duration_s=timer.seconds,

@@ -3,31 +3,52 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableLambda
 from langgraph.runtime import Runtime, get_runtime
+from PIL import Image
 
-from catts_graph.config import CATTSConfig
+from catts_graph.config import CATTSConfig, ConfigError
 from catts_graph.experts import ExpertRequest, ExpertResult
 from catts_graph.models.base import BaseVLM
+from catts_graph.samples import StepAssessor
 from catts_graph.state import CATTSState
+from catts_graph.statements import SentenceEncoder, StatementReader
+from catts_graph.step_confidence import Similarity, StepCalibrator
+
+ClipScorer = Callable[[Sequence[Image.Image], Sequence[str]], Sequence[float]]
+"""``clip(images, texts)``: the cosine of each text with the image(s) under an image-text model
+(CLIPScore; floored at 0 where it is used)."""
 
 
 @dataclass(frozen=True)
 class Deps:
-    """The models a compiled graph was built with (bound once, not part of the state)."""
+    """The models a compiled graph was built with (bound once, not part of the state).
+
+    ``step_calibrator``: the step calibrator of the graph's config (given to ``build_graph`` or
+    read from ``config.step_calibrator``); ``encoder``: a sentence encoder for TokenSAR and for
+    reading stated confidences; ``clip``: CLIPScore's image-text model; ``reader``: the statement
+    reader (with ``encoder`` when there is one).
+    """
 
     base_model: BaseVLM
     planner: BaseChatModel | None
     voter: BaseChatModel | None
     critic: BaseChatModel | None
     config: CATTSConfig
+    step_calibrator: StepCalibrator | None = None
+    encoder: SentenceEncoder | None = None
+    clip: ClipScorer | None = None
+    reader: StatementReader = field(default_factory=StatementReader)
 
 
 def run_config(runtime: Runtime[CATTSConfig] | None, deps: Deps) -> CATTSConfig:
@@ -48,6 +69,64 @@ def run_config(runtime: Runtime[CATTSConfig] | None, deps: Deps) -> CATTSConfig:
             raise ValueError(f"context has unknown CATTSConfig fields {unknown}")
         return deps.config.replace(**dict(context))
     raise TypeError(f"context must be a CATTSConfig or a mapping, got {type(context).__name__}")
+
+
+def load_step_calibrator(path: str) -> StepCalibrator:
+    """The :class:`StepCalibrator` in the JSON file ``path`` (``StepCalibrator.to_dict()``), read
+    once per file version; a :class:`ConfigError` naming ``step_calibrator`` when it cannot be."""
+    file = Path(path).expanduser()
+    try:
+        stat = file.stat()
+    except OSError as error:
+        raise ConfigError(f"step_calibrator={path!r}: cannot read the file ({error.strerror})") from None
+    return _read_calibrator(str(file), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_calibrator(path: str, mtime_ns: int, size: int) -> StepCalibrator:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"step_calibrator={path!r}: not a JSON file ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"step_calibrator={path!r}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return StepCalibrator.from_dict(data)
+    except ValueError as error:
+        raise ConfigError(f"step_calibrator={path!r}: {error}") from None
+
+
+def run_step_calibrator(config: CATTSConfig, deps: Deps) -> StepCalibrator | None:
+    """The step calibrator of this run: the graph's, unless the run's context names another file."""
+    if config.step_calibrator == deps.config.step_calibrator:
+        return deps.step_calibrator
+    return None if config.step_calibrator is None else load_step_calibrator(config.step_calibrator)
+
+
+def encoder_similarity(encoder: SentenceEncoder) -> Similarity:
+    """TokenSAR's ``similarity(text, variants)`` from a sentence encoder: its own ``similarity``
+    when it has one (a cross-encoder's), else the cosine of its unit embeddings."""
+    own = getattr(encoder, "similarity", None)
+    if callable(own):
+        return own  # type: ignore[no-any-return]
+
+    def similarity(text: str, variants: Sequence[str]) -> Sequence[float]:
+        embeddings = encoder.encode([text, *variants])
+        return list(embeddings[1:] @ embeddings[0])
+
+    return similarity
+
+
+def step_assessor(config: CATTSConfig, deps: Deps, images: Sequence[Image.Image]) -> StepAssessor:
+    """How this run assesses steps: its calibrator, TokenSAR with the graph's encoder, CLIPScore with
+    its CLIP model on the run's images, and its statement reader."""
+    clip = None if deps.clip is None else functools.partial(deps.clip, list(images))
+    return StepAssessor(
+        calibrator=run_step_calibrator(config, deps),
+        similarity=None if deps.encoder is None else encoder_similarity(deps.encoder),
+        clip=clip,
+        reader=deps.reader,
+    )
 
 
 def expert_usage(result: ExpertResult[Any]) -> dict[str, float]:

@@ -1,4 +1,10 @@
-"""``critic``: the Critic expert critiques the least confident sample at its least confident step."""
+"""``critic``: the Critic expert critiques the least confident sample at its weakest step.
+
+The sample is the answered voting sample with the highest NMLP (the paper's choice). Its weakest
+step is chosen by ``critic_step_signal``: the lowest fused step confidence (default), the highest
+step NMLP, or the lowest level the model states (falling back to fused when it states none). The
+Critic's prompt quotes the step and names it with its numbers (:func:`step_note`).
+"""
 
 from __future__ import annotations
 
@@ -23,12 +29,46 @@ from catts_graph.nodes.common import (
 )
 from catts_graph.scoring import voting_samples
 from catts_graph.state import CATTSState
-from catts_graph.task import least_confident
+from catts_graph.step_confidence import LEVELS
+from catts_graph.task import least_confident, weakest_step
+
+_SIGNAL_NAMES = {
+    "probability": "probability {:.3f}",
+    "entropy": "mean token entropy {:.3f} nats",
+    "tokensar": "TokenSAR {:.3f} nats",
+    "clipscore": "CLIPScore {:.3f}",
+}
 
 
 def least_confident_sample(samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The answered voting sample with the highest NMLP (ties: the first); None if no sample answered."""
     return least_confident([s for s in voting_samples(samples) if s.get("answer") is not None])
+
+
+def step_note(step: Mapping[str, Any], count: int, by: str, *, calibrated: bool) -> str:
+    """The sentence that names the Critic's step with its numbers: its place, why it was chosen
+    (``by``: fused, nmlp or expressed), its fused confidence and level, the signals, and the level
+    the model states."""
+    where = f"This is step {step['index'] + 1} of {count}"
+    if by == "nmlp":
+        why = f"the highest NMLP of the steps, {step['nmlp']:.3f} (mean negative log-prob of its tokens)"
+    elif by == "expressed":
+        why = f"the lowest confidence the model states, level {step['expressed']} of {LEVELS}"
+    else:
+        why = f"the lowest fused confidence of the steps, {step['fused']:.3f}"
+        if not calibrated:
+            why += " (its probability; no step calibrator)"
+    numbers = [f"fused confidence {step['fused']:.3f}"] if by != "fused" else []
+    if step.get("level") is not None:
+        numbers.append(f"level {step['level']} of {LEVELS}")
+    numbers += [
+        _SIGNAL_NAMES[name].format(value)
+        for name, value in step.get("signals", {}).items()
+        if value is not None and name in _SIGNAL_NAMES
+    ]
+    if by != "expressed" and step.get("expressed") is not None:
+        numbers.append(f"the model states level {step['expressed']} of {LEVELS}")
+    return f"{where}, chosen for {why}; " + ", ".join(numbers) + "."
 
 
 def make_critic(deps: Deps) -> RunnableLambda:
@@ -43,7 +83,19 @@ def make_critic(deps: Deps) -> RunnableLambda:
                 "done": ["self_reflection"],
                 "trace": [trace_entry("critic", "skipped", "no answered sample to critique")],
             }
-        step = target.get("least_confident_step") or {}
+        by = config.critic_step_signal
+        chosen = weakest_step(target, by)
+        notes = []
+        if chosen is None and by == "expressed":
+            by, chosen = "fused", weakest_step(target, "fused")
+            notes.append("the sample states no confidence level; weakest step by fused confidence")
+        step: Mapping[str, Any] = chosen or {}
+        fusion = target.get("step_fusion") or {}
+        note = (
+            step_note(step, len(target["steps"]), by, calibrated=bool(fusion.get("calibrated")))
+            if chosen is not None
+            else None
+        )
         role = Critic.from_config(deps.critic, config)
         progress(runtime, "critic", "calling expert", sample=target["index"])
         with timed() as timer:
@@ -53,12 +105,17 @@ def make_critic(deps: Deps) -> RunnableLambda:
                 images=load_images(state["image_refs"], config),
                 response=target["text"],
                 step=step.get("text"),
+                step_note=note,
             )
         inputs = {
             "sample": target["index"],
             "sample_nmlp": round(target["nmlp"], 4),
             "step": step.get("index"),
+            "step_signal": by,
             "step_nmlp": None if step.get("nmlp") is None else round(step["nmlp"], 4),
+            "step_fused": None if step.get("fused") is None else round(step["fused"], 4),
+            "step_level": step.get("level"),
+            "step_expressed": step.get("expressed"),
         }
         update: dict[str, Any] = {"usage": expert_usage(result)}
         if result.ok and result.value:
@@ -70,7 +127,8 @@ def make_critic(deps: Deps) -> RunnableLambda:
                 "critic",
                 f"critiqued sample {target['index']}",
                 "least confident sample"
-                + (f", least confident step {step.get('index')}" if step else "")
+                + (f", weakest step {step['index']} by {by}" if step else "")
+                + "".join(f"; {n}" for n in notes)
                 + (f"; {cut} (max_expert_text_chars)" if cut else ""),
                 inputs=inputs,
                 duration_s=timer.seconds,

@@ -12,6 +12,7 @@ from catts_graph import policy, scoring
 from catts_graph.config import CATTSConfig
 from catts_graph.experts import ExpertRequest, ExpertResult, Planner, bound_text
 from catts_graph.images import load_images
+from catts_graph.models.base import continuation_of
 from catts_graph.nodes.common import (
     Deps,
     ExpertSteps,
@@ -37,6 +38,7 @@ def situation(state: CATTSState, config: CATTSConfig, deps: Deps) -> tuple[polic
             score_margin=scoring.score_margin(scores),
             n_candidates=len(scores),
             has_critic=deps.critic is not None,
+            can_repair=continuation_of(deps.base_model) is not None,
         ),
         tally,
     )
@@ -92,6 +94,9 @@ def _first_plan(
         entry = trace_entry("planner", f"plan: {plan or 'adaptive'}", f"no planner expert; {source} plan")
         return plan, source, entry, {}
     allowed = list(policy.MODULES if config.policy == "paper" else policy.PLAN_STEPS)
+    if continuation_of(deps.base_model) is None or policy.STEP_REPAIR in config.disabled_modules:
+        # Not offered when it cannot run: the base model cannot continue a reply, or it is off.
+        allowed = [step for step in allowed if step != policy.STEP_REPAIR]
     role = Planner.from_config(deps.planner, config)
     with timed() as timer:
         result = yield role.request(

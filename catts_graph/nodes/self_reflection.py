@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
 from catts_graph.images import load_images
-from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
+from catts_graph.nodes.common import Deps, progress, run_config, step_assessor, timed, trace_entry
 from catts_graph.prompts import format_options, prompt_fields, render_prompt
 from catts_graph.samples import describe_sample
 from catts_graph.state import CATTSState
@@ -34,9 +34,10 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
         fields = prompt_fields(template)
         prompt = render_prompt(template, **{key: value for key, value in values.items() if key in fields})
         progress(runtime, "self_reflection", "sampling")
+        images = load_images(state["image_refs"], config)
         with timed() as timer:
             (raw,) = deps.base_model.sample(
-                load_images(state["image_refs"], config),
+                images,
                 prompt,
                 1,
                 temperature=0.0,
@@ -52,6 +53,7 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
             source="reflection",
             deepconf_window=config.deepconf_window,
             deepconf_tail=config.deepconf_tail,
+            steps=step_assessor(config, deps, images),
         )
         changed = record["answer"] != criticised["answer"]
         return {

@@ -386,10 +386,24 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 
     forward = getattr(model, "forward", model)
     try:
-        name = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+        parameters = inspect.signature(forward).parameters
     except (TypeError, ValueError):
-        name = "past_key_values"
-    return {name: cache}
+        return {"past_key_values": cache}
+    # A wrapper (PEFT's model) may take neither by name and pass its **kwargs on to the model.
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = "cache" in parameters or ("past_key_values" not in parameters and passes_on)
+    return {"cache": cache} if named and _takes_cache(model) else {"past_key_values": cache}
+
+
+def _takes_cache(model: Any) -> bool:
+    """Whether the transformers behind ``model`` names its key-value cache ``cache`` (5.24 and later)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "cache" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def output_cache(out: Any) -> Any:

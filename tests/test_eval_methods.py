@@ -181,7 +181,7 @@ def test_deepconf_online_hand_computed():
     assert result.answer == "A"
     assert result.confidence == pytest.approx(15 / 21.5)
     assert result.tokens == 20 + 20 + 20 + 7 + 5 + 10 + 12 + 0
-    assert result.seconds == pytest.approx(0.94, abs=0.01)
+    assert result.seconds == pytest.approx(0.94, abs=0.05)  # plus the vote's own compute time
     assert result.trace[0]["inputs"] == {
         "warmup": 2,
         "threshold": pytest.approx(5.8),

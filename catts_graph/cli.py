@@ -89,6 +89,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "catts_graph.commands.organism:add_organism_command",
     ),
     "train": ("train with CDRL (TRL GRPO)", "training.cdrl.train:add_train_command"),
+    "mmboundary": (
+        "MMBoundary: step-level confidence statements (data, SFT, RL, probe)",
+        "training.mmboundary.train:add_mmboundary_command",
+    ),
 }
 """The sub-commands that live with their subsystems: ``name: (help, "module:function")``. Only the
 module of the command being run is imported, so ``catts --help`` and ``catts config`` load neither

@@ -1,4 +1,5 @@
-"""Training code for catts-graph: CDRL (confidence-driven reinforcement learning) on TRL.
+"""Training code for catts-graph on TRL: CDRL (confidence-driven reinforcement learning) and
+MMBoundary (step-level confidence statements).
 
-See :mod:`training.cdrl` and ``training/README.md``.
+See :mod:`training.cdrl`, :mod:`training.mmboundary` and ``training/README.md``.
 """

@@ -46,11 +46,14 @@ from catts_graph.vcd import cache_kwargs, output_cache
 __all__ = [
     "Continuation",
     "TransformersVLM",
+    "decode_batch",
+    "detokenize_ids",
     "prefill",
     "processor_input_size",
     "response_ids",
     "stop_token_ids",
     "teacher_forced_logprobs",
+    "teacher_forced_statistics",
     "token_pieces",
 ]
 
@@ -380,25 +383,10 @@ class TransformersVLM:
         in a window of the few tokens around it (:func:`token_pieces`): the token that completes a
         character carries it, the ones before it carry "". O(T): one batched decode, or two.
         """
-        ids = list(token_ids)
-        if not ids:
-            return "", []
-        text, *pieces = self._decode_batch([ids, *([i] for i in ids)])
-        if "".join(pieces) == text:
-            return text, pieces
-        return text, token_pieces(ids, text, self._decode_batch)
+        return detokenize_ids(self.tokenizer, token_ids)
 
     def _decode_batch(self, sequences: list[list[int]]) -> list[str]:
-        """Decode with special tokens kept, straight through the Rust tokenizer when there is one
-        (``batch_decode`` first walks every id in Python, which costs more than the decoding)."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            return list(backend.decode_batch(sequences, skip_special_tokens=False))
-        return list(
-            self.tokenizer.batch_decode(
-                sequences, skip_special_tokens=False, clean_up_tokenization_spaces=False
-            )
-        )
+        return decode_batch(self.tokenizer, sequences)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -482,7 +470,22 @@ def teacher_forced_logprobs(
     *,
     pad_token_id: int,
 ) -> list[list[float]]:
-    """Raw log-probs of each target continuation after one shared prefix: the one teacher forcing.
+    """Raw log-probs of each target continuation after one shared prefix: the one teacher forcing
+    (see :func:`teacher_forced_statistics`, which also gives each position's entropy)."""
+    return teacher_forced_statistics(model, prefix, targets, pad_token_id=pad_token_id)[0]
+
+
+def teacher_forced_statistics(
+    model: Any,
+    prefix: Mapping[str, torch.Tensor],
+    targets: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    entropies: bool = False,
+) -> tuple[list[list[float]], list[list[float]] | None]:
+    """Raw log-probs of each target continuation after one shared prefix, and with ``entropies``
+    the full-vocabulary entropy ``H_t = -sum_v p_t(v) log p_t(v)`` (nats) of the distribution each
+    token was drawn from, as :meth:`TransformersVLM.sample` records it (None without).
 
     ``prefix`` is the processor's batch-1 inputs (on the model's device). The prefix is prefilled
     once and its KV cache expanded to the K rows; the continuations then run as one right-padded
@@ -494,7 +497,7 @@ def teacher_forced_logprobs(
     The caller chooses the grad mode; one host sync at the end.
     """
     if not targets:
-        return []
+        return [], ([] if entropies else None)
     cache, first_logits = prefill(model, prefix)
     first = torch.log_softmax(first_logits.float(), dim=-1)[0]
     width = max(1, max(len(t) for t in targets) - 1)
@@ -506,21 +509,36 @@ def teacher_forced_logprobs(
     rest = model(input_ids=batch.to(first.device), use_cache=True, **cache_kwargs(model, cache)).logits
     firsts = torch.tensor([t[0] if t else 0 for t in targets], device=first.device)
     gathered = [first[firsts]]
+    spread = [_entropy(first[None])[0].expand(len(targets))] if entropies else []
     for row, target in enumerate(targets):
         if len(target) > 1:
             # One row at a time in float32: never a K x T x V float32 tensor.
             row_lp = torch.log_softmax(rest[row, : len(target) - 1].float(), dim=-1)
             index = torch.tensor(target[1:], device=row_lp.device)[:, None]
             gathered.append(row_lp.gather(1, index)[:, 0])
+            if entropies:
+                spread.append(_entropy(row_lp))
     values = torch.cat(gathered).tolist()
-    out, offset = [], len(targets)
+    entropy_values = torch.cat(spread).tolist() if entropies else []
+    out: list[list[float]] = []
+    out_entropies: list[list[float]] = []
+    offset = len(targets)
     for row, target in enumerate(targets):
         if not target:
             out.append([])
+            out_entropies.append([])
             continue
         out.append([values[row], *values[offset : offset + len(target) - 1]])
+        if entropies:
+            out_entropies.append([entropy_values[row], *entropy_values[offset : offset + len(target) - 1]])
         offset += len(target) - 1
-    return out
+    return out, (out_entropies if entropies else None)
+
+
+def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``-sum p log p`` of log-probabilities (``exp(-inf) * -inf`` counted as 0; rounding
+    can make it a hair below 0, hence the clamp), as the decode loop computes it."""
+    return (-torch.where(logprobs > float("-inf"), logprobs.exp() * logprobs, 0.0).sum(-1)).clamp_min(0.0)
 
 
 DETOKENIZE_CONTEXT = 4
@@ -559,6 +577,30 @@ def token_pieces(
         reached = len(os.path.commonprefix([upto, ahead]))
         pieces.append(ahead[done : max(done, reached)])
     return pieces if "".join(pieces) == text else align_tokens(pieces, text)
+
+
+def detokenize_ids(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, list[str]]:
+    """The text of ``token_ids`` and one piece per token joining back to it
+    (:meth:`TransformersVLM.detokenize`, for any tokenizer: the training rewards read completions
+    through it)."""
+    ids = list(token_ids)
+    if not ids:
+        return "", []
+    text, *pieces = decode_batch(tokenizer, [ids, *([i] for i in ids)])
+    if "".join(pieces) == text:
+        return text, pieces
+    return text, token_pieces(ids, text, lambda sequences: decode_batch(tokenizer, sequences))
+
+
+def decode_batch(tokenizer: Any, sequences: list[list[int]]) -> list[str]:
+    """Decode with special tokens kept, straight through the Rust tokenizer when there is one
+    (``batch_decode`` first walks every id in Python, which costs more than the decoding)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return list(backend.decode_batch(sequences, skip_special_tokens=False))
+    return list(
+        tokenizer.batch_decode(sequences, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    )
 
 
 class _Uniforms:

@@ -62,6 +62,8 @@ __all__ = [
     "calibration_reward",
     "completion_text",
     "is_correct",
+    "log_mean",
+    "reward_column",
     "sensitivity_reward",
 ]
 
@@ -102,7 +104,8 @@ def is_correct(text: str, gold: str, options: Sequence[str] | None = None) -> bo
     return answer_matches(extract_answer(text, options), [str(gold)], answer_type=answer_type)
 
 
-def _column(kwargs: dict[str, Any], name: str, n: int, reward: str) -> list[Any]:
+def reward_column(kwargs: dict[str, Any], name: str, n: int, reward: str) -> list[Any]:
+    """The dataset column ``name`` as TRL passes it to reward ``reward``, checked to hold ``n`` rows."""
     if name not in kwargs:
         raise KeyError(f"reward {reward!r} needs the dataset column {name!r}; got columns {sorted(kwargs)}")
     values = list(kwargs[name])
@@ -111,7 +114,7 @@ def _column(kwargs: dict[str, Any], name: str, n: int, reward: str) -> list[Any]
     return values
 
 
-def _log(kwargs: dict[str, Any], name: str, values: Sequence[float | None]) -> None:
+def log_mean(kwargs: dict[str, Any], name: str, values: Sequence[float | None]) -> None:
     """Log the mean of the defined values through TRL's ``log_metric`` (absent outside the trainer)."""
     log_metric = kwargs.get("log_metric")
     defined = [v for v in values if v is not None and math.isfinite(v)]
@@ -133,7 +136,7 @@ class AccuracyReward:
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None, **kwargs: Any
     ) -> list[float | None]:
-        golds = _column(kwargs, self.answer_column, len(completions), self.__name__)
+        golds = reward_column(kwargs, self.answer_column, len(completions), self.__name__)
         options = kwargs.get(self.options_column) or [None] * len(completions)
         return [
             float(is_correct(completion_text(c), gold, _options(o)))
@@ -198,7 +201,7 @@ class PolicyScorer:
     the conversational prompt, images first); the completion's token ids are scored as they were
     sampled, cut at the first stop token (:func:`~catts_graph.models.transformers_vlm.response_ids`,
     the rule :class:`~catts_graph.models.TransformersVLM` ends a sample by), through
-    :func:`~catts_graph.models.transformers_vlm.teacher_forced_logprobs`, the teacher forcing of
+    :func:`~catts_graph.models.transformers_vlm.teacher_forced_statistics`, the teacher forcing of
     :meth:`TransformersVLM.score`. Rows that share a prompt and images (GRPO's completions of one
     prompt) are one call: their prefix, vision tower included, runs once, with at most
     ``batch_size`` completions per call. On the training model: dropout is off for the pass,
@@ -247,9 +250,21 @@ class PolicyScorer:
         self, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]], images: Sequence[Any]
     ) -> list[list[float]]:
         """Raw log-probs of each completion token (cut at the first stop token), row by row."""
+        return [lps for _, lps, _ in self.token_statistics(prompts, completion_ids, images, entropies=False)]
+
+    def token_statistics(
+        self,
+        prompts: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]],
+        images: Sequence[Any],
+        *,
+        entropies: bool = True,
+    ) -> list[tuple[list[int], list[float], list[float] | None]]:
+        """Per row: the completion's token ids cut at the first stop token, their raw log-probs and,
+        with ``entropies``, the full-vocabulary entropy at each of them (MMBoundary's step signals)."""
         import torch
 
-        from catts_graph.models.transformers_vlm import response_ids, teacher_forced_logprobs
+        from catts_graph.models.transformers_vlm import response_ids, teacher_forced_statistics
 
         if not len(prompts) == len(completion_ids) == len(images):
             raise ValueError(
@@ -269,7 +284,9 @@ class PolicyScorer:
         ]
         parameter = next(model.parameters())
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        out: list[list[float]] = [[] for _ in rows]
+        out: list[tuple[list[int], list[float], list[float] | None]] = [
+            (row, [], [] if entropies else None) for row in rows
+        ]
         was_training = model.training
         model.eval()
         try:
@@ -279,12 +296,16 @@ class PolicyScorer:
                     members = calls[min(number, len(calls) - 1)]
                     first = members[0]
                     prefix = self._encode(prompts[first], _as_list(images[first]), parameter)
-                    values = teacher_forced_logprobs(
-                        model, prefix, [rows[i] for i in members], pad_token_id=int(pad_id)
+                    values, spread = teacher_forced_statistics(
+                        model,
+                        prefix,
+                        [rows[i] for i in members],
+                        pad_token_id=int(pad_id),
+                        entropies=entropies,
                     )
                     if number < len(calls):  # a repeated call only keeps the processes in step
-                        for index, logprobs in zip(members, values, strict=True):
-                            out[index] = logprobs
+                        for k, index in enumerate(members):
+                            out[index] = (rows[index], values[k], None if spread is None else spread[k])
         finally:
             model.train(was_training)
         return out
@@ -463,7 +484,7 @@ class _OwnConfidenceReward:
     def _own_nmlp(
         self, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]], kwargs: dict[str, Any]
     ) -> list[float | None]:
-        images = _column(kwargs, self.images_column, len(completion_ids), self.__name__)
+        images = reward_column(kwargs, self.images_column, len(completion_ids), self.__name__)
         return self.scorer.nmlp(prompts, completion_ids, images)
 
 
@@ -522,8 +543,8 @@ class PerceptualSensitivityReward(_OwnConfidenceReward):
     ) -> list[float | None]:
         n = len(completion_ids)
         own = self._own_nmlp(prompts, completion_ids, kwargs)
-        pair_ids = _column(kwargs, self.pair_column, n, self.__name__)
-        variants = _column(kwargs, self.variant_column, n, self.__name__)
+        pair_ids = reward_column(kwargs, self.pair_column, n, self.__name__)
+        variants = reward_column(kwargs, self.variant_column, n, self.__name__)
         unknown = sorted({str(v) for v in variants} - set(VARIANTS))
         if unknown:
             raise ValueError(
@@ -581,8 +602,8 @@ def _log_pairs(kwargs: dict[str, Any], pairs: dict[Any, _PairRows]) -> None:
     log_metric = kwargs.get("log_metric")
     if log_metric is None or not pairs:
         return
-    _log(kwargs, "cdrl/nmlp_original", [v for rows in pairs.values() for v in rows.original])
-    _log(kwargs, "cdrl/nmlp_noised", [v for rows in pairs.values() for v in rows.noised])
+    log_mean(kwargs, "cdrl/nmlp_original", [v for rows in pairs.values() for v in rows.original])
+    log_mean(kwargs, "cdrl/nmlp_noised", [v for rows in pairs.values() for v in rows.noised])
     both = [rows for rows in pairs.values() if rows.original and rows.noised]
     if both:
         clean = [_mean([confidence_from_nmlp(v) for v in rows.original]) for rows in both]
@@ -630,11 +651,11 @@ class CalibrationReward(_OwnConfidenceReward):
         **kwargs: Any,
     ) -> list[float | None]:
         n = len(completions)
-        golds = _column(kwargs, self.answer_column, n, self.__name__)
+        golds = reward_column(kwargs, self.answer_column, n, self.__name__)
         options = kwargs.get(self.options_column) or [None] * n
         values = self._own_nmlp(prompts, completion_ids, kwargs)
         confidences = [None if v is None else confidence_from_nmlp(v) for v in values]
-        _log(kwargs, "cdrl/confidence", confidences)
+        log_mean(kwargs, "cdrl/confidence", confidences)
         rewards: list[float | None] = []
         for completion, gold, option, c in zip(completions, golds, options, confidences, strict=True):
             correct = c is not None and is_correct(completion_text(completion), gold, _options(option))

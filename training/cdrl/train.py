@@ -65,9 +65,11 @@ __all__ = [
     "build_trainer",
     "export_model",
     "load_config",
+    "load_processor",
     "merge_lora",
     "prepare_pairs",
     "probe_before_after",
+    "save_policy",
     "train_cdrl",
 ]
 
@@ -257,7 +259,7 @@ def prepare_pairs(config: CDRLConfig, *, processor: Any = None) -> list[Training
     from catts_graph.models.transformers_vlm import processor_input_size
 
     if processor is None:
-        processor = _processor(config.model_path(), config.max_pixels)
+        processor = load_processor(config.model_path(), config.max_pixels)
     return build_pairs(
         items,
         ClipRelevance.from_spec(config.relevance),
@@ -266,7 +268,8 @@ def prepare_pairs(config: CDRLConfig, *, processor: Any = None) -> list[Training
     )
 
 
-def _processor(model_path: str, max_pixels: int | None) -> Any:
+def load_processor(model_path: str, max_pixels: int | None = None) -> Any:
+    """The model's processor, left-padding, its pixels per image capped at ``max_pixels``."""
     from transformers import AutoProcessor
 
     kwargs: dict[str, Any] = {"padding_side": "left"}
@@ -286,7 +289,7 @@ def build_trainer(
     from training.cdrl.trainer import CDRLTrainer
 
     model_path = config.model_path()
-    processor = _processor(model_path, config.max_pixels)
+    processor = load_processor(model_path, config.max_pixels)
     dataset = to_grpo_dataset(
         pairs if pairs is not None else prepare_pairs(config, processor=processor),
         answer_prompt=checkpoint_settings(model_path).get("answer_prompt"),
@@ -317,16 +320,24 @@ def build_trainer(
 
 
 def export_model(trainer: Any, config: CDRLConfig, output_dir: str | Path) -> Path:
-    """Save the trained policy to ``output_dir`` as a plain checkpoint with its processor.
+    """Save the trained policy to ``output_dir`` as a plain checkpoint with its processor
+    (:func:`save_policy` of the config's model, LoRA when the config has a ``lora`` section)."""
+    return save_policy(trainer, output_dir, base_model=config.model_path(), lora=config.lora is not None)
+
+
+def save_policy(trainer: Any, output_dir: str | Path, *, base_model: str, lora: bool) -> Path:
+    """Save a TRL trainer's policy to ``output_dir`` as a plain checkpoint with its processor.
 
     Full-parameter: ``trainer.save_model`` (gathers ZeRO-3 shards). LoRA: the adapter goes to
     ``output_dir/adapter`` and, on the main process, :func:`merge_lora` merges it into a fresh copy of
-    the base model, so the result loads without peft. Under ZeRO-3 the merge is left to a separate
-    ``merge_lora`` call (loading a model on one process there would wait for the others forever).
+    ``base_model`` (the model training started from), so the result loads without peft. Under ZeRO-3
+    the merge is left to a separate ``merge_lora`` call (loading a model on one process there would
+    wait for the others forever). The base model's ``catts.json`` (the prompt it answers under)
+    travels with it.
     """
     out = Path(output_dir)
     accelerator = trainer.accelerator
-    if config.lora is None:
+    if not lora:
         trainer.save_model(str(out))
     else:
         trainer.save_model(str(out / "adapter"))
@@ -338,17 +349,17 @@ def export_model(trainer: Any, config: CDRLConfig, output_dir: str | Path) -> Pa
                     "LoRA under ZeRO-3: adapter saved to %s; merge it with "
                     "training.cdrl.train.merge_lora(%r, %r, %r)",
                     out / "adapter",
-                    config.model_path(),
+                    base_model,
                     str(out / "adapter"),
                     str(out),
                 )
         elif accelerator.is_main_process:
             dtype = (trainer.args.model_init_kwargs or {}).get("dtype", "auto")
-            merge_lora(config.model_path(), out / "adapter", out, dtype=dtype)
+            merge_lora(base_model, out / "adapter", out, dtype=dtype)
     if accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(out))
         # The prompt the model answers under travels with it (see TransformersVLM).
-        settings = Path(config.model_path()) / "catts.json"
+        settings = Path(base_model) / "catts.json"
         if settings.is_file():
             shutil.copyfile(settings, out / "catts.json")
     accelerator.wait_for_everyone()

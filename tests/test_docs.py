@@ -52,3 +52,12 @@ def test_the_readme_thresholds_are_the_config_defaults() -> None:
         match = re.search(rf"`{name}` = ([0-9]+(?:\.[0-9]+)?)", section)
         assert match, f"README Thresholds section does not state {name}"
         assert float(match.group(1)) == getattr(defaults, name)
+
+
+def test_the_mechanics_page_quotes_the_measured_tables() -> None:
+    """docs/mechanics.md quotes, verbatim, the tables `catts organism tune`, `steps` and `cdrl` wrote."""
+    document = (ROOT / "docs" / "mechanics.md").read_text()
+    for name in ("voting", "steps", "cdrl"):
+        begin, end = f"<!-- {name}: begin -->\n", f"<!-- {name}: end -->"
+        quoted = document[document.index(begin) + len(begin) : document.index(end)]
+        assert quoted.strip() == (ROOT / "docs" / "organism" / f"{name}.md").read_text().strip(), name

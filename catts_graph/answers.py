@@ -162,6 +162,7 @@ def answer_span(text: str, options: Sequence[str] | None = None) -> tuple[int, i
     return (found[1], found[2]) if found else None
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_answer(answer: str) -> str:
     """Canonical text of an answer, for exact comparison. Rules, in order:
 
@@ -226,17 +227,21 @@ def is_equivalent(a: str, b: str) -> bool:
 def canonicalize(answers: Sequence[str | None]) -> list[str | None]:
     """Map each answer to the first-seen answer equivalent to it, so votes group by meaning.
 
-    None stays None. Costs O(n * distinct) equivalence checks.
+    None stays None. Costs O(distinct^2) equivalence checks: a string seen before maps as it did.
     """
     representatives: list[str] = []
+    seen: dict[str, str] = {}
     canonical: list[str | None] = []
     for answer in answers:
         if answer is None:
             canonical.append(None)
             continue
-        match = next((rep for rep in representatives if is_equivalent(rep, answer)), None)
+        match = seen.get(answer)
         if match is None:
-            representatives.append(answer)
-            match = answer
+            match = next((rep for rep in representatives if is_equivalent(rep, answer)), None)
+            if match is None:
+                representatives.append(answer)
+                match = answer
+            seen[answer] = match
         canonical.append(match)
     return canonical

@@ -37,8 +37,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from catts_graph.models.transformers_vlm import checkpoint_settings
 from catts_graph.relevance import ClipRelevance
 from training.cdrl.data import (
@@ -57,6 +55,7 @@ from training.cdrl.rewards import (
     PolicyScorer,
     build_rewards,
 )
+from training.yaml_config import check_keys, read_config
 
 __all__ = [
     "CDRLConfig",
@@ -131,18 +130,18 @@ class CDRLConfig:
     _PROBE_KEYS = frozenset({"items", "perturbs", "levels", "max_new_tokens", "seed"})
 
     def __post_init__(self) -> None:
-        _check_keys(self.data, self._DATA_KEYS, "data")
+        check_keys(self.data, self._DATA_KEYS, "data")
         removed = sorted(self._REMOVED_REWARD_KEYS & set(self.rewards or {}))
         if removed:
             raise ValueError(
                 f"rewards.{removed[0]}: no longer used; the perceptual-sensitivity reward is a hinge on "
                 "each noised rollout's own NMLP, set rewards.sensitivity_margin (NMLP units) instead"
             )
-        _check_keys(self.rewards, self._REWARD_KEYS, "rewards")
+        check_keys(self.rewards, self._REWARD_KEYS, "rewards")
         self.sensitivity_margin()  # validates
         self.calibration_variant()
         if self.probe is not None:
-            _check_keys(self.probe, self._PROBE_KEYS, "probe")
+            check_keys(self.probe, self._PROBE_KEYS, "probe")
         if not self.data.get("pairs_dir") and not self.data.get("source") and not self.data.get("benchmark"):
             raise ValueError("data: give pairs_dir, or source and/or benchmark")
         weights = self.reward_weights()
@@ -181,7 +180,7 @@ class CDRLConfig:
 
     def noise_config(self) -> NoiseConfig:
         fields = {f.name for f in dataclasses.fields(NoiseConfig)}
-        _check_keys(self.noise, fields, "noise")
+        check_keys(self.noise, fields, "noise")
         return NoiseConfig(**self.noise)
 
     def model_path(self) -> str:
@@ -203,29 +202,9 @@ class CDRLConfig:
         return GRPOConfig(output_dir=self.output_dir, **values)
 
 
-def _check_keys(section: Mapping[str, Any], allowed: frozenset[str] | set[str], name: str) -> None:
-    if not isinstance(section, Mapping):
-        raise ValueError(f"{name}: expected a mapping, got {type(section).__name__}")
-    unknown = set(section) - set(allowed)
-    if unknown:
-        raise ValueError(f"{name}: unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
-
-
 def load_config(path: str | Path, **overrides: Any) -> CDRLConfig:
     """Read a YAML config; ``overrides`` replace top-level keys (e.g. ``output_dir``)."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"config {str(path)!r}: expected a YAML mapping at the top level")
-    values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(CDRLConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(
-            f"config {str(path)!r}: unknown keys {sorted(unknown)}; expected some of {sorted(known)}"
-        )
-    missing = {"model", "output_dir"} - set(values)
-    if missing:
-        raise ValueError(f"config {str(path)!r}: missing {sorted(missing)}")
+    values = read_config(path, CDRLConfig, overrides)
     data = dict(values.get("data") or {})
     for key in ("source", "pairs_dir", "image_dir"):
         # Relative data paths are read from the config's folder when they exist there, else from the

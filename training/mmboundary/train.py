@@ -34,8 +34,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from catts_graph.statements import StatementReader
 from catts_graph.step_confidence import SIGNALS
 from training.cdrl.data import load_items
@@ -60,6 +58,7 @@ from training.mmboundary.rewards import (
     level_confidences,
 )
 from training.mmboundary.stated import TRAINING_SIGNALS
+from training.yaml_config import check_keys, read_config
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -150,16 +149,16 @@ class MMBoundaryConfig:
     def __post_init__(self) -> None:
         for name in ("data", "validation"):
             section = getattr(self, name)
-            _check_keys(section, _ITEM_KEYS, name)
+            check_keys(section, _ITEM_KEYS, name)
             if not section.get("source") and not section.get("benchmark"):
                 raise ValueError(f"{name}: give source and/or benchmark")
-        _check_keys(self.sampling, _SAMPLING_KEYS, "sampling")
-        _check_keys(self.judge, _JUDGE_KEYS, "judge")
-        _check_keys(self.calibration, frozenset({"use_labels"}), "calibration")
-        _check_keys(self.statements, frozenset({"margin"}), "statements")
-        _check_keys(self.rewards, _REWARD_KEYS, "rewards")
+        check_keys(self.sampling, _SAMPLING_KEYS, "sampling")
+        check_keys(self.judge, _JUDGE_KEYS, "judge")
+        check_keys(self.calibration, frozenset({"use_labels"}), "calibration")
+        check_keys(self.statements, frozenset({"margin"}), "statements")
+        check_keys(self.rewards, _REWARD_KEYS, "rewards")
         if self.probe is not None:
-            _check_keys(self.probe, _ITEM_KEYS | {"max_new_tokens"}, "probe")
+            check_keys(self.probe, _ITEM_KEYS | {"max_new_tokens"}, "probe")
         unknown = [s for s in self.signals if s not in SIGNALS]
         if unknown or not self.signals:
             raise ValueError(
@@ -248,30 +247,10 @@ class MMBoundaryConfig:
         return GRPOConfig(output_dir=str(output_dir or self.rl_dir), **values)
 
 
-def _check_keys(section: Any, allowed: frozenset[str], name: str) -> None:
-    if not isinstance(section, Mapping):
-        raise ValueError(f"{name}: expected a mapping, got {type(section).__name__}")
-    unknown = set(section) - set(allowed)
-    if unknown:
-        raise ValueError(f"{name}: unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
-
-
 def load_config(path: str | Path, **overrides: Any) -> MMBoundaryConfig:
     """Read a YAML config; ``overrides`` that are not None replace top-level keys. Relative item
     files are read from the config's folder when they exist there, else from the working directory."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"config {str(path)!r}: expected a YAML mapping at the top level")
-    values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(MMBoundaryConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(
-            f"config {str(path)!r}: unknown keys {sorted(unknown)}; expected some of {sorted(known)}"
-        )
-    missing = {"model", "output_dir"} - set(values)
-    if missing:
-        raise ValueError(f"config {str(path)!r}: missing {sorted(missing)}")
+    values = read_config(path, MMBoundaryConfig, overrides)
     for section in ("data", "validation", "probe"):
         if values.get(section) is None:
             continue

@@ -15,7 +15,7 @@ from PIL import Image
 from catts_graph.models.tiny import build_tiny_qwen25vl
 from catts_graph.models.transformers_vlm import TransformersVLM
 
-__all__ = ["tiny_image", "tiny_model_dir", "tiny_vlm"]
+__all__ = ["checkpoint_weights", "tiny_image", "tiny_model_dir", "tiny_vlm"]
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +39,13 @@ def tiny_image() -> Image.Image:
             if (x + y) % 14 == 0:
                 image.putpixel((x, y), (20, 20, 220))
     return image
+
+
+def checkpoint_weights(folder: Path) -> dict:
+    """Every tensor of a saved checkpoint (all its safetensors shards), by name."""
+    from safetensors.torch import load_file
+
+    tensors: dict = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    return tensors

@@ -18,11 +18,11 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from safetensors.torch import load_file
 
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.models import TransformersVLM
 from catts_graph.relevance import ClipRelevance
+from tests.conftest_models import checkpoint_weights
 from training.cdrl.data import build_pairs, load_items
 from training.cdrl.rewards import REWARD_NAMES
 from training.cdrl.train import build_trainer, load_config, train_cdrl
@@ -53,13 +53,6 @@ ON_CPU = {
 }
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    return tensors
-
-
 @pytest.fixture(scope="module")
 def smoke_pairs() -> list[Any]:
     items = load_items(str(CONFIGS / "smoke_items.jsonl"))
@@ -88,7 +81,7 @@ def test_smoke_run_trains_saves_and_the_graph_runs(tiny_model_dir: Path, tmp_pat
     assert set(result.reward_means) == {*REWARD_NAMES, "reward"}
     print(f"\nCDRL smoke: {wall:.1f} s wall (run {result.seconds:.1f} s); reward means {result.reward_means}")
 
-    before, after = _weights(tiny_model_dir), _weights(result.output_dir)
+    before, after = checkpoint_weights(tiny_model_dir), checkpoint_weights(result.output_dir)
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2
@@ -146,9 +139,9 @@ def test_lora_run_merges_into_a_plain_checkpoint(tiny_model_dir: Path, tmp_path:
     path.write_text(yaml.safe_dump(raw))
     result = train_cdrl(load_config(path, model=str(tiny_model_dir), output_dir=str(tmp_path / "run")))
     assert (result.output_dir / "adapter" / "adapter_config.json").is_file()
-    after = _weights(result.output_dir)
+    after = checkpoint_weights(result.output_dir)
     assert not any("lora" in key for key in after)
-    before = _weights(tiny_model_dir)
+    before = checkpoint_weights(tiny_model_dir)
     assert any(not torch.equal(before[k], after[k]) for k in before if "q_proj.weight" in k)
     TransformersVLM.from_pretrained(result.output_dir, device="cpu")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from catts_graph.models import TransformersVLM
 from catts_graph.statements import StatementReader
+from tests.conftest_models import checkpoint_weights
 from training.mmboundary.data import EXAMPLES_FILE, ITEMS_FILE, load_data
 from training.mmboundary.rewards import REWARD_NAMES
 from training.mmboundary.stated import read_steps
@@ -42,15 +42,8 @@ ON_CPU = {
 }
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    return tensors
-
-
 def _changed(before: Path, after: Path) -> int:
-    old, new = _weights(before), _weights(after)
+    old, new = checkpoint_weights(before), checkpoint_weights(after)
     assert old.keys() == new.keys()
     return sum(not torch.equal(old[k], new[k]) for k in old)
 
@@ -104,7 +97,7 @@ def test_data_stage_states_the_tiny_models_own_replies(smoke: dict[str, Any]) ->
 def test_sft_smoke_run_takes_real_steps(smoke: dict[str, Any], sft: Any, tiny_model_dir: Path) -> None:
     assert sft.steps == 3 and len(sft.losses) == 3
     assert all(math.isfinite(loss) for loss in sft.losses)
-    assert _changed(tiny_model_dir, sft.output_dir) > len(_weights(tiny_model_dir)) // 2
+    assert _changed(tiny_model_dir, sft.output_dir) > len(checkpoint_weights(tiny_model_dir)) // 2
     assert (sft.output_dir / "mmboundary_summary.json").is_file()
     vlm = TransformersVLM.from_pretrained(sft.output_dir, device="cpu")
     assert vlm.tokenizer is not None

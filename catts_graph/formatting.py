@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["markdown_table", "number"]
+__all__ = ["markdown_table", "number", "with_interval"]
 
 
 def number(value: float | None, digits: int = 3) -> str:
@@ -15,6 +15,15 @@ def number(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
+
+
+def with_interval(value: float | None, interval: Sequence[float | None] | None, digits: int = 3) -> str:
+    """``value [low, high]`` (a 95% interval), each with ``digits`` decimals; the value alone when
+    there is no interval."""
+    if not interval:
+        return number(value, digits)
+    low, high = interval
+    return f"{number(value, digits)} [{number(low, digits)}, {number(high, digits)}]"
 
 
 def _cell(text: object) -> str:

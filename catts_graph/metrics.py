@@ -21,6 +21,7 @@ __all__ = [
     "accuracy",
     "auroc",
     "bootstrap_interval",
+    "bootstrap_rows",
     "brier_score",
     "confidence_drop",
     "expected_calibration_error",
@@ -238,13 +239,52 @@ def bootstrap_interval(
     ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (linear interpolation) of those statistics.
     """
     data = _values(values, "values")
+    return _percentile_bootstrap(data.size, lambda rows: statistic(data[rows]), n_boot, level, seed)
+
+
+def bootstrap_rows(
+    rows: Sequence[Sequence[float]] | np.ndarray,
+    statistic: Callable[[np.ndarray], Any],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(rows)`` with the *rows* resampled jointly.
+
+    ``rows`` is a 2-d array whose row ``i`` holds everything measured on item ``i`` (its accuracy at
+    each N, its confidence before and after training, ...). A resample draws item indices with
+    replacement and keeps each drawn row whole, so a statistic that compares columns (a slope
+    across N, a ratio of drops) sees the items' pairing intact. Seeded and quantiled as
+    :func:`bootstrap_interval` (the same seed draws the same item indices for the same row count).
+    """
+    if isinstance(rows, (str, bytes)):
+        raise ValueError(f"rows must be a 2-d array of numbers, got {type(rows).__name__}")
+    try:
+        data = np.asarray(rows, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError("rows must be a 2-d array of numbers") from None
+    if data.ndim != 2:
+        raise ValueError(f"rows must be two-dimensional (items x measurements), got shape {data.shape}")
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError(f"rows is empty (shape {data.shape}); at least one item and one column are needed")
+    bad = np.argwhere(~np.isfinite(data))
+    if bad.size:
+        i, j = bad[0]
+        raise ValueError(f"rows[{i}, {j}] is {data[i, j]}, expected a finite number")
+    return _percentile_bootstrap(data.shape[0], lambda picked: statistic(data[picked]), n_boot, level, seed)
+
+
+def _percentile_bootstrap(
+    size: int, statistic_of: Callable[[np.ndarray], Any], n_boot: int, level: float, seed: int
+) -> tuple[float, float]:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, data.size, size=(n_boot, data.size))
-    stats = np.array([float(statistic(data[row])) for row in draws])
+    draws = rng.integers(0, size, size=(n_boot, size))
+    stats = np.array([float(statistic_of(picked)) for picked in draws])
     tail = (1 - level) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return float(low), float(high)

@@ -12,6 +12,7 @@ from catts_graph.metrics import (
     accuracy,
     auroc,
     bootstrap_interval,
+    bootstrap_rows,
     brier_score,
     confidence_drop,
     expected_calibration_error,
@@ -196,3 +197,33 @@ def test_bootstrap_known_distributions():
 def test_errors_name_the_bad_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_bootstrap_rows_of_one_column_is_the_plain_bootstrap():
+    values = np.random.default_rng(1).random(30)
+    rows = values[:, None]
+    assert bootstrap_rows(rows, lambda r: r[:, 0].mean(), seed=3) == bootstrap_interval(values, seed=3)
+
+
+def test_bootstrap_rows_keeps_each_items_columns_together():
+    # Column 1 is column 0 plus 2 on every item: any joint resample has a mean difference of
+    # exactly 2, so the interval is a point; resampling the columns independently would spread it.
+    base = np.random.default_rng(2).random(25)
+    rows = np.column_stack([base, base + 2.0])
+    low, high = bootstrap_rows(rows, lambda r: float(np.mean(r[:, 1] - r[:, 0])))
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    # A slope across columns (N = 1, 2, 4) on items whose accuracies rise by 10 points per doubling
+    # plus an item-specific offset: every resample fits the same slope.
+    offsets = np.random.default_rng(3).random(20) * 50
+    steps = np.column_stack([offsets, offsets + 10, offsets + 20])
+    low, high = bootstrap_rows(steps, lambda r: scaling_slope([1, 2, 4], r.mean(axis=0)))
+    assert low == pytest.approx(10.0) and high == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([1.0, 2.0], "two-dimensional"), (np.zeros((0, 2)), "empty"), ([[1.0, math.nan]], r"rows\[0, 1\]")],
+)
+def test_bootstrap_rows_names_bad_input(rows, message):
+    with pytest.raises(ValueError, match=message):
+        bootstrap_rows(rows, lambda r: 0.0)

@@ -473,7 +473,7 @@ def test_every_shipped_mmboundary_config_loads(path: Path) -> None:
 
 def test_the_organism_config_trains_the_new_organism() -> None:
     config = load_config(CONFIGS / "mmboundary_organism.yaml")
-    assert config.model == "checkpoints/organism-new/base"
+    assert config.model == "catts_graph/organism/checkpoints/base"
     assert config.judge_kind() == "exact" and config.use_labels()
     assert load_config(CONFIGS / "mmboundary_organism.yaml", model="elsewhere").model == "elsewhere"
 

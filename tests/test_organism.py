@@ -205,6 +205,25 @@ def test_training_resumes_bit_for_bit(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     manifest = json.loads((resumed / "organism.json").read_text())
     assert manifest["examples"] == 4 * CONFIGS["base"].batch_size
+    # Stopped at a step of the schedule: a checkpoint that says so, and the state runs on to the end.
+    early_state = tmp_path / "early-state"
+    early = train_organism(
+        "base", tmp_path / "early", steps_scale=scale, state_dir=early_state, stop_at_step=2, **quiet
+    )
+    assert early is not None
+    early_manifest = json.loads((early / "organism.json").read_text())
+    assert (
+        early_manifest["stopped_at_step"] == 2
+        and early_manifest["examples"] == 2 * CONFIGS["base"].batch_size
+    )
+    finished = train_organism(
+        "base", tmp_path / "finished", steps_scale=scale, state_dir=early_state, **quiet
+    )
+    c = load_file(finished / "model.safetensors")
+    assert all((a[k] == c[k]).all() for k in a)
+    assert "stopped_at_step" not in json.loads((finished / "organism.json").read_text())
+    with pytest.raises(ValueError, match="stop_at_step=9"):
+        train_organism("base", tmp_path / "x", steps_scale=scale, stop_at_step=9, **quiet)
 
 
 def test_the_clip_organism_trains_saves_and_measures_its_map(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ from catts_graph.organism.reproduce import (
     cdrl_section,
     drop_ratios,
     pooled_calibration,
+    ratio_intervals,
     render_markdown,
+    savings,
     slopes,
 )
 
@@ -55,14 +57,63 @@ def test_drop_ratios_per_perturbation_and_level() -> None:
     assert ratios["occlusion", 1.0]["nmlp_drop_after"] == -0.02
 
 
-def test_slopes_are_points_per_doubling() -> None:
-    table = {
-        "a": {1: {"accuracy": 30.0}, 2: {"accuracy": 33.65}, 4: {"accuracy": 37.3}},
-        "b": {8: {"accuracy": 50.0}},
+def per_n(columns: dict[int, list[float]], tokens: float = 10.0) -> dict[str, dict[str, list[float]]]:
+    return {
+        str(n): {"correct": c, "tokens": [tokens * n] * len(c), "expert_calls": [0.0] * len(c)}
+        for n, c in columns.items()
     }
-    result = slopes(table)
-    assert result["a"] == pytest.approx(3.65)
-    assert result["b"] != result["b"]  # NaN: one N has no slope
+
+
+def test_slopes_are_points_per_doubling_with_joint_intervals() -> None:
+    plan = Plan(n_boot=200)
+    # Majority: every item (subset-averaged) gains 0.25 per doubling: 25 points per doubling.
+    majority = per_n({1: [0.0, 0.5], 2: [0.25, 0.75], 4: [0.5, 1.0]})
+    # "a": every item gains 0.5 per doubling: 50 points, twice majority's in every resample.
+    steady = per_n({1: [0.0, 0.0], 2: [0.5, 0.5], 4: [1.0, 1.0]})
+    # "c": one item gains, one does not: the slope depends on which items a resample draws.
+    mixed = per_n({1: [0.0, 1.0], 2: [1.0, 1.0], 4: [1.0, 1.0]})
+    result = slopes({"majority": majority, "a": steady, "c": mixed, "b": per_n({8: [1, 0]})}, plan)
+    assert result["majority"]["slope"] == pytest.approx(25.0)
+    assert result["a"]["slope"] == pytest.approx(50.0) and result["a"]["ci"] == pytest.approx([50.0, 50.0])
+    assert result["a"]["ratio"] == pytest.approx(2.0) and result["a"]["ratio_ci"] == pytest.approx([2.0, 2.0])
+    assert result["majority"]["ratio"] == pytest.approx(1.0)
+    # "c" at 50, 100, 100: slope sum dx*dy / sum dx^2 = (-1)(-33.3) + 0 + (1)(16.7) over 2 = 25.
+    assert result["c"]["slope"] == pytest.approx(25.0)
+    low, high = result["c"]["ci"]
+    assert low < 25.0 < high  # resamples of two copies of either item give 0 or 50
+    assert math.isnan(result["b"]["slope"])  # one N has no slope
+
+
+def test_savings_compare_adaptive_with_majority_at_n8() -> None:
+    plan = Plan(ablation_n=8, n_boot=200)
+    majority = per_n({4: [1, 0, 0, 0], 8: [1, 1, 0, 0]}, tokens=10.0)  # 80 tokens at N=8
+    adaptive = per_n({4: [1, 1, 0, 0], 8: [1, 1, 1, 0]}, tokens=6.0)  # 24 and 48 tokens
+    (row,) = savings(
+        {"majority": majority, "catts_adaptive (x)": adaptive, "catts_paper (x)": adaptive}, plan
+    )
+    assert row["method"] == "catts_adaptive (x)"
+    assert (row["accuracy"], row["reference_accuracy"], row["difference"]) == (75.0, 50.0, 25.0)
+    assert row["saved"] == pytest.approx(1 - 48 / 80) and row["saved_ci"] == pytest.approx([0.4, 0.4])
+    # Adaptive reaches majority's 50% at N=4, with 24 tokens against 80.
+    assert row["matching_n"] == 4 and row["matching_saved"] == pytest.approx(1 - 24 / 80)
+
+
+def test_ratio_intervals_resample_items_jointly() -> None:
+    def cells(clean: list[float], noised: list[float]) -> dict:
+        row = lambda c: {"confidence": c, "nmlp": -math.log(c), "correct": True}  # noqa: E731
+        return {
+            ("clean", 0.0): {f"q{i}": row(c) for i, c in enumerate(clean)},
+            ("gaussian", 1.0): {f"q{i}": row(c) for i, c in enumerate(noised)},
+        }
+
+    # Every item drops by 0.1 before and by 0.3 after: every resample has the ratio 3.
+    before = cells([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
+    after = cells([0.9, 0.8, 0.7], [0.6, 0.5, 0.4])
+    ratios = [{"perturb": "gaussian", "level": 1.0, "confidence_ratio": 3.0, "nmlp_ratio": 0.0}]
+    (entry,) = ratio_intervals(ratios, before, after, Plan(n_boot=100))
+    assert entry["confidence_ratio_ci"] == pytest.approx([3.0, 3.0])
+    low, high = entry["nmlp_ratio_ci"]
+    assert 1.0 < low <= high  # NMLP rises further after: a ratio above 1 in every resample
 
 
 def test_pooled_calibration_reads_every_probe_row(tmp_path: Path) -> None:
@@ -95,14 +146,22 @@ def test_pooled_calibration_reads_every_probe_row(tmp_path: Path) -> None:
 
 def test_the_markdown_report_shows_every_section() -> None:
     kinds = {
-        "all": {"accuracy": 0.6, "confidence": 0.9, "n": 10},
-        "count": {"accuracy": 0.5, "confidence": 0.8, "n": 5},
+        "all": {"accuracy": 0.6, "confidence": 0.9, "answer_confidence": 0.7, "n": 10, "ci": [0.3, 0.9]},
+        "count": {"accuracy": 0.5, "confidence": 0.8, "answer_confidence": 0.6, "n": 5, "ci": [0.1, 0.9]},
     }
     rows = [probe_row("clean", 0.0, 0.0, 0.0), probe_row("gaussian", 1.0, -0.05, -0.1)]
     cell = {"accuracy": 60.0, "tokens": 100.0, "expert_calls": 1.0, "seconds": 0.1, "items": 10}
+    plan = {
+        "ablation_n": 8,
+        "model_items": 10,
+        "fresh_seed": 1,
+        "probe_items": 10,
+        "test_items": 10,
+        "subsets": 4,
+    }
     results = {
-        "plan": {"ablation_n": 8},
-        "models": {"base": {"parameters": 1_830_000, "clean": kinds, "noise": kinds}},
+        "plan": plan,
+        "models": {"base": {"parameters": 1_830_000, "clean": kinds, "noise": kinds, "fresh": kinds}},
         "probe": {"before": rows, "after": rows},
         "ratios": drop_ratios(rows, rows),
         "calibration": {
@@ -121,9 +180,12 @@ def test_the_markdown_report_shows_every_section() -> None:
             "n": 8,
             "items": 10,
         },
-        "scaling": {"self": {"majority": {"1": cell, "2": cell}}},
-        "slopes": {"self": {"majority": 0.0}},
-        "ablations": {"catts_paper": cell},
+        "scaling": {
+            "self": {"majority": {"1": {**cell, "ci": [50.0, 70.0]}, "2": {**cell, "ci": [50.0, 70.0]}}}
+        },
+        "slopes": {"majority": {"slope": 0.0, "ci": [-1.0, 1.0], "ratio": 1.0, "ratio_ci": [1.0, 1.0]}},
+        "savings": [],
+        "ablations": {"catts_paper": {**cell, "ci": [40.0, 80.0]}},
     }
     text = render_markdown(results)
     for heading in (
@@ -136,8 +198,13 @@ def test_the_markdown_report_shows_every_section() -> None:
         "Ablations",
     ):
         assert heading in text
-    assert "| base | 1.83M | 0.600 | 0.500 | 0.900 | 0.600 | 0.900 |" in text
-    assert "| majority | 60.0 | 60.0 | 0.00 |" in text
+    assert "| base | 1.83M | 0.600 [0.300, 0.900] | 0.600 [0.300, 0.900] | 0.900 | 0.700 |" in text
+    assert "| base | 0.50 [0.10, 0.90]; 0.60 |" in text  # per kind: accuracy [interval]; answer confidence
+    assert (
+        "| majority | 60.0 [50.0, 70.0] | 60.0 [50.0, 70.0] | 0.00 [-1.00, 1.00] | 1.00 [1.00, 1.00] |"
+        in text
+    )
+    assert "| catts_paper | 60.0 [40.0, 80.0] | 100 | 1.00 |" in text
     assert "| base | 0.500 | 0.100 | n/a | 2 |" in text  # a missing AUROC reads n/a
     assert "Chosen: fast_path_share = 0.8, fast_path_confidence = 0.5" in text
     assert "Logged during training (means over steps): cdrl/confidence_drop -0.125" in text

@@ -37,6 +37,11 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     train.add_argument(
         "--stop-after", type=float, help="minutes: save the state and stop (resume later with --state-dir)"
     )
+    train.add_argument(
+        "--stop-at-step",
+        type=int,
+        help="end the run at this step of its schedule and save the checkpoint (resumable to the end)",
+    )
     train.set_defaults(func=_train_command)
 
     evaluate = commands.add_parser("eval", help="accuracy and confidence per question kind")
@@ -45,6 +50,9 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--limit", type=int, default=250)
     evaluate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise strength in [0, 1]")
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="the generator's seed (other than 0: fresh scenes of every split)"
+    )
     evaluate.set_defaults(func=_eval_command)
 
     clip = commands.add_parser("train-clip", help="train the CLIP organism (relevance maps) from scratch")
@@ -144,6 +152,7 @@ def _train_command(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         save_every_minutes=args.save_every,
         stop_after_minutes=args.stop_after,
+        stop_at_step=args.stop_at_step,
     )
     return 0
 
@@ -155,7 +164,7 @@ def _eval_command(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(2)
     model = Path(args.model) if args.model else organism_path(args.which)
-    report = evaluate_organism(model, split=args.split, limit=args.limit, noise=args.noise)
+    report = evaluate_organism(model, split=args.split, limit=args.limit, noise=args.noise, seed=args.seed)
     print(format_report(report))
     return 0
 

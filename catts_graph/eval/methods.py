@@ -77,6 +77,7 @@ __all__ = [
     "online_stop",
     "parse_method",
     "run_method",
+    "run_offline",
 ]
 
 DEEPCONF_WEIGHTINGS = ("mean", "tail", "bottom_percent", "lowest_group")
@@ -593,15 +594,23 @@ def run_method(
     graphs: CATTSGraphs,
 ) -> MethodResult:
     """Run the method ``spec`` at N on an item's sample pool."""
+    if spec.kind != "catts":
+        return run_offline(spec, pool, n, graphs.config)
+    assert spec.policy is not None
+    return graphs.run(pool, n, graph_input, policy=spec.policy, ablation=spec.ablation)
+
+
+def run_offline(spec: MethodSpec, pool: SamplePool, n: int, config: CATTSConfig) -> MethodResult:
+    """A method that needs no model (every kind but ``catts``) at N on a pool, live or read back
+    from the store; ``config`` gives DeepConf's eta (``top_eta``, default 0.1)."""
     if spec.kind == "greedy":
         return greedy(pool)
     if spec.kind == "majority":
         return majority(pool, n)
     if spec.kind == "deepconf":
         assert spec.weighting is not None
-        eta = (graphs.config.top_eta or DEFAULT_TOP_ETA) if spec.top_eta else None
+        eta = (config.top_eta or DEFAULT_TOP_ETA) if spec.top_eta else None
         return deepconf_offline(pool, n, weighting=spec.weighting, top_eta=eta)
     if spec.kind == "deepconf_online":
         return deepconf_online(pool, n)
-    assert spec.policy is not None
-    return graphs.run(pool, n, graph_input, policy=spec.policy, ablation=spec.ablation)
+    raise ValueError(f"method {spec.name!r} runs the CA-TTS graph; it needs the models (run_method)")

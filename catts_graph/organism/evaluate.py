@@ -1,12 +1,16 @@
 """Clean and perturbed accuracy of an organism model, per question kind, with its confidence.
 
 One greedy answer per item through :class:`~catts_graph.models.TransformersVLM` under the prompt
-the checkpoint declares: the path ``catts run`` takes. Confidence is ``exp(-NMLP)`` of the whole reply.
+the checkpoint declares: the path ``catts run`` takes. Two confidences, both ``exp(-NMLP)``: over
+the whole reply, and over the answer's own tokens (``confidence_span="answer"``). On the organism a
+reply is mostly a scene description whose format tokens are easy, so the whole-reply figure sits
+high whatever the answer's accuracy; the answer span is where the doubt shows.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +18,24 @@ MAX_NEW_TOKENS = 256
 """Enough for the longest scene description and the boxed answer."""
 
 
-def evaluate_organism(
+def organism_rows(
     model: Any,
     *,
     split: str = "test",
     limit: int = 250,
     noise: float = 0.0,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """``{kind: {"accuracy", "confidence", "n"}}`` plus ``"all"``, on the first ``limit`` items.
+) -> list[dict[str, Any]]:
+    """One row per item: ``{"id", "kind", "correct", "confidence", "answer_confidence"}``.
 
-    ``model`` is a :class:`~catts_graph.models.TransformersVLM` or a checkpoint folder. ``noise``
-    is the strength of :func:`catts_graph.perturb.gaussian` (0: clean; 1: sigma 0.5 of the pixel
-    range), added at the model's input size and seeded per item.
+    ``model`` is a :class:`~catts_graph.models.TransformersVLM` or a checkpoint folder; the items are
+    the first ``limit`` of ``split`` drawn by the generator seeded ``seed``. ``noise`` is the
+    strength of :func:`catts_graph.perturb.gaussian` (0: clean; 1: sigma 0.5 of the pixel range),
+    added at the model's input size and seeded per item. A reply without a readable answer has
+    answer confidence 0.
     """
-    from catts_graph.answers import extract_answer
-    from catts_graph.confidence import confidence_from_nmlp, nmlp
+    from catts_graph.answers import answer_span, extract_answer
+    from catts_graph.confidence import confidence_from_nmlp, nmlp, span_nmlp
     from catts_graph.eval.synthetic import load_synthetic
     from catts_graph.images import decode_image, read_reference
     from catts_graph.models import TransformersVLM
@@ -37,7 +43,7 @@ def evaluate_organism(
     from catts_graph.task import base_prompt, is_correct
 
     vlm = model if isinstance(model, TransformersVLM) else TransformersVLM.from_pretrained(Path(model))
-    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    rows = []
     for number, item in enumerate(load_synthetic(split, limit=limit, seed=seed)):
         image = decode_image(read_reference(item.images[0], name=item.id), name=item.id)
         if noise > 0:
@@ -49,21 +55,57 @@ def evaluate_organism(
             temperature=0.0,
             max_new_tokens=MAX_NEW_TOKENS,
         )
-        correct = is_correct(item, extract_answer(sample.text, item.options))
+        answer = extract_answer(sample.text, item.options)
         confidence = confidence_from_nmlp(nmlp(sample.logprobs)) if sample.logprobs else 0.0
-        for key in (str(item.category), "all"):
-            totals[key][0] += correct
-            totals[key][1] += confidence
-            totals[key][2] += 1
+        span = answer_span(sample.text, item.options) if answer is not None else None
+        answer_confidence = 0.0
+        if span is not None and sample.logprobs:
+            answer_confidence = confidence_from_nmlp(span_nmlp(sample.tokens, sample.logprobs, *span))
+        rows.append(
+            {
+                "id": item.id,
+                "kind": str(item.category),
+                "correct": bool(is_correct(item, answer)),
+                "confidence": confidence,
+                "answer_confidence": answer_confidence,
+            }
+        )
+    return rows
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{kind: {"accuracy", "confidence", "answer_confidence", "n"}}`` plus ``"all"``."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["kind"]].append(row)
+        groups["all"].append(row)
     return {
-        key: {"accuracy": c / n, "confidence": conf / n, "n": n}
-        for key, (c, conf, n) in sorted(totals.items())
+        kind: {
+            "accuracy": sum(r["correct"] for r in group) / len(group),
+            "confidence": sum(r["confidence"] for r in group) / len(group),
+            "answer_confidence": sum(r["answer_confidence"] for r in group) / len(group),
+            "n": len(group),
+        }
+        for kind, group in sorted(groups.items())
     }
 
 
+def evaluate_organism(
+    model: Any,
+    *,
+    split: str = "test",
+    limit: int = 250,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """:func:`summarise` of :func:`organism_rows` (the same arguments)."""
+    return summarise(organism_rows(model, split=split, limit=limit, noise=noise, seed=seed))
+
+
 def format_report(report: dict[str, dict[str, float]]) -> str:
-    """One line per kind: accuracy and mean confidence."""
+    """One line per kind: accuracy and the two mean confidences."""
     return "\n".join(
-        f"{kind:>9}: accuracy {row['accuracy']:.3f}  confidence {row['confidence']:.3f}  (n={int(row['n'])})"
+        f"{kind:>9}: accuracy {row['accuracy']:.3f}  confidence {row['confidence']:.3f}  "
+        f"answer confidence {row['answer_confidence']:.3f}  (n={int(row['n'])})"
         for kind, row in report.items()
     )

@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catts_graph.formatting import markdown_table, number
+import numpy as np
+
+from catts_graph.formatting import markdown_table, number, with_interval
 
 ROOT = Path(__file__).resolve().parents[2]
 CDRL_CONFIG = "training/configs/organism_cdrl.yaml"
@@ -69,15 +71,22 @@ THRESHOLD_GRID = {"fast_path_share": (0.5, 0.7, 0.9, 1.0), "fast_path_confidence
 class Plan:
     """How much of everything to run. The defaults are the documented run (under an hour on CPU)."""
 
-    model_items: int = 200
-    """Test items of the greedy accuracy table of both organisms."""
-    test_items: int = 100
+    model_items: int = 300
+    """Test items of the greedy accuracy table of both organisms (and of the fresh-seed check)."""
+    fresh_seed: int = 1
+    """The generator seed of the fresh scenes: the organisms must hold their accuracy off seed 0."""
+    test_items: int = 300
     """Test items of the scaling runs and ablations (each is N = 32 samples and 5 + 2 methods at 6 Ns)."""
     validation_items: int = 60
-    probe_items: int = 100
-    perturbs: tuple[str, ...] = ("gaussian", "occlusion", "viewpoint", "mosaic")
+    probe_items: int = 200
+    perturbs: tuple[str, ...] = ("gaussian", "occlusion")
     levels: tuple[float, ...] = (0.5, 1.0)
     ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    subsets: int = 16
+    """Random size-N subsets of each item's pool that the offline methods (majority, DeepConf) are
+    averaged over at every N below the pool's size."""
+    n_boot: int = 1000
+    """Bootstrap resamples of the items behind every interval (95%, percentile, seed 0)."""
     ablation_n: int = 8
     threshold_n: int = 8
     cdrl_config: str = CDRL_CONFIG
@@ -98,6 +107,8 @@ class Plan:
             perturbs=("gaussian",),
             levels=(1.0,),
             ns=(1, 2),
+            subsets=2,
+            n_boot=50,
             ablation_n=2,
             threshold_n=2,
             cdrl_steps=1,
@@ -134,44 +145,127 @@ def _cached(path: Path, compute: Callable[[], Any]) -> Any:
 # -- steps ----------------------------------------------------------------------------------------
 
 
+def interval(values: Sequence[float], plan: Plan) -> list[float]:
+    """The 95% bootstrap interval of the mean of per-item ``values`` (resampled items)."""
+    from catts_graph.metrics import bootstrap_interval
+
+    return list(bootstrap_interval(values, n_boot=plan.n_boot, seed=0))
+
+
 def step_models(out: Path, plan: Plan) -> dict[str, Any]:
-    """Greedy accuracy and confidence per kind of both organisms, clean and under full noise."""
+    """Greedy accuracy and confidence (whole reply and answer span) per kind of both organisms:
+    clean, under full noise, and clean on fresh scenes (another generator seed); each accuracy with
+    its bootstrap interval."""
     from catts_graph.organism import organism_model
-    from catts_graph.organism.evaluate import evaluate_organism
+    from catts_graph.organism.evaluate import organism_rows, summarise
 
     def compute() -> dict[str, Any]:
-        report = {}
+        report: dict[str, Any] = {}
         for which in ("base", "expert"):
             vlm = organism_model(which)
-            report[which] = {
-                "parameters": sum(p.numel() for p in vlm.model.parameters()),
-                "clean": evaluate_organism(vlm, split="test", limit=plan.model_items, seed=plan.seed),
-                "noise": evaluate_organism(
-                    vlm, split="test", limit=plan.model_items, noise=1.0, seed=plan.seed
-                ),
-            }
+            report[which] = {"parameters": sum(p.numel() for p in vlm.model.parameters())}
+            for name, noise, seed in (
+                ("clean", 0.0, plan.seed),
+                ("noise", 1.0, plan.seed),
+                ("fresh", 0.0, plan.fresh_seed),
+            ):
+                rows = organism_rows(vlm, split="test", limit=plan.model_items, noise=noise, seed=seed)
+                summary = summarise(rows)
+                for kind, cell in summary.items():
+                    picked = [float(r["correct"]) for r in rows if kind in ("all", r["kind"])]
+                    cell["ci"] = interval(picked, plan)
+                report[which][name] = summary
         return report
 
     return _cached(out / "models.json", compute)
 
 
 def step_probe(out: Path, plan: Plan, name: str, model_path: Path) -> list[dict[str, Any]]:
-    """The probe on one checkpoint (resumable store ``probe-<name>.sqlite``)."""
+    """The probe on one checkpoint (resumable store ``probe-<name>.sqlite``): its summary rows, each
+    with the bootstrap interval of its accuracy (``accuracy_ci``)."""
     from catts_graph.eval.probe import probe_model
     from catts_graph.models import TransformersVLM
 
     vlm = TransformersVLM.from_pretrained(model_path, device="cpu")
+    store_path = out / f"probe-{name}.sqlite"
     rows = probe_model(
         vlm,
         _items("test", plan.probe_items, plan.seed),
         perturbs=plan.perturbs,
         levels=(0.0, *plan.levels),
         seed=plan.seed,
-        store_path=out / f"probe-{name}.sqlite",
+        store_path=store_path,
         max_new_tokens=256,
         info={"model": name},
     )
-    return [dataclasses.asdict(row) for row in rows]
+    cells = probe_cells(store_path)
+    summary = []
+    for row in rows:
+        entry = dataclasses.asdict(row)
+        cell = cells[_probe_key(row.perturb, row.level)]
+        entry["accuracy_ci"] = interval([float(r["correct"]) for r in cell.values()], plan)
+        summary.append(entry)
+    return summary
+
+
+def _probe_key(perturb: str, level: float) -> tuple[str, float]:
+    from catts_graph.eval.probe import CLEAN
+
+    return (CLEAN, 0.0) if level == 0 else (perturb, float(level))
+
+
+def probe_cells(store_path: Path) -> dict[tuple[str, float], dict[str, dict[str, Any]]]:
+    """The probe's stored rows as ``{(perturb, level): {item_id: row}}`` (clean: ``("clean", 0.0)``)."""
+    from catts_graph.eval.store import read_store
+
+    with read_store(store_path) as store:
+        rows = store.probe_rows()
+    cells: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["perturb"], float(row["level"])), {})[row["item_id"]] = row
+    return cells
+
+
+def ratio_intervals(
+    ratios: list[dict[str, Any]],
+    before: dict[tuple[str, float], dict[str, dict[str, Any]]],
+    after: dict[tuple[str, float], dict[str, dict[str, Any]]],
+    plan: Plan,
+) -> list[dict[str, Any]]:
+    """Each drop ratio with its bootstrap interval (``confidence_ratio_ci``, ``nmlp_ratio_ci``).
+
+    The items are resampled jointly: an item's clean and perturbed answers before CDRL and after it
+    stay together, and every resample recomputes both drops and their ratio. Items without an NMLP
+    (an empty reply) are left out of the NMLP interval.
+    """
+    from catts_graph.metrics import bootstrap_rows
+
+    def ratio(rows: np.ndarray) -> float:
+        drop_before = rows[:, 1].mean() - rows[:, 0].mean()
+        drop_after = rows[:, 3].mean() - rows[:, 2].mean()
+        return float(drop_after / drop_before) if drop_before else math.nan
+
+    result = []
+    for entry in ratios:
+        clean, perturbed = _probe_key("clean", 0.0), _probe_key(entry["perturb"], entry["level"])
+        cells = (before[clean], before[perturbed], after[clean], after[perturbed])
+        ids = sorted(set.intersection(*(set(c) for c in cells)))
+        entry = dict(entry)
+        for unit, key in (("confidence", "confidence"), ("nmlp", "nmlp")):
+            # -NMLP is the confidence in NMLP units: the drop is mean NMLP(clean) - mean NMLP(perturbed).
+            sign = 1.0 if unit == "confidence" else -1.0
+            rows = [
+                [sign * float(c[i][key]) for c in cells]
+                for i in ids
+                if all(c[i][key] is not None for c in cells)
+            ]
+            entry[f"{unit}_ratio_ci"] = (
+                list(bootstrap_rows(np.array(rows), ratio, n_boot=plan.n_boot, seed=0))
+                if rows
+                else [math.nan] * 2
+            )
+        result.append(entry)
+    return result
 
 
 def pooled_calibration(store_path: Path) -> dict[str, float]:
@@ -277,13 +371,14 @@ def _run(
     expert_name: str,
     plan: Plan,
     config: Any,
-) -> dict[str, dict[int, dict[str, float]]]:
+) -> Path:
+    """Evaluate ``methods`` at ``ns`` on ``items`` (resumable store ``<out>/<name>``); its path."""
     from rich.console import Console
 
     from catts_graph.eval.runner import run_eval
     from catts_graph.organism.expert import OrganismExpert
 
-    path = run_eval(
+    return run_eval(
         items,
         methods=methods,
         ns=ns,
@@ -297,7 +392,6 @@ def _run(
         expert_name=f"organism:{expert_name}",
         console=Console(stderr=True, quiet=True),
     )
-    return _accuracy_by_n(path)
 
 
 def step_thresholds(out: Path, plan: Plan, models: _Models) -> dict[str, Any]:
@@ -313,17 +407,19 @@ def step_thresholds(out: Path, plan: Plan, models: _Models) -> dict[str, Any]:
     for share in plan.threshold_grid["fast_path_share"]:
         for confidence in plan.threshold_grid["fast_path_confidence"]:
             config = _config(fast_path_share=share, fast_path_confidence=confidence)
-            table = _run(
-                out / "thresholds",
-                f"share{share:g}-conf{confidence:g}",
-                items,
-                ["catts_adaptive"],
-                [plan.threshold_n],
-                base=base,
-                expert=expert,
-                expert_name="expert",
-                plan=plan,
-                config=config,
+            table = _accuracy_by_n(
+                _run(
+                    out / "thresholds",
+                    f"share{share:g}-conf{confidence:g}",
+                    items,
+                    ["catts_adaptive"],
+                    [plan.threshold_n],
+                    base=base,
+                    expert=expert,
+                    expert_name="expert",
+                    plan=plan,
+                    config=config,
+                )
             )
             cell = table["catts_adaptive"][plan.threshold_n]
             grid.append({"fast_path_share": share, "fast_path_confidence": confidence, **cell})
@@ -342,31 +438,205 @@ def step_thresholds(out: Path, plan: Plan, models: _Models) -> dict[str, Any]:
     }
 
 
-def step_scaling(out: Path, plan: Plan, models: _Models, thresholds: dict[str, float]) -> dict[str, Any]:
-    items = _items("test", plan.test_items, plan.seed)
-    config = _config(**thresholds)
-    base = models.get("base")
-    options = {"base": base, "plan": plan, "config": config}
+def method_items(
+    store_path: Path, items: Sequence[Any], methods: Sequence[str], ns: Sequence[int], plan: Plan, config: Any
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per method and N, per item (in ``items``' order): ``correct`` (0-1), ``tokens`` and
+    ``expert_calls``.
+
+    The CA-TTS methods are read from the run's rows (the pool's first N samples). The offline
+    methods are recomputed from the stored pools and averaged over ``plan.subsets`` random size-N
+    subsets of each pool (seeded per item and N; at N = the pool's size, the whole pool once): one
+    draw order would make every N below 32 depend on which samples happened to come first.
+    """
+    from catts_graph.eval.methods import SamplePool, parse_method, run_offline
+    from catts_graph.eval.scoring import judge_answer
+    from catts_graph.eval.store import read_store
+    from catts_graph.task import item_seed
+
+    table: dict[str, dict[str, dict[str, list[float]]]] = {
+        m: {str(n): {"correct": [], "tokens": [], "expert_calls": []} for n in ns} for m in methods
+    }
+    with read_store(store_path) as store:
+        rows = {(r["item_id"], r["method"], int(r["n"])): r for r in store.results()}
+        pools = {item.id: SamplePool.from_records(store.get_pool(item.id) or []) for item in items}
+    for item in items:
+        pool = pools[item.id]
+        for method in methods:
+            spec = parse_method(method)
+            for n in ns:
+                cell = table[method][str(n)]
+                if spec.kind == "catts":
+                    row = rows[item.id, method, n]
+                    cell["correct"].append(float(row["correct"]))
+                    cell["tokens"].append(float(row["tokens"]))
+                    cell["expert_calls"].append(float(row["expert_calls"]))
+                    continue
+                size = len(pool.records)
+                rng = np.random.default_rng([item_seed(plan.seed, item.id), n])
+                orders = (
+                    [list(range(size))]
+                    if n >= size
+                    else [rng.permutation(size)[:n].tolist() for _ in range(plan.subsets)]
+                )
+                correct = tokens = 0.0
+                for order in orders:
+                    subset = dataclasses.replace(pool, records=[pool.records[i] for i in order])
+                    result = run_offline(spec, subset, n, config)
+                    correct += judge_answer(item, result.answer, result.response).correct
+                    tokens += result.tokens
+                cell["correct"].append(correct / len(orders))
+                cell["tokens"].append(tokens / len(orders))
+                cell["expert_calls"].append(0.0)
+    return table
+
+
+def summarise_methods(
+    per_item: dict[str, dict[str, dict[str, list[float]]]], plan: Plan
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{method: {n: {"accuracy", "ci", "tokens", "expert_calls", "items"}}}``, accuracy in points."""
     return {
-        "self": _run(
-            out, "scaling-self", items, SCALING_METHODS, plan.ns, expert=base, expert_name="base", **options
-        ),
-        "expert": _run(
-            out,
-            "scaling-expert",
-            items,
-            EXPERT_METHODS,
-            plan.ns,
-            expert=models.get("expert"),
-            expert_name="expert",
-            **options,
-        ),
+        method: {
+            n: {
+                "accuracy": 100.0 * float(np.mean(cell["correct"])),
+                "ci": [100.0 * v for v in interval(cell["correct"], plan)],
+                "tokens": float(np.mean(cell["tokens"])),
+                "expert_calls": float(np.mean(cell["expert_calls"])),
+                "items": len(cell["correct"]),
+            }
+            for n, cell in per_n.items()
+        }
+        for method, per_n in per_item.items()
     }
 
 
-def step_ablations(out: Path, plan: Plan, models: _Models, thresholds: dict[str, float]) -> dict[str, Any]:
+def labelled(per_items: dict[str, Any]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """The scaling runs' methods (``{expert: {method: ...}}``) under their row names (:func:`_label`)."""
+    return {
+        _label(method, expert): per_n
+        for expert, table in per_items.items()
+        for method, per_n in table.items()
+    }
+
+
+def slopes(
+    per_item: dict[str, dict[str, dict[str, list[float]]]], plan: Plan, reference: str = "majority"
+) -> dict[str, dict[str, Any]]:
+    """Each method's accuracy slope in points per doubling of N (:func:`metrics.scaling_slope` of the
+    mean accuracies), its interval with the items resampled jointly across N, and its ratio to
+    ``reference``'s slope, resampled jointly with it (the same items in every resample)."""
+    from catts_graph import metrics
+
+    nan_pair = [math.nan, math.nan]
+    result: dict[str, dict[str, Any]] = {}
+    for method, per_n in per_item.items():
+        ns = sorted(int(n) for n in per_n)
+        entry: dict[str, Any] = {"slope": math.nan, "ci": nan_pair, "ratio": math.nan, "ratio_ci": nan_pair}
+        result[method] = entry
+        if len(ns) < 2:
+            continue
+        width = len(ns)
+
+        def slope(rows: np.ndarray, ns: list[int] = ns) -> float:
+            return metrics.scaling_slope(ns, rows.mean(axis=0))
+
+        def ratio(rows: np.ndarray, width: int = width) -> float:
+            below = slope(rows[:, width:])
+            return slope(rows[:, :width]) / below if below else math.nan
+
+        own = 100.0 * np.array([per_n[str(n)]["correct"] for n in ns]).T
+        entry["slope"] = slope(own)
+        entry["ci"] = list(metrics.bootstrap_rows(own, slope, n_boot=plan.n_boot))
+        if reference in per_item and all(str(n) in per_item[reference] for n in ns):
+            joint = np.hstack([own, 100.0 * np.array([per_item[reference][str(n)]["correct"] for n in ns]).T])
+            entry["ratio"] = ratio(joint)
+            entry["ratio_ci"] = list(metrics.bootstrap_rows(joint, ratio, n_boot=plan.n_boot))
+    return result
+
+
+def savings(
+    per_item: dict[str, dict[str, dict[str, list[float]]]], plan: Plan, reference: str = "majority"
+) -> list[dict[str, Any]]:
+    """Each adaptive policy against ``reference`` at N = ``plan.ablation_n`` (8): the accuracy
+    difference in points and the share of base tokens saved, each with its interval (items
+    resampled jointly), and the cheapest N at which adaptive reaches the reference's accuracy."""
+    from catts_graph.metrics import bootstrap_rows
+
+    n = str(plan.ablation_n)
+    if reference not in per_item or n not in per_item[reference]:
+        return []
+    ref = per_item[reference][n]
+    ref_accuracy = 100.0 * float(np.mean(ref["correct"]))
+    ref_tokens = float(np.mean(ref["tokens"]))
+
+    def difference(rows: np.ndarray) -> float:
+        return float(rows[:, 0].mean() - rows[:, 1].mean())
+
+    def saved(rows: np.ndarray) -> float:
+        return float(1.0 - rows[:, 0].mean() / rows[:, 1].mean())
+
+    result = []
+    for label, per_n in per_item.items():
+        if not label.startswith("catts_adaptive") or n not in per_n:
+            continue
+        own = per_n[n]
+        correct = 100.0 * np.column_stack([own["correct"], ref["correct"]])
+        tokens = np.column_stack([own["tokens"], ref["tokens"]])
+        reaching = [m for m in sorted(per_n, key=int) if 100.0 * np.mean(per_n[m]["correct"]) >= ref_accuracy]
+        result.append(
+            {
+                "method": label,
+                "n": plan.ablation_n,
+                "accuracy": 100.0 * float(np.mean(own["correct"])),
+                "reference_accuracy": ref_accuracy,
+                "difference": difference(correct),
+                "difference_ci": list(bootstrap_rows(correct, difference, n_boot=plan.n_boot)),
+                "tokens": float(np.mean(own["tokens"])),
+                "reference_tokens": ref_tokens,
+                "saved": saved(tokens),
+                "saved_ci": list(bootstrap_rows(tokens, saved, n_boot=plan.n_boot)),
+                "matching_n": int(reaching[0]) if reaching else None,
+                "matching_saved": (
+                    1.0 - float(np.mean(per_n[reaching[0]]["tokens"])) / ref_tokens if reaching else None
+                ),
+            }
+        )
+    return result
+
+
+def step_scaling(out: Path, plan: Plan, models: _Models, thresholds: dict[str, float]) -> dict[str, Any]:
+    """Test-time scaling on the test split: ``{"self" | "expert": {method: {n: per-item lists}}}``
+    (:func:`method_items`), the base organism as its own expert or the expert organism."""
     items = _items("test", plan.test_items, plan.seed)
-    table = _run(
+    config = _config(**thresholds)
+    base = models.get("base")
+    result = {}
+    for expert, methods in (("self", SCALING_METHODS), ("expert", EXPERT_METHODS)):
+        name = f"scaling-{expert}"
+        path = _run(
+            out,
+            name,
+            items,
+            methods,
+            plan.ns,
+            base=base,
+            expert=base if expert == "self" else models.get("expert"),
+            expert_name="base" if expert == "self" else "expert",
+            plan=plan,
+            config=config,
+        )
+        result[expert] = _cached(
+            out / f"{name}-items.json",
+            lambda path=path, methods=methods: method_items(path, items, methods, plan.ns, plan, config),
+        )
+    return result
+
+
+def step_ablations(out: Path, plan: Plan, models: _Models, thresholds: dict[str, float]) -> dict[str, Any]:
+    """CA-TTS (paper policy, expert organism) without each module or boost, at ``plan.ablation_n``."""
+    items = _items("test", plan.test_items, plan.seed)
+    config = _config(**thresholds)
+    path = _run(
         out,
         "ablations",
         items,
@@ -376,25 +646,13 @@ def step_ablations(out: Path, plan: Plan, models: _Models, thresholds: dict[str,
         expert=models.get("expert"),
         expert_name="expert",
         plan=plan,
-        config=_config(**thresholds),
+        config=config,
     )
-    return {method: table[method][plan.ablation_n] for method in ABLATIONS}
+    table = summarise_methods(method_items(path, items, ABLATIONS, [plan.ablation_n], plan, config), plan)
+    return {method: table[method][str(plan.ablation_n)] for method in ABLATIONS}
 
 
 # -- summary --------------------------------------------------------------------------------------
-
-
-def slopes(table: dict[str, dict[int, dict[str, float]]]) -> dict[str, float]:
-    """Each method's accuracy slope in points per doubling of N (:func:`metrics.scaling_slope`)."""
-    from catts_graph import metrics
-
-    result = {}
-    for method, per_n in table.items():
-        ns = sorted(per_n)
-        result[method] = (
-            metrics.scaling_slope(ns, [per_n[n]["accuracy"] for n in ns]) if len(ns) >= 2 else math.nan
-        )
-    return result
 
 
 def drop_ratios(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -427,27 +685,61 @@ def _md(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """The result tables of ``docs/organism.md``, from ``results.json``."""
+    """The result tables of ``docs/organism.md``, from ``results.json``. Brackets are 95% bootstrap
+    intervals over the items."""
     lines: list[str] = []
+    plan = results["plan"]
     models = results["models"]
     kinds = [k for k in models["base"]["clean"] if k != "all"]
-    lines.append("### The organisms (greedy, test split)")
+    lines.append(
+        f"### The organisms (greedy, {plan['model_items']} test items; fresh: seed {plan['fresh_seed']})"
+    )
     lines += _md(
-        ["model", "params", "clean acc", *kinds, "clean conf", "noised acc", "noised conf"],
+        [
+            "model",
+            "params",
+            "clean acc",
+            "fresh-seed acc",
+            "conf (reply)",
+            "conf (answer)",
+            "noised acc",
+            "noised conf (reply)",
+            "noised conf (answer)",
+        ],
         [
             [
                 which,
                 f"{row['parameters'] / 1e6:.2f}M",
-                number(row["clean"]["all"]["accuracy"]),
-                *(number(row["clean"][k]["accuracy"]) for k in kinds),
+                with_interval(row["clean"]["all"]["accuracy"], row["clean"]["all"].get("ci")),
+                with_interval(row["fresh"]["all"]["accuracy"], row["fresh"]["all"].get("ci")),
                 number(row["clean"]["all"]["confidence"]),
-                number(row["noise"]["all"]["accuracy"]),
+                number(row["clean"]["all"]["answer_confidence"]),
+                with_interval(row["noise"]["all"]["accuracy"], row["noise"]["all"].get("ci")),
                 number(row["noise"]["all"]["confidence"]),
+                number(row["noise"]["all"]["answer_confidence"]),
             ]
             for which, row in models.items()
         ],
     )
-    lines.append("### Probe: accuracy and confidence as the image is taken away")
+    lines.append("Per question kind (clean accuracy; answer-span confidence):")
+    lines.append("")
+    lines += _md(
+        ["model", *kinds],
+        [
+            [
+                which,
+                *(
+                    f"{with_interval(row['clean'][k]['accuracy'], row['clean'][k].get('ci'), 2)}; "
+                    f"{number(row['clean'][k]['answer_confidence'], 2)}"
+                    for k in kinds
+                ),
+            ]
+            for which, row in models.items()
+        ],
+    )
+    lines.append(
+        f"### Probe: accuracy and confidence as the image is taken away ({plan['probe_items']} test items)"
+    )
     probe_rows = []
     for name in ("before", "after"):
         for row in results["probe"][name]:
@@ -456,7 +748,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                     "base" if name == "before" else "base + CDRL",
                     row["perturb"],
                     number(row["level"], 2),
-                    number(row["accuracy"]),
+                    with_interval(row["accuracy"], row.get("accuracy_ci")),
                     number(row["mean_confidence"]),
                     number(row["confidence_drop"]),
                     number(row["confidence_drop_nmlp"]),
@@ -491,31 +783,41 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"fast_path_confidence = {chosen['fast_path_confidence']:g}"
     )
     lines.append("")
-    lines.append("### Test-time scaling (test split, accuracy %)")
+    lines.append(
+        f"### Test-time scaling ({plan['test_items']} test items, accuracy %; majority and DeepConf "
+        f"averaged over {plan['subsets']} random size-N subsets of each item's 32 samples)"
+    )
     ns = sorted(
         {n for table in results["scaling"].values() for per_n in table.values() for n in map(int, per_n)}
     )
     scaling_rows = []
     for expert, table in results["scaling"].items():
-        fitted = results["slopes"][expert]
         for method, per_n in table.items():
             label = _label(method, expert)
+            fitted = results["slopes"][label]
             scaling_rows.append(
                 [
                     label,
-                    *(number(per_n.get(str(n), {}).get("accuracy", math.nan), 1) for n in ns),
-                    number(fitted[method], 2),
+                    *(
+                        with_interval(per_n[str(n)]["accuracy"], per_n[str(n)]["ci"], 1)
+                        if str(n) in per_n
+                        else "n/a"
+                        for n in ns
+                    ),
+                    with_interval(fitted["slope"], fitted["ci"], 2),
+                    with_interval(fitted["ratio"], fitted["ratio_ci"], 2),
                 ]
             )
-    lines += _md(["method", *(f"N={n}" for n in ns), "slope (pts / doubling)"], scaling_rows)
-    lines.append("### Cost: mean tokens and expert calls per item")
+    lines += _md(
+        ["method", *(f"N={n}" for n in ns), "slope (pts / doubling)", "slope / majority's"], scaling_rows
+    )
+    lines.append("### Cost: mean base-model tokens and expert calls per item")
     cost_rows = []
     for expert, table in results["scaling"].items():
         for method, per_n in table.items():
-            label = _label(method, expert)
             cost_rows.append(
                 [
-                    label,
+                    _label(method, expert),
                     *(
                         f"{number(per_n[str(n)]['tokens'], 0)} / {number(per_n[str(n)]['expert_calls'], 1)}"
                         for n in ns
@@ -523,11 +825,46 @@ def render_markdown(results: dict[str, Any]) -> str:
                 ]
             )
     lines += _md(["method", *(f"N={n}" for n in ns)], cost_rows)
-    lines.append(f"### Ablations (expert organism, N={results['plan']['ablation_n']})")
+    if results.get("savings"):
+        n = results["savings"][0]["n"]
+        lines.append(f"### The adaptive policy against majority voting at N={n}")
+        lines += _md(
+            [
+                "method",
+                "accuracy",
+                f"majority N={n}",
+                "difference (pts)",
+                "tokens",
+                f"majority N={n} tokens",
+                "tokens saved",
+                "cheapest N reaching majority's accuracy (tokens saved)",
+            ],
+            [
+                [
+                    s["method"],
+                    number(s["accuracy"], 1),
+                    number(s["reference_accuracy"], 1),
+                    with_interval(s["difference"], s["difference_ci"], 1),
+                    number(s["tokens"], 0),
+                    number(s["reference_tokens"], 0),
+                    with_interval(s["saved"], s["saved_ci"], 2),
+                    "none"
+                    if s["matching_n"] is None
+                    else f"N={s['matching_n']} ({number(s['matching_saved'], 2)})",
+                ]
+                for s in results["savings"]
+            ],
+        )
+    lines.append(f"### Ablations (expert organism, N={plan['ablation_n']}, {plan['test_items']} test items)")
     lines += _md(
         ["method", "accuracy", "tokens", "expert calls"],
         [
-            [method, number(c["accuracy"], 1), number(c["tokens"], 0), number(c["expert_calls"], 2)]
+            [
+                method,
+                with_interval(c["accuracy"], c.get("ci"), 1),
+                number(c["tokens"], 0),
+                number(c["expert_calls"], 2),
+            ]
             for method, c in results["ablations"].items()
         ],
     )
@@ -537,7 +874,9 @@ def render_markdown(results: dict[str, Any]) -> str:
 def cdrl_section(results: dict[str, Any]) -> list[str]:
     """The CDRL tables: confidence-drop ratios and calibration before/after, and the run's rewards."""
     lines: list[str] = []
-    lines.append("### CDRL: confidence-drop ratio (drop after / drop before)")
+    lines.append(
+        "### CDRL: confidence-drop ratio (drop after / drop before, each on the model's own answers)"
+    )
     lines += _md(
         [
             "perturbation",
@@ -555,10 +894,10 @@ def cdrl_section(results: dict[str, Any]) -> list[str]:
                 number(r["level"], 2),
                 number(r["confidence_drop_before"]),
                 number(r["confidence_drop_after"]),
-                number(r["confidence_ratio"], 2),
+                with_interval(r["confidence_ratio"], r.get("confidence_ratio_ci"), 2),
                 number(r["nmlp_drop_before"]),
                 number(r["nmlp_drop_after"]),
-                number(r["nmlp_ratio"], 2),
+                with_interval(r["nmlp_ratio"], r.get("nmlp_ratio_ci"), 2),
             ]
             for r in results["ratios"]
         ],
@@ -587,6 +926,24 @@ def cdrl_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cdrl_comparison(
+    out: Path, plan: Plan, before: list[dict[str, Any]], after: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``{"ratios", "calibration"}``: the drop ratios with their intervals and the pooled calibration
+    of the probes before and after CDRL (stores ``probe-base`` and ``probe-cdrl`` in ``out``)."""
+    stores = {name: out / f"probe-{name}.sqlite" for name in ("base", "cdrl")}
+    ratios = ratio_intervals(
+        drop_ratios(before, after), probe_cells(stores["base"]), probe_cells(stores["cdrl"]), plan
+    )
+    return {
+        "ratios": ratios,
+        "calibration": {
+            "before": pooled_calibration(stores["base"]),
+            "after": pooled_calibration(stores["cdrl"]),
+        },
+    }
+
+
 def cdrl_effect(out: str | Path, plan: Plan, *, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """CDRL alone: the probe on the base organism, CDRL, the probe on the result, the drop ratios and
     calibration (``catts organism cdrl``); resumable in ``out`` like :func:`reproduce`."""
@@ -605,11 +962,7 @@ def cdrl_effect(out: str | Path, plan: Plan, *, log: Callable[[str], None] = _lo
         {
             "plan": dataclasses.asdict(plan),
             "cdrl": cdrl,
-            "ratios": drop_ratios(before, after),
-            "calibration": {
-                "before": pooled_calibration(out / "probe-base.sqlite"),
-                "after": pooled_calibration(out / "probe-cdrl.sqlite"),
-            },
+            **cdrl_comparison(out, plan, before, after),
         }
     )
     (out / "cdrl.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -723,16 +1076,14 @@ def reproduce(
     results["cdrl"] = timed("cdrl", lambda: step_cdrl(out, plan))
     after = timed("probe after CDRL", lambda: step_probe(out, plan, "cdrl", out / "cdrl"))
     results["probe"] = {"before": before, "after": after}
-    results["ratios"] = drop_ratios(before, after)
-    results["calibration"] = {
-        "before": pooled_calibration(out / "probe-base.sqlite"),
-        "after": pooled_calibration(out / "probe-cdrl.sqlite"),
-    }
+    results.update(cdrl_comparison(out, plan, before, after))
     models = _Models()
     results["thresholds"] = timed("thresholds", lambda: step_thresholds(out, plan, models))
     chosen = results["thresholds"]["chosen"]
-    results["scaling"] = timed("scaling", lambda: step_scaling(out, plan, models, chosen))
-    results["slopes"] = {expert: slopes(table) for expert, table in results["scaling"].items()}
+    per_item = timed("scaling", lambda: step_scaling(out, plan, models, chosen))
+    results["scaling"] = {expert: summarise_methods(table, plan) for expert, table in per_item.items()}
+    results["slopes"] = slopes(labelled(per_item), plan)
+    results["savings"] = savings(labelled(per_item), plan)
     results["ablations"] = timed("ablations", lambda: step_ablations(out, plan, models, chosen))
     results = _json_ready(results)
     results["seconds"] = timings

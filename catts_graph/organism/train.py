@@ -209,6 +209,7 @@ def train_organism(
     state_dir: str | Path | None = None,
     save_every_minutes: float = 10.0,
     stop_after_minutes: float | None = None,
+    stop_at_step: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path | None:
     """Train organism model ``which`` from scratch and save it (default: the shipped folder).
@@ -226,6 +227,10 @@ def train_organism(
     seeded stream by index and nothing else is random). A state from another configuration is
     refused. ``stop_after_minutes`` ends this invocation (after saving the state) when that much
     wall time has passed, returning ``None``: how a run longer than one working session is split.
+    ``stop_at_step`` ends the run at that step of the configured schedule (its learning rate is
+    wherever the schedule had it) and saves the checkpoint as if the run had finished, with
+    ``stopped_at_step`` in ``organism.json``: a seeded, reproducible model from a run that CPU time
+    did not let finish. With ``state_dir``, a later run without it continues to the schedule's end.
 
     Returns the checkpoint folder, which also holds ``organism.json`` (config, steps, wall time
     summed over invocations, validation accuracy per question kind).
@@ -283,9 +288,14 @@ def train_organism(
 
     model.train()
     steps = config.steps
+    if stop_at_step is not None and minutes is not None:
+        raise ValueError("stop_at_step and minutes both set the run's end; give one")
+    if stop_at_step is not None and not step < stop_at_step <= steps:
+        raise ValueError(f"stop_at_step={stop_at_step} must lie after step {step} and at most at {steps}")
+    last = stop_at_step if stop_at_step is not None else steps
     window: list[float] = []
     last_save = time.monotonic()
-    while step < steps:
+    while step < last:
         easy = step < config.easy_share * steps
         batch = {key: value.to(device) for key, value in batches.next(config.batch_size, easy=easy).items()}
         for group in optimizer.param_groups:
@@ -302,7 +312,7 @@ def train_organism(
             steps = max(step, int(minutes * 60 / per_step))
             config = replace(config, steps=steps)
             log(f"{which}: {per_step:.2f} s/step, {steps} steps in {minutes:g} min")
-        if step % 50 == 0 or step == steps:
+        if step % 50 == 0 or step == last:
             log(
                 f"{which} step {step}/{steps} loss {sum(window) / len(window):.4f} "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} "
@@ -316,7 +326,7 @@ def train_organism(
             save_state()
             last_save = time.monotonic()
         out_of_time = stop_after_minutes is not None and time.monotonic() - started > stop_after_minutes * 60
-        if out_of_time and step < steps:
+        if out_of_time and step < last:
             save_state()
             log(f"{which}: stopped at step {step}/{steps}; run again with the same state_dir to resume")
             return None
@@ -332,6 +342,7 @@ def train_organism(
         {
             "config": asdict(config),
             "examples": batches.index,
+            **({"stopped_at_step": step} if step < steps else {}),
             "validation_accuracy": validation,
             "validation_items": validate_items,
             "wall_time_s": round(wall, 1),

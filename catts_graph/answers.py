@@ -124,6 +124,13 @@ def _lone_final_letter(text: str, n_options: int) -> tuple[str, int, int] | None
 
 def _extract(text: str, options: Sequence[str] | None) -> tuple[str, int, int] | None:
     """The answer and the span of its source in ``text``."""
+    return _extract_found(text, None if options is None else tuple(options))
+
+
+# A response's record asks for its answer and then for the answer's span (samples.describe_sample):
+# the second lookup is the first one's result, not another scan of the response.
+@functools.lru_cache(maxsize=64)
+def _extract_found(text: str, options: tuple[str, ...] | None) -> tuple[str, int, int] | None:
     span = _source_span(text)
     if options is not None:
         if span is not None and (letter := option_letter(text[span[0] : span[1]], options)):

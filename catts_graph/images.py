@@ -394,7 +394,15 @@ def load_image(
 
 
 def to_base64_png(image: Image.Image) -> str:
-    """PNG bytes of ``image`` in base64, for LangChain image content blocks."""
+    """PNG bytes of ``image`` in base64, for LangChain image content blocks.
+
+    An image :data:`IMAGE_CACHE` holds is encoded once while it holds it: the Voter, the Critic,
+    the Planner and a chat-API base model are all shown the same decoded image of a run.
+    """
+    return IMAGE_CACHE.base64_png(image)
+
+
+def _encode_png(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -411,16 +419,23 @@ class ImageCache:
     path: a new picture saved at the same path is a new entry, not the old pixels. The bytes are
     read again on every lookup (a file, a data URI); only the decoding is saved. Safe to share
     between threads; a decoded image is shared too, so callers must not modify it.
+
+    A held image's PNG encoding (:meth:`base64_png`) is kept with it and dropped with it, counted
+    in the same budget.
     """
 
     def __init__(self) -> None:
         self._images: OrderedDict[tuple[str, int, float], Image.Image] = OrderedDict()
+        self._keys: dict[int, tuple[str, int, float]] = {}
+        """The key of each held image, by the image's id (valid while it is held)."""
+        self._png: dict[tuple[str, int, float], str] = {}
         self._bytes = 0
+        self._budget = 0
         self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
-        """Bytes of pixels held now."""
+        """Bytes held now: pixels, and the PNG encodings kept with them."""
         return self._bytes
 
     def __len__(self) -> int:
@@ -439,15 +454,39 @@ class ImageCache:
             data, name=name, max_pixels=config.max_image_pixels, max_aspect_ratio=config.max_aspect_ratio
         )
         with self._lock:
-            budget = config.image_cache_bytes
+            budget = self._budget = config.image_cache_bytes
             size = _pixel_bytes(image)
             if size <= budget and key not in self._images:
                 self._images[key] = image
+                self._keys[id(image)] = key
                 self._bytes += size
             while self._bytes > budget:
-                _, dropped = self._images.popitem(last=False)
-                self._bytes -= _pixel_bytes(dropped)
+                dropped_key, dropped = self._images.popitem(last=False)
+                del self._keys[id(dropped)]
+                self._bytes -= _pixel_bytes(dropped) + len(self._png.pop(dropped_key, ""))
         return image
+
+    def base64_png(self, image: Image.Image) -> str:
+        """The PNG of ``image`` in base64, encoded once while the cache holds ``image`` (the very
+        object :meth:`load` returned; any other image is encoded on every call). The encoding is
+        kept only while it fits the budget of the last :meth:`load`, next to the pixels."""
+        with self._lock:
+            key = self._keys.get(id(image))
+            held = key is not None and self._images[key] is image
+            if held and key in self._png:
+                return self._png[key]
+        encoded = _encode_png(image)
+        with self._lock:
+            # Still held, not encoded meanwhile by another thread, and within the budget.
+            if (
+                held
+                and self._images.get(key) is image
+                and key not in self._png
+                and self._bytes + len(encoded) <= self._budget
+            ):
+                self._png[key] = encoded
+                self._bytes += len(encoded)
+        return encoded
 
 
 def _pixel_bytes(image: Image.Image) -> int:

@@ -84,6 +84,10 @@ def vcd_alphas_cumprod(steps: int = DIFFUSION_STEPS) -> np.ndarray:
     return np.cumprod(1.0 - betas)
 
 
+_ALPHAS_CUMPROD = vcd_alphas_cumprod()
+_ALPHAS_CUMPROD.flags.writeable = False  # the schedule is a constant: computed once, never changed
+
+
 def diffusion_noise(image: Image.Image, step: int = 500, seed: int = 0) -> Image.Image:
     """VCD's distorted image: the forward diffusion ``q(x_t | x_0)`` at ``step`` of 1000.
 
@@ -92,7 +96,7 @@ def diffusion_noise(image: Image.Image, step: int = 500, seed: int = 0) -> Image
     """
     if not 0 <= step < DIFFUSION_STEPS:
         raise ValueError(f"step must be in [0, {DIFFUSION_STEPS - 1}], got {step}")
-    abar = vcd_alphas_cumprod()[step]
+    abar = _ALPHAS_CUMPROD[step]
     x0 = np.asarray(image.convert("RGB"), dtype=np.float64) / 127.5 - 1.0
     eps = np.random.default_rng(seed).standard_normal(x0.shape)
     xt = np.sqrt(abar) * x0 + np.sqrt(1.0 - abar) * eps
@@ -147,11 +151,15 @@ def diffusion(
     """
     s = _check_strength(strength)
     _check_seed(seed)
-    x, weights = _pixels(image), _weights(region, image)
+    weights = _weights(region, _checked(image))
     if s == 0:
         return _copy(image)
-    noised = _pixels(diffusion_noise(image, strength_to_step(s), seed))
-    return _finish(x, noised, weights)
+    noised = diffusion_noise(image, strength_to_step(s), seed)
+    if weights is None:
+        # Weight 1 everywhere: the blend is the noised image itself, so it skips the round trip
+        # through float pixels (two conversions of a whole image, at the model's input size).
+        return noised
+    return _finish(_pixels(image), _pixels(noised), weights)
 
 
 def occlusion(
@@ -404,7 +412,7 @@ def diffusion_tensor(pixel_values: torch.Tensor, strength: float, seed: int = 0)
     eps = _tensor_noise(pixel_values, seed)
     if s == 0:
         return pixel_values.clone()
-    abar = float(vcd_alphas_cumprod()[strength_to_step(s)])
+    abar = float(_ALPHAS_CUMPROD[strength_to_step(s)])
     noised = math.sqrt(abar) * pixel_values.float() + math.sqrt(1.0 - abar) * eps
     return noised.to(pixel_values.dtype)
 
@@ -448,11 +456,15 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(_check_seed(seed))
 
 
-def _pixels(image: Image.Image) -> np.ndarray:
-    """The image as an (H, W, 3) float array in [0, 1]."""
+def _checked(image: Image.Image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"image: got {type(image).__name__}, expected a PIL image")
-    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    return image
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    """The image as an (H, W, 3) float array in [0, 1]."""
+    return np.asarray(_checked(image).convert("RGB"), dtype=np.float64) / 255.0
 
 
 def _copy(image: Image.Image) -> Image.Image:

@@ -53,19 +53,28 @@ def load_prompt(name: str) -> string.Template:
     )
 
 
+# The scans below are per template object (load_prompt keeps one per name), done once instead of
+# on every render: an expert call renders its prompt each time it is asked.
+
+
+@functools.lru_cache(maxsize=64)
 def _template_tags(template: string.Template) -> frozenset[str]:
     """Names of the tags a template writes or mentions (``<question>`` -> ``question``)."""
     return frozenset(_TEMPLATE_TAG.findall(template.template))
 
 
-def prompt_fields(name: str) -> frozenset[str]:
-    """The placeholders prompt ``name`` takes (``$question`` -> ``question``)."""
-    template = load_prompt(name)
+@functools.lru_cache(maxsize=64)
+def _template_fields(template: string.Template) -> frozenset[str]:
     return frozenset(
         match.group("named") or match.group("braced")
         for match in template.pattern.finditer(template.template)
         if match.group("named") or match.group("braced")
     )
+
+
+def prompt_fields(name: str) -> frozenset[str]:
+    """The placeholders prompt ``name`` takes (``$question`` -> ``question``)."""
+    return _template_fields(load_prompt(name))
 
 
 def render_prompt(name: str, **values: str | int | float) -> str:
@@ -76,7 +85,7 @@ def render_prompt(name: str, **values: str | int | float) -> str:
     :class:`PromptError` naming it.
     """
     template = load_prompt(name)
-    expected = prompt_fields(name)
+    expected = _template_fields(template)
     missing = sorted(expected - values.keys())
     unexpected = sorted(values.keys() - expected)
     if missing or unexpected:
@@ -105,13 +114,20 @@ def neutralise(text: str, tags: Sequence[str] | frozenset[str]) -> str:
     is rewritten with ``&lt;`` / ``&gt;`` so it still reads the same to a model but no longer
     delimits anything. Other uses of ``<`` (``x < 5``) are left alone.
     """
+    pattern = _tag_pattern(tags if isinstance(tags, frozenset) else frozenset(tags))
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: "&lt;" + m.group(0)[1:-1] + "&gt;", text)
+
+
+@functools.lru_cache(maxsize=256)
+def _tag_pattern(tags: frozenset[str]) -> re.Pattern[str] | None:
+    """The pattern of :func:`neutralise` for ``tags``, built once per set of tags (a template's,
+    or the one tag of a :func:`delimit` block) rather than once per value."""
     names = sorted({t for t in tags if t}, key=len, reverse=True)
     if not names:
-        return text
-    pattern = re.compile(
-        r"<\s*/?\s*(?:" + "|".join(re.escape(n) for n in names) + r")\b[^<>]*>", re.IGNORECASE
-    )
-    return pattern.sub(lambda m: "&lt;" + m.group(0)[1:-1] + "&gt;", text)
+        return None
+    return re.compile(r"<\s*/?\s*(?:" + "|".join(re.escape(n) for n in names) + r")\b[^<>]*>", re.IGNORECASE)
 
 
 def delimit(name: str, text: str) -> str:

@@ -158,6 +158,9 @@ def tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> Tally:
     )
 
 
+_TALLY_FIELDS = dataclasses.fields(Tally)
+
+
 def _weakest(samples: Sequence[Mapping[str, Any]]) -> float | None:
     found = [step["fused"] for s in samples if (step := weakest_step(s, "fused")) is not None]
     return min(found) if found else None
@@ -180,7 +183,9 @@ def stored_tally(samples: Sequence[Mapping[str, Any]], config: CATTSConfig) -> d
     other node reads it back with :func:`run_tally`, so a run counts each wave's vote once instead
     of once per node.
     """
-    return {"key": _tally_key(samples, config), **dataclasses.asdict(tally(samples, config))}
+    counted = tally(samples, config)
+    # Its dicts and lists are new and go nowhere else: stored as they are (asdict deep-copied them).
+    return {"key": _tally_key(samples, config), **{f.name: getattr(counted, f.name) for f in _TALLY_FIELDS}}
 
 
 def run_tally(state: Mapping[str, Any], config: CATTSConfig) -> Tally:

@@ -377,6 +377,23 @@ def test_the_image_cache_is_bounded_in_bytes_of_pixels():
     assert len(cache) == 0 and cache.nbytes == 0
 
 
+def test_a_held_image_is_encoded_as_png_once_and_its_encoding_goes_with_it():
+    cache = ImageCache()
+    config = CATTSConfig(image_cache_bytes=2 * 100 * 100 * 3)
+    image = cache.load(solid_png(1, (100, 100)), name="image", config=config)
+    encoded = cache.base64_png(image)
+    assert Image.open(io.BytesIO(base64.b64decode(encoded))).tobytes() == image.tobytes()
+    assert cache.base64_png(image) is encoded and cache.nbytes == 100 * 100 * 3 + len(encoded)
+    # An image the cache does not hold (a copy, here) is encoded on every call, and not kept.
+    copy = image.copy()
+    assert cache.base64_png(copy) == encoded and cache.base64_png(copy) is not encoded
+    # Evicted, the image takes its encoding with it.
+    for index in (2, 3):
+        cache.load(solid_png(index, (100, 100)), name="image", config=config)
+    assert len(cache) == 2 and cache.nbytes == 2 * 100 * 100 * 3
+    assert cache.base64_png(image) == encoded and cache.nbytes == 2 * 100 * 100 * 3
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 5), st.integers(1, 60), st.integers(1, 60)), min_size=1, max_size=12),

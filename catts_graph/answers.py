@@ -9,6 +9,7 @@ exact after :func:`normalize_answer`, else mathematical through ``math_verify``;
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -198,6 +199,18 @@ def _math_verify_timeout() -> int | None:
     return _MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
+def _drop_timeout_notice(record: logging.LogRecord) -> bool:
+    """math_verify warns once that its timeout is off; off is our choice in worker threads (above),
+    so the notice is noise in a user's output."""
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
+@functools.cache
+def _quiet_math_verify() -> None:
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_drop_timeout_notice)
+
+
 @functools.lru_cache(maxsize=65536)
 def _equivalent_normalised(a: str, b: str) -> bool:
     if a == b:
@@ -211,6 +224,7 @@ def _equivalent_normalised(a: str, b: str) -> bool:
     from math_verify.errors import TimeoutException
 
     timeout = _math_verify_timeout()
+    _quiet_math_verify()
     try:
         parsed_a = parse(f"${a}$", parsing_timeout=timeout)  # type: ignore[arg-type]
         parsed_b = parse(f"${b}$", parsing_timeout=timeout)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int)
     run.add_argument("--seed", type=int)
     run.add_argument("--allow-url", action="store_true", help="allow http(s) image URLs")
+    run.add_argument("--verbose", action="store_true", help="show the libraries' loading bars")
     run.add_argument(
         "--allow-private-urls",
         action="store_true",
@@ -132,6 +134,19 @@ def _config(args: argparse.Namespace) -> CATTSConfig:
     return base.replace(**changes)
 
 
+def _quiet_loading() -> None:
+    """No loading bars from transformers or the Hub on a plain run (``--verbose`` keeps them).
+
+    transformers reads the Hub's setting when it is imported; a process that imported it already
+    (a notebook, a test) is switched directly. A user's own ``HF_HUB_DISABLE_PROGRESS_BARS`` wins.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from catts_graph.graph import build_graph
     from catts_graph.specs import ORGANISM, base_model_from_spec, default_base_model_spec, expert_from_spec
@@ -148,9 +163,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     inputs.update({"image": references[0]} if len(references) == 1 else {"images": references})
     if args.json:  # stdout carries the JSON alone
         console = Console(stderr=True)
+    if not args.verbose:
+        _quiet_loading()
     if args.model is None:
         console.print(
-            "[yellow]No --model given: using the base organism, a 1.8M-parameter Qwen2.5-VL trained here "
+            "[yellow]No --model given: using the base organism, a 1.85M-parameter Qwen2.5-VL trained here "
             "on synthetic scenes (shapes, colours, digits); it knows nothing else. Pass --model "
             "Qwen/Qwen2.5-VL-7B-Instruct (or a local path) for real images.[/]"
         )

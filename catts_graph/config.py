@@ -268,7 +268,7 @@ class CATTSConfig:
         default=256_000_000,
         metadata={
             "description": "Decoded images kept for reuse across nodes and runs, in bytes of pixels "
-            "(keyed by the image's content; 0 = no cache)."
+            "plus their PNG encodings for the expert (keyed by the image's content; 0 = no cache)."
         },
     )
 

@@ -144,3 +144,22 @@ def test_canonicalize():
     answers = ["0.5", "1/2", None, r"\frac{1}{2}", "12", "1", "1.0"]
     assert canonicalize(answers) == ["0.5", "0.5", None, "0.5", "12", "1", "1"]
     assert canonicalize([]) == []
+
+
+def test_math_in_a_worker_thread_logs_no_timeout_notice(caplog):
+    """Off the main thread math_verify's timeout is off by design; its one-time warning about that
+    would be third-party chatter in a user's output."""
+    import threading
+
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = False
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = False
+    results: list[bool] = []
+    with caplog.at_level("WARNING"):
+        worker = threading.Thread(target=lambda: results.append(is_equivalent("0.25", "\\frac{1}{4}")))
+        worker.start()
+        worker.join()
+    assert results == [True]
+    assert not [r for r in caplog.records if "Timeout is disabled" in r.getMessage()]

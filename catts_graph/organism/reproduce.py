@@ -992,9 +992,10 @@ def _figures(out: Path, results: dict[str, Any]) -> list[Path]:
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
     written = []
+    fields = {f.name for f in dataclasses.fields(ProbeSummaryRow)}
     for name in ("before", "after"):
         rows = [
-            ProbeSummaryRow(**{k: (math.nan if v is None else v) for k, v in r.items()})
+            ProbeSummaryRow(**{k: (math.nan if v is None else v) for k, v in r.items() if k in fields})
             for r in results["probe"][name]
         ]
         written.append(plot_probe(rows, folder / f"probe_{name}.png"))

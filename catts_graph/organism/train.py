@@ -261,6 +261,7 @@ def train_organism(
                 f"({state['config']}); use another folder or delete it"
             )
         model.load_state_dict(state["model"])
+        model.to(device)  # first: load_state_dict puts the optimiser's moments on its parameters' device
         optimizer.load_state_dict(state["optimizer"])
         step, batches.index, earlier_wall = state["step"], state["examples"], state["wall_time_s"]
         log(f"{which}: resumed at step {step} ({earlier_wall / 60:.1f} min of earlier training)")

@@ -274,3 +274,18 @@ def test_relevance_spec() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         ClipRelevance.from_spec({"model": "tiny", "weights": "x"})
     assert isinstance(ClipRelevance.from_spec({"model": "tiny"}), ClipRelevance)
+
+
+def test_the_organism_relevance_spec_loads_the_clip_organism(tmp_path: Path) -> None:
+    from catts_graph.organism.clip import ClipOrganismConfig, train_clip_organism
+    from training.cdrl.train import relevance_model
+
+    path = train_clip_organism(
+        tmp_path / "clip", config=ClipOrganismConfig(steps=1, batch_size=4, warmup_steps=1), threads=1, log=print
+    )
+    relevance = relevance_model({"model": "organism", "path": str(path)})
+    assert relevance.image_size == (112, 112)
+    assert relevance.relevance_map(Image.new("RGB", (224, 224), "white"), "red circle").shape == (14, 14)
+    with pytest.raises(ValueError, match="unknown keys"):
+        relevance_model({"model": "organism", "pretrained": "x"})
+    assert isinstance(relevance_model({"model": "tiny"}), ClipRelevance)

@@ -78,8 +78,44 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     steps.add_argument("--no-tokensar", action="store_true", help="skip TokenSAR (no sentence encoder)")
     steps.set_defaults(func=_steps_command)
 
+    tune_cdrl = commands.add_parser(
+        "tune-cdrl",
+        help="CDRL at each sensitivity margin and learning rate, probed on validation; pick one",
+    )
+    tune_cdrl.add_argument("--out", default="runs/organism-cdrl-tuning", help="run folder (resumed)")
+    tune_cdrl.add_argument("--items", type=int, default=100, help="validation items probed")
+    tune_cdrl.add_argument("--margins", default="0.1,0.25,1", help="comma-separated sensitivity margins")
+    tune_cdrl.add_argument("--lrs", default="2e-5,1e-4", help="comma-separated learning rates")
+    tune_cdrl.add_argument("--steps", type=int, help="GRPO steps per run (default: the config's)")
+    tune_cdrl.add_argument("--threads", type=int, default=2, help="CPU threads")
+    tune_cdrl.set_defaults(func=_tune_cdrl_command)
+
     add_reproduce_command(commands)
     return parser
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected comma-separated numbers") from None
+
+
+def _tune_cdrl_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from catts_graph.organism.tune import tune_cdrl
+
+    torch.set_num_threads(args.threads)
+    result = tune_cdrl(
+        args.out,
+        items=args.items,
+        margins=_floats(args.margins, "--margins"),
+        learning_rates=_floats(args.lrs, "--lrs"),
+        steps=args.steps,
+    )
+    print((Path(args.out) / "tuning.md").read_text())
+    return 0 if result["chosen"] is not None else 1
 
 
 def _measured_model(args: argparse.Namespace) -> Any:

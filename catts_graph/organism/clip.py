@@ -17,6 +17,12 @@ What makes its *patch* tokens meaningful, not only its pooled embedding:
 - **Hard negatives**: the same phrase with the colour or the shape changed to an object the image
   lacks, as an extra text for that image; and a batch image that holds the phrase's object is not
   counted as a negative (the pairs are labelled from the scenes, so the mask is exact).
+- **A dense grounding loss**: contrastive pairs alone aligned the pooled embedding but barely the
+  patches (relevance lift 1.33, where random tiny CLIPs give 0.92-1.63). The scenes say exactly
+  which pixels a phrase names, so each patch's share of the named objects is known; the loss is
+  ``-log`` of the relevance mass on those shares, of the very map the relevance model draws
+  (patch cosines with the phrase, less their minimum): the map, trained to point. (A softmax
+  over the cosines, the other ``grounding``, reached a lift of 3.7 in 300 steps; this 11.3.)
 
 :func:`relevance_lift` measures the map: the share of relevance mass on the object the question
 names, divided by that object's share of the image area (1 = no better than spreading it evenly).
@@ -40,6 +46,7 @@ import numpy as np
 __all__ = [
     "ClipOrganismConfig",
     "clip_organism_path",
+    "grounding_loss",
     "load_clip_organism",
     "object_phrase",
     "relevance_lift",
@@ -69,6 +76,13 @@ class ClipOrganismConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.05
     seed: int = 0
+    grounding_weight: float = 1.0
+    """Weight of the dense grounding loss beside the contrastive one (0: contrastive only)."""
+    grounding: str = "minmax"
+    """How the grounding loss turns patch cosines into a map (:func:`grounding_loss`): ``minmax``,
+    the map :class:`~catts_graph.relevance.ClipRelevance` draws, or ``softmax``."""
+    grounding_scale: float = 20.0
+    """Inverse temperature of the ``softmax`` map."""
 
 
 def clip_organism_path() -> Path:
@@ -127,14 +141,21 @@ def load_clip_organism(path: str | Path | None = None) -> tuple[Any, Any]:
 
 
 def object_phrase(rng: random.Random, colour: str, shape: str, quadrant: str) -> str:
-    """One of the ways a question names an object, drawn with ``rng``."""
+    """One of the ways a question names an object, drawn with ``rng``; a question comes with its
+    options as :func:`~catts_graph.relevance.relevance_query` writes them (a colour question's
+    options name other colours, which the map must not follow)."""
+    from catts_graph.eval.synthetic import COLOURS
+
+    others = rng.sample([c for c in COLOURS if c != colour], 3)
+    options = [colour, *others]
+    rng.shuffle(options)
     forms = (
         f"{colour} {shape}",
         f"the {colour} {shape}",
         f"{colour} {shape} {quadrant}",
-        f"Where is the {colour} {shape}?",
+        f"Where is the {colour} {shape}? top left top right bottom left bottom right",
         f"How many {colour} {shape}s are there?",
-        f"What colour is the {shape}?",
+        f"What colour is the {shape}? {' '.join(options)}",
     )
     return rng.choice(forms)
 
@@ -159,14 +180,16 @@ def _pixels(images: Sequence[Any], size: int) -> Any:
 
 
 def _batch(
-    rng: random.Random, index: int, size: int, seed: int
-) -> tuple[list[Any], list[str], list[str], Any]:
-    """Images, positive phrases, hard-negative phrases and the (text, image) positive mask."""
+    rng: random.Random, index: int, size: int, seed: int, grid: int = 14
+) -> tuple[list[Any], list[str], list[str], Any, Any]:
+    """Images, positive phrases, hard-negative phrases, the (text, image) positive mask, and per
+    image the share of each of the ``grid`` x ``grid`` patches that the positive phrase names."""
     import torch
+    from PIL import Image, ImageDraw
 
-    from catts_graph.eval.synthetic import COLOURS, SHAPES, make_question, render
+    from catts_graph.eval.synthetic import COLOURS, IMAGE_SIZE, SHAPES, draw_shapes, make_question, render
 
-    images, positives, negatives, present = [], [], [], []
+    images, positives, negatives, present, shares = [], [], [], [], []
     while len(images) < size:
         question = make_question("train", index, seed=seed)
         index += 1
@@ -179,11 +202,43 @@ def _batch(
         swap = [(c, s) for c, s in absent if c == target.colour or s == target.shape] or absent
         colour, shape = rng.choice(swap)
         images.append(render(question.scene))
-        positives.append(object_phrase(rng, target.colour, target.shape, target.quadrant))
+        phrase = object_phrase(rng, target.colour, target.shape, target.quadrant)
+        positives.append(phrase)
         negatives.append(object_phrase(rng, colour, shape, target.quadrant))
         present.append((kinds, (target.colour, target.shape)))
+        by_shape = phrase.startswith("What colour")  # names the shape, whatever its colour
+        named = [
+            s for s in shapes if s.shape == target.shape and (by_shape or s.colour == target.colour)
+        ]
+        mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+        draw_shapes(ImageDraw.Draw(mask), named, fill=255)
+        shares.append(np.asarray(mask.resize((grid, grid), Image.Resampling.BOX), np.float32).ravel() / 255)
     mask = torch.tensor([[named in kinds for kinds, _ in present] for _, named in present], dtype=torch.bool)
-    return images, positives, negatives, mask
+    return images, positives, negatives, mask, torch.from_numpy(np.stack(shares))
+
+
+def grounding_loss(patches: Any, text: Any, shares: Any, kind: str = "minmax", scale: float = 20.0) -> Any:
+    """``-log`` of the relevance mass on the named objects, averaged over the batch.
+
+    ``patches`` (B, P, D) are the patch tokens in the joint space, ``text`` (B, D) the phrases'
+    embeddings, ``shares`` (B, P) each patch's share of the named objects in [0, 1]; ``c_p`` the
+    cosine of patch ``p`` with the text. The map ``m`` is, for ``kind="minmax"``, ``c_p - min c``
+    normalised to sum 1 (the map :class:`~catts_graph.relevance.ClipRelevance` draws, so the mass
+    is the one :func:`relevance_lift` measures), or ``softmax(scale * c)`` for ``"softmax"``; the
+    mass is ``sum_p m_p * share_p``, 1 when the whole map sits on fully covered patches.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cosine = torch.einsum("bpd,bd->bp", F.normalize(patches, dim=-1), F.normalize(text, dim=-1))
+    if kind == "minmax":
+        lifted = cosine - cosine.min(dim=-1, keepdim=True).values
+        mass = (lifted * shares).sum(dim=-1) / lifted.sum(dim=-1).clamp_min(1e-6)
+    elif kind == "softmax":
+        mass = (torch.softmax(scale * cosine, dim=-1) * shares).sum(dim=-1)
+    else:
+        raise ValueError(f"grounding={kind!r}: expected 'minmax' or 'softmax'")
+    return -torch.log(mass.clamp_min(1e-6)).mean()
 
 
 def train_clip_organism(
@@ -197,7 +252,8 @@ def train_clip_organism(
 
     Loss per batch of B (image, phrase) pairs plus B hard-negative phrases, with learned temperature:
     image-to-text cross-entropy over the 2B texts and text-to-image over the B images, where a batch
-    image that shows a phrase's object is masked out of that phrase's negatives.
+    image that shows a phrase's object is masked out of that phrase's negatives; plus
+    ``grounding_weight`` times :func:`grounding_loss` of each image's patches and its phrase.
     """
     import open_clip
     import torch
@@ -222,10 +278,21 @@ def train_clip_organism(
             lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, positives, negatives, mask = _batch(rng, index, config.batch_size, config.seed)
+        grid = config.image_size // config.patch_size
+        images, positives, negatives, mask, shares = _batch(rng, index, config.batch_size, config.seed, grid)
         index += config.batch_size * 2  # a margin: skipped items (digit scenes) never repeat
-        image_emb = F.normalize(model.encode_image(_pixels(images, config.image_size)), dim=-1)
-        text_emb = F.normalize(model.encode_text(tokenizer(positives + negatives)), dim=-1)
+        # The patch tokens in the joint space, as ClipRelevance computes them; with average pooling
+        # their mean is exactly encode_image's embedding, so one vision pass serves both losses.
+        patches = model.visual.forward_intermediates(
+            _pixels(images, config.image_size),
+            indices=1,
+            normalize_intermediates=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )["image_intermediates"][-1] @ model.visual.proj
+        image_emb = F.normalize(patches.mean(dim=1), dim=-1)
+        texts = model.encode_text(tokenizer(positives + negatives))
+        text_emb = F.normalize(texts, dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * image_emb @ text_emb.T  # (B, 2B)
         size = len(images)
@@ -237,6 +304,10 @@ def train_clip_organism(
         image_logits[:, :size] = image_logits[:, :size].masked_fill(shared, float("-inf"))
         text_logits = logits[:, :size].T.masked_fill(shared.T, float("-inf"))
         loss = (F.cross_entropy(image_logits, labels) + F.cross_entropy(text_logits, labels)) / 2
+        if config.grounding_weight:
+            loss = loss + config.grounding_weight * grounding_loss(
+                patches, texts[:size], shares, config.grounding, config.grounding_scale
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -283,14 +354,14 @@ def relevance_lift(
     For each item (colour, count and position questions whose named object is in the scene), the
     map of the question and its options (``relevance.relevance_map``) is laid over the 224-pixel
     scene; ``mass`` is the map's share of total mass on the named objects' pixels, ``area`` those
-    pixels' share of the image. Returns the means of both and ``lift = mean(mass / area)`` (1 for a
-    map that ignores the question).
+    pixels' share of the image. Returns the means of both, ``lift = mean(mass / area)`` (1 for a
+    map that ignores the question) and ``kinds``, the lift per question kind.
     """
     from PIL import Image, ImageDraw
 
     from catts_graph.eval.synthetic import IMAGE_SIZE, draw_shapes, make_question, render
 
-    masses, areas, lifts = [], [], []
+    masses, areas, lifts, kinds = [], [], [], []
     index = 0
     while len(lifts) < limit:
         question = make_question(split, index, seed=seed)
@@ -323,9 +394,14 @@ def relevance_lift(
         masses.append(mass)
         areas.append(area)
         lifts.append(mass / area)
+        kinds.append(question.kind)
     return {
         "mass": float(np.mean(masses)),
         "area": float(np.mean(areas)),
         "lift": float(np.mean(lifts)),
         "n": len(lifts),
+        "kinds": {
+            kind: float(np.mean([lift for lift, k in zip(lifts, kinds, strict=True) if k == kind]))
+            for kind in sorted(set(kinds))
+        },
     }

@@ -71,14 +71,16 @@ THRESHOLD_GRID = {"fast_path_share": (0.5, 0.7, 0.9, 1.0), "fast_path_confidence
 class Plan:
     """How much of everything to run. The defaults are the documented run (under an hour on CPU)."""
 
-    model_items: int = 300
+    model_items: int = 500
     """Test items of the greedy accuracy table of both organisms (and of the fresh-seed check)."""
     fresh_seed: int = 1
     """The generator seed of the fresh scenes: the organisms must hold their accuracy off seed 0."""
-    test_items: int = 300
+    test_items: int = 500
     """Test items of the scaling runs and ablations (each is N = 32 samples and 5 + 2 methods at 6 Ns)."""
-    validation_items: int = 60
-    probe_items: int = 200
+    validation_items: int = 100
+    probe_items: int = 500
+    probe_split: str = "test"
+    """The split the probe before and after CDRL reads (``validation`` when tuning CDRL)."""
     perturbs: tuple[str, ...] = ("gaussian", "occlusion")
     levels: tuple[float, ...] = (0.5, 1.0)
     ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -180,6 +182,29 @@ def step_models(out: Path, plan: Plan) -> dict[str, Any]:
     return _cached(out / "models.json", compute)
 
 
+RANDOM_CLIP_SEEDS = (0, 1, 2, 3)
+"""Random tiny CLIPs the CLIP organism's map is compared with."""
+
+
+def step_clip(out: Path, plan: Plan) -> dict[str, Any]:
+    """How much of its relevance map each CLIP puts on the object a question names, against that
+    object's share of the area (:func:`~catts_graph.organism.clip.relevance_lift`, ``probe_items``
+    test items): the CLIP organism CDRL steers its noise with, and random tiny CLIPs."""
+    from catts_graph.organism.clip import load_clip_organism, relevance_lift
+    from catts_graph.relevance import ClipRelevance
+
+    def compute() -> dict[str, Any]:
+        model, tokenizer = load_clip_organism()
+        table = {"CLIP organism": relevance_lift(ClipRelevance(model, tokenizer), limit=plan.probe_items)}
+        for seed in RANDOM_CLIP_SEEDS:
+            table[f"random tiny CLIP (seed {seed})"] = relevance_lift(
+                ClipRelevance.tiny(seed), limit=plan.probe_items
+            )
+        return table
+
+    return _cached(out / "clip.json", compute)
+
+
 def step_probe(out: Path, plan: Plan, name: str, model_path: Path) -> list[dict[str, Any]]:
     """The probe on one checkpoint (resumable store ``probe-<name>.sqlite``): its summary rows, each
     with the bootstrap interval of its accuracy (``accuracy_ci``)."""
@@ -190,7 +215,7 @@ def step_probe(out: Path, plan: Plan, name: str, model_path: Path) -> list[dict[
     store_path = out / f"probe-{name}.sqlite"
     rows = probe_model(
         vlm,
-        _items("test", plan.probe_items, plan.seed),
+        _items(plan.probe_split, plan.probe_items, plan.seed),
         perturbs=plan.perturbs,
         levels=(0.0, *plan.levels),
         seed=plan.seed,
@@ -737,6 +762,25 @@ def render_markdown(results: dict[str, Any]) -> str:
             for which, row in models.items()
         ],
     )
+    if "clip" in results:
+        lines.append(
+            f"### CLIP relevance on the named object ({plan['probe_items']} test items: colour, count "
+            "and position questions)"
+        )
+        kinds = ("colour", "count", "position")
+        lines += _md(
+            ["CLIP", "mass on the object", "object's area", "lift (mass / area per item)", *kinds],
+            [
+                [
+                    name,
+                    number(row["mass"]),
+                    number(row["area"]),
+                    number(row["lift"], 2),
+                    *(number(row["kinds"].get(kind, math.nan), 2) for kind in kinds),
+                ]
+                for name, row in results["clip"].items()
+            ],
+        )
     lines.append(
         f"### Probe: accuracy and confidence as the image is taken away ({plan['probe_items']} test items)"
     )
@@ -1073,6 +1117,7 @@ def reproduce(
 
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan)}
     results["models"] = timed("models", lambda: step_models(out, plan))
+    results["clip"] = timed("clip", lambda: step_clip(out, plan))
     before = timed("probe before CDRL", lambda: step_probe(out, plan, "base", organism_path("base")))
     results["cdrl"] = timed("cdrl", lambda: step_cdrl(out, plan))
     after = timed("probe after CDRL", lambda: step_probe(out, plan, "cdrl", out / "cdrl"))

@@ -1,4 +1,5 @@
-"""Settings chosen on validation data: DeepConf's window and tail, and the ``nmlp_floor``.
+"""Settings chosen on validation data: DeepConf's window and tail, the ``nmlp_floor``, and CDRL's
+margin and learning rate.
 
 DeepConf's 2048-token window is for 10k-token traces; the organism writes ~40-80 tokens, so the window
 (and tail) must be chosen for the traces at hand. :func:`tune_voting` draws ``n`` samples per item
@@ -13,17 +14,27 @@ The window is chosen on the validation split (the best mean accuracy over the fo
 weightings; ties go to the smaller window) and reported on the test split beside DeepConf's 2048,
 with 95% bootstrap intervals over items. The floor is reported on validation only, as the issue asks:
 whether it helps at all.
+
+:func:`tune_cdrl` runs CDRL on the base organism once per (sensitivity margin, learning rate) of a
+grid, each with the probe before and after on *validation* items, and keeps the setting whose pooled
+confidence-drop ratio (the drops after CDRL summed over the perturbed cells, over the same sum
+before) is highest among those that keep clean validation accuracy within two points of the base.
+The test split is left for ``catts organism reproduce``.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["WINDOWS", "FLOORS", "tune_voting", "voting_table"]
+__all__ = ["CDRL_GRID", "FLOORS", "WINDOWS", "cdrl_choice", "cdrl_tuning_table", "tune_cdrl", "tune_voting", "voting_table"]
 
 WINDOWS: tuple[int, ...] = (4, 8, 16, 32, 64, 2048)
 FLOORS: tuple[float | None, ...] = (None, 0.01, 0.05, 0.1, 0.2)
@@ -155,3 +166,144 @@ def voting_table(result: dict[str, Any]) -> str:
         markdown_table(["nmlp_floor", "accuracy"], floor_rows),
     ]
     return "\n".join(lines)
+
+
+CDRL_GRID: dict[str, tuple[float, ...]] = {
+    "sensitivity_margin": (0.1, 0.25, 1.0),
+    "learning_rate": (2e-5, 1e-4),
+}
+"""The CDRL settings :func:`tune_cdrl` searches: the hinge of the perceptual-sensitivity reward in
+NMLP units (the config's 1.0 is far above the ~0.07 the organism's noised answers move) and the
+learning rate."""
+
+ACCURACY_TOLERANCE = 0.02
+"""Clean validation accuracy a CDRL setting may lose and still be chosen (the paper's two points)."""
+
+
+def cdrl_choice(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The chosen row: the highest ``pooled_ratio`` among rows whose clean accuracy after CDRL is
+    within :data:`ACCURACY_TOLERANCE` of before (ties: the smaller learning rate, then margin);
+    ``None`` when no row qualifies."""
+    eligible = [r for r in rows if r["clean_after"] >= r["clean_before"] - ACCURACY_TOLERANCE - 1e-12]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda r: (r["pooled_ratio"], -r["learning_rate"], -r["sensitivity_margin"]))
+
+
+def _cdrl_row(margin: float, lr: float, result: dict[str, Any]) -> dict[str, Any]:
+    ratios = result["ratios"]
+    before = sum(r["confidence_drop_before"] for r in ratios)
+    after = sum(r["confidence_drop_after"] for r in ratios)
+    calibration = result["calibration"]
+    return {
+        "sensitivity_margin": margin,
+        "learning_rate": lr,
+        "clean_before": calibration["before"]["clean_accuracy"],
+        "clean_after": calibration["after"]["clean_accuracy"],
+        "ece_before": calibration["before"]["ece"],
+        "ece_after": calibration["after"]["ece"],
+        "auroc_before": calibration["before"]["auroc"],
+        "auroc_after": calibration["after"]["auroc"],
+        "pooled_ratio": after / before if before > 0 else float("nan"),
+        "ratios": {f"{r['perturb']} {r['level']:g}": r["confidence_ratio"] for r in ratios},
+        "seconds": result["cdrl"]["seconds"],
+    }
+
+
+def tune_cdrl(
+    out: str | Path,
+    *,
+    items: int = 100,
+    margins: Sequence[float] = CDRL_GRID["sensitivity_margin"],
+    learning_rates: Sequence[float] = CDRL_GRID["learning_rate"],
+    perturbs: Sequence[str] = ("gaussian", "occlusion"),
+    steps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """CDRL at every (margin, learning rate), probed on ``items`` validation items before and after;
+    one folder per setting under ``out`` (each resumable, the probe before computed once and
+    copied). Returns ``{"rows", "chosen", "items", "config"}`` and writes ``tuning.json`` and
+    ``tuning.md`` into ``out``."""
+    import yaml
+
+    from catts_graph.organism.reproduce import CDRL_CONFIG, ROOT, Plan, cdrl_effect
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    template = yaml.safe_load((ROOT / CDRL_CONFIG).read_text())
+    rows, probe_before = [], None
+    for margin in margins:
+        for lr in learning_rates:
+            folder = out / f"margin{margin:g}-lr{lr:g}"
+            folder.mkdir(exist_ok=True)
+            config = copy.deepcopy(template)
+            config["rewards"]["sensitivity_margin"] = float(margin)
+            config["grpo"]["learning_rate"] = float(lr)
+            path = folder / "cdrl.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            if probe_before is not None and not (folder / "probe-base.sqlite").exists():
+                shutil.copy(probe_before, folder / "probe-base.sqlite")
+            plan = Plan(
+                probe_items=items,
+                probe_split="validation",
+                perturbs=tuple(perturbs),
+                cdrl_config=str(path.resolve()),
+                cdrl_steps=steps,
+            )
+            log(f"[tune-cdrl] margin {margin:g}, learning rate {lr:g}")
+            rows.append(_cdrl_row(float(margin), float(lr), cdrl_effect(folder, plan, log=lambda line: None)))
+            probe_before = probe_before or folder / "probe-base.sqlite"
+    chosen = cdrl_choice(rows)
+    result = {
+        "items": items,
+        "split": "validation",
+        "config": CDRL_CONFIG,
+        "steps": steps if steps is not None else template["grpo"]["max_steps"],
+        "rows": rows,
+        "chosen": None if chosen is None else {k: chosen[k] for k in ("sensitivity_margin", "learning_rate")},
+    }
+    (out / "tuning.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "tuning.md").write_text(cdrl_tuning_table(result) + "\n")
+    return result
+
+
+def cdrl_tuning_table(result: dict[str, Any]) -> str:
+    """Markdown table of :func:`tune_cdrl`'s result."""
+    from catts_graph.formatting import markdown_table
+
+    def number(value: float) -> str:
+        return "n/a" if value != value else f"{value:.3f}"
+
+    cells = list(result["rows"][0]["ratios"]) if result["rows"] else []
+    body = [
+        [
+            f"{r['sensitivity_margin']:g}",
+            f"{r['learning_rate']:g}",
+            f"{number(r['clean_before'])} -> {number(r['clean_after'])}",
+            f"{number(r['ece_before'])} -> {number(r['ece_after'])}",
+            f"{number(r['auroc_before'])} -> {number(r['auroc_after'])}",
+            *(number(r["ratios"][c]) for c in cells),
+            number(r["pooled_ratio"]),
+        ]
+        for r in result["rows"]
+    ]
+    chosen = result["chosen"]
+    return "\n".join(
+        [
+            f"CDRL settings on {result['items']} validation items, {result['steps']} GRPO steps each "
+            "(clean accuracy, ECE and AUROC over every probe row, before -> after; confidence-drop "
+            "ratios after / before per perturbation and level, and pooled over them).",
+            "",
+            markdown_table(
+                ["margin", "learning rate", "clean accuracy", "ECE", "AUROC", *cells, "pooled ratio"], body
+            ),
+            "",
+            "Chosen (highest pooled ratio with clean accuracy within 2 points): "
+            + (
+                "none qualifies"
+                if chosen is None
+                else f"margin {chosen['sensitivity_margin']:g}, learning rate {chosen['learning_rate']:g}"
+            )
+            + ".",
+        ]
+    )

@@ -96,8 +96,9 @@ class CDRLConfig:
     - ``data``: ``source``, ``benchmark``, ``split``, ``limit``, ``image_dir`` for
       :func:`~training.cdrl.data.load_items`; or ``pairs_dir``, a folder written by ``catts train
       pairs`` (the relevance and noise sections are then unused).
-    - ``relevance``: the CLIP for the relevance map, ``{model: ViT-B-16, pretrained: openai}`` or
-      ``{model: tiny}`` (random, offline).
+    - ``relevance``: the CLIP for the relevance map, ``{model: ViT-B-16, pretrained: openai}``,
+      ``{model: organism}`` (the CLIP organism trained on the synthetic scenes, shipped; ``path:``
+      another folder written by ``catts organism train-clip``) or ``{model: tiny}`` (random, offline).
     - ``noise``: :class:`~training.cdrl.data.NoiseConfig` (kind, strength, top_fraction, seed, options).
     - ``rewards``: ``weights`` per reward name (:data:`~training.cdrl.rewards.REWARD_NAMES`),
       ``sensitivity_margin`` (NMLP units, the hinge of
@@ -241,10 +242,28 @@ def prepare_pairs(config: CDRLConfig, *, processor: Any = None) -> list[Training
         processor = load_processor(config.model_path(), config.max_pixels)
     return build_pairs(
         items,
-        ClipRelevance.from_spec(config.relevance),
+        relevance_model(config.relevance),
         config.noise_config(),
         input_size=lambda image: processor_input_size(processor, image),
     )
+
+
+ORGANISM_CLIP = "organism"
+"""``relevance.model`` naming the CLIP organism (:mod:`catts_graph.organism.clip`)."""
+
+
+def relevance_model(spec: dict[str, Any]) -> ClipRelevance:
+    """The relevance model of a config's ``relevance`` section: the CLIP organism for ``{model:
+    organism, path: FOLDER?}``, else :meth:`ClipRelevance.from_spec`."""
+    if spec.get("model") != ORGANISM_CLIP:
+        return ClipRelevance.from_spec(spec)
+    unknown = set(spec) - {"model", "path", "device"}
+    if unknown:
+        raise ValueError(f"relevance: unknown keys {sorted(unknown)} for model: organism; expected path, device")
+    from catts_graph.organism.clip import load_clip_organism
+
+    model, tokenizer = load_clip_organism(spec.get("path"))
+    return ClipRelevance(model, tokenizer, device=str(spec.get("device", "cpu")))
 
 
 def load_processor(model_path: str, max_pixels: int | None = None) -> Any:

@@ -281,7 +281,10 @@ def test_the_organism_relevance_spec_loads_the_clip_organism(tmp_path: Path) -> 
     from training.cdrl.train import relevance_model
 
     path = train_clip_organism(
-        tmp_path / "clip", config=ClipOrganismConfig(steps=1, batch_size=4, warmup_steps=1), threads=1, log=print
+        tmp_path / "clip",
+        config=ClipOrganismConfig(steps=1, batch_size=4, warmup_steps=1),
+        threads=1,
+        log=print,
     )
     relevance = relevance_model({"model": "organism", "path": str(path)})
     assert relevance.image_size == (112, 112)

@@ -35,6 +35,12 @@ def test_the_organism_document_shows_the_committed_run() -> None:
     begin, end = "<!-- results: begin -->\n", "<!-- results: end -->"
     quoted = document[document.index(begin) + len(begin) : document.index(end)]
     assert quoted.strip() == (ROOT / "docs" / "organism" / "results.md").read_text().strip()
+    for name in ("steps60", "steps240"):  # the CDRL settings chosen on validation (tune-cdrl)
+        begin, end = f"<!-- cdrl-tuning {name}: begin -->\n", f"<!-- cdrl-tuning {name}: end -->"
+        quoted = document[document.index(begin) + len(begin) : document.index(end)]
+        assert (
+            quoted.strip() == (ROOT / "docs" / "organism" / "cdrl-tuning" / f"{name}.md").read_text().strip()
+        )
     figures = re.findall(r"\]\((organism/figures/[\w.]+\.png)\)", document)
     assert len(figures) >= 4
     for figure in figures:

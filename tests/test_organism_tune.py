@@ -80,7 +80,15 @@ def test_the_cdrl_tuning_table_names_every_setting_and_the_choice():
         "ratios": {"gaussian 1": 2.0, "occlusion 1": 1.0},
     }
     table = cdrl_tuning_table(
-        {"items": 10, "steps": 5, "rows": [row], "chosen": {"sensitivity_margin": 0.25, "learning_rate": 1e-4}}
+        {
+            "items": 10,
+            "steps": 5,
+            "rows": [row],
+            "chosen": {"sensitivity_margin": 0.25, "learning_rate": 1e-4},
+        }
     )
-    assert "| 0.25 | 0.0001 | 0.900 -> 0.880 | 0.100 -> 0.050 | 0.600 -> 0.700 | 2.000 | 1.000 | 1.500 |" in table
+    assert (
+        "| 0.25 | 0.0001 | 0.900 -> 0.880 | 0.100 -> 0.050 | 0.600 -> 0.700 | 2.000 | 1.000 | 1.500 |"
+        in table
+    )
     assert "margin 0.25, learning rate 0.0001." in table

@@ -207,9 +207,7 @@ def _batch(
         negatives.append(object_phrase(rng, colour, shape, target.quadrant))
         present.append((kinds, (target.colour, target.shape)))
         by_shape = phrase.startswith("What colour")  # names the shape, whatever its colour
-        named = [
-            s for s in shapes if s.shape == target.shape and (by_shape or s.colour == target.colour)
-        ]
+        named = [s for s in shapes if s.shape == target.shape and (by_shape or s.colour == target.colour)]
         mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
         draw_shapes(ImageDraw.Draw(mask), named, fill=255)
         shares.append(np.asarray(mask.resize((grid, grid), Image.Resampling.BOX), np.float32).ravel() / 255)
@@ -283,13 +281,16 @@ def train_clip_organism(
         index += config.batch_size * 2  # a margin: skipped items (digit scenes) never repeat
         # The patch tokens in the joint space, as ClipRelevance computes them; with average pooling
         # their mean is exactly encode_image's embedding, so one vision pass serves both losses.
-        patches = model.visual.forward_intermediates(
-            _pixels(images, config.image_size),
-            indices=1,
-            normalize_intermediates=True,
-            output_fmt="NLC",
-            intermediates_only=True,
-        )["image_intermediates"][-1] @ model.visual.proj
+        patches = (
+            model.visual.forward_intermediates(
+                _pixels(images, config.image_size),
+                indices=1,
+                normalize_intermediates=True,
+                output_fmt="NLC",
+                intermediates_only=True,
+            )["image_intermediates"][-1]
+            @ model.visual.proj
+        )
         image_emb = F.normalize(patches.mean(dim=1), dim=-1)
         texts = model.encode_text(tokenizer(positives + negatives))
         text_emb = F.normalize(texts, dim=-1)

@@ -34,7 +34,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CDRL_GRID", "FLOORS", "WINDOWS", "cdrl_choice", "cdrl_tuning_table", "tune_cdrl", "tune_voting", "voting_table"]
+__all__ = [
+    "CDRL_GRID",
+    "FLOORS",
+    "WINDOWS",
+    "cdrl_choice",
+    "cdrl_tuning_table",
+    "tune_cdrl",
+    "tune_voting",
+    "voting_table",
+]
 
 WINDOWS: tuple[int, ...] = (4, 8, 16, 32, 64, 2048)
 FLOORS: tuple[float | None, ...] = (None, 0.01, 0.05, 0.1, 0.2)
@@ -204,7 +213,8 @@ def _cdrl_row(margin: float, lr: float, result: dict[str, Any]) -> dict[str, Any
         "ece_after": calibration["after"]["ece"],
         "auroc_before": calibration["before"]["auroc"],
         "auroc_after": calibration["after"]["auroc"],
-        "pooled_ratio": after / before if before > 0 else float("nan"),
+        # Drops are signed (perturbed minus clean: negative when confidence falls); so is each sum.
+        "pooled_ratio": after / before if before != 0 else float("nan"),
         "ratios": {f"{r['perturb']} {r['level']:g}": r["confidence_ratio"] for r in ratios},
         "seconds": result["cdrl"]["seconds"],
     }

@@ -259,7 +259,9 @@ def relevance_model(spec: dict[str, Any]) -> ClipRelevance:
         return ClipRelevance.from_spec(spec)
     unknown = set(spec) - {"model", "path", "device"}
     if unknown:
-        raise ValueError(f"relevance: unknown keys {sorted(unknown)} for model: organism; expected path, device")
+        raise ValueError(
+            f"relevance: unknown keys {sorted(unknown)} for model: organism; expected path, device"
+        )
     from catts_graph.organism.clip import load_clip_organism
 
     model, tokenizer = load_clip_organism(spec.get("path"))

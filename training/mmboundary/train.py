@@ -119,7 +119,9 @@ class MMBoundaryConfig:
       reference chain, ``threshold``), see :mod:`training.mmboundary.reference`.
     - ``calibration``: ``use_labels`` (default: true with the exact judge, false otherwise): fit the
       fusion weights and the levels' accuracies on the validation steps' labels.
-    - ``statements``: ``margin`` of the backward mapping (default 0.05).
+    - ``statements``: ``margin`` of the backward mapping (default 0.05); ``vocabulary`` (default
+      false): SFT starts from a copy of the model whose word-level tokenizer has the statements'
+      words as whole tokens (:mod:`training.mmboundary.vocabulary`; the organisms).
     - ``rewards``: ``weights`` per reward name (:data:`~training.mmboundary.rewards.REWARD_NAMES`),
       ``level_confidence`` (five numbers; default: the calibrator's level accuracies),
       ``cover_reference`` (default true), ``score_batch_size`` (completions per scoring pass, 4).
@@ -155,7 +157,7 @@ class MMBoundaryConfig:
         check_keys(self.sampling, _SAMPLING_KEYS, "sampling")
         check_keys(self.judge, _JUDGE_KEYS, "judge")
         check_keys(self.calibration, frozenset({"use_labels"}), "calibration")
-        check_keys(self.statements, frozenset({"margin"}), "statements")
+        check_keys(self.statements, frozenset({"margin", "vocabulary"}), "statements")
         check_keys(self.rewards, _REWARD_KEYS, "rewards")
         if self.probe is not None:
             check_keys(self.probe, _ITEM_KEYS | {"max_new_tokens"}, "probe")
@@ -434,6 +436,10 @@ def train_sft(config: MMBoundaryConfig, *, model: str | None = None, **overrides
     started = time.perf_counter()
     data = load_data(config.data_dir)
     model_path = model or config.model_path()
+    if config.statements.get("vocabulary"):
+        from training.mmboundary.vocabulary import extend_vocabulary
+
+        model_path = str(extend_vocabulary(model_path, Path(config.output_dir) / "vocabulary"))
     trainer = build_sft_trainer(config, data, model=model_path, **overrides)
     trainer.train()
     out = save_policy(trainer, config.sft_dir, base_model=model_path, lora=config.lora is not None)

@@ -43,7 +43,7 @@ from training.mmboundary.rewards import (
     self_calibration,
     statement_format,
 )
-from training.mmboundary.stated import content_signals, content_tokens, read_steps
+from training.mmboundary.stated import content_signals, content_tokens, read_steps, statement_expected
 from training.mmboundary.train import MMBoundaryConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +140,34 @@ def test_read_steps_finds_statements_levels_and_the_answer_step() -> None:
     # A comma that introduces no statement leaves the step whole.
     (plain,) = read_steps("a cat, sitting on a mat.", StatementReader())
     assert plain.expressed is None and plain.content == "a cat, sitting on a mat." and plain.statement is None
+
+
+def test_stated_lines_keep_statements_to_the_first_lines() -> None:
+    text = "circle red top left; square blue.\nred circles: 1 circle red top left.\n\\boxed{1}"
+    spans = [(0, 21), (21, 34), (34, 70), (70, len(text))]
+    assert [statement_expected(text, a, b) for a, b in spans] == [True, True, True, False]
+    assert [statement_expected(text, a, b, stated_lines=1) for a, b in spans] == [True, True, False, False]
+    assert [statement_expected(text, a, b, stated_lines=2) for a, b in spans] == [True, True, True, False]
+    # The organism's reply read with one stated line: the focus line's steps expect no statement.
+    reply = reply_text(make_question("test", 3))
+    steps = read_steps(reply, StatementReader(), stated_lines=1)
+    first_line = reply.index("\n")
+    assert [not s.is_answer for s in steps] == [s.start < first_line for s in steps]
+    assert any(s.is_answer and "\\boxed" not in s.text for s in steps)
+
+
+def test_statements_lines_is_checked() -> None:
+    items = {"benchmark": "synthetic", "split": "train", "limit": 2}
+
+    def config(**statements: Any) -> MMBoundaryConfig:
+        return MMBoundaryConfig(
+            model="tiny", output_dir="x", data=items, validation=items, statements=statements
+        )
+
+    assert config(lines=1).stated_lines() == 1
+    assert config().stated_lines() is None
+    with pytest.raises(ValueError, match="statements.lines=0"):
+        config(lines=0).stated_lines()
 
 
 def test_content_tokens_leave_the_statement_tokens_out() -> None:

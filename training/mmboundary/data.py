@@ -40,7 +40,7 @@ from catts_graph.task import Item, base_prompt, item_seed
 from training.cdrl.data import load_items
 from training.cdrl.rewards import is_correct
 from training.mmboundary.reference import StepJudge, reference_chain
-from training.mmboundary.stated import TRAINING_SIGNALS, is_answer_step, restrict_signals
+from training.mmboundary.stated import TRAINING_SIGNALS, restrict_signals, statement_expected
 
 __all__ = [
     "CALIBRATOR_FILE",
@@ -139,6 +139,7 @@ def sample_replies(
     similarity: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
     judge: StepJudge | None = None,
     progress: Callable[[int], None] | None = None,
+    stated_lines: int | None = None,
 ) -> list[Reply]:
     """``samples`` replies of ``vlm`` to each item (greedy at ``temperature`` 0), cut into steps with
     their signals (``tokensar`` only with ``similarity``, ``entropy`` only when the backend reports
@@ -168,7 +169,9 @@ def sample_replies(
         )
         reference = reference_chain(item) if judge is not None else None
         for k, sample in enumerate(drawn):
-            replies.append(_reply(item, k, prompt, sample, signals, similarity, judge, reference))
+            replies.append(
+                _reply(item, k, prompt, sample, signals, similarity, judge, reference, stated_lines)
+            )
         if progress is not None:
             progress(number + 1)
     return replies
@@ -201,6 +204,7 @@ def _reply(
     similarity: Callable[[str, Sequence[str]], Sequence[float]] | None,
     judge: StepJudge | None,
     reference: list[str] | None,
+    stated_lines: int | None = None,
 ) -> Reply:
     tokens, logprobs, entropies = sample_tokens(sample)
     found = step_signals(
@@ -214,6 +218,7 @@ def _reply(
         if judge is not None and reference is not None
         else None
     )
+    whole = "".join(tokens)  # the text the steps' offsets index
     steps = [
         StepRecord(
             index=s.index,
@@ -221,13 +226,13 @@ def _reply(
             end=s.end,
             text=s.text,
             signals=restrict_signals(s.signals(), signals),
-            is_answer=is_answer_step(s.text),
+            is_answer=not statement_expected(whole, s.start, s.end, stated_lines),
             correct=None if truths is None else truths[k].correct,
             score=None if truths is None else truths[k].score,
         )
         for k, s in enumerate(found)
     ]
-    text = "".join(tokens)
+    text = whole
     return Reply(
         item_id=item.id,
         sample=index,

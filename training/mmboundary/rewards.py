@@ -208,16 +208,17 @@ class StepReader:
     every reward of a step reads the same completions (and an encoder call per unparsed phrase
     costs)."""
 
-    def __init__(self, reader: StatementReader, cache_size: int = 512) -> None:
+    def __init__(self, reader: StatementReader, cache_size: int = 512, stated_lines: int | None = None) -> None:
         self.reader = reader
         self.cache_size = cache_size
+        self.stated_lines = stated_lines
         self._cache: OrderedDict[str, list[StatedStep]] = OrderedDict()
 
     def steps(self, text: str) -> list[StatedStep]:
         if text in self._cache:
             self._cache.move_to_end(text)
             return self._cache[text]
-        steps = read_steps(text, self.reader)
+        steps = read_steps(text, self.reader, self.stated_lines)
         self._cache[text] = steps
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -420,9 +421,10 @@ def build_rewards(
     cover_reference: bool = True,
     signals: Collection[str] = TRAINING_SIGNALS,
     similarity: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
+    stated_lines: int | None = None,
 ) -> list[Any]:
     """The rewards in :data:`REWARD_NAMES` order, sharing one :class:`StepReader`."""
-    steps = StepReader(reader)
+    steps = StepReader(reader, stated_lines=stated_lines)
     return [
         KnowledgeAccuracyReward(judge, steps, cover_reference=cover_reference),
         ExpectedCalibrationReward(judge, steps, level_confidences(calibrator, level_confidence)),

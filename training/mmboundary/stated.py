@@ -73,8 +73,20 @@ def is_answer_step(text: str) -> bool:
     return ANSWER_MARK.search(text) is not None
 
 
-def read_steps(text: str, reader: StatementReader) -> list[StatedStep]:
-    """The steps of ``text`` with their statements read back (see the module docstring)."""
+def statement_expected(text: str, start: int, end: int, stated_lines: int | None = None) -> bool:
+    """Whether step ``text[start:end]`` of a reply carries a statement: every step but the answer,
+    or with ``stated_lines`` only the steps of the reply's first that many lines (the organism's
+    description, not the focus line that copies from it)."""
+    step = text[start:end]
+    if is_answer_step(step):
+        return False
+    first = start + len(step) - len(step.lstrip())
+    return stated_lines is None or text.count("\n", 0, first) < stated_lines
+
+
+def read_steps(text: str, reader: StatementReader, stated_lines: int | None = None) -> list[StatedStep]:
+    """The steps of ``text`` with their statements read back (see the module docstring); a step
+    that carries no statement (:func:`statement_expected`) is marked ``is_answer``."""
     steps = []
     for index, (start, end) in enumerate(split_steps(text, CLAUSE_CUT)):
         step = text[start:end]
@@ -97,7 +109,7 @@ def read_steps(text: str, reader: StatementReader) -> list[StatedStep]:
                 content=content,
                 phrase=phrase,
                 expressed=expressed,
-                is_answer=is_answer_step(step),
+                is_answer=not statement_expected(text, start, end, stated_lines),
                 statement=span,
             )
         )

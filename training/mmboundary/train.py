@@ -121,7 +121,9 @@ class MMBoundaryConfig:
       fusion weights and the levels' accuracies on the validation steps' labels.
     - ``statements``: ``margin`` of the backward mapping (default 0.05); ``vocabulary`` (default
       false): SFT starts from a copy of the model whose word-level tokenizer has the statements'
-      words as whole tokens (:mod:`training.mmboundary.vocabulary`; the organisms).
+      words as whole tokens (:mod:`training.mmboundary.vocabulary`; the organisms); ``lines``
+      (default null: every step but the answer): statements after the steps of each reply's first
+      that many lines only (the organism: its description, not the focus line that copies from it).
     - ``rewards``: ``weights`` per reward name (:data:`~training.mmboundary.rewards.REWARD_NAMES`),
       ``level_confidence`` (five numbers; default: the calibrator's level accuracies),
       ``cover_reference`` (default true), ``score_batch_size`` (completions per scoring pass, 4).
@@ -157,7 +159,7 @@ class MMBoundaryConfig:
         check_keys(self.sampling, _SAMPLING_KEYS, "sampling")
         check_keys(self.judge, _JUDGE_KEYS, "judge")
         check_keys(self.calibration, frozenset({"use_labels"}), "calibration")
-        check_keys(self.statements, frozenset({"margin", "vocabulary"}), "statements")
+        check_keys(self.statements, frozenset({"margin", "vocabulary", "lines"}), "statements")
         check_keys(self.rewards, _REWARD_KEYS, "rewards")
         if self.probe is not None:
             check_keys(self.probe, _ITEM_KEYS | {"max_new_tokens"}, "probe")
@@ -201,6 +203,14 @@ class MMBoundaryConfig:
     @property
     def rl_dir(self) -> Path:
         return Path(self.output_dir) / "rl"
+
+    def stated_lines(self) -> int | None:
+        """``statements.lines``: statements after the steps of each reply's first that many lines
+        only (None: after every step but the answer)."""
+        lines = self.statements.get("lines")
+        if lines is not None and (isinstance(lines, bool) or not isinstance(lines, int) or lines < 1):
+            raise ValueError(f"statements.lines={lines!r}: expected an int >= 1 or null")
+        return lines
 
     def model_path(self) -> str:
         """The base model: ``tiny`` is built (once) at the default tiny-model folder."""
@@ -374,7 +384,12 @@ def build_data(
         "max_new_tokens": int(config.sampling.get("max_new_tokens", 256)),
         "seed": int(config.sampling.get("seed", 0)),
     }
-    common = {"signals": config.signals, "similarity": _similarity(config, encoder), "judge": judge}
+    common = {
+        "signals": config.signals,
+        "similarity": _similarity(config, encoder),
+        "judge": judge,
+        "stated_lines": config.stated_lines(),
+    }
     loaded = time.perf_counter()
 
     def report(phase: str, total: int) -> Callable[[int], None] | None:
@@ -487,6 +502,7 @@ def build_rl_trainer(
         cover_reference=bool(config.rewards.get("cover_reference", True)),
         signals=config.signals,
         similarity=_similarity(config, encoder),
+        stated_lines=config.stated_lines(),
     )
     trainer = GRPOTrainer(
         model=policy,
@@ -559,7 +575,7 @@ def run_probe(
     rows, answers = probe_steps(
         vlm,
         _items(section),
-        steps=StepReader(_reader(config, encoder)),
+        steps=StepReader(_reader(config, encoder), stated_lines=config.stated_lines()),
         calibrator=data.calibrator,
         judge=_judge(config, encoder),
         signals=config.signals,

@@ -85,7 +85,14 @@ def extend_vocabulary(model_path: str | Path, out: str | Path, words: Sequence[s
     taken = [*model["vocab"].values(), *(token["id"] for token in data.get("added_tokens", []))]
     next_id = max(taken) + 1
     added = {piece: next_id + i for i, piece in enumerate(pieces)}
+    # The special tokens join the model's vocabulary at their own ids, so its ids stay contiguous:
+    # with a gap, transformers re-numbers the special tokens after the model's vocabulary on load
+    # (onto the new words' ids).
+    for token in data.get("added_tokens", []):
+        model["vocab"].setdefault(token["content"], token["id"])
     model["vocab"].update(added)
+    if sorted(model["vocab"].values()) != list(range(len(model["vocab"]))):
+        raise ValueError(f"model={str(source)!r}: its token ids are not contiguous; cannot extend them")
 
     if target.exists():
         shutil.rmtree(target)

@@ -208,7 +208,9 @@ class StepReader:
     every reward of a step reads the same completions (and an encoder call per unparsed phrase
     costs)."""
 
-    def __init__(self, reader: StatementReader, cache_size: int = 512, stated_lines: int | None = None) -> None:
+    def __init__(
+        self, reader: StatementReader, cache_size: int = 512, stated_lines: int | None = None
+    ) -> None:
         self.reader = reader
         self.cache_size = cache_size
         self.stated_lines = stated_lines

@@ -76,12 +76,9 @@ def extend_vocabulary(model_path: str | Path, out: str | Path, words: Sequence[s
         )
     pieces = new_pieces(data, words)
     manifest_path = target / MANIFEST
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("source") == str(
-        source.resolve()
-    ):
-        stored = json.loads(manifest_path.read_text())
-        if stored.get("words") == words:
-            return target
+    stored = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if stored.get("source") == str(source.resolve()) and stored.get("words") == words:
+        return target
     taken = [*model["vocab"].values(), *(token["id"] for token in data.get("added_tokens", []))]
     next_id = max(taken) + 1
     added = {piece: next_id + i for i, piece in enumerate(pieces)}

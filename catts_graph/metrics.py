@@ -249,8 +249,13 @@ def bootstrap_rows(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    skip_undefined: bool = False,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(rows)`` with the *rows* resampled jointly.
+
+    ``skip_undefined``: resamples on which the statistic is undefined (NaN: an AUROC with one class,
+    an ECE over no rows) are left out of the quantiles instead of making the interval NaN; NaN only
+    when every resample is undefined.
 
     ``rows`` is a 2-d array whose row ``i`` holds everything measured on item ``i`` (its accuracy at
     each N, its confidence before and after training, ...). A resample draws item indices with
@@ -272,11 +277,18 @@ def bootstrap_rows(
     if bad.size:
         i, j = bad[0]
         raise ValueError(f"rows[{i}, {j}] is {data[i, j]}, expected a finite number")
-    return _percentile_bootstrap(data.shape[0], lambda picked: statistic(data[picked]), n_boot, level, seed)
+    return _percentile_bootstrap(
+        data.shape[0], lambda picked: statistic(data[picked]), n_boot, level, seed, skip_undefined
+    )
 
 
 def _percentile_bootstrap(
-    size: int, statistic_of: Callable[[np.ndarray], Any], n_boot: int, level: float, seed: int
+    size: int,
+    statistic_of: Callable[[np.ndarray], Any],
+    n_boot: int,
+    level: float,
+    seed: int,
+    skip_undefined: bool = False,
 ) -> tuple[float, float]:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
@@ -285,6 +297,10 @@ def _percentile_bootstrap(
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, size, size=(n_boot, size))
     stats = np.array([float(statistic_of(picked)) for picked in draws])
+    if skip_undefined:
+        stats = stats[np.isfinite(stats)]
+        if stats.size == 0:
+            return math.nan, math.nan
     tail = (1 - level) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return float(low), float(high)

@@ -165,6 +165,27 @@ class ClipRelevance:
             maps.append(scaled.reshape(rows, cols))
         return maps
 
+    def __call__(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
+        """CLIPScore's cosine of each text with the image(s): ``cos(e_image, e_text)`` of the model's
+        pooled embeddings, the image embedding averaged over ``images`` (normalised, then averaged,
+        then normalised again). A :data:`~catts_graph.nodes.common.ClipScorer` for
+        ``build_graph(clip=...)`` and the step signals; the floor at 0 is the caller's
+        (:mod:`catts_graph.step_confidence`)."""
+        import torch
+        import torch.nn.functional as F
+
+        if not images:
+            raise ValueError("images: CLIPScore needs at least one image")
+        if not texts:
+            return []
+        pixels = torch.stack([self._pixels(image) for image in images]).to(self.device)
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.no_grad():
+            image = F.normalize(self.model.encode_image(pixels).float(), dim=-1).mean(dim=0)
+            text = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            cosines = text @ F.normalize(image, dim=-1)
+        return [float(c) for c in cosines.cpu()]
+
     def _pixels(self, image: Image.Image) -> Any:
         import torch
 

@@ -227,3 +227,18 @@ def test_bootstrap_rows_keeps_each_items_columns_together():
 def test_bootstrap_rows_names_bad_input(rows, message):
     with pytest.raises(ValueError, match=message):
         bootstrap_rows(rows, lambda r: 0.0)
+
+
+def test_bootstrap_rows_can_leave_out_resamples_where_the_statistic_is_undefined() -> None:
+    from catts_graph.metrics import bootstrap_rows
+
+    rows = np.array([[0.0], [1.0], [1.0]])
+
+    def mean_of_ones_or_nan(picked: np.ndarray) -> float:
+        return float(np.mean(picked)) if picked.min() == 0 else math.nan  # undefined without a 0
+
+    assert all(math.isnan(v) for v in bootstrap_rows(rows, mean_of_ones_or_nan, n_boot=200))
+    low, high = bootstrap_rows(rows, mean_of_ones_or_nan, n_boot=200, skip_undefined=True)
+    assert 0 <= low <= high <= 2 / 3  # a defined resample holds a 0, so its mean is at most 2/3
+    never = bootstrap_rows(rows, lambda picked: math.nan, n_boot=20, skip_undefined=True)
+    assert all(math.isnan(v) for v in never)

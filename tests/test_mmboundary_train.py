@@ -186,3 +186,47 @@ def test_the_policy_scorer_reads_the_entropies_and_log_probs_the_sampler_recorde
     assert logprobs == pytest.approx(sample.logprobs, abs=1e-4)
     assert entropies == pytest.approx(sample.entropies, abs=1e-4)
     assert scorer.token_logprobs([prompt], [sample.token_ids], [[tiny_image]]) == [logprobs]
+
+
+def test_the_newline_after_the_end_of_turn_leaves_the_loss(tiny_model_dir: Path) -> None:
+    """TRL renders a completion as ``reply<|im_end|>\\n``: the newline is never generated, so the
+    wrapper takes it (and only it) out of the labels."""
+    from training.cdrl.train import load_processor
+    from training.mmboundary.train import EndOfTurnMasked, end_of_turn_id
+
+    processor = load_processor(str(tiny_model_dir))
+    end = end_of_turn_id(processor)
+    assert end == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = torch.tensor([[5, 6, end, 10, 11], [7, end, 12, 0, 0]])
+    labels = torch.tensor([[-100, 6, end, 10, -100], [7, end, 12, -100, -100]])
+
+    def collator(examples: list[Any]) -> dict[str, Any]:
+        return {"input_ids": ids, "labels": labels.clone()}
+
+    batch = EndOfTurnMasked(collator, end)([{}])
+    assert batch["labels"].tolist() == [[-100, 6, end, -100, -100], [7, end, -100, -100, -100]]
+
+
+def test_frozen_prefixes_stay_out_of_training(
+    smoke: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from training.mmboundary.train import freeze_parameters
+
+    config = load_config(SMOKE, model=str(tiny_model_dir), output_dir=str(tmp_path), freeze=["model.visual"])
+    trainer = build_sft_trainer(config, smoke["data"], max_steps=1)
+    visual = [p for name, p in trainer.model.named_parameters() if name.startswith("model.visual")]
+    assert visual and not any(p.requires_grad for p in visual)
+    assert all(
+        p.requires_grad for name, p in trainer.model.named_parameters() if not name.startswith("model.visual")
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "trained"))
+    before, after = checkpoint_weights(tiny_model_dir), checkpoint_weights(tmp_path / "trained")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.visual"))
+    assert any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("model.visual"))
+    with pytest.raises(ValueError, match="'model.vision' matches no parameter"):
+        freeze_parameters(trainer.model, ["model.vision"])
+    with pytest.raises(ValueError, match="freeze: not with lora"):
+        load_config(SMOKE, freeze=["model.visual"], lora={"r": 4})
+    with pytest.raises(ValueError, match="freeze"):
+        load_config(SMOKE, freeze="model.visual")

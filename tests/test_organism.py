@@ -36,8 +36,13 @@ def test_the_checkpoints_are_small_and_declare_their_prompts(which: str) -> None
     assert (folder / "chat_template.jinja").is_file()
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 25_000_000
     declared = json.loads((folder / "catts.json").read_text())
-    prompts = ("answer_prompt", "reflection_prompt")
-    assert {k: declared[k] for k in prompts} == {k: CHECKPOINT_SETTINGS[k] for k in prompts}
+    assert declared["answer_prompt"] == CHECKPOINT_SETTINGS["answer_prompt"]
+    # The base organism was taught to read a critique (catts_graph.organism.reflection); the expert
+    # re-answers under its own prompt.
+    reflection = "reflection_short" if which == "base" else CHECKPOINT_SETTINGS["reflection_prompt"]
+    assert declared["reflection_prompt"] == reflection
+    if which == "base":
+        assert json.loads((folder / "organism.json").read_text())["reflection"]["steps"] > 0
 
 
 @pytest.mark.parametrize("which", ["base", "expert"])
@@ -139,12 +144,20 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     assert set(results["scaling"]["expert"]) == set(EXPERT_METHODS)
     assert set(results["scaling"]["self"]["majority"]) == {"1", "2"}
     assert len(results["ablations"]) == 7
+    assert results["reflection"]["items"] == 3 and 0 <= results["reflection"]["accuracy_after"] <= 1
+    assert set(results["step_repair"]["rows"]) == {"adaptive", "adaptive + step_repair"}
+    assert {"probability", "entropy", "tokensar", "clipscore"} <= set(results["step_signals"]["signals"])
+    assert "fused_without_clip" in results["step_signals"]
+    mmb = results["mmboundary"]
+    assert set(mmb["probe"]) == {"base", "sft", "rl"} and mmb["sft"]["steps"] == mmb["rl"]["steps"] == 1
+    assert (out / "mmboundary" / "rl" / "model.safetensors").is_file()
     for name in ("probe_before", "probe_after", "scaling", "accuracy_vs_tokens"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000
     assert (out / "results.md").read_text() == lines[-2]  # the tables are what it printed
     # A second run resumes from the stores: nothing is recomputed, the tables are the same.
     again = reproduce(out, Plan.quick(), log=lambda line: None)
     assert again["scaling"] == results["scaling"] and again["probe"] == results["probe"]
+    assert again["mmboundary"] == results["mmboundary"] and again["reflection"] == results["reflection"]
     # The timings add up over runs; the resumed run added little (nothing was recomputed).
     assert again["total_seconds"] - results["total_seconds"] < 0.25 * results["total_seconds"]
     assert again["seconds"]["cdrl"] == pytest.approx(results["seconds"]["cdrl"], abs=1.0)

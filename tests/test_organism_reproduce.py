@@ -11,7 +11,9 @@ from catts_graph.organism.reproduce import (
     Plan,
     cdrl_section,
     drop_ratios,
+    mmboundary_section,
     pooled_calibration,
+    probe_intervals,
     ratio_intervals,
     render_markdown,
     savings,
@@ -215,3 +217,127 @@ def test_the_quick_plan_is_small_everywhere() -> None:
     quick, full = Plan.quick(), Plan()
     assert quick.test_items < 10 and quick.cdrl_steps == 1 and max(quick.ns) <= 2
     assert full.ns == (1, 2, 4, 8, 16, 32) and full.cdrl_steps is None
+
+
+def _step(item: str, expressed: int | None, internal: int, fused: float, correct: bool) -> dict:
+    return {
+        "item": item,
+        "is_answer": False,
+        "expressed": expressed,
+        "internal": internal,
+        "fused": fused,
+        "correct": correct,
+    }
+
+
+def test_mmboundary_intervals_resample_whole_items() -> None:
+    from catts_graph.metrics import auroc, expected_calibration_error
+
+    confidence = [0.1, 0.3, 0.5, 0.7, 0.9]
+    figures = {
+        "answer_accuracy": 1.0,
+        "expressed_ece": 0.0,
+        "expressed_auroc": 1.0,
+        "level_confidence": confidence,
+    }
+    # Every item alike: each resample is the sample itself, so each interval is the point value.
+    rows = [r for k in range(6) for r in (_step(f"i{k}", 5, 5, 0.9, True), _step(f"i{k}", 1, 1, 0.1, False))]
+    answers = {f"i{k}": True for k in range(6)}
+    plan = Plan(n_boot=200)
+    same = probe_intervals(rows, answers, {**figures, "internal_ece": 0.0}, plan)
+    ece = expected_calibration_error([0.9, 0.1], [True, False])
+    assert same["answer_accuracy"] == [1.0, 1.0]
+    assert same["expressed_ece"] == pytest.approx([ece, ece]) and same["internal_ece"] == pytest.approx(
+        [ece, ece]
+    )
+    assert same["expressed_auroc"] == [1.0, 1.0]
+    assert "internal_auroc" not in same  # no figure, no interval
+    # Mixed items: the intervals bracket the whole-sample values.
+    rows = [
+        _step("a", 5, 4, 0.8, True),
+        _step("a", 2, 2, 0.3, False),
+        _step("b", 4, 4, 0.7, False),
+        _step("c", 1, 1, 0.2, True),
+        _step("c", 3, 5, 0.9, True),
+        _step("d", None, 2, 0.4, False),
+    ]
+    answers = {"a": True, "b": False, "c": True, "d": False}
+    parsed = [r for r in rows if r["expressed"] is not None]
+    point = {
+        "answer_accuracy": 0.5,
+        "expressed_ece": expected_calibration_error(
+            [confidence[r["expressed"] - 1] for r in parsed], [r["correct"] for r in parsed]
+        ),
+        "expressed_auroc": auroc([r["expressed"] for r in parsed], [r["correct"] for r in parsed]),
+        "internal_auroc": auroc([r["fused"] for r in rows], [r["correct"] for r in rows]),
+        "level_confidence": confidence,
+    }
+    spread = probe_intervals(rows, answers, point, Plan(n_boot=500))
+    for name in ("answer_accuracy", "expressed_ece", "expressed_auroc", "internal_auroc"):
+        low, high = spread[name]
+        assert low <= point[name] <= high and low < high, name
+
+
+def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
+    figures = {
+        "answer_accuracy": 0.9,
+        "step_accuracy": 0.95,
+        "parsed_share": 1.0,
+        "statement_steps": 10,
+        "expressed_entropy": 1.2,
+        "expressed_counts": [1, 2, 3, 4, 0],
+        "expressed_ece": 0.1,
+        "expressed_auroc": 0.7,
+        "internal_ece": 0.02,
+        "internal_auroc": 0.95,
+        "intervals": {"answer_accuracy": [0.85, 0.95]},
+    }
+    base = {**figures, "parsed_share": 0.0, "expressed_counts": [0, 0, 0, 0, 0], "expressed_ece": None}
+    results = {
+        "plan": {"probe_items": 10, "probe_split": "test", "test_items": 10},
+        "step_signals": {
+            "signals": {"probability": {"ece": 0.05, "auroc": 0.9}},
+            "fused": {"ece": 0.02, "auroc": 0.95},
+            "fused_without_clip": {"ece": 0.03, "auroc": 0.94},
+            "calibrator": {"weights": {"probability": 1.0}},
+            "steps": {"validation": 20, "test": 30},
+            "step_accuracy": 0.9,
+        },
+        "mmboundary": {
+            "data": {"examples": 40},
+            "sft": {"steps": 200, "seconds": 60.0},
+            "rl": {"steps": 100, "seconds": 240.0},
+            "probe": {"base": base, "sft": figures, "rl": figures},
+        },
+        "step_repair": {
+            "grid": [{"step_floor": None, "accuracy": 90.0}, {"step_floor": 0.8, "accuracy": 91.0}],
+            "chosen": 0.8,
+            "n": 8,
+            "rows": {
+                "adaptive": {"accuracy": 90.0, "ci": [88.0, 92.0], "tokens": 300.0, "expert_calls": 0.1},
+                "adaptive + step_repair": {
+                    "accuracy": 91.0,
+                    "ci": [89.0, 93.0],
+                    "tokens": 320.0,
+                    "expert_calls": 0.1,
+                },
+            },
+            "difference": 1.0,
+            "difference_ci": [-0.5, 2.5],
+        },
+    }
+    text = "\n".join(mmboundary_section(results))
+    assert "| adaptive + step_repair | 91.0 [89.0, 93.0] | 320 | 0.10 |" in text
+    assert (
+        "(accuracy by floor: off 90.0, 0.80 91.0); step_repair minus adaptive: 1.0 [-0.5, 2.5] points" in text
+    )
+    assert "| probability | 0.050 | 0.900 |" in text
+    assert "| fused (probability 1.00) | 0.020 | 0.950 |" in text
+    assert "| fused without clipscore | 0.030 | 0.940 |" in text
+    assert "| base organism | 0.900 [0.850, 0.950] | 0.950 | n/a | n/a | n/a | n/a |" in text
+    assert (
+        "| + SFT + RL | 0.900 [0.850, 0.950] | 0.950 | 1.000 | 1.200 | 1 / 2 / 3 / 4 / 0 | 0.100 | 0.700 |"
+        in text
+    )
+    assert "SFT 200 steps (60 s), RL 100 steps (240 s)" in text
+    assert mmboundary_section({"plan": {}}) == []  # an older run without these steps

@@ -90,8 +90,56 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     tune_cdrl.add_argument("--threads", type=int, default=2, help="CPU threads")
     tune_cdrl.set_defaults(func=_tune_cdrl_command)
 
+    reflect = commands.add_parser(
+        "train-reflection",
+        help="fine-tune the base organism to answer again after a critique naming its wrong step",
+    )
+    reflect.add_argument("--model", help="the organism to fine-tune (default: the shipped base)")
+    reflect.add_argument("--out", required=True, help="checkpoint folder to write")
+    reflect.add_argument("--steps", type=int, default=800, help="optimiser steps")
+    reflect.add_argument("--pool-items", type=int, default=1500, help="fresh scenes of the own-error pool")
+    reflect.add_argument("--threads", type=int, default=2, help="CPU threads")
+    reflect.set_defaults(func=_train_reflection_command)
+
+    effect = commands.add_parser(
+        "reflection", help="what the base's reflection on the expert organism's critique adds"
+    )
+    effect.add_argument("--model", help="the reflection-trained base (default: the shipped base)")
+    effect.add_argument("--split", default="test", choices=["validation", "test"])
+    effect.add_argument("--limit", type=int, default=500)
+    effect.add_argument("--out", help="write <out>.json")
+    effect.add_argument("--threads", type=int, default=2, help="CPU threads")
+    effect.set_defaults(func=_reflection_command)
+
     add_reproduce_command(commands)
     return parser
+
+
+def _train_reflection_command(args: argparse.Namespace) -> int:
+    from catts_graph.organism.reflection import ReflectionConfig, train_reflection
+
+    config = ReflectionConfig(steps=args.steps, pool_items=args.pool_items)
+    train_reflection(args.model or organism_path("base"), args.out, config, threads=args.threads)
+    return 0
+
+
+def _reflection_command(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from catts_graph.models import TransformersVLM
+    from catts_graph.organism.reflection import reflection_effect
+
+    torch.set_num_threads(args.threads)
+    base = TransformersVLM.from_pretrained(Path(args.model) if args.model else organism_path("base"))
+    expert = TransformersVLM.from_pretrained(organism_path("expert"))
+    result = reflection_effect(base, expert, split=args.split, limit=args.limit, log=print)
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return 0
 
 
 def _floats(text: str, name: str) -> list[float]:

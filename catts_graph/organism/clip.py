@@ -140,6 +140,15 @@ def load_clip_organism(path: str | Path | None = None) -> tuple[Any, Any]:
     return model.eval(), open_clip.get_tokenizer(TOKENIZER, context_length=config.context_length)
 
 
+def clip_organism(path: str | Path | None = None, *, device: str = "cpu") -> Any:
+    """The CLIP organism as a :class:`~catts_graph.relevance.ClipRelevance`: relevance maps for
+    CDRL's noise, and CLIPScore (call it with images and texts) for the step signals."""
+    from catts_graph.relevance import ClipRelevance
+
+    model, tokenizer = load_clip_organism(path)
+    return ClipRelevance(model, tokenizer, device=device)
+
+
 def object_phrase(rng: random.Random, colour: str, shape: str, quadrant: str) -> str:
     """One of the ways a question names an object, drawn with ``rng``; a question comes with its
     options as :func:`~catts_graph.relevance.relevance_query` writes them (a colour question's

@@ -11,8 +11,10 @@ them), asks the model what it was trained for, and writes the JSON itself:
   ``p(c) = P(\\boxed{c} | description) / sum over candidates`` (the model's own probabilities,
   renormalised over the candidates).
 - **Critic**: the model answers the question greedily; the verdict is ``correct`` when its answer
-  equals the criticised response's, else ``incorrect``, and the critique says which answer the
-  expert reads from the image.
+  equals the criticised response's, else ``incorrect``, and the critique names, in the organisms'
+  language, the first step of the response its own reading lacks (``wrong: circle red top left.``,
+  :func:`~catts_graph.organism.reflection.critique_text`): what a base organism trained to reflect
+  (:mod:`catts_graph.organism.reflection`) reads.
 - **Planner**: not played (``supported_roles``), so the graph never asks it: the ``paper`` policy
   runs the default module order and ``expert`` needs another planner, as with no planner at all.
 
@@ -127,15 +129,17 @@ class OrganismExpert(BaseChatModel):
             temperature=0.0,
             max_new_tokens=MAX_NEW_TOKENS,
         )
+        from catts_graph.organism.reflection import critique_text, first_wrong_step, reply_steps
+
         mine = extract_answer(sample.text, options)
         theirs = extract_answer(response, options)
         if mine is None:
             return json.dumps({"critique": "The expert could not read an answer.", "verdict": "unsure"})
         verdict = "correct" if mine == theirs else "incorrect"
-        critique = f"Reading the image again, the answer is \\boxed{{{mine}}}; " + (
-            "the response agrees." if verdict == "correct" else f"the response's answer {theirs} is wrong."
-        )
-        return json.dumps({"critique": critique, "verdict": verdict})
+        # In the organisms' language: the first step of the response the expert's own reading lacks
+        # (what a reflection-trained base organism learned to read), "wrong: none." when none does.
+        wrong = first_wrong_step(response, reply_steps(sample.text)) if verdict == "incorrect" else None
+        return json.dumps({"critique": critique_text(wrong), "verdict": verdict})
 
 
 def organism_expert(which: str = "expert") -> OrganismExpert:

@@ -43,6 +43,8 @@ from catts_graph.formatting import markdown_table, number, with_interval
 ROOT = Path(__file__).resolve().parents[2]
 CDRL_CONFIG = "training/configs/organism_cdrl.yaml"
 """The CDRL config of the reproduction, relative to the repository root."""
+MMBOUNDARY_CONFIG = "training/configs/mmboundary_organism.yaml"
+"""The MMBoundary config of the reproduction (data, SFT, RL), relative to the repository root."""
 
 SCALING_METHODS = (
     "majority",
@@ -63,6 +65,9 @@ ABLATIONS = (
     "catts_paper-no_reflection_boost",
     "catts_paper-no_self_check_boost",
 )
+STEP_FLOORS = (0.5, 0.8, 0.9, 0.95)
+"""The adaptive fast path's step floor (the weakest step's confidence, ``exp(-NMLP)`` of the step),
+searched on the validation split; below it ``step_repair`` runs."""
 THRESHOLD_GRID = {"fast_path_share": (0.5, 0.7, 0.9, 1.0), "fast_path_confidence": (0.5, 0.8, 0.9)}
 """The adaptive fast path's two thresholds, searched on the validation split."""
 
@@ -94,6 +99,11 @@ class Plan:
     cdrl_config: str = CDRL_CONFIG
     cdrl_steps: int | None = None
     """Override of the CDRL config's ``grpo.max_steps``."""
+    mmboundary_config: str = MMBOUNDARY_CONFIG
+    mmboundary_data_items: int | None = None
+    """Override of the MMBoundary config's training items (``data.limit``)."""
+    mmboundary_sft_steps: int | None = None
+    mmboundary_rl_steps: int | None = None
     seed: int = 0
     concurrency: int = 2
     threshold_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(THRESHOLD_GRID))
@@ -114,6 +124,9 @@ class Plan:
             ablation_n=2,
             threshold_n=2,
             cdrl_steps=1,
+            mmboundary_data_items=3,
+            mmboundary_sft_steps=1,
+            mmboundary_rl_steps=1,
             concurrency=1,
             threshold_grid={"fast_path_share": (1.0,), "fast_path_confidence": (0.5,)},
         )
@@ -344,6 +357,133 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
             output = (done.stdout + done.stderr)[-3000:]
             raise RuntimeError(f"CDRL failed (exit {done.returncode}): {' '.join(command)}\n{output}")
     return json.loads(summary.read_text())
+
+
+def step_signals(out: Path, plan: Plan) -> dict[str, Any]:
+    """Step-level calibration of each step signal of the base organism and of their fusion, with and
+    without CLIPScore (the CLIP organism), against the generator's step truth: fitted on
+    ``validation_items``, measured on ``probe_items`` test items
+    (:func:`~catts_graph.organism.steps.measure_step_calibration`)."""
+    from catts_graph.models import TransformersVLM
+    from catts_graph.models.encoders import MiniLMEncoder
+    from catts_graph.organism import organism_path
+    from catts_graph.organism.clip import clip_organism
+    from catts_graph.organism.steps import measure_step_calibration
+
+    def compute() -> dict[str, Any]:
+        vlm = TransformersVLM.from_pretrained(organism_path("base"), device="cpu")
+        return measure_step_calibration(
+            vlm,
+            validation=plan.validation_items,
+            test=plan.probe_items,
+            seed=plan.seed,
+            similarity=MiniLMEncoder().similarity,
+            clip=clip_organism(),
+        )
+
+    return _cached(out / "step_signals.json", compute)
+
+
+def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
+    """MMBoundary on the base organism (``catts mmboundary all`` in a process of its own, resumable):
+    data, SFT, RL, and the probe of each model on ``probe_items`` items of ``probe_split``; each
+    probe's figures with bootstrap intervals over items."""
+    import yaml
+
+    target = out / "mmboundary"
+    target.mkdir(parents=True, exist_ok=True)
+    path = Path(plan.mmboundary_config)
+    config = yaml.safe_load((path if path.is_absolute() else ROOT / path).read_text())
+    config["output_dir"] = str(target)
+    config["validation"] = {**config["validation"], "limit": plan.validation_items}
+    if plan.mmboundary_data_items is not None:
+        config["data"] = {**config["data"], "limit": plan.mmboundary_data_items}
+    config["probe"] = {
+        **(config.get("probe") or {}),
+        "benchmark": "synthetic",
+        "split": plan.probe_split,
+        "limit": plan.probe_items,
+    }
+    written = target / "config.yaml"
+    written.write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = target / "mmboundary.json"
+    if not summary.is_file():
+        command = [sys.executable, "-m", "training.mmboundary.train", "all", "--config", str(written)]
+        if plan.mmboundary_sft_steps is not None:
+            command += ["--sft-steps", str(plan.mmboundary_sft_steps)]
+        if plan.mmboundary_rl_steps is not None:
+            command += ["--rl-steps", str(plan.mmboundary_rl_steps)]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not summary.is_file():
+            output = (done.stdout + done.stderr)[-3000:]
+            raise RuntimeError(f"MMBoundary failed (exit {done.returncode}): {' '.join(command)}\n{output}")
+    results = json.loads(summary.read_text())
+    for name in results["probe"]:
+        report = json.loads((target / "probe" / f"{name}.json").read_text())
+        results["probe"][name]["intervals"] = probe_intervals(
+            report["rows"], report["answers"], results["probe"][name], plan
+        )
+    return results
+
+
+def probe_intervals(
+    rows: Sequence[dict[str, Any]], answers: dict[str, bool], figures: dict[str, Any], plan: Plan
+) -> dict[str, list[float]]:
+    """Bootstrap 95% intervals over items (all of an item's steps resampled together) of an MMBoundary
+    probe's answer accuracy (``answers``: item id -> correct) and of the ECE and AUROC of its
+    expressed and internal levels (the levels' confidences as the probe used them:
+    ``figures["level_confidence"]``)."""
+    from catts_graph.metrics import auroc, bootstrap_rows, expected_calibration_error
+
+    confidence = figures.get("level_confidence")
+    items = list(answers)
+    index = {item: k for k, item in enumerate(items)}
+    by_item: list[list[dict[str, Any]]] = [[] for _ in items]
+    for row in rows:
+        by_item[index[row["item"]]].append(row)
+
+    def gather(picked: np.ndarray) -> list[dict[str, Any]]:
+        return [row for k in picked for row in by_item[int(k)]]
+
+    def accuracy(picked: np.ndarray) -> float:
+        return float(np.mean([answers[items[int(k)]] for k in picked]))
+
+    def calibration(key: str, metric: str) -> Callable[[np.ndarray], float]:
+        def statistic(picked: np.ndarray) -> float:
+            steps = [
+                r
+                for r in gather(picked)
+                if not r["is_answer"] and r[key] is not None and r["correct"] is not None
+            ]
+            correct = [bool(r["correct"]) for r in steps]
+            if not steps or confidence is None:
+                return math.nan
+            if metric == "ece":
+                return expected_calibration_error([confidence[int(r[key]) - 1] for r in steps], correct)
+            if not 0 < sum(correct) < len(correct):
+                return math.nan
+            score = "fused" if key == "internal" else key
+            return auroc([float(r[score]) for r in steps], correct)
+
+        return statistic
+
+    ids = np.arange(len(items), dtype=float).reshape(-1, 1)
+    out: dict[str, list[float]] = {}
+    statistics = {
+        "answer_accuracy": accuracy,
+        "expressed_ece": calibration("expressed", "ece"),
+        "expressed_auroc": calibration("expressed", "auroc"),
+        "internal_ece": calibration("internal", "ece"),
+        "internal_auroc": calibration("internal", "auroc"),
+    }
+    for name, statistic in statistics.items():
+        if figures.get(name) is None:
+            continue
+        low, high = bootstrap_rows(
+            ids, lambda rows, f=statistic: f(rows[:, 0].astype(int)), n_boot=plan.n_boot, skip_undefined=True
+        )
+        out[name] = [low, high]
+    return out
 
 
 def _accuracy_by_n(store_path: Path) -> dict[str, dict[int, dict[str, float]]]:
@@ -657,6 +797,102 @@ def step_scaling(out: Path, plan: Plan, models: _Models, thresholds: dict[str, f
     return result
 
 
+def step_repair_comparison(
+    out: Path, plan: Plan, models: _Models, thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """MMBoundary's ``step_repair`` in the adaptive policy against the adaptive policy without it
+    (expert organism, the chosen thresholds): the step floor searched on validation at
+    ``threshold_n`` (best accuracy, ties: fewer tokens), then both on the test items at
+    ``ablation_n`` with accuracy, base tokens and expert calls per item, and the paired difference."""
+    from catts_graph.metrics import bootstrap_rows
+    from catts_graph.models.replay import ReplayVLM
+
+    validation = _items("validation", plan.validation_items, plan.seed)
+    base = ReplayVLM(models.get("base"), memo_max_n=plan.threshold_n)
+    grid = []
+    for floor in (None, *STEP_FLOORS):
+        config = _config(**thresholds, step_floor=floor)
+        name = "off" if floor is None else f"floor{floor:g}"
+        table = _accuracy_by_n(
+            _run(
+                out / "step-repair-validation",
+                name,
+                validation,
+                ["catts_adaptive"],
+                [plan.threshold_n],
+                base=base,
+                expert=models.get("expert"),
+                expert_name="expert",
+                plan=plan,
+                config=config,
+            )
+        )
+        grid.append({"step_floor": floor, **table["catts_adaptive"][plan.threshold_n]})
+    floors = [cell for cell in grid if cell["step_floor"] is not None]
+    chosen = max(floors, key=lambda c: (c["accuracy"], -c["tokens"]))["step_floor"]
+    items = _items("test", plan.test_items, plan.seed)
+    rows: dict[str, Any] = {}
+    per_item: dict[str, dict[str, list[float]]] = {}
+    for label, floor in (("adaptive", None), ("adaptive + step_repair", chosen)):
+        config = _config(**thresholds, step_floor=floor)
+        path = _run(
+            out,
+            "step-repair" if floor is not None else "step-repair-off",
+            items,
+            ["catts_adaptive"],
+            [plan.ablation_n],
+            base=models.get("base"),
+            expert=models.get("expert"),
+            expert_name="expert",
+            plan=plan,
+            config=config,
+        )
+        cells = method_items(path, items, ["catts_adaptive"], [plan.ablation_n], plan, config)
+        per_item[label] = cells["catts_adaptive"][str(plan.ablation_n)]
+        rows[label] = summarise_methods(cells, plan)["catts_adaptive"][str(plan.ablation_n)]
+    paired = np.column_stack(
+        [per_item["adaptive + step_repair"]["correct"], per_item["adaptive"]["correct"]]
+    ).astype(float)
+    difference = 100.0 * float(np.mean(paired[:, 0] - paired[:, 1]))
+    low, high = bootstrap_rows(
+        paired, lambda r: 100.0 * float(np.mean(r[:, 0] - r[:, 1])), n_boot=plan.n_boot
+    )
+    return {
+        "grid": grid,
+        "chosen": chosen,
+        "n": plan.ablation_n,
+        "rows": rows,
+        "difference": difference,
+        "difference_ci": [low, high],
+    }
+
+
+def step_reflection(out: Path, plan: Plan, models: _Models) -> dict[str, Any]:
+    """What the base organism's reflection on the expert organism's critique adds
+    (:func:`~catts_graph.organism.reflection.reflection_effect`, ``test_items`` test items): accuracy
+    before and after (the reflected answer where the expert's verdict was ``incorrect``), with an
+    oracle critic beside it, intervals, and the paired difference."""
+    from catts_graph.metrics import bootstrap_rows
+    from catts_graph.organism.reflection import reflection_effect
+
+    effect = _cached(
+        out / "reflection.json",
+        lambda: reflection_effect(
+            models.get("base"), models.get("expert"), split="test", limit=plan.test_items, seed=plan.seed
+        ),
+    )
+    rows = effect["rows"]
+    paired = np.array([[r["before"], r["after"], r["after_oracle"]] for r in rows], dtype=float)
+    summary = {k: v for k, v in effect.items() if k != "rows"}
+    for column, name in ((0, "accuracy_before"), (1, "accuracy_after"), (2, "accuracy_after_oracle")):
+        summary[f"{name}_ci"] = interval(paired[:, column].tolist(), plan)
+    summary["difference"] = float(np.mean(paired[:, 1] - paired[:, 0]))
+    summary["difference_ci"] = list(
+        bootstrap_rows(paired, lambda r: float(np.mean(r[:, 1] - r[:, 0])), n_boot=plan.n_boot)
+    )
+    return summary
+
+
 def step_ablations(out: Path, plan: Plan, models: _Models, thresholds: dict[str, float]) -> dict[str, Any]:
     """CA-TTS (paper policy, expert organism) without each module or boost, at ``plan.ablation_n``."""
     items = _items("test", plan.test_items, plan.seed)
@@ -912,7 +1148,152 @@ def render_markdown(results: dict[str, Any]) -> str:
             for method, c in results["ablations"].items()
         ],
     )
+    lines += reflection_section(results)
+    lines += mmboundary_section(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def reflection_section(results: dict[str, Any]) -> list[str]:
+    """The base organism's reflection on the expert organism's critiques."""
+    effect = results.get("reflection")
+    if not effect:
+        return []
+    return [
+        f"### Self-reflection on the expert's critique ({effect['items']} test items, greedy)",
+        *_md(
+            ["", "accuracy", "criticised", "fixed", "broken"],
+            [
+                [
+                    "base organism",
+                    with_interval(effect["accuracy_before"], effect["accuracy_before_ci"]),
+                    "",
+                    "",
+                    "",
+                ],
+                [
+                    "after reflecting on the expert organism's critique",
+                    with_interval(effect["accuracy_after"], effect["accuracy_after_ci"]),
+                    str(effect["criticised"]),
+                    str(effect["fixed"]),
+                    str(effect["broken"]),
+                ],
+                [
+                    "the same with the true wrong step named (oracle critic)",
+                    with_interval(effect["accuracy_after_oracle"], effect["accuracy_after_oracle_ci"]),
+                    "",
+                    "",
+                    "",
+                ],
+            ],
+        ),
+        f"Reflection minus base: {with_interval(effect['difference'], effect['difference_ci'])} (paired).",
+        "",
+    ]
+
+
+def mmboundary_section(results: dict[str, Any]) -> list[str]:
+    """The step-level confidence tables: each signal against the step truth, and the MMBoundary
+    probe of the base, SFT and RL models."""
+    lines: list[str] = []
+    plan = results["plan"]
+    signals = results.get("step_signals")
+    if signals:
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in signals["calibrator"]["weights"].items())
+        lines.append(
+            f"### Step signals of the base organism against the step truth ({signals['steps']['test']} "
+            f"test steps of {plan['probe_items']} items; levels fitted on {signals['steps']['validation']} "
+            f"validation steps)"
+        )
+        rows = [[name, number(v["ece"]), number(v["auroc"])] for name, v in signals["signals"].items()]
+        rows.append(
+            [f"fused ({weights})", number(signals["fused"]["ece"]), number(signals["fused"]["auroc"])]
+        )
+        if "fused_without_clip" in signals:
+            without = signals["fused_without_clip"]
+            rows.append(["fused without clipscore", number(without["ece"]), number(without["auroc"])])
+        lines += _md(["signal", "step ECE (level-mapped)", "step AUROC"], rows)
+        lines.append(f"Test step accuracy {number(signals['step_accuracy'])}.")
+        lines.append("")
+    mmb = results.get("mmboundary")
+    if mmb:
+        lines.append(
+            f"### MMBoundary: stated step confidence ({plan['probe_items']} {plan['probe_split']} items, "
+            "greedy; levels' confidences measured on validation)"
+        )
+        rows = []
+        for name, label in (("base", "base organism"), ("sft", "+ SFT"), ("rl", "+ SFT + RL")):
+            f = mmb["probe"].get(name)
+            if f is None:
+                continue
+            ci = f.get("intervals", {})
+            counts = f.get("expressed_counts") or []
+            rows.append(
+                [
+                    label,
+                    with_interval(f["answer_accuracy"], ci.get("answer_accuracy")),
+                    number(f["step_accuracy"]),
+                    number(f["parsed_share"]) if f["statement_steps"] and name != "base" else "n/a",
+                    number(f["expressed_entropy"]) if any(counts) else "n/a",
+                    " / ".join(str(c) for c in counts) if any(counts) else "n/a",
+                    with_interval(f["expressed_ece"], ci.get("expressed_ece")),
+                    with_interval(f["expressed_auroc"], ci.get("expressed_auroc")),
+                    with_interval(f["internal_ece"], ci.get("internal_ece")),
+                    with_interval(f["internal_auroc"], ci.get("internal_auroc")),
+                ]
+            )
+        lines += _md(
+            [
+                "model",
+                "answer accuracy",
+                "step accuracy",
+                "parsed",
+                "level entropy (nats)",
+                "levels 1..5",
+                "expressed ECE",
+                "expressed AUROC",
+                "internal ECE",
+                "internal AUROC",
+            ],
+            rows,
+        )
+        seconds = {stage: mmb[stage]["seconds"] for stage in ("sft", "rl") if stage in mmb}
+        sft, rl = mmb.get("sft", {}), mmb.get("rl", {})
+        lines.append(
+            f"Training: {mmb['data']['examples']} stated replies; SFT {sft.get('steps')} steps "
+            f"({number(seconds.get('sft', math.nan), 0)} s), RL {rl.get('steps')} steps "
+            f"({number(seconds.get('rl', math.nan), 0)} s)."
+        )
+        lines.append("")
+    repair = results.get("step_repair")
+    if repair:
+        n = repair["n"]
+        lines.append(
+            f"### Step repair in the adaptive policy (expert organism, N={n}, "
+            f"{plan.get('test_items')} test items)"
+        )
+        lines += _md(
+            ["policy", "accuracy", "base tokens", "expert calls"],
+            [
+                [
+                    label,
+                    with_interval(c["accuracy"], c.get("ci"), 1),
+                    number(c["tokens"], 0),
+                    number(c["expert_calls"], 2),
+                ]
+                for label, c in repair["rows"].items()
+            ],
+        )
+        searched = ", ".join(
+            f"{'off' if c['step_floor'] is None else number(c['step_floor'], 2)} {number(c['accuracy'], 1)}"
+            for c in repair["grid"]
+        )
+        lines.append(
+            f"Step floor chosen on validation: {number(repair['chosen'], 2)} (accuracy by floor: "
+            f"{searched}); step_repair minus adaptive: "
+            f"{with_interval(repair['difference'], repair['difference_ci'], 1)} points."
+        )
+        lines.append("")
+    return lines
 
 
 def cdrl_section(results: dict[str, Any]) -> list[str]:
@@ -1131,6 +1512,13 @@ def reproduce(
     results["slopes"] = slopes(labelled(per_item), plan)
     results["savings"] = savings(labelled(per_item), plan)
     results["ablations"] = timed("ablations", lambda: step_ablations(out, plan, models, chosen))
+    results["reflection"] = timed("reflection", lambda: step_reflection(out, plan, models))
+    results["step_repair"] = timed(
+        "step repair",
+        lambda: _cached(out / "step_repair.json", lambda: step_repair_comparison(out, plan, models, chosen)),
+    )
+    results["step_signals"] = timed("step signals", lambda: step_signals(out, plan))
+    results["mmboundary"] = timed("mmboundary", lambda: step_mmboundary(out, plan))
     results = _json_ready(results)
     results["seconds"] = timings
     results["total_seconds"] = round(sum(timings.values()), 1)

@@ -62,9 +62,12 @@ def sample_steps(
     item: Any,
     *,
     similarity: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
+    clip: Callable[[Sequence[Any], Sequence[str]], Sequence[float]] | None = None,
     max_new_tokens: int = 256,
 ) -> list[dict[str, Any]]:
-    """One greedy reply to ``item`` and its steps: signals, text and ground-truth label per step."""
+    """One greedy reply to ``item`` and its steps: signals, text and ground-truth label per step.
+    ``clip(images, texts)``: CLIPScore's image-text cosines (a
+    :data:`~catts_graph.nodes.common.ClipScorer`), one call per reply."""
     from catts_graph.images import decode_image, read_reference
     from catts_graph.step_confidence import step_signals
     from catts_graph.task import base_prompt
@@ -86,7 +89,18 @@ def sample_steps(
         logprobs.append(sample.logprobs[i])
         entropies.append(sample.entropies[i] if sample.entropies else float("nan"))
         length += len(token)
-    steps = step_signals(tokens, logprobs, entropies if sample.entropies else None, similarity=similarity)
+    by_text: dict[str, float] = {}
+    if clip is not None:
+        text = "".join(tokens)
+        texts = [text[start:end] for start, end in split_steps(text, CLAUSE_CUT)]
+        by_text = dict(zip(texts, (float(c) for c in clip([image], texts)), strict=True))
+    steps = step_signals(
+        tokens,
+        logprobs,
+        entropies if sample.entropies else None,
+        similarity=similarity,
+        clip=by_text.__getitem__ if clip is not None else None,
+    )
     labels = label_steps([s.text for s in steps], reference_steps(question))
     return [
         {"item": item.id, "text": s.text, "correct": c, **s.signals()}
@@ -101,12 +115,14 @@ def measure_step_calibration(
     test: int = 100,
     seed: int = 0,
     similarity: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
+    clip: Callable[[Sequence[Any], Sequence[str]], Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Step ECE and AUROC on ``test`` items of each signal alone and of the fusion, fitted on
     ``validation`` items: ``{"signals": {name: {"ece", "auroc"}}, "fused": ..., "calibrator": ...,
-    "steps": {"validation", "test"}, "step_accuracy"}``."""
+    "steps": {"validation", "test"}, "step_accuracy"}``; with ``clip``, also ``"fused_without_clip"``
+    (the fusion of the other signals alone, refitted)."""
     from catts_graph.eval.synthetic import load_synthetic, make_question
-    from catts_graph.metrics import auroc, expected_calibration_error
+    from catts_graph.metrics import expected_calibration_error
     from catts_graph.step_confidence import SIGNALS, StepCalibrator
 
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -114,7 +130,7 @@ def measure_step_calibration(
         rows[split] = []
         for item in load_synthetic(split, limit=limit, seed=seed):
             question = make_question(split, int(item.id.rsplit("-", 1)[1]), seed=seed)
-            rows[split] += sample_steps(vlm, question, item, similarity=similarity)
+            rows[split] += sample_steps(vlm, question, item, similarity=similarity, clip=clip)
     fit, held = rows["validation"], rows["test"]
     labels = [row["correct"] for row in held]
     report: dict[str, Any] = {"signals": {}, "steps": {k: len(v) for k, v in rows.items()}}
@@ -125,25 +141,43 @@ def measure_step_calibration(
         assessed = [alone.assess({name: row[name]}) for row in held]
         report["signals"][name] = {
             "ece": expected_calibration_error([a["confidence"] for a in assessed], labels),
-            "auroc": auroc([a["fused"] for a in assessed], labels),
+            "auroc": _auroc([a["fused"] for a in assessed], labels),
         }
-    calibrator = StepCalibrator.fit(fit, [row["correct"] for row in fit])
-    assessed = [calibrator.assess(row) for row in held]
-    report["fused"] = {
-        "ece": expected_calibration_error([a["confidence"] for a in assessed], labels),
-        "auroc": auroc([a["fused"] for a in assessed], labels),
-    }
+
+    def fused(names: Sequence[str]) -> tuple[dict[str, float], Any]:
+        keep = [{k: row[k] for k in names} for row in fit]
+        calibrator = StepCalibrator.fit(keep, [row["correct"] for row in fit])
+        assessed = [calibrator.assess({k: row[k] for k in names}) for row in held]
+        return {
+            "ece": expected_calibration_error([a["confidence"] for a in assessed], labels),
+            "auroc": _auroc([a["fused"] for a in assessed], labels),
+        }, calibrator
+
+    present = list(report["signals"])
+    report["fused"], calibrator = fused(present)
+    if "clipscore" in present:
+        report["fused_without_clip"], _ = fused([name for name in present if name != "clipscore"])
     report["calibrator"] = calibrator.to_dict()
     report["step_accuracy"] = sum(labels) / len(labels)
     return report
 
 
+def _auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """AUROC, None when every step is right or every step is wrong (undefined)."""
+    from catts_graph.metrics import auroc
+
+    return auroc(scores, labels) if 0 < sum(labels) < len(labels) else None
+
+
 def step_table(result: dict[str, Any]) -> str:
     """A Markdown table of :func:`measure_step_calibration`'s result."""
-    from catts_graph.formatting import markdown_table
+    from catts_graph.formatting import markdown_table, number
 
-    rows = [[name, f"{v['ece']:.3f}", f"{v['auroc']:.3f}"] for name, v in result["signals"].items()]
-    rows.append(["fused", f"{result['fused']['ece']:.3f}", f"{result['fused']['auroc']:.3f}"])
+    rows = [[name, number(v["ece"]), number(v["auroc"])] for name, v in result["signals"].items()]
+    rows.append(["fused", number(result["fused"]["ece"]), number(result["fused"]["auroc"])])
+    if "fused_without_clip" in result:
+        without = result["fused_without_clip"]
+        rows.append(["fused without clipscore", number(without["ece"]), number(without["auroc"])])
     weights = ", ".join(f"{k} {v:.2f}" for k, v in result["calibrator"]["weights"].items())
     return "\n".join(
         [

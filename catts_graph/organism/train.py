@@ -150,32 +150,42 @@ class _Batches:
 
     def next(self, size: int, *, easy: bool) -> dict[str, Any]:
         """``size`` training examples (level 1 only when ``easy``), with labels on the reply only."""
-        import torch
+        from catts_graph.eval.synthetic import make_question
 
-        from catts_graph.eval.synthetic import make_question, render
-
-        texts, images, replies = [], [], []
+        rows = []
         for _ in range(size):
             question = make_question("train", self.index, seed=self.config.seed, level=1 if easy else None)
             self.index += 1
             options = list(question.options) if question.options else None
-            reply = reply_text(question) + "<|im_end|>"
-            user = [{"type": "image"}, {"type": "text", "text": organism_prompt(question.question, options)}]
-            head = self.processor.apply_chat_template(
-                [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
-            )
-            texts.append(head + reply)
-            replies.append(reply)
-            side = self.config.image_side
-            images.append(render(question.scene).resize((side, side), _bicubic()))
-        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
-        tokenizer = self.processor.tokenizer
-        labels = torch.full_like(inputs["input_ids"], -100)
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        for row, (reply, length) in enumerate(zip(replies, lengths, strict=True)):
-            n = len(tokenizer(reply, add_special_tokens=False)["input_ids"])
-            labels[row, length - n : length] = inputs["input_ids"][row, length - n : length]
-        return {**inputs, "labels": labels}
+            rows.append((organism_prompt(question.question, options), reply_text(question), question.scene))
+        return encode_examples(self.processor, rows, self.config.image_side)
+
+
+def encode_examples(processor: Any, rows: list[tuple[str, str, Any]], side: int) -> dict[str, Any]:
+    """A training batch of ``(user prompt, reply, scene)`` rows: the scene rendered at ``side``
+    pixels square before the prompt, labels on the reply and its closing ``<|im_end|>`` only."""
+    import torch
+
+    from catts_graph.eval.synthetic import render
+
+    texts, images, replies = [], [], []
+    for prompt, reply_body, scene in rows:
+        reply = reply_body + "<|im_end|>"
+        user = [{"type": "image"}, {"type": "text", "text": prompt}]
+        head = processor.apply_chat_template(
+            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+        )
+        texts.append(head + reply)
+        replies.append(reply)
+        images.append(render(scene).resize((side, side), _bicubic()))
+    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    tokenizer = processor.tokenizer
+    labels = torch.full_like(inputs["input_ids"], -100)
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    for row, (reply, length) in enumerate(zip(replies, lengths, strict=True)):
+        n = len(tokenizer(reply, add_special_tokens=False)["input_ids"])
+        labels[row, length - n : length] = inputs["input_ids"][row, length - n : length]
+    return {**inputs, "labels": labels}
 
 
 def _print(line: str) -> None:
@@ -400,9 +410,15 @@ def _validate(model: Any, processor: Any, limit: int) -> dict[str, float]:
     return {kind: round(row["accuracy"], 3) for kind, row in report.items()}
 
 
-def save_checkpoint(model: Any, processor: Any, target: Path, manifest: dict[str, Any]) -> None:
-    """Write model (bfloat16 safetensors), processor, tokenizer, chat template and ``catts.json``,
-    replacing ``target``."""
+def save_checkpoint(
+    model: Any,
+    processor: Any,
+    target: Path,
+    manifest: dict[str, Any],
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Write model (bfloat16 safetensors), processor, tokenizer, chat template and ``catts.json``
+    (``settings``, default :data:`CHECKPOINT_SETTINGS`), replacing ``target``."""
     import torch
 
     target = Path(target)
@@ -414,7 +430,7 @@ def save_checkpoint(model: Any, processor: Any, target: Path, manifest: dict[str
         model.to(torch.float32)
         processor.save_pretrained(staging)
         (staging / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (staging / "catts.json").write_text(json.dumps(CHECKPOINT_SETTINGS, indent=2) + "\n")
+        (staging / "catts.json").write_text(json.dumps(settings or CHECKPOINT_SETTINGS, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -262,10 +262,9 @@ def relevance_model(spec: dict[str, Any]) -> ClipRelevance:
         raise ValueError(
             f"relevance: unknown keys {sorted(unknown)} for model: organism; expected path, device"
         )
-    from catts_graph.organism.clip import load_clip_organism
+    from catts_graph.organism.clip import clip_organism
 
-    model, tokenizer = load_clip_organism(spec.get("path"))
-    return ClipRelevance(model, tokenizer, device=str(spec.get("device", "cpu")))
+    return clip_organism(spec.get("path"), device=str(spec.get("device", "cpu")))
 
 
 def load_processor(model_path: str, max_pixels: int | None = None) -> Any:

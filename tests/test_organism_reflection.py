@@ -15,6 +15,7 @@ from catts_graph.organism.reflection import (
     ReflectionBatches,
     ReflectionConfig,
     corrupted_step,
+    critique_message,
     critique_text,
     first_wrong_step,
     named_step,
@@ -25,7 +26,16 @@ from catts_graph.organism.steps import reference_steps
 
 
 def test_a_critique_names_one_step_and_reads_back() -> None:
+    from catts_graph.experts.critic import parse_critique
+
     assert critique_text("Circle red top left;") == "wrong: circle red top left."
+    # What the organism trains on is what the graph's Critic hands to Self-Reflection.
+    message = critique_message("wrong: circle red top left.")
+    assert message == "wrong: circle red top left.\nVerdict: incorrect"
+    assert message == parse_critique(
+        json.dumps({"critique": "wrong: circle red top left.", "verdict": "incorrect"})
+    )
+    assert critique_message("wrong: none.", "correct") == "wrong: none.\nVerdict: correct"
     assert critique_text(None) == "wrong: none."
     assert named_step("wrong: circle red top left.") == "circle red top left"
     assert named_step("wrong: none.") is None and named_step("The answer is 3.") is None
@@ -81,12 +91,12 @@ def test_reflection_batches_mix_answer_and_reflection_examples() -> None:
     from catts_graph.organism import organism_path
 
     processor = AutoProcessor.from_pretrained(organism_path("base"))
-    config = ReflectionConfig(batch_size=8, reflection_share=0.5, own_share=1.0)
+    config = ReflectionConfig(batch_size=8, reflection_share=0.5, own_share=1.0, agree_share=0.0)
     pool = [{"index": 1_000_000, "critique": "wrong: circle red top left."}]
     batches = ReflectionBatches(processor, config, pool, side=112)
     batch = batches.next()
     texts = processor.batch_decode(batch["input_ids"])
-    assert sum("wrong: circle red top left." in text for text in texts) == 4
+    assert sum("wrong: circle red top left.\nVerdict: incorrect" in text for text in texts) == 4
     question = make_question("train", 1_000_000)
     for text, labels in zip(texts, batch["labels"], strict=True):
         target = processor.tokenizer.decode(labels[labels != -100])

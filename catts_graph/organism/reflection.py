@@ -4,7 +4,8 @@ The organisms were trained on one prompt (the question and its options), so CA-T
 self-reflection was a greedy re-reading: the same reply again. Here the base organism learns a
 second prompt, ``prompts/reflection_short.txt``: the question, its options, then a critique in the
 organisms' own language that names one step of the earlier reply as wrong,
-``wrong: circle red top left.`` (:func:`critique_text`). The target is the generator's reply.
+``wrong: circle red top left.`` (:func:`critique_text`), followed by the ``Verdict:`` line the graph's
+Critic appends (:func:`critique_message`). The target is the generator's reply.
 
 Training examples (:func:`reflection_pool`, :class:`ReflectionBatches`) come two ways:
 
@@ -48,6 +49,15 @@ was trained on the first 160,000)."""
 def critique_text(step: str | None) -> str:
     """The critique in the organisms' language: ``wrong: <step>.``, or ``wrong: none.``."""
     return f"wrong: {normalise_step(step) if step else NO_STEP}."
+
+
+def critique_message(critique: str, verdict: str = "incorrect") -> str:
+    """The critique as the graph's Critic hands it to Self-Reflection: the expert's JSON read by
+    :func:`~catts_graph.experts.critic.parse_critique` (``wrong: ... .`` then a ``Verdict:`` line),
+    so what the organism trains on is, by construction, what the graph gives it."""
+    from catts_graph.experts.critic import parse_critique
+
+    return parse_critique(json.dumps({"critique": critique, "verdict": verdict}))
 
 
 def named_step(critique: str) -> str | None:
@@ -151,6 +161,9 @@ class ReflectionConfig:
     own_share: float = 0.75
     """Of the reflection examples, this share names the model's own errors (the pool), the rest
     corruptions."""
+    agree_share: float = 0.1
+    """Of the reflection examples, this share carry the critique of an expert that agrees
+    (``wrong: none.``, verdict correct) on a fresh scene: answer as usual."""
     pool_items: int = 1500
     pool_samples: int = 4
     seed: int = 0
@@ -176,12 +189,18 @@ class ReflectionBatches:
         rows: list[tuple[str, str, Any]] = []
         for k in range(size):
             if k < reflections:
-                if self.pool and self.rng.random() < self.config.own_share:
+                draw = self.rng.random()
+                if draw < self.config.agree_share:
+                    question = make_question("train", self.plain_index, seed=self.config.seed)
+                    self.plain_index += 1
+                    critique = critique_message(critique_text(None), "correct")
+                elif self.pool and self.rng.random() < self.config.own_share:
                     entry = self.rng.choice(self.pool)
                     question = make_question("train", entry["index"], seed=self.config.seed)
-                    critique = entry["critique"]
+                    critique = critique_message(entry["critique"])
                 else:
-                    question, critique = self._corruption()
+                    question, step = self._corruption()
+                    critique = critique_message(step)
                 options = list(question.options) if question.options else None
                 prompt = reflection_prompt_text(question.question, options, critique)
             else:
@@ -314,11 +333,11 @@ def reflection_effect(
         verdict = "correct" if extract_answer(reading, item.options) == answer else "incorrect"
         row: dict[str, Any] = {"item": item.id, "before": answer == item.answer, "verdict": verdict}
         if verdict == "incorrect":
-            critique = critique_text(first_wrong_step(first, reply_steps(reading)))
+            critique = critique_message(critique_text(first_wrong_step(first, reply_steps(reading))))
             again = greedy(base, image, reflection_prompt_text(item.question, item.options, critique))
             row["critique"] = critique
             row["after"] = extract_answer(again, item.options) == item.answer
-            oracle = critique_text(first_wrong_step(first, reference_steps(question)))
+            oracle = critique_message(critique_text(first_wrong_step(first, reference_steps(question))))
             again = greedy(base, image, reflection_prompt_text(item.question, item.options, oracle))
             row["after_oracle"] = extract_answer(again, item.options) == item.answer
         else:

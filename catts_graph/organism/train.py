@@ -63,11 +63,13 @@ CHECKPOINT_SETTINGS = {
     "reflection_prompt": ANSWER_PROMPT,
     "answer_format": "option_text",
 }
-"""``catts.json`` of an organism checkpoint. The organisms never learned to read a critique, so
-their self-reflection is answering again, greedily, under their own prompt (re-reading the image):
-the reflection template gets only the question and options it asks for. ``answer_format:
-option_text``: a multiple-choice answer is boxed as the option's text (checkpoints trained before
-box the letter; :func:`~catts_graph.organism.expert.organism_expert` reads which)."""
+"""``catts.json`` of an organism checkpoint as :func:`train_organism` writes it. An organism
+trained from scratch never learned to read a critique, so its self-reflection is answering again,
+greedily, under its own prompt (re-reading the image): the reflection template gets only the
+question and options it asks for. The shipped base organism was then taught to read one
+(:mod:`catts_graph.organism.reflection`) and declares ``reflection_prompt: reflection_short``.
+``answer_format: option_text``: a multiple-choice answer is boxed as the option's text (checkpoints
+trained before box the letter; :func:`~catts_graph.organism.expert.organism_expert` reads which)."""
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 """Where the shipped organism models live (inside the package, so they ship in the wheel)."""

@@ -145,7 +145,11 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     assert set(results["scaling"]["self"]["majority"]) == {"1", "2"}
     assert len(results["ablations"]) == 7
     assert results["reflection"]["items"] == 3 and 0 <= results["reflection"]["accuracy_after"] <= 1
-    assert set(results["step_repair"]["rows"]) == {"adaptive", "adaptive + step_repair"}
+    assert set(results["step_repair"]["rows"]) == {
+        "adaptive",
+        "adaptive + step floor, no repair",
+        "adaptive + step_repair",
+    }
     assert {"probability", "entropy", "tokensar", "clipscore"} <= set(results["step_signals"]["signals"])
     assert "fused_without_clip" in results["step_signals"]
     mmb = results["mmboundary"]

@@ -324,6 +324,8 @@ def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
             },
             "difference": 1.0,
             "difference_ci": [-0.5, 2.5],
+            "repair_difference": 0.5,
+            "repair_difference_ci": [-0.2, 1.2],
         },
     }
     text = "\n".join(mmboundary_section(results))

@@ -963,6 +963,22 @@ def _label(method: str, expert: str) -> str:
     return f"{method} ({'base as its own expert' if expert == 'self' else 'expert organism'})"
 
 
+def _cost_table(headers: Sequence[str], cells: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per method: accuracy (points) with its interval, tokens and expert calls per item."""
+    return _md(
+        headers,
+        [
+            [
+                name,
+                with_interval(c["accuracy"], c.get("ci"), 1),
+                number(c["tokens"], 0),
+                number(c["expert_calls"], 2),
+            ]
+            for name, c in cells.items()
+        ],
+    )
+
+
 def _md(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     return [*markdown_table(headers, rows).splitlines(), ""]
 
@@ -1158,18 +1174,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             ],
         )
     lines.append(f"### Ablations (expert organism, N={plan['ablation_n']}, {plan['test_items']} test items)")
-    lines += _md(
-        ["method", "accuracy", "tokens", "expert calls"],
-        [
-            [
-                method,
-                with_interval(c["accuracy"], c.get("ci"), 1),
-                number(c["tokens"], 0),
-                number(c["expert_calls"], 2),
-            ]
-            for method, c in results["ablations"].items()
-        ],
-    )
+    lines += _cost_table(["method", "accuracy", "tokens", "expert calls"], results["ablations"])
     lines += reflection_section(results)
     lines += mmboundary_section(results)
     return "\n".join(lines).rstrip() + "\n"
@@ -1293,18 +1298,7 @@ def mmboundary_section(results: dict[str, Any]) -> list[str]:
             f"### Step repair in the adaptive policy (expert organism, N={n}, "
             f"{plan.get('test_items')} test items)"
         )
-        lines += _md(
-            ["policy", "accuracy", "base tokens", "expert calls"],
-            [
-                [
-                    label,
-                    with_interval(c["accuracy"], c.get("ci"), 1),
-                    number(c["tokens"], 0),
-                    number(c["expert_calls"], 2),
-                ]
-                for label, c in repair["rows"].items()
-            ],
-        )
+        lines += _cost_table(["policy", "accuracy", "base tokens", "expert calls"], repair["rows"])
         searched = ", ".join(
             f"{'off' if c['step_floor'] is None else number(c['step_floor'], 2)} {number(c['accuracy'], 1)}"
             for c in repair["grid"]

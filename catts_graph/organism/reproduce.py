@@ -352,11 +352,17 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
         ]
         if plan.cdrl_steps is not None:
             command += ["--max-steps", str(plan.cdrl_steps)]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not summary.is_file():
-            output = (done.stdout + done.stderr)[-3000:]
-            raise RuntimeError(f"CDRL failed (exit {done.returncode}): {' '.join(command)}\n{output}")
+        _run_training("CDRL", command, summary)
     return json.loads(summary.read_text())
+
+
+def _run_training(what: str, command: list[str], summary: Path) -> None:
+    """Run a training command line in a process of its own (the library never imports training/,
+    and the run gets its own memory); RuntimeError with its output's tail unless it wrote ``summary``."""
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not summary.is_file():
+        output = (done.stdout + done.stderr)[-3000:]
+        raise RuntimeError(f"{what} failed (exit {done.returncode}): {' '.join(command)}\n{output}")
 
 
 def step_signals(out: Path, plan: Plan) -> dict[str, Any]:
@@ -413,10 +419,7 @@ def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
             command += ["--sft-steps", str(plan.mmboundary_sft_steps)]
         if plan.mmboundary_rl_steps is not None:
             command += ["--rl-steps", str(plan.mmboundary_rl_steps)]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not summary.is_file():
-            output = (done.stdout + done.stderr)[-3000:]
-            raise RuntimeError(f"MMBoundary failed (exit {done.returncode}): {' '.join(command)}\n{output}")
+        _run_training("MMBoundary", command, summary)
     results = json.loads(summary.read_text())
     for name in results["probe"]:
         report = json.loads((target / "probe" / f"{name}.json").read_text())

@@ -153,7 +153,8 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     assert {"probability", "entropy", "tokensar", "clipscore"} <= set(results["step_signals"]["signals"])
     assert "fused_without_clip" in results["step_signals"]
     mmb = results["mmboundary"]
-    assert set(mmb["probe"]) == {"base", "sft", "rl"} and mmb["sft"]["steps"] == mmb["rl"]["steps"] == 1
+    assert set(mmb["probe"]) == {"base", "pretrained", "sft", "rl"}
+    assert mmb["pretrain"]["steps"] == mmb["sft"]["steps"] == mmb["rl"]["steps"] == 1
     assert (out / "mmboundary" / "rl" / "model.safetensors").is_file()
     for name in ("probe_before", "probe_after", "scaling", "accuracy_vs_tokens"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000

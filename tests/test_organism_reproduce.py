@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -278,6 +279,21 @@ def test_mmboundary_intervals_resample_whole_items() -> None:
         assert low <= point[name] <= high and low < high, name
 
 
+def test_paired_accuracy_against_the_base_by_hand() -> None:
+    from catts_graph.organism.reproduce import paired_accuracy
+
+    base = {"a": True, "b": True, "c": False, "d": True}
+    model = {"a": True, "b": False, "c": True, "d": False}  # one fixed, two broken: -1/4
+    paired = paired_accuracy(model, base, Plan(n_boot=200))
+    assert paired["difference"] == -25.0
+    assert (paired["fixed"], paired["broken"]) == (1, 2)
+    low, high = paired["ci"]
+    assert -100.0 <= low <= -25.0 <= high <= 50.0
+    assert paired_accuracy(base, base, Plan(n_boot=50))["ci"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="different items"):
+        paired_accuracy({"a": True}, base, Plan(n_boot=50))
+
+
 def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
     figures = {
         "answer_accuracy": 0.9,
@@ -305,9 +321,15 @@ def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
         },
         "mmboundary": {
             "data": {"examples": 40},
+            "pretrain": {"steps": 800, "seconds": 600.4, "level_counts": [5, 4, 3, 2, 1]},
             "sft": {"steps": 200, "seconds": 60.0},
             "rl": {"steps": 100, "seconds": 240.0},
-            "probe": {"base": base, "sft": figures, "rl": figures},
+            "probe": {
+                "base": base,
+                "pretrained": {**figures, "answer_accuracy": 0.8},
+                "sft": figures,
+                "rl": {**figures, "accuracy_vs_base": {"difference": -1.25, "ci": [-3.0, 0.5]}},
+            },
         },
         "step_repair": {
             "grid": [{"step_floor": None, "accuracy": 90.0}, {"step_floor": 0.8, "accuracy": 91.0}],
@@ -336,10 +358,34 @@ def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
     assert "| probability | 0.050 | 0.900 |" in text
     assert "| fused (probability 1.00) | 0.020 | 0.950 |" in text
     assert "| fused without clipscore | 0.030 | 0.940 |" in text
-    assert "| base organism | 0.900 [0.850, 0.950] | 0.950 | n/a | n/a | n/a | n/a |" in text
+    assert "| base organism | 0.900 [0.850, 0.950] | n/a | 0.950 | n/a | n/a | n/a | n/a |" in text
     assert (
-        "| + SFT + RL | 0.900 [0.850, 0.950] | 0.950 | 1.000 | 1.200 | 1 / 2 / 3 / 4 / 0 | 0.100 | 0.700 |"
-        in text
+        "| + SFT + RL | 0.900 [0.850, 0.950] | -1.2 [-3.0, 0.5] | 0.950 | 1.000 | 1.200 | 1 / 2 / 3 / 4 / 0 "
+        "| 0.100 | 0.700 |" in text
     )
-    assert "SFT 200 steps (60 s), RL 100 steps (240 s)" in text
+    assert "| + statement pre-training | 0.800 [0.850, 0.950] |" in text
+    assert text.index("| base organism") < text.index("| + statement pre-training") < text.index("| + SFT |")
+    assert (
+        "statement pre-training 800 steps (600 s, levels 1..5 stated 5 / 4 / 3 / 2 / 1), 40 stated "
+        "replies; SFT 200 steps (60 s), RL 100 steps (240 s)" in text
+    )
     assert mmboundary_section({"plan": {}}) == []  # an older run without these steps
+
+
+def test_a_run_is_resumed_only_under_its_own_plan(tmp_path: Path) -> None:
+    import dataclasses
+
+    from catts_graph.organism.reproduce import _check_plan
+
+    plan = Plan.quick()
+    _check_plan(tmp_path, plan)
+    _check_plan(tmp_path, plan)  # the same plan resumes
+    stored = json.loads((tmp_path / "plan.json").read_text())
+    # A run started before a field was added to Plan: the field reads as its default there.
+    del stored["mmboundary_pretrain_steps"]
+    (tmp_path / "plan.json").write_text(json.dumps(stored))
+    _check_plan(tmp_path, dataclasses.replace(plan, mmboundary_pretrain_steps=None))
+    with pytest.raises(ValueError, match=r"differs in \['mmboundary_pretrain_steps'\]"):
+        _check_plan(tmp_path, plan)  # quick() sets it to 1, not the default
+    with pytest.raises(ValueError, match=r"differs in \['test_items'\]"):
+        _check_plan(tmp_path, dataclasses.replace(plan, mmboundary_pretrain_steps=None, test_items=4))

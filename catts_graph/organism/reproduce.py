@@ -102,6 +102,7 @@ class Plan:
     mmboundary_config: str = MMBOUNDARY_CONFIG
     mmboundary_data_items: int | None = None
     """Override of the MMBoundary config's training items (``data.limit``)."""
+    mmboundary_pretrain_steps: int | None = None
     mmboundary_sft_steps: int | None = None
     mmboundary_rl_steps: int | None = None
     seed: int = 0
@@ -125,6 +126,7 @@ class Plan:
             threshold_n=2,
             cdrl_steps=1,
             mmboundary_data_items=3,
+            mmboundary_pretrain_steps=1,
             mmboundary_sft_steps=1,
             mmboundary_rl_steps=1,
             concurrency=1,
@@ -415,18 +417,39 @@ def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
     summary = target / "mmboundary.json"
     if not summary.is_file():
         command = [sys.executable, "-m", "training.mmboundary.train", "all", "--config", str(written)]
+        if plan.mmboundary_pretrain_steps is not None:
+            command += ["--pretrain-steps", str(plan.mmboundary_pretrain_steps)]
         if plan.mmboundary_sft_steps is not None:
             command += ["--sft-steps", str(plan.mmboundary_sft_steps)]
         if plan.mmboundary_rl_steps is not None:
             command += ["--rl-steps", str(plan.mmboundary_rl_steps)]
         _run_training("MMBoundary", command, summary)
     results = json.loads(summary.read_text())
-    for name in results["probe"]:
-        report = json.loads((target / "probe" / f"{name}.json").read_text())
-        results["probe"][name]["intervals"] = probe_intervals(
-            report["rows"], report["answers"], results["probe"][name], plan
-        )
+    reports = {name: json.loads((target / "probe" / f"{name}.json").read_text()) for name in results["probe"]}
+    for name, report in reports.items():
+        figures = results["probe"][name]
+        figures["intervals"] = probe_intervals(report["rows"], report["answers"], figures, plan)
+        if name != "base" and "base" in reports:
+            figures["accuracy_vs_base"] = paired_accuracy(report["answers"], reports["base"]["answers"], plan)
     return results
+
+
+def paired_accuracy(answers: dict[str, bool], base: dict[str, bool], plan: Plan) -> dict[str, Any]:
+    """Answer accuracy minus the base's on the same items (points), with a paired bootstrap 95%
+    interval over the items, and how many items each side alone answers right."""
+    from catts_graph.metrics import bootstrap_rows
+
+    if set(answers) != set(base):
+        raise ValueError("answers: the probes answered different items; a paired difference needs the same")
+    items = sorted(base)
+    rows = np.array([[answers[i], base[i]] for i in items], dtype=float)
+    low, high = bootstrap_rows(rows, lambda r: 100.0 * float(np.mean(r[:, 0] - r[:, 1])), n_boot=plan.n_boot)
+    return {
+        "difference": 100.0 * float(np.mean(rows[:, 0] - rows[:, 1])),
+        "ci": [low, high],
+        "fixed": int(np.sum(rows[:, 0] > rows[:, 1])),
+        "broken": int(np.sum(rows[:, 0] < rows[:, 1])),
+    }
 
 
 def probe_intervals(
@@ -1251,16 +1274,23 @@ def mmboundary_section(results: dict[str, Any]) -> list[str]:
             "greedy; levels' confidences measured on validation)"
         )
         rows = []
-        for name, label in (("base", "base organism"), ("sft", "+ SFT"), ("rl", "+ SFT + RL")):
+        for name, label in (
+            ("base", "base organism"),
+            ("pretrained", "+ statement pre-training"),
+            ("sft", "+ SFT"),
+            ("rl", "+ SFT + RL"),
+        ):
             f = mmb["probe"].get(name)
             if f is None:
                 continue
             ci = f.get("intervals", {})
             counts = f.get("expressed_counts") or []
+            paired = f.get("accuracy_vs_base")
             rows.append(
                 [
                     label,
                     with_interval(f["answer_accuracy"], ci.get("answer_accuracy")),
+                    "n/a" if paired is None else with_interval(paired["difference"], paired["ci"], 1),
                     number(f["step_accuracy"]),
                     number(f["parsed_share"]) if f["statement_steps"] and name != "base" else "n/a",
                     number(f["expressed_entropy"]) if any(counts) else "n/a",
@@ -1275,6 +1305,7 @@ def mmboundary_section(results: dict[str, Any]) -> list[str]:
             [
                 "model",
                 "answer accuracy",
+                "vs base (points, paired)",
                 "step accuracy",
                 "parsed",
                 "level entropy (nats)",
@@ -1288,8 +1319,15 @@ def mmboundary_section(results: dict[str, Any]) -> list[str]:
         )
         seconds = {stage: mmb[stage]["seconds"] for stage in ("sft", "rl") if stage in mmb}
         sft, rl = mmb.get("sft", {}), mmb.get("rl", {})
+        pretrain = mmb.get("pretrain")
+        before = (
+            f"statement pre-training {pretrain['steps']} steps ({number(pretrain['seconds'], 0)} s, "
+            f"levels 1..5 stated {' / '.join(str(c) for c in pretrain['level_counts'])}), "
+            if pretrain
+            else ""
+        )
         lines.append(
-            f"Training: {mmb['data']['examples']} stated replies; SFT {sft.get('steps')} steps "
+            f"Training: {before}{mmb['data']['examples']} stated replies; SFT {sft.get('steps')} steps "
             f"({number(seconds.get('sft', math.nan), 0)} s), RL {rl.get('steps')} steps "
             f"({number(seconds.get('rl', math.nan), 0)} s)."
         )
@@ -1485,11 +1523,18 @@ def _check_plan(out: Path, plan: Plan) -> None:
     current = _json_ready(dataclasses.asdict(plan))
     if path.is_file():
         stored = json.loads(path.read_text())
-        if stored != current:
-            changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        # A field added to Plan since the run started reads as its default there.
+        defaults = {
+            f.name: _json_ready(f.default)
+            for f in dataclasses.fields(Plan)
+            if f.default is not dataclasses.MISSING
+        }
+        changed = sorted(
+            k for k in set(stored) | set(current) if stored.get(k, defaults.get(k)) != current.get(k)
+        )
+        if changed:
             raise ValueError(f"{out} holds a run with another plan (differs in {changed}); use a new --out")
-    else:
-        path.write_text(json.dumps(current, indent=2) + "\n")
+    path.write_text(json.dumps(current, indent=2) + "\n")
 
 
 def reproduce(

@@ -8,7 +8,9 @@ four commands, each writing under the config's ``output_dir``:
    statement of that level after each step (:mod:`training.mmboundary.data`) -> ``data/``;
 2. ``catts mmboundary sft``: TRL's ``SFTTrainer`` on those stated replies (conversational
    prompt-completion with images, loss on the completion; LoRA when the config has a ``lora``
-   section) -> ``sft/``, a plain checkpoint;
+   section) -> ``sft/``, a plain checkpoint; for the organisms, first the statements' words as
+   tokens (``statements.vocabulary`` -> ``vocabulary/``) and a statement pre-training
+   (``statements.pretrain``, :mod:`training.mmboundary.pretrain` -> ``pretrained/``);
 3. ``catts mmboundary rl``: TRL's ``GRPOTrainer`` from the SFT model with the rewards of
    :mod:`training.mmboundary.rewards` -> ``rl/``. The paper used PPO with GAE; TRL removed
    ``PPOTrainer`` in 1.13 (and the PPO it had took token ids only, no images, and a reward *model*),
@@ -50,6 +52,8 @@ from training.mmboundary.data import (
     to_grpo_dataset,
     to_sft_dataset,
 )
+from training.mmboundary.pretrain import MANIFEST_KEY as PRETRAIN_KEY
+from training.mmboundary.pretrain import PretrainConfig, pretrain_statements
 from training.mmboundary.reference import DEFAULT_THRESHOLD, JUDGES, make_judge
 from training.mmboundary.rewards import (
     REWARD_NAMES,
@@ -119,7 +123,9 @@ class MMBoundaryConfig:
       reference chain, ``threshold``), see :mod:`training.mmboundary.reference`.
     - ``calibration``: ``use_labels`` (default: true with the exact judge, false otherwise): fit the
       fusion weights and the levels' accuracies on the validation steps' labels.
-    - ``statements``: ``margin`` of the backward mapping (default 0.05); ``vocabulary`` (default
+    - ``statements``: ``margin`` of the backward mapping (default 0.05); ``pretrain`` (default none:
+      the statement pre-training of an organism before SFT, :class:`PretrainConfig`'s fields);
+      ``vocabulary`` (default
       false): SFT starts from a copy of the model whose word-level tokenizer has the statements'
       words as whole tokens (:mod:`training.mmboundary.vocabulary`; the organisms); ``lines``
       (default null: every step but the answer): statements after the steps of each reply's first
@@ -162,7 +168,8 @@ class MMBoundaryConfig:
         check_keys(self.sampling, _SAMPLING_KEYS, "sampling")
         check_keys(self.judge, _JUDGE_KEYS, "judge")
         check_keys(self.calibration, frozenset({"use_labels"}), "calibration")
-        check_keys(self.statements, frozenset({"margin", "vocabulary", "lines"}), "statements")
+        check_keys(self.statements, frozenset({"margin", "vocabulary", "lines", "pretrain"}), "statements")
+        self.pretrain_config()  # validates
         check_keys(self.rewards, _REWARD_KEYS, "rewards")
         if self.probe is not None:
             check_keys(self.probe, _ITEM_KEYS | {"max_new_tokens"}, "probe")
@@ -218,6 +225,17 @@ class MMBoundaryConfig:
         if lines is not None and (isinstance(lines, bool) or not isinstance(lines, int) or lines < 1):
             raise ValueError(f"statements.lines={lines!r}: expected an int >= 1 or null")
         return lines
+
+    def pretrain_config(self) -> PretrainConfig | None:
+        """``statements.pretrain`` (None: SFT starts from the base, or its vocabulary copy)."""
+        section = self.statements.get("pretrain")
+        if section is None:
+            return None
+        if not isinstance(section, Mapping):
+            raise ValueError(
+                f"statements.pretrain: {section!r}; expected a mapping (steps, learning_rate, ...)"
+            )
+        return PretrainConfig.from_section(section)
 
     def model_path(self) -> str:
         """The base model: ``tiny`` is built (once) at the default tiny-model folder."""
@@ -505,15 +523,48 @@ def _peft(config: MMBoundaryConfig) -> Any:
     return LoraConfig(**{"task_type": "CAUSAL_LM", **config.lora})
 
 
-def train_sft(config: MMBoundaryConfig, *, model: str | None = None, **overrides: Any) -> StageResult:
-    """SFT warm-up on ``config.data_dir``; the model goes to ``config.sft_dir``."""
-    started = time.perf_counter()
-    data = load_data(config.data_dir)
+def sft_start(
+    config: MMBoundaryConfig,
+    data: MMBoundaryData,
+    *,
+    model: str | None = None,
+    pretrain_steps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """The model SFT starts from: the base (``model``: default the config's), copied with the
+    statements' words (``statements.vocabulary``, -> ``OUTPUT_DIR/vocabulary``), then continued
+    on stated gold replies (``statements.pretrain``, -> ``OUTPUT_DIR/pretrained``;
+    ``pretrain_steps`` replaces its ``steps``). Each folder is reused when it holds the same."""
     model_path = model or config.model_path()
     if config.statements.get("vocabulary"):
         from training.mmboundary.vocabulary import extend_vocabulary
 
         model_path = str(extend_vocabulary(model_path, Path(config.output_dir) / "vocabulary"))
+    pretrain = config.pretrain_config()
+    if pretrain is not None:
+        if pretrain_steps is not None:
+            pretrain = dataclasses.replace(pretrain, steps=pretrain_steps)
+        model_path = str(
+            pretrain_statements(
+                model_path,
+                Path(config.output_dir) / "pretrained",
+                pretrain,
+                calibrator=data.calibrator,
+                stated_lines=config.stated_lines(),
+                log=log,
+            )
+        )
+    return model_path
+
+
+def train_sft(
+    config: MMBoundaryConfig, *, model: str | None = None, pretrain_steps: int | None = None, **overrides: Any
+) -> StageResult:
+    """SFT warm-up on ``config.data_dir`` from :func:`sft_start`; the model goes to ``config.sft_dir``
+    (the result's ``seconds``: SFT alone, the pre-training records its own)."""
+    data = load_data(config.data_dir)
+    model_path = sft_start(config, data, model=model, pretrain_steps=pretrain_steps)
+    started = time.perf_counter()
     trainer = build_sft_trainer(config, data, model=model_path, **overrides)
     trainer.train()
     out = save_policy(trainer, config.sft_dir, base_model=model_path, lora=config.lora is not None)
@@ -669,11 +720,13 @@ def run_all(
     *,
     sft_steps: int | None = None,
     rl_steps: int | None = None,
+    pretrain_steps: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Data, SFT, RL and the probe of the base, the SFT and the RL model, each stage skipped when
-    ``output_dir`` already holds its result (so an interrupted run resumes where it stopped):
-    ``{"data": summary, "sft" / "rl": {"seconds", "steps", ...}, "probe": {name: figures}}``."""
+    """Data, SFT (after the statement pre-training when the config has one), RL and the probe of
+    the base, the pre-trained, the SFT and the RL model, each stage skipped when ``output_dir``
+    already holds its result (so an interrupted run resumes where it stopped): ``{"data": summary,
+    "sft" / "rl": {"seconds", "steps", ...}, "probe": {name: figures}}``."""
     results: dict[str, Any] = {}
     if not (config.data_dir / "summary.json").is_file():
         log("mmboundary: data")
@@ -685,12 +738,16 @@ def run_all(
         log("mmboundary: probe base")
         run_probe(config, model=config.model_path(), out=base)
     probes["base"] = json.loads(base.read_text())["figures"]
-    for stage, folder, steps in (("sft", config.sft_dir, sft_steps), ("rl", config.rl_dir, rl_steps)):
+    for stage, steps in (("sft", sft_steps), ("rl", rl_steps)):
         record = Path(config.output_dir) / f"{stage}.json"
         if not record.is_file():
             log(f"mmboundary: {stage}")
             overrides = {"max_steps": steps} if steps is not None else {}
-            result = train_sft(config, **overrides) if stage == "sft" else train_rl(config, **overrides)
+            result = (
+                train_sft(config, pretrain_steps=pretrain_steps, **overrides)
+                if stage == "sft"
+                else train_rl(config, **overrides)
+            )
             summary = {
                 "seconds": round(result.seconds, 1),
                 "steps": result.steps,
@@ -701,11 +758,23 @@ def run_all(
             }
             record.write_text(json.dumps(summary, indent=2) + "\n")
         results[stage] = json.loads(record.read_text())
-        report = Path(config.output_dir) / "probe" / f"{stage}.json"
-        if not report.is_file():
-            log(f"mmboundary: probe {stage}")
-            run_probe(config, model=str(folder), out=report)
-        probes[stage] = json.loads(report.read_text())["figures"]
+        pretrained = Path(config.output_dir) / "pretrained" / "organism.json"
+        if stage == "sft" and config.pretrain_config() is not None and pretrained.is_file():
+            done = json.loads(pretrained.read_text())[PRETRAIN_KEY]
+            results["pretrain"] = {
+                "steps": done["settings"]["steps"],
+                "seconds": done["wall_time_s"],
+                "level_counts": done["level_counts"],
+            }
+        probed = [("sft", config.sft_dir)] if stage == "sft" else [("rl", config.rl_dir)]
+        if stage == "sft" and config.pretrain_config() is not None:
+            probed.insert(0, ("pretrained", Path(config.output_dir) / "pretrained"))
+        for name, model in probed:
+            report = Path(config.output_dir) / "probe" / f"{name}.json"
+            if not report.is_file():
+                log(f"mmboundary: probe {name}")
+                run_probe(config, model=str(model), out=report)
+            probes[name] = json.loads(report.read_text())["figures"]
     results["probe"] = probes
     (Path(config.output_dir) / "mmboundary.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -725,7 +794,8 @@ def add_mmboundary_command(subparsers: Any) -> argparse.ArgumentParser:
         "sft": "SFT warm-up on the stated replies (TRL SFTTrainer) -> OUTPUT_DIR/sft",
         "rl": "RL with the MMBoundary rewards (TRL GRPOTrainer) from the SFT model -> OUTPUT_DIR/rl",
         "probe": "step ECE / AUROC of the stated levels, parseable share, level entropy, accuracy",
-        "all": "data, SFT, RL and the probe of base, SFT and RL (stages already done are skipped) "
+        "all": "data, SFT (after the statement pre-training, if configured), RL and the probes "
+        "(stages already done are skipped) "
         "-> OUTPUT_DIR/mmboundary.json",
     }
     for stage, text in helps.items():
@@ -745,6 +815,7 @@ def add_mmboundary_command(subparsers: Any) -> argparse.ArgumentParser:
             command.add_argument("--max-steps", type=int, help="override max_steps of the stage's section")
         if stage == "all":
             command.add_argument("--sft-steps", type=int, help="override max_steps of the sft section")
+            command.add_argument("--pretrain-steps", type=int, help="override statements.pretrain.steps")
             command.add_argument("--rl-steps", type=int, help="override max_steps of the rl section")
         command.add_argument(
             "--threads",
@@ -769,7 +840,11 @@ def _command(args: argparse.Namespace) -> int:
     overrides = {"max_steps": args.max_steps} if getattr(args, "max_steps", None) is not None else {}
     if stage == "all":
         results = run_all(
-            config, sft_steps=args.sft_steps, rl_steps=args.rl_steps, log=lambda line: console.print(line)
+            config,
+            sft_steps=args.sft_steps,
+            rl_steps=args.rl_steps,
+            pretrain_steps=args.pretrain_steps,
+            log=lambda line: console.print(line),
         )
         for name, figures in results["probe"].items():
             shown = {k: v for k, v in figures.items() if k != "expressed_counts"}

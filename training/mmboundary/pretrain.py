@@ -50,6 +50,7 @@ __all__ = [
     "LEVEL_SOURCES",
     "PretrainConfig",
     "estimated_levels",
+    "freeze_parameters",
     "pretrain_statements",
     "stated_spans",
     "teacher_forced",
@@ -213,12 +214,7 @@ def pretrain_statements(
         else None
     )
     processor = AutoProcessor.from_pretrained(source)
-    for prefix in config.freeze:
-        matched = [p for name, p in model.named_parameters() if name.startswith(prefix)]
-        if not matched:
-            raise ValueError(f"statements.pretrain.freeze: {prefix!r} matches no parameter of the model")
-        for parameter in matched:
-            parameter.requires_grad_(False)
+    freeze_parameters(model, config.freeze, what="statements.pretrain.freeze")
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -276,6 +272,22 @@ def pretrain_statements(
         if (source / name).is_file():
             (target / name).write_text((source / name).read_text())
     return target
+
+
+def freeze_parameters(model: Any, prefixes: Sequence[str], what: str = "freeze") -> int:
+    """Keep the parameters whose names start with one of ``prefixes`` out of training; returns how
+    many parameters (elements) that froze. A prefix that matches nothing is an error naming
+    ``what`` (a typo would otherwise train everything)."""
+    frozen = 0
+    for prefix in prefixes:
+        matched = [(name, p) for name, p in model.named_parameters() if name.startswith(prefix)]
+        if not matched:
+            raise ValueError(f"{what}: {prefix!r} matches no parameter of the model")
+        for _, parameter in matched:
+            if parameter.requires_grad:
+                parameter.requires_grad_(False)
+                frozen += parameter.numel()
+    return frozen
 
 
 def stated_spans(text: str, stated_lines: int | None = None) -> list[tuple[int, int]]:

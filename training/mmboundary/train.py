@@ -53,7 +53,7 @@ from training.mmboundary.data import (
     to_sft_dataset,
 )
 from training.mmboundary.pretrain import MANIFEST_KEY as PRETRAIN_KEY
-from training.mmboundary.pretrain import PretrainConfig, pretrain_statements
+from training.mmboundary.pretrain import PretrainConfig, freeze_parameters, pretrain_statements
 from training.mmboundary.reference import DEFAULT_THRESHOLD, JUDGES, make_judge
 from training.mmboundary.rewards import (
     REWARD_NAMES,
@@ -497,22 +497,6 @@ class EndOfTurnMasked:
         after_end[:, 1:] = batch["input_ids"][:, :-1] == self.end_id
         batch["labels"] = labels.masked_fill(after_end, -100)
         return batch
-
-
-def freeze_parameters(model: Any, prefixes: Sequence[str]) -> int:
-    """Keep the parameters whose names start with one of ``prefixes`` out of training; returns how
-    many parameters (elements) that froze. A prefix that matches nothing is an error (a typo would
-    otherwise train everything)."""
-    frozen = 0
-    for prefix in prefixes:
-        matched = [(name, p) for name, p in model.named_parameters() if name.startswith(prefix)]
-        if not matched:
-            raise ValueError(f"freeze: {prefix!r} matches no parameter of the model")
-        for _, parameter in matched:
-            if parameter.requires_grad:
-                parameter.requires_grad_(False)
-                frozen += parameter.numel()
-    return frozen
 
 
 def _peft(config: MMBoundaryConfig) -> Any:

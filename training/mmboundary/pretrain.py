@@ -208,7 +208,7 @@ def pretrain_statements(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32).train()
-    reader = (
+    frozen = (  # reads the levels: the model as the data stage sampled it
         AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32).eval()
         if config.levels == "estimated"
         else None
@@ -232,7 +232,7 @@ def pretrain_statements(
             prompt = organism_prompt(question.question, list(question.options) if question.options else None)
             rows.append((prompt, reply_text(question), question.scene))
         if config.levels == "estimated":
-            forced = teacher_forced(reader, encode_examples(processor, rows, side), processor.tokenizer)
+            forced = teacher_forced(frozen, encode_examples(processor, rows, side), processor.tokenizer)
             found = [
                 estimated_levels(text, *signals, calibrator, stated_lines)  # type: ignore[arg-type]
                 for (_, text, _), signals in zip(rows, forced, strict=True)
@@ -268,9 +268,9 @@ def pretrain_statements(
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     save_checkpoint(model, processor, target, manifest, settings=settings)
-    for name in ("vocabulary.json",):
-        if (source / name).is_file():
-            (target / name).write_text((source / name).read_text())
+    vocabulary = source / "vocabulary.json"  # the extension's manifest travels with the weights
+    if vocabulary.is_file():
+        (target / vocabulary.name).write_text(vocabulary.read_text())
     return target
 
 

@@ -437,19 +437,28 @@ def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
 def paired_accuracy(answers: dict[str, bool], base: dict[str, bool], plan: Plan) -> dict[str, Any]:
     """Answer accuracy minus the base's on the same items (points), with a paired bootstrap 95%
     interval over the items, and how many items each side alone answers right."""
-    from catts_graph.metrics import bootstrap_rows
 
     if set(answers) != set(base):
         raise ValueError("answers: the probes answered different items; a paired difference needs the same")
     items = sorted(base)
-    rows = np.array([[answers[i], base[i]] for i in items], dtype=float)
-    low, high = bootstrap_rows(rows, lambda r: 100.0 * float(np.mean(r[:, 0] - r[:, 1])), n_boot=plan.n_boot)
+    ours, theirs = [answers[i] for i in items], [base[i] for i in items]
+    difference, ci = paired_points(ours, theirs, plan)
     return {
-        "difference": 100.0 * float(np.mean(rows[:, 0] - rows[:, 1])),
-        "ci": [low, high],
-        "fixed": int(np.sum(rows[:, 0] > rows[:, 1])),
-        "broken": int(np.sum(rows[:, 0] < rows[:, 1])),
+        "difference": difference,
+        "ci": ci,
+        "fixed": sum(a and not b for a, b in zip(ours, theirs, strict=True)),
+        "broken": sum(b and not a for a, b in zip(ours, theirs, strict=True)),
     }
+
+
+def paired_points(correct: Sequence[bool], other: Sequence[bool], plan: Plan) -> tuple[float, list[float]]:
+    """Accuracy of ``correct`` minus ``other`` (the same items, in order), in points, with a paired
+    bootstrap 95% interval over the items."""
+    from catts_graph.metrics import bootstrap_rows
+
+    rows = np.column_stack([correct, other]).astype(float)
+    low, high = bootstrap_rows(rows, lambda r: 100.0 * float(np.mean(r[:, 0] - r[:, 1])), n_boot=plan.n_boot)
+    return 100.0 * float(np.mean(rows[:, 0] - rows[:, 1])), [low, high]
 
 
 def probe_intervals(
@@ -833,7 +842,6 @@ def step_repair_comparison(
     adaptive with ``step_repair``; accuracy, base tokens and expert calls per item, and the paired
     differences. Every run's first wave is half the budget: ``step_repair`` draws from the budget the
     first wave leaves (with the whole budget in the first wave it never runs)."""
-    from catts_graph.metrics import bootstrap_rows
     from catts_graph.models.replay import ReplayVLM
 
     validation = _items("validation", plan.validation_items, plan.seed)
@@ -891,13 +899,7 @@ def step_repair_comparison(
         rows[label] = summarise_methods(cells, plan)["catts_adaptive"][str(plan.ablation_n)]
 
     def paired(other: str) -> tuple[float, list[float]]:
-        rows_ = np.column_stack(
-            [per_item["adaptive + step_repair"]["correct"], per_item[other]["correct"]]
-        ).astype(float)
-        low, high = bootstrap_rows(
-            rows_, lambda r: 100.0 * float(np.mean(r[:, 0] - r[:, 1])), n_boot=plan.n_boot
-        )
-        return 100.0 * float(np.mean(rows_[:, 0] - rows_[:, 1])), [low, high]
+        return paired_points(per_item["adaptive + step_repair"]["correct"], per_item[other]["correct"], plan)
 
     difference, difference_ci = paired("adaptive")
     # The floor alone routes the same items off the fast path (the same expert calls): what

@@ -80,12 +80,19 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
 
     tune_cdrl = commands.add_parser(
         "tune-cdrl",
-        help="CDRL at each sensitivity margin and learning rate, probed on validation; pick one",
+        help="train each CDRL variant (reward-only, confidence terms, perturbation mix), probe it against "
+        "the base; choose on validation, measure on test or a fresh seed with the same checkpoints",
     )
     tune_cdrl.add_argument("--out", default="runs/organism-cdrl-tuning", help="run folder (resumed)")
-    tune_cdrl.add_argument("--items", type=int, default=100, help="validation items probed")
-    tune_cdrl.add_argument("--margins", default="0.1,0.25,1", help="comma-separated sensitivity margins")
-    tune_cdrl.add_argument("--lrs", default="2e-5,1e-4", help="comma-separated learning rates")
+    tune_cdrl.add_argument("--items", type=int, default=200, help="scenes probed")
+    tune_cdrl.add_argument(
+        "--split", choices=("validation", "test"), default="validation", help="split of the probed scenes"
+    )
+    tune_cdrl.add_argument("--seed", type=int, default=0, help="generator seed of the probed scenes")
+    tune_cdrl.add_argument(
+        "--variants",
+        help="comma-separated variants (default: all of catts_graph.organism.tune.CDRL_VARIANTS)",
+    )
     tune_cdrl.add_argument("--steps", type=int, help="GRPO steps per run (default: the config's)")
     tune_cdrl.add_argument("--threads", type=int, default=2, help="CPU threads")
     tune_cdrl.set_defaults(func=_tune_cdrl_command)
@@ -142,27 +149,21 @@ def _reflection_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected comma-separated numbers") from None
-
-
 def _tune_cdrl_command(args: argparse.Namespace) -> int:
     import torch
 
     from catts_graph.organism.tune import tune_cdrl
 
     torch.set_num_threads(args.threads)
-    result = tune_cdrl(
-        args.out,
-        items=args.items,
-        margins=_floats(args.margins, "--margins"),
-        learning_rates=_floats(args.lrs, "--lrs"),
-        steps=args.steps,
+    from catts_graph.organism.tune import CDRL_VARIANTS
+
+    variants = (
+        [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(CDRL_VARIANTS)
     )
-    print((Path(args.out) / "tuning.md").read_text())
+    result = tune_cdrl(
+        args.out, variants=variants, items=args.items, split=args.split, seed=args.seed, steps=args.steps
+    )
+    print((Path(args.out) / f"tuning-{args.split}-seed{args.seed}.md").read_text())
     return 0 if result["chosen"] is not None else 1
 
 

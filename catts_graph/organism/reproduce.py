@@ -309,15 +309,18 @@ def ratio_intervals(
 
 
 def pooled_calibration(store_path: Path) -> dict[str, float]:
-    """ECE and AUROC of ``exp(-NMLP)`` over every probe row (clean and perturbed), and clean accuracy."""
+    """ECE and AUROC of ``exp(-NMLP)`` over every probe row (clean and perturbed), clean accuracy
+    and the clean rows' mean NMLP (so a ratio that moved because clean answers got surer shows)."""
     from catts_graph import metrics
     from catts_graph.eval.store import read_store
 
     with read_store(store_path) as store:
-        rows = [(r["level"], r["correct"], r["confidence"]) for r in store.probe_rows()]
+        probe = store.probe_rows()
+    rows = [(r["level"], r["correct"], r["confidence"]) for r in probe]
     confidences = [float(c) for _, _, c in rows]
     correct = [bool(y) for _, y, _ in rows]
     clean = [bool(y) for level, y, _ in rows if level == 0]
+    clean_nmlp = [float(r["nmlp"]) for r in probe if r["level"] == 0 and r["nmlp"] is not None]
     try:
         auroc = metrics.auroc(confidences, correct)
     except ValueError:
@@ -327,6 +330,7 @@ def pooled_calibration(store_path: Path) -> dict[str, float]:
         "ece": metrics.expected_calibration_error(confidences, correct),
         "auroc": auroc,
         "clean_accuracy": metrics.accuracy(clean) if clean else math.nan,
+        "clean_nmlp": float(np.mean(clean_nmlp)) if clean_nmlp else math.nan,
     }
 
 
@@ -1371,23 +1375,23 @@ def cdrl_section(results: dict[str, Any]) -> list[str]:
         [
             "perturbation",
             "level",
-            "drop before",
-            "drop after",
-            "ratio",
             "NMLP drop before",
             "NMLP drop after",
             "NMLP ratio",
+            "exp(-NMLP) drop before",
+            "exp(-NMLP) drop after",
+            "exp(-NMLP) ratio",
         ],
         [
             [
                 r["perturb"],
                 number(r["level"], 2),
-                number(r["confidence_drop_before"]),
-                number(r["confidence_drop_after"]),
-                with_interval(r["confidence_ratio"], r.get("confidence_ratio_ci"), 2),
                 number(r["nmlp_drop_before"]),
                 number(r["nmlp_drop_after"]),
                 with_interval(r["nmlp_ratio"], r.get("nmlp_ratio_ci"), 2),
+                number(r["confidence_drop_before"]),
+                number(r["confidence_drop_after"]),
+                with_interval(r["confidence_ratio"], r.get("confidence_ratio_ci"), 2),
             ]
             for r in results["ratios"]
         ],
@@ -1395,9 +1399,16 @@ def cdrl_section(results: dict[str, Any]) -> list[str]:
     lines.append("### CDRL: calibration over every probe row")
     calibration = results["calibration"]
     lines += _md(
-        ["model", "clean accuracy", "ECE", "AUROC", "rows"],
+        ["model", "clean accuracy", "clean NMLP", "ECE", "AUROC", "rows"],
         [
-            [label, number(c["clean_accuracy"]), number(c["ece"]), number(c["auroc"]), c["rows"]]
+            [
+                label,
+                number(c["clean_accuracy"]),
+                number(c.get("clean_nmlp")),
+                number(c["ece"]),
+                number(c["auroc"]),
+                c["rows"],
+            ]
             for label, c in (("base", calibration["before"]), ("base + CDRL", calibration["after"]))
         ],
     )
@@ -1419,18 +1430,26 @@ def cdrl_section(results: dict[str, Any]) -> list[str]:
 def cdrl_comparison(
     out: Path, plan: Plan, before: list[dict[str, Any]], after: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """``{"ratios", "calibration"}``: the drop ratios with their intervals and the pooled calibration
-    of the probes before and after CDRL (stores ``probe-base`` and ``probe-cdrl`` in ``out``)."""
-    stores = {name: out / f"probe-{name}.sqlite" for name in ("base", "cdrl")}
+    """:func:`compare_probes` of the stores ``probe-base`` and ``probe-cdrl`` in ``out``."""
+    return compare_probes(before, after, out / "probe-base.sqlite", out / "probe-cdrl.sqlite", plan)
+
+
+def compare_probes(
+    before: list[dict[str, Any]],
+    after: list[dict[str, Any]],
+    before_store: Path,
+    after_store: Path,
+    plan: Plan,
+) -> dict[str, Any]:
+    """``{"ratios", "calibration"}``: the drop ratios of two probes (summary rows ``before`` and
+    ``after``, stores ``before_store`` and ``after_store``) with their intervals, and each probe's
+    pooled calibration, clean accuracy and clean NMLP."""
     ratios = ratio_intervals(
-        drop_ratios(before, after), probe_cells(stores["base"]), probe_cells(stores["cdrl"]), plan
+        drop_ratios(before, after), probe_cells(before_store), probe_cells(after_store), plan
     )
     return {
         "ratios": ratios,
-        "calibration": {
-            "before": pooled_calibration(stores["base"]),
-            "after": pooled_calibration(stores["cdrl"]),
-        },
+        "calibration": {"before": pooled_calibration(before_store), "after": pooled_calibration(after_store)},
     }
 
 

@@ -25,8 +25,9 @@ The test split is left for ``catts organism reproduce``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import shutil
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,10 +36,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "CDRL_GRID",
+    "CDRL_VARIANTS",
     "FLOORS",
     "WINDOWS",
     "cdrl_choice",
+    "cdrl_row",
     "cdrl_tuning_table",
     "tune_cdrl",
     "tune_voting",
@@ -177,45 +179,97 @@ def voting_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-CDRL_GRID: dict[str, tuple[float, ...]] = {
-    "sensitivity_margin": (0.1, 0.25, 1.0),
-    "learning_rate": (2e-5, 1e-4),
+TRAINING_MIX: tuple[dict[str, Any], ...] = (
+    {"kind": "gaussian", "strength": 0.5},
+    {"kind": "gaussian", "strength": 1.0},
+    {"kind": "occlusion", "strength": 0.5},
+    {"kind": "occlusion", "strength": 1.0},
+)
+"""The perturbations CDRL's pairs are dealt from (``noise.mix``); the probe adds ``blur``, which
+training never shows, to measure transfer to an unseen kind."""
+
+ENTROPY_TERMS: dict[str, float] = {"noised_entropy": 1.0, "clean_entropy": 1.0, "entropy_target": 0.5}
+
+CDRL_VARIANTS: dict[str, dict[str, Any]] = {
+    "reward_only": {"noise": {"kind": "gaussian", "strength": 1.0, "mix": []}, "confidence_loss": None},
+    "reward_only+mix": {"noise": {"mix": list(TRAINING_MIX)}, "confidence_loss": None},
+    "entropy+mix": {"noise": {"mix": list(TRAINING_MIX)}, "confidence_loss": ENTROPY_TERMS},
+    "entropy+mix-clean": {
+        "noise": {"mix": list(TRAINING_MIX)},
+        "confidence_loss": {"noised_entropy": 1.0, "entropy_target": 0.5},
+    },
+    "entropy+mix+target1": {
+        "noise": {"mix": list(TRAINING_MIX)},
+        "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
+    },
+    "entropy+mix+brier": {
+        "noise": {"mix": list(TRAINING_MIX)},
+        "confidence_loss": {**ENTROPY_TERMS, "brier": 1.0},
+    },
 }
-"""The CDRL settings :func:`tune_cdrl` searches: the hinge of the perceptual-sensitivity reward in
-NMLP units (the config's 1.0 is far above the ~0.07 the organism's noised answers move) and the
-learning rate."""
+"""The CDRL variants :func:`tune_cdrl` trains, as overrides of the organism's CDRL config (sections
+merged key by key): the paper's reward-only GRPO on Gaussian noise, the same on the perturbation mix,
+and the differentiable confidence terms (:mod:`training.cdrl.confidence_loss`) on the mix, each term
+left out or changed once."""
+
+PROBE_PERTURBS: tuple[str, ...] = ("gaussian", "occlusion", "blur")
+GOAL_PERTURBS: tuple[str, ...] = ("gaussian", "occlusion")
+"""The probe cells the choice reads (the paper's noise and occlusion); ``blur`` is reported only."""
 
 ACCURACY_TOLERANCE = 0.02
 """Clean validation accuracy a CDRL setting may lose and still be chosen (the paper's two points)."""
 
 
 def cdrl_choice(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The chosen row: the highest ``pooled_ratio`` among rows whose clean accuracy after CDRL is
-    within :data:`ACCURACY_TOLERANCE` of before (ties: the smaller learning rate, then margin);
-    ``None`` when no row qualifies."""
+    """The chosen row: the highest ``goal_ratio`` (the smallest NMLP drop ratio over the Gaussian
+    and occlusion cells: the goal is every cell at 2x) among rows whose clean accuracy after CDRL is
+    within :data:`ACCURACY_TOLERANCE` of before (ties: the first listed); ``None`` when none
+    qualifies."""
     eligible = [r for r in rows if r["clean_after"] >= r["clean_before"] - ACCURACY_TOLERANCE - 1e-12]
     if not eligible:
         return None
-    return max(eligible, key=lambda r: (r["pooled_ratio"], -r["learning_rate"], -r["sensitivity_margin"]))
+    return max(eligible, key=lambda r: r["goal_ratio"] if r["goal_ratio"] == r["goal_ratio"] else -math.inf)
 
 
-def _cdrl_row(margin: float, lr: float, result: dict[str, Any]) -> dict[str, Any]:
+def _merged(template: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``template`` with each override section merged key by key (``None`` removes a section)."""
+    config = copy.deepcopy(template)
+    for section, values in overrides.items():
+        if values is None:
+            config.pop(section, None)
+        elif isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section] = {**config[section], **copy.deepcopy(values)}
+        else:
+            config[section] = copy.deepcopy(values)
+    return config
+
+
+def cdrl_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """One variant's line of the tuning table, from :func:`~catts_graph.organism.reproduce.compare_probes`."""
     ratios = result["ratios"]
-    before = sum(r["confidence_drop_before"] for r in ratios)
-    after = sum(r["confidence_drop_after"] for r in ratios)
     calibration = result["calibration"]
+    goal = [r["nmlp_ratio"] for r in ratios if r["perturb"] in GOAL_PERTURBS]
     return {
-        "sensitivity_margin": margin,
-        "learning_rate": lr,
+        "variant": name,
         "clean_before": calibration["before"]["clean_accuracy"],
         "clean_after": calibration["after"]["clean_accuracy"],
+        "clean_nmlp_before": calibration["before"]["clean_nmlp"],
+        "clean_nmlp_after": calibration["after"]["clean_nmlp"],
         "ece_before": calibration["before"]["ece"],
         "ece_after": calibration["after"]["ece"],
         "auroc_before": calibration["before"]["auroc"],
         "auroc_after": calibration["after"]["auroc"],
-        # Drops are signed (perturbed minus clean: negative when confidence falls); so is each sum.
-        "pooled_ratio": after / before if before != 0 else float("nan"),
-        "ratios": {f"{r['perturb']} {r['level']:g}": r["confidence_ratio"] for r in ratios},
+        "goal_ratio": min(goal) if goal and all(g == g for g in goal) else math.nan,
+        "cells": {
+            f"{r['perturb']} {r['level']:g}": {
+                "nmlp_ratio": r["nmlp_ratio"],
+                "nmlp_ratio_ci": r.get("nmlp_ratio_ci"),
+                "nmlp_drop_before": r["nmlp_drop_before"],
+                "nmlp_drop_after": r["nmlp_drop_after"],
+                "confidence_ratio": r["confidence_ratio"],
+            }
+            for r in ratios
+        },
         "seconds": result["cdrl"]["seconds"],
     }
 
@@ -223,97 +277,124 @@ def _cdrl_row(margin: float, lr: float, result: dict[str, Any]) -> dict[str, Any
 def tune_cdrl(
     out: str | Path,
     *,
-    items: int = 100,
-    margins: Sequence[float] = CDRL_GRID["sensitivity_margin"],
-    learning_rates: Sequence[float] = CDRL_GRID["learning_rate"],
-    perturbs: Sequence[str] = ("gaussian", "occlusion"),
+    variants: Sequence[str] = tuple(CDRL_VARIANTS),
+    items: int = 200,
+    split: str = "validation",
+    seed: int = 0,
     steps: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """CDRL at every (margin, learning rate), probed on ``items`` validation items before and after;
-    one folder per setting under ``out`` (each resumable, the probe before computed once and
-    copied). Returns ``{"rows", "chosen", "items", "config"}`` and writes ``tuning.json`` and
-    ``tuning.md`` into ``out``."""
+    """Train each CDRL variant of :data:`CDRL_VARIANTS` once (folder ``out/<variant>``, on the
+    generator's train split, resumable), probe the base organism and every variant on ``items``
+    scenes of ``split`` drawn with generator seed ``seed`` (one store per model and split and seed),
+    and compare each with the base: NMLP drop ratios with bootstrap intervals per perturbation and
+    level, clean accuracy and NMLP, ECE and AUROC over every probe row.
+
+    On ``validation`` the variant is chosen (:func:`cdrl_choice`); on ``test`` (or a fresh seed) the
+    same checkpoints are only measured, and the table marks the variant validation chose (read from
+    ``out/tuning-validation-seed0.json``). Writes ``tuning-<split>-seed<seed>.json`` and ``.md``.
+    """
     import yaml
 
-    from catts_graph.organism.reproduce import CDRL_CONFIG, ROOT, Plan, cdrl_effect
+    from catts_graph.organism import organism_path
+    from catts_graph.organism.reproduce import CDRL_CONFIG, ROOT, Plan, compare_probes, step_cdrl, step_probe
 
+    unknown = sorted(set(variants) - set(CDRL_VARIANTS))
+    if unknown:
+        raise ValueError(f"variants: unknown {unknown}; expected some of {list(CDRL_VARIANTS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     template = yaml.safe_load((ROOT / CDRL_CONFIG).read_text())
-    rows, probe_before = [], None
-    for margin in margins:
-        for lr in learning_rates:
-            folder = out / f"margin{margin:g}-lr{lr:g}"
-            folder.mkdir(exist_ok=True)
-            config = copy.deepcopy(template)
-            config["rewards"]["sensitivity_margin"] = float(margin)
-            config["grpo"]["learning_rate"] = float(lr)
-            path = folder / "cdrl.yaml"
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
-            if probe_before is not None and not (folder / "probe-base.sqlite").exists():
-                shutil.copy(probe_before, folder / "probe-base.sqlite")
-            plan = Plan(
-                probe_items=items,
-                probe_split="validation",
-                perturbs=tuple(perturbs),
-                cdrl_config=str(path.resolve()),
-                cdrl_steps=steps,
-            )
-            log(f"[tune-cdrl] margin {margin:g}, learning rate {lr:g}")
-            rows.append(_cdrl_row(float(margin), float(lr), cdrl_effect(folder, plan, log=lambda line: None)))
-            probe_before = probe_before or folder / "probe-base.sqlite"
-    chosen = cdrl_choice(rows)
+    plan = Plan(probe_items=items, probe_split=split, seed=seed, perturbs=PROBE_PERTURBS, cdrl_steps=steps)
+    probe_name = f"{split}-seed{seed}"
+    log(f"[tune-cdrl] probe of the base organism on {items} {split} scenes (seed {seed})")
+    (out / "base").mkdir(exist_ok=True)
+    before = step_probe(out / "base", plan, probe_name, organism_path("base"))
+    rows = []
+    for name in variants:
+        folder = out / name
+        folder.mkdir(exist_ok=True)
+        path = folder / "cdrl.yaml"
+        path.write_text(yaml.safe_dump(_merged(template, CDRL_VARIANTS[name]), sort_keys=False))
+        log(f"[tune-cdrl] {name}: training")
+        cdrl = step_cdrl(folder, dataclasses.replace(plan, cdrl_config=str(path.resolve())))
+        log(f"[tune-cdrl] {name}: probe")
+        after = step_probe(folder, plan, probe_name, folder / "cdrl")
+        compared = compare_probes(
+            before,
+            after,
+            out / "base" / f"probe-{probe_name}.sqlite",
+            folder / f"probe-{probe_name}.sqlite",
+            plan,
+        )
+        rows.append(cdrl_row(name, {"cdrl": cdrl, **compared}))
+    if split == "validation":
+        chosen = cdrl_choice(rows)
+        chosen_name = None if chosen is None else chosen["variant"]
+    else:
+        fit = out / "tuning-validation-seed0.json"
+        chosen_name = json.loads(fit.read_text())["chosen"] if fit.is_file() else None
     result = {
         "items": items,
-        "split": "validation",
+        "split": split,
+        "seed": seed,
         "config": CDRL_CONFIG,
         "steps": steps if steps is not None else template["grpo"]["max_steps"],
         "rows": rows,
-        "chosen": None if chosen is None else {k: chosen[k] for k in ("sensitivity_margin", "learning_rate")},
+        "chosen": chosen_name,
     }
-    (out / "tuning.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "tuning.md").write_text(cdrl_tuning_table(result) + "\n")
+    (out / f"tuning-{probe_name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"tuning-{probe_name}.md").write_text(cdrl_tuning_table(result) + "\n")
     return result
 
 
 def cdrl_tuning_table(result: dict[str, Any]) -> str:
-    """Markdown table of :func:`tune_cdrl`'s result."""
-    from catts_graph.formatting import markdown_table
+    """Markdown tables of :func:`tune_cdrl`'s result: NMLP drop ratios (with 95% intervals) per cell,
+    then clean accuracy, clean NMLP, ECE and AUROC before -> after."""
+    from catts_graph.formatting import markdown_table, number, with_interval
 
-    def number(value: float) -> str:
-        return "n/a" if value != value else f"{value:.3f}"
+    def pair(row: dict[str, Any], key: str) -> str:
+        return f"{number(row[key + '_before'])} -> {number(row[key + '_after'])}"
 
-    cells = list(result["rows"][0]["ratios"]) if result["rows"] else []
-    body = [
+    cells = list(result["rows"][0]["cells"]) if result["rows"] else []
+    ratios = [
         [
-            f"{r['sensitivity_margin']:g}",
-            f"{r['learning_rate']:g}",
-            f"{number(r['clean_before'])} -> {number(r['clean_after'])}",
-            f"{number(r['ece_before'])} -> {number(r['ece_after'])}",
-            f"{number(r['auroc_before'])} -> {number(r['auroc_after'])}",
-            *(number(r["ratios"][c]) for c in cells),
-            number(r["pooled_ratio"]),
+            r["variant"] + (" (chosen)" if r["variant"] == result["chosen"] else ""),
+            *(with_interval(r["cells"][c]["nmlp_ratio"], r["cells"][c]["nmlp_ratio_ci"], 2) for c in cells),
         ]
         for r in result["rows"]
     ]
-    chosen = result["chosen"]
+    calibration = [
+        [
+            r["variant"],
+            pair(r, "clean"),
+            pair(r, "clean_nmlp"),
+            pair(r, "ece"),
+            pair(r, "auroc"),
+            number(r["seconds"], 0),
+        ]
+        for r in result["rows"]
+    ]
+    drops = [f"{c} {number(result['rows'][0]['cells'][c]['nmlp_drop_before'])}" for c in cells]
+    where = f"{result['items']} {result['split']} scenes of generator seed {result['seed']}"
     return "\n".join(
         [
-            f"CDRL settings on {result['items']} validation items, {result['steps']} GRPO steps each "
-            "(clean accuracy, ECE and AUROC over every probe row, before -> after; confidence-drop "
-            "ratios after / before per perturbation and level, and pooled over them).",
+            f"CDRL variants, {result['steps']} GRPO steps each, probed on {where}: NMLP drop ratio (drop "
+            "after CDRL / drop before, NMLP units, on the model's own answers; 95% bootstrap interval "
+            "over items). `blur` is a kind training never shows.",
+            "",
+            markdown_table(["variant", *cells], ratios),
+            "",
+            "The base organism's NMLP drops (perturbed - clean): " + ", ".join(drops) + ".",
+            "",
+            "Clean accuracy, clean NMLP, and ECE and AUROC of exp(-NMLP) over every probe row, "
+            "before -> after:",
             "",
             markdown_table(
-                ["margin", "learning rate", "clean accuracy", "ECE", "AUROC", *cells, "pooled ratio"], body
+                ["variant", "clean accuracy", "clean NMLP", "ECE", "AUROC", "training s"], calibration
             ),
             "",
-            "Chosen (highest pooled ratio with clean accuracy within 2 points): "
-            + (
-                "none qualifies"
-                if chosen is None
-                else f"margin {chosen['sensitivity_margin']:g}, learning rate {chosen['learning_rate']:g}"
-            )
-            + ".",
+            "Chosen on validation (highest smallest Gaussian / occlusion ratio with clean accuracy within "
+            "2 points): " + (result["chosen"] or "none qualifies") + ".",
         ]
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "PAIRS_FILE",
     "VARIANTS",
     "NoiseConfig",
+    "NoiseSpec",
     "PairedRepeatSampler",
     "TrainingPair",
     "build_pairs",
@@ -67,15 +69,43 @@ VARIANTS: tuple[str, ...] = (ORIGINAL, NOISED)
 
 
 @dataclass(frozen=True)
+class NoiseSpec:
+    """One perturbation: ``kind`` (a key of :data:`catts_graph.perturb.PERTURBATIONS`) at ``strength``
+    in [0, 1], with ``options`` for it (``grid`` for occlusion, ``max_sigma`` for gaussian, ...)."""
+
+    kind: str
+    strength: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PERTURBATIONS:
+            raise ValueError(f"kind={self.kind!r}: expected one of {', '.join(PERTURBATIONS)}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)):
+            raise ValueError(f"strength={self.strength!r}: expected a number in [0, 1]")
+        if not 0 <= self.strength <= 1:
+            raise ValueError(f"strength={self.strength!r}: expected a number in [0, 1]")
+
+    @property
+    def takes_region(self) -> bool:
+        return "region" in inspect.signature(PERTURBATIONS[self.kind]).parameters
+
+    def record(self) -> dict[str, Any]:
+        """What a pair records of its noise (``pairs.jsonl``, the dataset's columns)."""
+        return {"kind": self.kind, "strength": float(self.strength)}
+
+
+@dataclass(frozen=True)
 class NoiseConfig:
     """How the noised copy is made.
 
-    ``kind`` is any key of :data:`catts_graph.perturb.PERTURBATIONS` at ``strength`` in [0, 1]; the
-    relevance map is passed as its ``region`` (soft weights in [0, 1]: the most relevant patch gets
-    the full perturbation, the least relevant none), or, with ``top_fraction``, binarised to the
-    most relevant fraction of patches. ``viewpoint`` moves the whole image and takes no region.
-    ``options`` go to the perturbation (``grid`` for occlusion, ``max_sigma`` for gaussian, ...).
-    Each item's noise is drawn from a seed derived from ``(seed, item id)``.
+    One perturbation for every item (``kind`` at ``strength``, with ``options``), or, with ``mix``, a
+    list of ``{kind, strength, options?}``: each item gets one of them, balanced (a seeded shuffle of
+    the items deals the mix's entries round-robin), so the model learns to be unsure under several
+    kinds of damage rather than one. The relevance map is passed as the perturbation's ``region``
+    (soft weights in [0, 1]: the most relevant patch gets the full perturbation, the least relevant
+    none), or, with ``top_fraction``, binarised to the most relevant fraction of patches.
+    ``viewpoint`` moves the whole image and takes no region. Each item's noise is drawn from a seed
+    derived from ``(seed, item id)``.
     """
 
     kind: str = "gaussian"
@@ -83,18 +113,52 @@ class NoiseConfig:
     top_fraction: float | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    mix: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in PERTURBATIONS:
-            raise ValueError(f"noise.kind={self.kind!r}: expected one of {', '.join(PERTURBATIONS)}")
-        if not 0 <= self.strength <= 1:
-            raise ValueError(f"noise.strength={self.strength!r}: expected a number in [0, 1]")
+        try:
+            NoiseSpec(self.kind, self.strength, dict(self.options))
+        except ValueError as error:
+            raise ValueError(f"noise.{error}") from None
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
             raise ValueError(f"noise.top_fraction={self.top_fraction!r}: expected None or a number in (0, 1]")
+        specs = []
+        for number, entry in enumerate(self.mix):
+            if isinstance(entry, NoiseSpec):
+                specs.append(entry)
+                continue
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"noise.mix[{number}]={entry!r}: expected {{kind, strength, options?}}")
+            unknown = sorted(set(entry) - {"kind", "strength", "options"})
+            if unknown or "kind" not in entry or "strength" not in entry:
+                raise ValueError(
+                    f"noise.mix[{number}]: expected the keys kind, strength and optionally options; "
+                    f"got {sorted(entry)}"
+                )
+            try:
+                specs.append(NoiseSpec(entry["kind"], entry["strength"], dict(entry.get("options") or {})))
+            except ValueError as error:
+                raise ValueError(f"noise.mix[{number}].{error}") from None
+        object.__setattr__(self, "mix", tuple(specs))
 
     @property
     def takes_region(self) -> bool:
-        return "region" in inspect.signature(PERTURBATIONS[self.kind]).parameters
+        return NoiseSpec(self.kind, self.strength).takes_region
+
+    def assign(self, count: int) -> list[NoiseSpec]:
+        """The perturbation of each of ``count`` items, in order: the single one, or the mix dealt
+        round-robin over a shuffle seeded by ``seed`` (so each entry gets ``count / len(mix)`` items,
+        give or take one, and which items get which does not follow their order).
+
+        >>> mix = ({"kind": "gaussian", "strength": 1.0}, {"kind": "blur", "strength": 0.5})
+        >>> config = NoiseConfig(mix=mix)
+        >>> sorted(spec.kind for spec in config.assign(4))
+        ['blur', 'blur', 'gaussian', 'gaussian']
+        """
+        if not self.mix:
+            return [NoiseSpec(self.kind, self.strength, dict(self.options))] * count
+        order = np.random.default_rng(self.seed).permutation(count)
+        return [self.mix[int(order[n]) % len(self.mix)] for n in range(count)]
 
 
 @dataclass
@@ -110,6 +174,8 @@ class TrainingPair:
     images: list[Image.Image]
     noised: list[Image.Image]
     relevance: list[np.ndarray]
+    noise: dict[str, Any] = field(default_factory=dict)
+    """The perturbation the noised copies got (``{"kind", "strength"}``, :meth:`NoiseSpec.record`)."""
 
 
 # -- items ----------------------------------------------------------------------------------------
@@ -238,26 +304,28 @@ def build_pairs(
             relevance.relevance_maps([image for _, image, _ in chunk], [text for _, _, text in chunk])
         )
     pairs, cursor = [], 0
-    for item, images in zip(items, loaded, strict=True):
+    for item, images, spec in zip(items, loaded, noise.assign(len(items)), strict=True):
         seed = item_seed(noise.seed, item.id)
         item_maps = maps[cursor : cursor + len(images)]
         cursor += len(images)
         regions = None
-        if noise.takes_region:
+        if spec.takes_region:
             regions = [
                 top_fraction_mask(relevance_map, noise.top_fraction) if noise.top_fraction else relevance_map
                 for relevance_map in item_maps
             ]
         views, noised = perturbed_views(
             images,
-            noise.kind,
-            noise.strength,
+            spec.kind,
+            spec.strength,
             seed,
             input_size=input_size,
             regions=regions,
-            **noise.options,
+            **spec.options,
         )
-        pairs.append(TrainingPair(item=item, images=views, noised=noised, relevance=item_maps))
+        pairs.append(
+            TrainingPair(item=item, images=views, noised=noised, relevance=item_maps, noise=spec.record())
+        )
     return pairs
 
 
@@ -281,6 +349,8 @@ def to_grpo_dataset(pairs: Sequence[TrainingPair], *, answer_prompt: str | None 
             "answer": pair.item.answer,
             "options": list(pair.item.options or []),
             "answer_type": pair.item.answer_type,
+            "noise_kind": str(pair.noise.get("kind", "")),
+            "noise_strength": float(pair.noise.get("strength", math.nan)),
         }
         for variant, images in ((ORIGINAL, pair.images), (NOISED, pair.noised)):
             rows.append({**shared, "variant": variant, "images": [image.convert("RGB") for image in images]})
@@ -292,6 +362,8 @@ def to_grpo_dataset(pairs: Sequence[TrainingPair], *, answer_prompt: str | None 
             "answer": datasets.Value("string"),
             "options": datasets.List(datasets.Value("string")),
             "answer_type": datasets.Value("string"),
+            "noise_kind": datasets.Value("string"),
+            "noise_strength": datasets.Value("float64"),
             "variant": datasets.Value("string"),
             "images": datasets.List(datasets.Image()),
         }
@@ -413,6 +485,7 @@ def save_pairs(pairs: Sequence[TrainingPair], out_dir: str | Path, *, sheet_item
                     "category": item.category,
                     "precision": item.precision,
                     "metadata": item.metadata,
+                    "noise": pair.noise,
                 },
                 ensure_ascii=False,
             )
@@ -436,7 +509,11 @@ def load_pairs(folder: str | Path) -> list[TrainingPair]:
         noised = [load_image(str(root / ref)) for ref in row["noised"]]
         maps = [np.load(root / ref) for ref in row["relevance"]]
         images = [load_image(ref) for ref in item.images]
-        pairs.append(TrainingPair(item=item, images=images, noised=noised, relevance=maps))
+        pairs.append(
+            TrainingPair(
+                item=item, images=images, noised=noised, relevance=maps, noise=dict(row.get("noise") or {})
+            )
+        )
     return pairs
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from catts_graph.models.transformers_vlm import checkpoint_settings
 from catts_graph.relevance import ClipRelevance
+from training.cdrl.confidence_loss import ConfidenceLossConfig
 from training.cdrl.data import (
     NoiseConfig,
     TrainingPair,
@@ -105,6 +106,9 @@ class CDRLConfig:
       :func:`~training.cdrl.rewards.sensitivity_reward`; default 1.0), ``calibration_variant``
       (``brier``, the default, or ``signed``; :func:`~training.cdrl.rewards.calibration_reward`),
       ``score_batch_size`` (completions per scoring forward pass).
+    - ``confidence_loss``: :class:`~training.cdrl.confidence_loss.ConfidenceLossConfig`, the weight of
+      each differentiable confidence term added to GRPO's loss (``noised_entropy``, ``clean_entropy``,
+      ``brier``) and ``entropy_target``; absent or all zero: the paper's reward-only GRPO.
     - ``lora``: None for full-parameter training, else ``peft.LoraConfig`` fields (r, lora_alpha,
       lora_dropout, target_modules, ...).
     - ``grpo``: any ``trl.GRPOConfig`` fields.
@@ -121,6 +125,7 @@ class CDRLConfig:
     )
     noise: dict[str, Any] = dataclasses.field(default_factory=dict)
     rewards: dict[str, Any] = dataclasses.field(default_factory=dict)
+    confidence_loss: dict[str, Any] | None = None
     lora: dict[str, Any] | None = None
     grpo: dict[str, Any] = dataclasses.field(default_factory=dict)
     probe: dict[str, Any] | None = None
@@ -149,6 +154,7 @@ class CDRLConfig:
         if not any(w != 0 for w in weights):
             raise ValueError("rewards.weights: at least one weight must be non-zero")
         self.noise_config()  # validates
+        self.confidence_loss_config()
         if "output_dir" in self.grpo:
             raise ValueError("grpo.output_dir: set output_dir at the top level of the config instead")
 
@@ -178,6 +184,10 @@ class CDRLConfig:
         if value not in CALIBRATION_VARIANTS:
             raise ValueError(f"rewards.calibration_variant={value!r}: expected one of {CALIBRATION_VARIANTS}")
         return str(value)
+
+    def confidence_loss_config(self) -> ConfidenceLossConfig:
+        """The ``confidence_loss`` section (every term off when absent)."""
+        return ConfidenceLossConfig.from_mapping(self.confidence_loss)
 
     def noise_config(self) -> NoiseConfig:
         fields = {f.name for f in dataclasses.fields(NoiseConfig)}
@@ -311,6 +321,7 @@ def build_trainer(
         train_dataset=dataset,
         processing_class=processor,
         peft_config=peft_config,
+        confidence_loss=config.confidence_loss_config(),
     )
     # The trainer may wrap or replace its model (PEFT, DeepSpeed); follow whatever it holds now.
     scorer.bind(lambda: trainer.model)

@@ -20,6 +20,7 @@ from catts_graph.task import item_seed
 from training.cdrl.data import (
     CONTACT_SHEET,
     NoiseConfig,
+    NoiseSpec,
     PairedRepeatSampler,
     build_pairs,
     load_items,
@@ -137,7 +138,10 @@ def test_grpo_dataset_has_an_original_and_a_noised_row_per_pair(
         "answer",
         "options",
         "answer_type",
+        "noise_kind",
+        "noise_strength",
     }
+    assert dataset["noise_kind"] == ["gaussian"] * 4 and dataset["noise_strength"] == [0.8] * 4
     assert dataset["variant"] == ["original", "noised", "original", "noised"]
     assert dataset["pair_id"] == [0, 0, 1, 1]
     assert dataset["id"] == ["a", "a", "b", "b"]
@@ -292,3 +296,56 @@ def test_the_organism_relevance_spec_loads_the_clip_organism(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="unknown keys"):
         relevance_model({"model": "organism", "pretrained": "x"})
     assert isinstance(relevance_model({"model": "tiny"}), ClipRelevance)
+
+
+MIX = (
+    {"kind": "gaussian", "strength": 0.5},
+    {"kind": "occlusion", "strength": 1.0},
+    {"kind": "blur", "strength": 0.75, "options": {}},
+)
+
+
+def test_a_mix_is_dealt_balanced_seeded_and_not_in_item_order() -> None:
+    config = NoiseConfig(mix=MIX, seed=4)
+    dealt = config.assign(31)
+    counts = {spec.kind: sum(s.kind == spec.kind for s in dealt) for spec in config.mix}
+    assert sorted(counts.values()) == [10, 10, 11]
+    assert dealt == NoiseConfig(mix=MIX, seed=4).assign(31)  # deterministic for a seed
+    assert dealt != NoiseConfig(mix=MIX, seed=5).assign(31)
+    assert [s.kind for s in dealt[:6]] != ["gaussian", "occlusion", "blur"] * 2
+    assert NoiseConfig(kind="blur", strength=0.3).assign(2) == [NoiseSpec("blur", 0.3)] * 2
+
+
+def test_each_pair_records_its_noise_and_keeps_it_through_save_and_load(
+    items: list[Item], relevance: ClipRelevance, tmp_path: Path
+) -> None:
+    config = NoiseConfig(mix=MIX[:2], seed=0)
+    pairs = build_pairs(items, relevance, config)
+    expected = [spec.record() for spec in config.assign(len(items))]
+    assert [p.noise for p in pairs] == expected
+    assert {p.noise["kind"] for p in pairs} == {"gaussian", "occlusion"}
+    for pair in pairs:  # each pair is perturbed by the kind it records
+        spec = NoiseSpec(pair.noise["kind"], pair.noise["strength"])
+        alone = build_pairs([pair.item], relevance, NoiseConfig(kind=spec.kind, strength=spec.strength))
+        assert np.array_equal(np.asarray(alone[0].noised[0]), np.asarray(pair.noised[0]))
+    dataset = to_grpo_dataset(pairs)
+    assert dataset["noise_kind"] == [e["kind"] for e in expected for _ in range(2)]
+    assert dataset["noise_strength"] == [e["strength"] for e in expected for _ in range(2)]
+    loaded = load_pairs(save_pairs(pairs, tmp_path / "pairs", sheet_items=0).parent)
+    assert [p.noise for p in loaded] == expected
+
+
+@pytest.mark.parametrize(
+    ("mix", "message"),
+    [
+        ([{"kind": "fog", "strength": 0.5}], r"noise.mix\[0\].kind='fog'"),
+        ([{"kind": "blur", "strength": 2}], r"noise.mix\[0\].strength=2"),
+        ([{"kind": "blur", "strength": "high"}], r"noise.mix\[0\].strength='high'"),
+        ([{"kind": "blur"}], r"noise.mix\[0\]: expected the keys kind, strength"),
+        ([{"kind": "blur", "strength": 0.5, "sigma": 1}], r"noise.mix\[0\]: expected the keys"),
+        (["blur"], r"noise.mix\[0\]='blur'"),
+    ],
+)
+def test_mix_errors_name_the_entry_and_key(mix: list[object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NoiseConfig(mix=tuple(mix))

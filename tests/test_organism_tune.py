@@ -43,52 +43,74 @@ def test_online_saves_tokens_with_a_short_window(result):
     assert result["validation"]["window"]["4"]["online_tokens_saved"][0] > 0.0
 
 
-def _row(margin: float, lr: float, before: float, after: float, ratio: float) -> dict:
-    return {
-        "sensitivity_margin": margin,
-        "learning_rate": lr,
-        "clean_before": before,
-        "clean_after": after,
-        "pooled_ratio": ratio,
-    }
+def _row(variant: str, before: float, after: float, goal: float) -> dict:
+    return {"variant": variant, "clean_before": before, "clean_after": after, "goal_ratio": goal}
 
 
-def test_cdrl_choice_takes_the_highest_ratio_that_keeps_clean_accuracy():
+def test_cdrl_choice_takes_the_highest_smallest_goal_ratio_that_keeps_clean_accuracy():
     from catts_graph.organism.tune import cdrl_choice
 
     rows = [
-        _row(0.1, 1e-4, 0.90, 0.85, 3.0),  # the best ratio, but loses 5 points: not eligible
-        _row(0.25, 1e-4, 0.90, 0.88, 1.5),  # loses exactly 2 points: eligible
-        _row(1.0, 2e-5, 0.90, 0.91, 1.2),
+        _row("a", 0.90, 0.85, 3.0),  # the best ratio, but loses 5 points: not eligible
+        _row("b", 0.90, 0.88, 1.5),  # loses exactly 2 points: eligible
+        _row("c", 0.90, 0.91, 1.2),
+        _row("d", 0.90, 0.91, float("nan")),  # no drop before in some cell: never chosen over a number
     ]
     assert cdrl_choice(rows) is rows[1]
-    # Equal ratios: the smaller learning rate, then the smaller margin.
-    tied = [_row(0.25, 1e-4, 0.9, 0.9, 1.5), _row(1.0, 2e-5, 0.9, 0.9, 1.5), _row(0.1, 2e-5, 0.9, 0.9, 1.5)]
-    assert cdrl_choice(tied) is tied[2]
-    assert cdrl_choice([_row(0.1, 1e-4, 0.9, 0.5, 9.0)]) is None
+    tied = [_row("x", 0.9, 0.9, 1.5), _row("y", 0.9, 0.9, 1.5)]
+    assert cdrl_choice(tied) is tied[0]  # ties: the first listed
+    assert cdrl_choice([_row("z", 0.9, 0.5, 9.0)]) is None
 
 
-def test_the_cdrl_tuning_table_names_every_setting_and_the_choice():
+def test_cdrl_row_reads_nmlp_ratios_and_the_goal_cells():
+    from catts_graph.organism.tune import cdrl_row
+
+    def cell(perturb: str, level: float, ratio: float) -> dict:
+        return {
+            "perturb": perturb,
+            "level": level,
+            "nmlp_ratio": ratio,
+            "nmlp_ratio_ci": [ratio - 0.5, ratio + 0.5],
+            "nmlp_drop_before": -0.1,
+            "nmlp_drop_after": -0.1 * ratio,
+            "confidence_ratio": ratio / 2,
+        }
+
+    side = {"clean_accuracy": 0.9, "clean_nmlp": 0.02, "ece": 0.3, "auroc": 0.8}
+    row = cdrl_row(
+        "v",
+        {
+            "cdrl": {"seconds": 12.0},
+            "ratios": [cell("gaussian", 0.5, 2.5), cell("occlusion", 1.0, 1.7), cell("blur", 1.0, 0.4)],
+            "calibration": {"before": side, "after": {**side, "clean_nmlp": 0.03}},
+        },
+    )
+    assert row["goal_ratio"] == 1.7  # the blur cell (an unseen kind) is reported, not chosen on
+    assert row["clean_nmlp_before"] == 0.02 and row["clean_nmlp_after"] == 0.03
+    assert row["cells"]["blur 1"]["nmlp_ratio"] == 0.4
+
+
+def test_the_cdrl_tuning_table_names_every_variant_and_the_choice():
     from catts_graph.organism.tune import cdrl_tuning_table
 
     row = {
-        **_row(0.25, 1e-4, 0.9, 0.88, 1.5),
+        **_row("entropy+mix", 0.9, 0.88, 1.5),
+        "clean_nmlp_before": 0.02,
+        "clean_nmlp_after": 0.025,
         "ece_before": 0.1,
         "ece_after": 0.05,
         "auroc_before": 0.6,
         "auroc_after": 0.7,
-        "ratios": {"gaussian 1": 2.0, "occlusion 1": 1.0},
+        "seconds": 61.0,
+        "cells": {
+            "gaussian 1": {"nmlp_ratio": 2.0, "nmlp_ratio_ci": [1.5, 2.5], "nmlp_drop_before": -0.07},
+            "occlusion 1": {"nmlp_ratio": 1.0, "nmlp_ratio_ci": None, "nmlp_drop_before": -0.4},
+        },
     }
     table = cdrl_tuning_table(
-        {
-            "items": 10,
-            "steps": 5,
-            "rows": [row],
-            "chosen": {"sensitivity_margin": 0.25, "learning_rate": 1e-4},
-        }
+        {"items": 10, "split": "validation", "seed": 0, "steps": 5, "rows": [row], "chosen": "entropy+mix"}
     )
-    assert (
-        "| 0.25 | 0.0001 | 0.900 -> 0.880 | 0.100 -> 0.050 | 0.600 -> 0.700 | 2.000 | 1.000 | 1.500 |"
-        in table
-    )
-    assert "margin 0.25, learning rate 0.0001." in table
+    assert "| entropy+mix (chosen) | 2.00 [1.50, 2.50] | 1.00 |" in table
+    assert "| entropy+mix | 0.900 -> 0.880 | 0.020 -> 0.025 | 0.100 -> 0.050 | 0.600 -> 0.700 | 61 |" in table
+    assert "gaussian 1 -0.070, occlusion 1 -0.400" in table
+    assert "within 2 points): entropy+mix." in table

@@ -8,7 +8,7 @@ from typing import Any
 
 from catts_graph.organism.clip import load_clip_organism
 from catts_graph.organism.reproduce import Plan, reproduce
-from catts_graph.organism.train import CONFIGS, organism_path, train_organism
+from catts_graph.organism.train import CONFIGS, SHIPPED, organism_path, train_organism
 
 
 def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     train.set_defaults(func=_train_command)
 
     evaluate = commands.add_parser("eval", help="accuracy and confidence per question kind")
-    evaluate.add_argument("--which", choices=sorted(CONFIGS), default="base")
+    evaluate.add_argument("--which", choices=SHIPPED, default="base")
     evaluate.add_argument("--model", help="checkpoint folder (default: the shipped one)")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--limit", type=int, default=250)
@@ -96,6 +96,14 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     tune_cdrl.add_argument("--steps", type=int, help="GRPO steps per run (default: the config's)")
     tune_cdrl.add_argument("--threads", type=int, default=2, help="CPU threads")
     tune_cdrl.set_defaults(func=_tune_cdrl_command)
+
+    ship = commands.add_parser(
+        "ship-cdrl", help="copy a tune-cdrl variant's checkpoint to the shipped base-cdrl organism"
+    )
+    ship.add_argument("--out", default="runs/organism-cdrl-tuning", help="the tune-cdrl run folder")
+    ship.add_argument("--variant", required=True, help="the variant to ship (the one validation chose)")
+    ship.add_argument("--target", help="checkpoint folder (default: the shipped base-cdrl, replaced)")
+    ship.set_defaults(func=_ship_cdrl_command)
 
     reflect = commands.add_parser(
         "train-reflection",
@@ -165,6 +173,13 @@ def _tune_cdrl_command(args: argparse.Namespace) -> int:
     )
     print((Path(args.out) / f"tuning-{args.split}-seed{args.seed}.md").read_text())
     return 0 if result["chosen"] is not None else 1
+
+
+def _ship_cdrl_command(args: argparse.Namespace) -> int:
+    from catts_graph.organism.tune import ship_cdrl
+
+    print(f"shipped {args.variant} -> {ship_cdrl(args.out, args.variant, args.target)}")
+    return 0
 
 
 def _measured_model(args: argparse.Namespace) -> Any:

@@ -135,11 +135,34 @@ CONFIGS: dict[str, OrganismConfig] = {
 }
 
 
+CDRL_ORGANISM = "base-cdrl"
+"""The shipped base organism after CDRL (``catts organism ship-cdrl``), beside the base it started from."""
+
+SHIPPED: tuple[str, ...] = (*sorted(CONFIGS), CDRL_ORGANISM)
+"""Every shipped organism model folder."""
+
+
 def organism_path(which: str) -> Path:
-    """The shipped checkpoint folder of organism model ``which`` (``base`` or ``expert``)."""
-    if which not in CONFIGS:
-        raise ValueError(f"which={which!r}: expected one of {sorted(CONFIGS)}")
+    """The shipped checkpoint folder of organism model ``which`` (``base``, ``expert`` or
+    ``base-cdrl``)."""
+    if which not in SHIPPED:
+        raise ValueError(f"which={which!r}: expected one of {list(SHIPPED)}")
     return CHECKPOINTS / which
+
+
+def weights_checksum(folder: str | Path) -> str:
+    """SHA-256 of a checkpoint folder's ``model.safetensors``: which weights a derived model
+    (the CDRL organism) started from."""
+    import hashlib
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model.safetensors in {str(folder)!r}")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _Batches:

@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "CDRL_VARIANTS",
+    "ship_cdrl",
     "FLOORS",
     "WINDOWS",
     "cdrl_choice",
@@ -398,3 +399,53 @@ def cdrl_tuning_table(result: dict[str, Any]) -> str:
             "2 points): " + (result["chosen"] or "none qualifies") + ".",
         ]
     )
+
+
+CHECKPOINT_FILES: tuple[str, ...] = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "catts.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+def ship_cdrl(out: str | Path, variant: str, target: str | Path | None = None) -> Path:
+    """Copy the CDRL checkpoint of ``variant`` trained by :func:`tune_cdrl` in ``out`` to ``target``
+    (default: the shipped ``base-cdrl`` folder), with an ``organism.json`` that says what it is: the
+    variant, its full CDRL config, the run's training summary, the checksum of the base weights it
+    started from (:func:`~catts_graph.organism.train.weights_checksum`; a retrained base makes it
+    stale, and the tests say so) and the tuning tables' file names."""
+    import yaml
+
+    from catts_graph.organism.train import CDRL_ORGANISM, organism_path, weights_checksum
+
+    source = Path(out) / variant / "cdrl"
+    if not (source / "cdrl_summary.json").is_file():
+        raise FileNotFoundError(
+            f"no finished CDRL run of {variant!r} in {str(source)!r}; run tune-cdrl first"
+        )
+    destination = Path(target) if target is not None else organism_path(CDRL_ORGANISM)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        if (source / name).is_file():
+            (destination / name).write_bytes((source / name).read_bytes())
+    summary = json.loads((source / "cdrl_summary.json").read_text())
+    record = {
+        "name": CDRL_ORGANISM,
+        "variant": variant,
+        "started_from": "base",
+        "base_checksum": weights_checksum(organism_path("base")),
+        "cdrl_config": yaml.safe_load((Path(out) / variant / "cdrl.yaml").read_text()),
+        "training": {
+            k: summary[k] for k in ("seconds", "steps", "reward_means", "metric_means") if k in summary
+        },
+        "command": f"catts organism ship-cdrl --out {out} --variant {variant}",
+    }
+    record["cdrl_config"].pop("output_dir", None)
+    record["cdrl_config"]["model"] = "catts_graph/organism/checkpoints/base"
+    (destination / "organism.json").write_text(json.dumps(record, indent=2) + "\n")
+    return destination

@@ -236,11 +236,11 @@ def tune_cdrl(
     ``tuning.md`` into ``out``."""
     import yaml
 
-    from catts_graph.organism.reproduce import CDRL_CONFIG, ROOT, Plan, cdrl_effect
+    from catts_graph.organism.reproduce import CDRL_CONFIG, Plan, cdrl_effect, training_config
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    template = yaml.safe_load((ROOT / CDRL_CONFIG).read_text())
+    template = yaml.safe_load(training_config(CDRL_CONFIG).read_text())
     rows, probe_before = [], None
     for margin in margins:
         for lr in learning_rates:

@@ -422,9 +422,14 @@ def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
     probe's figures with bootstrap intervals over items."""
     import yaml
 
+    from catts_graph.organism import organism_path
+
     target = out / "mmboundary"
     target.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(training_config(plan.mmboundary_config).read_text())
+    # The shipped base organism wherever the package lies (the config's relative path holds in a
+    # checkout's root only), as the CDRL step passes it.
+    config["model"] = str(organism_path("base"))
     config["output_dir"] = str(target)
     config["validation"] = {**config["validation"], "limit": plan.validation_items}
     if plan.mmboundary_data_items is not None:

@@ -18,7 +18,7 @@ The layers, bottom up (each imports only those below it; ``lint-imports`` checks
 - ``scoring``, ``policy``, then ``nodes``, then ``graph``;
 - ``eval``: datasets, runner, probe, report, the result store;
 - applications: ``organism``, ``specs``, ``commands``, ``studio``, ``testing``, ``cli``; and
-  ``training/`` beside the package, which the package never imports.
+  ``catts_training`` (``training/catts_training/``) above the package, which never imports it.
 
 The names below are imported on first use (PEP 562), so ``import catts_graph.voting`` loads numpy,
 not LangGraph or torch.

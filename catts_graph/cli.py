@@ -90,16 +90,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "train, evaluate or reproduce with the organism models",
         "catts_graph.commands.organism:add_organism_command",
     ),
-    "train": ("train with CDRL (TRL GRPO)", "training.cdrl.train:add_train_command"),
+    "train": ("train with CDRL (TRL GRPO)", "catts_training.cdrl.train:add_train_command"),
     "mmboundary": (
         "MMBoundary: step-level confidence statements (data, SFT, RL, probe)",
-        "training.mmboundary.train:add_mmboundary_command",
+        "catts_training.mmboundary.train:add_mmboundary_command",
     ),
 }
 """The sub-commands that live with their subsystems: ``name: (help, "module:function")``. Only the
 module of the command being run is imported, so ``catts --help`` and ``catts config`` load neither
-torch nor the evaluation harness. ``training`` sits beside the package (in a source checkout and
-in the wheel) and above it: the library never imports it, the command line finds it by name."""
+torch nor the evaluation harness. ``catts_training`` (``training/catts_training/`` in a source
+checkout, a package of its own in the wheel) sits above the library: the library never imports it,
+the command line finds it by name."""
 
 
 def _registrar(name: str, target: str) -> Any:

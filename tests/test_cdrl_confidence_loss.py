@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from catts_graph.relevance import ClipRelevance
-from training.cdrl.confidence_loss import (
+from catts_training.cdrl.confidence_loss import (
     CONFIDENCE_TERMS,
     ConfidenceLossConfig,
     brier_term,
@@ -21,8 +21,8 @@ from training.cdrl.confidence_loss import (
     noised_entropy_term,
     row_means,
 )
-from training.cdrl.data import build_pairs, load_items
-from training.cdrl.train import build_trainer, load_config
+from catts_training.cdrl.data import build_pairs, load_items
+from catts_training.cdrl.train import build_trainer, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
@@ -139,7 +139,12 @@ def _flat_reward_config(tmp_path: Path, tiny_model_dir: Path, confidence_loss: d
     loss has no gradient at all."""
     raw = yaml.safe_load((CONFIGS / "smoke_cpu.yaml").read_text())
     raw["data"]["source"] = str(CONFIGS / "smoke_items.jsonl")
-    raw["rewards"]["weights"] = {"accuracy": 0.0, "format": 1.0, "perceptual_sensitivity": 0.0, "calibration": 0.0}
+    raw["rewards"]["weights"] = {
+        "accuracy": 0.0,
+        "format": 1.0,
+        "perceptual_sensitivity": 0.0,
+        "calibration": 0.0,
+    }
     raw["grpo"]["max_steps"] = 1
     raw["probe"] = None
     raw["confidence_loss"] = confidence_loss
@@ -148,7 +153,10 @@ def _flat_reward_config(tmp_path: Path, tiny_model_dir: Path, confidence_loss: d
     return path
 
 
-@pytest.mark.parametrize("terms", [None, {"clean_entropy": 1.0, "noised_entropy": 1.0, "entropy_target": 50.0}])
+ENTROPY_TERMS = {"clean_entropy": 1.0, "noised_entropy": 1.0, "entropy_target": 50.0}
+
+
+@pytest.mark.parametrize("terms", [None, ENTROPY_TERMS])
 def test_the_trainer_adds_the_terms_to_grpos_loss(
     terms: dict | None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

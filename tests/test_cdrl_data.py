@@ -17,7 +17,7 @@ from catts_graph.models.transformers_vlm import processor_input_size
 from catts_graph.perturb import perturbed_views, region_weights
 from catts_graph.relevance import ClipRelevance, relevance_query, top_fraction_mask
 from catts_graph.task import item_seed
-from training.cdrl.data import (
+from catts_training.cdrl.data import (
     CONTACT_SHEET,
     NoiseConfig,
     NoiseSpec,
@@ -30,7 +30,7 @@ from training.cdrl.data import (
     to_grpo_dataset,
     training_prompt,
 )
-from training.cdrl.train import add_train_command
+from catts_training.cdrl.train import add_train_command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -221,7 +221,7 @@ def test_paired_sampler_is_trls_repeat_sampler_with_pairs_kept_together() -> Non
 
 
 def test_a_generation_batch_of_an_odd_number_of_prompts_is_refused_before_the_model_loads() -> None:
-    from training.cdrl.trainer import check_pair_layout
+    from catts_training.cdrl.trainer import check_pair_layout
 
     layout = {
         "per_device_train_batch_size": 2,
@@ -282,7 +282,7 @@ def test_relevance_spec() -> None:
 
 def test_the_organism_relevance_spec_loads_the_clip_organism(tmp_path: Path) -> None:
     from catts_graph.organism.clip import ClipOrganismConfig, train_clip_organism
-    from training.cdrl.train import relevance_model
+    from catts_training.cdrl.train import relevance_model
 
     path = train_clip_organism(
         tmp_path / "clip",

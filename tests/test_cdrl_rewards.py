@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from training.cdrl.rewards import (
+from catts_training.cdrl.rewards import (
     REWARD_NAMES,
     AccuracyReward,
     CalibrationReward,
@@ -316,7 +316,7 @@ def test_policy_scorer_prefills_a_shared_prompt_once_and_keeps_processes_in_step
     process with fewer calls than the others repeats its last one (ZeRO-3 needs the same calls)."""
     from PIL import Image
 
-    from training.cdrl import rewards
+    from catts_training.cdrl import rewards
 
     samples = tiny_vlm.sample([tiny_image], "what colour?", 3, max_new_tokens=5, seed=3)
     prompt = [{"role": "user", "content": "what colour?"}]
@@ -348,7 +348,7 @@ def test_policy_scorer_prefills_a_shared_prompt_once_and_keeps_processes_in_step
 def _agree(rank: int, folder: str) -> None:
     import torch.distributed as dist
 
-    from training.cdrl.rewards import _agreed_count
+    from catts_training.cdrl.rewards import _agreed_count
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
     try:

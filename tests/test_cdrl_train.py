@@ -22,10 +22,10 @@ from PIL import Image
 from catts_graph import CATTSConfig, build_graph
 from catts_graph.models import TransformersVLM
 from catts_graph.relevance import ClipRelevance
+from catts_training.cdrl.data import build_pairs, load_items
+from catts_training.cdrl.rewards import REWARD_NAMES
+from catts_training.cdrl.train import build_trainer, load_config, train_cdrl
 from tests.conftest_models import checkpoint_weights
-from training.cdrl.data import build_pairs, load_items
-from training.cdrl.rewards import REWARD_NAMES
-from training.cdrl.train import build_trainer, load_config, train_cdrl
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
@@ -170,7 +170,7 @@ def test_two_processes_pair_each_noised_group_with_its_original_group_on_the_oth
     out = tmp_path / "run"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "training"), os.environ.get("PYTHONPATH", "")]),
         "ACCELERATE_USE_CPU": "1",
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
@@ -186,7 +186,7 @@ def test_two_processes_pair_each_noised_group_with_its_original_group_on_the_oth
         "--master_port",
         str(_free_port()),
         "-m",
-        "training.cdrl.train",
+        "catts_training.cdrl.train",
         "cdrl",
         "--config",
         str(path),

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_layer_contracts_hold() -> None:
     """``lint-imports`` with the contracts of pyproject.toml: every layer imports only the layers
-    below it, training/ is never imported by the library, and sibling packages have no cycles."""
+    below it, catts_training is never imported by the library, and sibling packages have no cycles."""
     lint = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -43,4 +43,4 @@ def test_a_subcommand_is_loaded_only_when_it_runs() -> None:
         "from catts_graph.cli import main\ntry:\n    main(['report', '--help'])\nexcept SystemExit:\n    pass"
     )
     assert "catts_graph.commands.evaluate" in modules
-    assert "catts_graph.commands.organism" not in modules and "training" not in modules
+    assert "catts_graph.commands.organism" not in modules and "catts_training" not in modules

@@ -17,7 +17,7 @@ from catts_graph.organism.language import reply_text
 from catts_graph.statements import STATEMENTS, StatementReader
 from catts_graph.step_confidence import StepCalibrator, step_signals
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM, tokenize
-from training.mmboundary.data import (
+from catts_training.mmboundary.data import (
     assess_replies,
     fit_calibrator,
     load_data,
@@ -27,9 +27,9 @@ from training.mmboundary.data import (
     to_grpo_dataset,
     to_sft_dataset,
 )
-from training.mmboundary.probe import probe_figures
-from training.mmboundary.reference import ExactJudge, reference_chain
-from training.mmboundary.rewards import (
+from catts_training.mmboundary.probe import probe_figures
+from catts_training.mmboundary.reference import ExactJudge, reference_chain
+from catts_training.mmboundary.rewards import (
     DEFAULT_LEVEL_CONFIDENCE,
     ExpectedCalibrationReward,
     KnowledgeAccuracyReward,
@@ -43,8 +43,8 @@ from training.mmboundary.rewards import (
     self_calibration,
     statement_format,
 )
-from training.mmboundary.stated import content_signals, content_tokens, read_steps, statement_expected
-from training.mmboundary.train import MMBoundaryConfig, load_config
+from catts_training.mmboundary.stated import content_signals, content_tokens, read_steps, statement_expected
+from catts_training.mmboundary.train import MMBoundaryConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"

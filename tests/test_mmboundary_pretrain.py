@@ -1,4 +1,4 @@
-"""Statement pre-training of the organisms (training/mmboundary/pretrain.py): the teacher-forced
+"""Statement pre-training of the organisms (catts_training/mmboundary/pretrain.py): the teacher-forced
 signals, the estimated levels by hand, and real optimizer steps on the shipped organism."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from catts_graph.organism import organism_path
 from catts_graph.organism.language import reply_text
 from catts_graph.statements import STATEMENTS, StatementReader
 from catts_graph.step_confidence import StepCalibrator
-from tests.conftest_models import checkpoint_weights
-from training.mmboundary.pretrain import (
+from catts_training.mmboundary.pretrain import (
     MANIFEST_KEY,
     PretrainConfig,
     estimated_levels,
@@ -24,8 +23,9 @@ from training.mmboundary.pretrain import (
     stated_spans,
     teacher_forced,
 )
-from training.mmboundary.stated import read_steps
-from training.mmboundary.vocabulary import extend_vocabulary
+from catts_training.mmboundary.stated import read_steps
+from catts_training.mmboundary.vocabulary import extend_vocabulary
+from tests.conftest_models import checkpoint_weights
 
 # Normalisation is the mid-rank CDF among the reference values: with references [0.2, 0.4, 0.6, 0.8]
 # a confidence of 0.5 sits above two of four -> 0.5; 0.9 above all -> 1.0; 0.1 below all -> 0.0.

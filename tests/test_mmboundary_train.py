@@ -15,11 +15,10 @@ import torch
 
 from catts_graph.models import TransformersVLM
 from catts_graph.statements import StatementReader
-from tests.conftest_models import checkpoint_weights
-from training.mmboundary.data import EXAMPLES_FILE, ITEMS_FILE, load_data
-from training.mmboundary.rewards import REWARD_NAMES
-from training.mmboundary.stated import read_steps
-from training.mmboundary.train import (
+from catts_training.mmboundary.data import EXAMPLES_FILE, ITEMS_FILE, load_data
+from catts_training.mmboundary.rewards import REWARD_NAMES
+from catts_training.mmboundary.stated import read_steps
+from catts_training.mmboundary.train import (
     build_data,
     build_rl_trainer,
     build_sft_trainer,
@@ -29,6 +28,7 @@ from training.mmboundary.train import (
     train_rl,
     train_sft,
 )
+from tests.conftest_models import checkpoint_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
@@ -176,7 +176,7 @@ def test_the_policy_scorer_reads_the_entropies_and_log_probs_the_sampler_recorde
 ) -> None:
     """Self-calibration's internal level teacher-forces the completion; its signals must be those
     the data stage read off the sampler."""
-    from training.cdrl.rewards import PolicyScorer
+    from catts_training.cdrl.rewards import PolicyScorer
 
     (sample,) = tiny_vlm.sample([tiny_image], "What colour?", 1, temperature=1.0, max_new_tokens=12, seed=3)
     scorer = PolicyScorer(tiny_vlm.processor).bind(tiny_vlm.model)
@@ -191,8 +191,8 @@ def test_the_policy_scorer_reads_the_entropies_and_log_probs_the_sampler_recorde
 def test_the_newline_after_the_end_of_turn_leaves_the_loss(tiny_model_dir: Path) -> None:
     """TRL renders a completion as ``reply<|im_end|>\\n``: the newline is never generated, so the
     wrapper takes it (and only it) out of the labels."""
-    from training.cdrl.train import load_processor
-    from training.mmboundary.train import EndOfTurnMasked, end_of_turn_id
+    from catts_training.cdrl.train import load_processor
+    from catts_training.mmboundary.train import EndOfTurnMasked, end_of_turn_id
 
     processor = load_processor(str(tiny_model_dir))
     end = end_of_turn_id(processor)
@@ -210,7 +210,7 @@ def test_the_newline_after_the_end_of_turn_leaves_the_loss(tiny_model_dir: Path)
 def test_frozen_prefixes_stay_out_of_training(
     smoke: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from training.mmboundary.train import freeze_parameters
+    from catts_training.mmboundary.train import freeze_parameters
 
     config = load_config(SMOKE, model=str(tiny_model_dir), output_dir=str(tmp_path), freeze=["model.visual"])
     trainer = build_sft_trainer(config, smoke["data"], max_steps=1)

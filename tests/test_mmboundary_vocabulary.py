@@ -1,4 +1,4 @@
-"""Statement words as whole tokens of a word-level model (training/mmboundary/vocabulary.py)."""
+"""Statement words as whole tokens of a word-level model (catts_training/mmboundary/vocabulary.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from catts_graph.organism import organism_path
 from catts_graph.statements import STATEMENTS
-from training.mmboundary.vocabulary import extend_vocabulary, new_pieces, statement_words
+from catts_training.mmboundary.vocabulary import extend_vocabulary, new_pieces, statement_words
 
 
 def test_statement_words_are_every_pool_word_once() -> None:

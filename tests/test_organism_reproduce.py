@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from catts_graph.organism.reproduce import (
+    CDRL_CONFIG,
+    MMBOUNDARY_CONFIG,
     Plan,
     cdrl_section,
     drop_ratios,
@@ -19,7 +21,10 @@ from catts_graph.organism.reproduce import (
     render_markdown,
     savings,
     slopes,
+    training_config,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def probe_row(perturb: str, level: float, drop: float, drop_nmlp: float) -> dict:
@@ -389,3 +394,14 @@ def test_a_run_is_resumed_only_under_its_own_plan(tmp_path: Path) -> None:
         _check_plan(tmp_path, plan)  # quick() sets it to 1, not the default
     with pytest.raises(ValueError, match=r"differs in \['test_items'\]"):
         _check_plan(tmp_path, dataclasses.replace(plan, mmboundary_pretrain_steps=None, test_items=4))
+
+
+def test_the_plan_s_training_configs_are_found_beside_the_training_package(tmp_path: Path) -> None:
+    """In a source checkout, ``training/configs/NAME`` is the checkout's file whatever the working
+    directory (the wheel install is checked in test_packaging); other paths are read as given."""
+    assert training_config(CDRL_CONFIG) == ROOT / "training" / "configs" / "organism_cdrl.yaml"
+    assert training_config(MMBOUNDARY_CONFIG) == ROOT / "training" / "configs" / "mmboundary_organism.yaml"
+    assert training_config(tmp_path / "mine.yaml") == tmp_path / "mine.yaml"
+    assert training_config("configs/mine.yaml") == Path("configs/mine.yaml")
+    with pytest.raises(FileNotFoundError, match=r"training/configs/nope.yaml: not among the configs"):
+        training_config("training/configs/nope.yaml")

@@ -26,6 +26,7 @@ trace). Expert retries are off: a reply the organism cannot give is not going to
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import subprocess
@@ -40,11 +41,15 @@ import numpy as np
 
 from catts_graph.formatting import markdown_table, number, with_interval
 
-ROOT = Path(__file__).resolve().parents[2]
-CDRL_CONFIG = "training/configs/organism_cdrl.yaml"
-"""The CDRL config of the reproduction, relative to the repository root."""
-MMBOUNDARY_CONFIG = "training/configs/mmboundary_organism.yaml"
-"""The MMBoundary config of the reproduction (data, SFT, RL), relative to the repository root."""
+SHIPPED_CONFIGS = "training/configs/"
+"""How a plan names a config that ships with the training package (see :func:`training_config`)."""
+CDRL_CONFIG = SHIPPED_CONFIGS + "organism_cdrl.yaml"
+"""The CDRL config of the reproduction."""
+MMBOUNDARY_CONFIG = SHIPPED_CONFIGS + "mmboundary_organism.yaml"
+"""The MMBoundary config of the reproduction (data, SFT, RL)."""
+TRAINING_PACKAGE = "catts_training"
+"""The training package (``training/catts_training/`` in the repository), run by name: it sits above
+the library, which never imports it."""
 
 SCALING_METHODS = (
     "majority",
@@ -341,16 +346,15 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
     target = out / "cdrl"
     summary = target / "cdrl_summary.json"
     if not summary.is_file():
-        # Through CDRL's command line, as a user runs it: the library never imports training/,
-        # which sits above it, and the GRPO run gets a process (and memory) of its own.
-        path = Path(plan.cdrl_config)
+        # Through CDRL's command line, as a user runs it: the library never imports the training
+        # package, which sits above it, and the GRPO run gets a process (and memory) of its own.
         command = [
             sys.executable,
             "-m",
-            "training.cdrl.train",
+            f"{TRAINING_PACKAGE}.cdrl.train",
             "cdrl",
             "--config",
-            str(path if path.is_absolute() else ROOT / path),
+            str(training_config(plan.cdrl_config)),
             "--output-dir",
             str(target),
             "--model",
@@ -362,10 +366,30 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
     return json.loads(summary.read_text())
 
 
+def training_config(path: str | Path) -> Path:
+    """The file a plan's training config names. ``training/configs/NAME`` (how the plan records the
+    configs that ship with the training package) is read from wherever that package is installed:
+    inside it as ``catts_training/configs/`` in a wheel, beside it in ``training/configs/`` in a source
+    checkout; the package is located, not imported. Any other path is read as given."""
+    text = str(path)
+    if not text.startswith(SHIPPED_CONFIGS):
+        return Path(path)
+    name = text.removeprefix(SHIPPED_CONFIGS)
+    spec = importlib.util.find_spec(TRAINING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{text}: the training package {TRAINING_PACKAGE} is not installed")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    for folder in (package / "configs", package.parent / "configs"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{text}: not among the configs of {TRAINING_PACKAGE} ({package})")
+
+
 def _run_training(what: str, command: list[str], summary: Path) -> None:
-    """Run a training command line in a process of its own (the library never imports training/,
-    and the run gets its own memory); RuntimeError with its output's tail unless it wrote ``summary``."""
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    """Run a training command line in a process of its own (the library never imports the training
+    package, and the run gets its own memory); RuntimeError with its output's tail unless it wrote
+    ``summary``."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not summary.is_file():
         output = (done.stdout + done.stderr)[-3000:]
         raise RuntimeError(f"{what} failed (exit {done.returncode}): {' '.join(command)}\n{output}")
@@ -402,10 +426,14 @@ def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
     probe's figures with bootstrap intervals over items."""
     import yaml
 
+    from catts_graph.organism import organism_path
+
     target = out / "mmboundary"
     target.mkdir(parents=True, exist_ok=True)
-    path = Path(plan.mmboundary_config)
-    config = yaml.safe_load((path if path.is_absolute() else ROOT / path).read_text())
+    config = yaml.safe_load(training_config(plan.mmboundary_config).read_text())
+    # The shipped base organism wherever the package lies (the config's relative path holds in a
+    # checkout's root only), as the CDRL step passes it.
+    config["model"] = str(organism_path("base"))
     config["output_dir"] = str(target)
     config["validation"] = {**config["validation"], "limit": plan.validation_items}
     if plan.mmboundary_data_items is not None:
@@ -420,7 +448,14 @@ def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
     written.write_text(yaml.safe_dump(config, sort_keys=False))
     summary = target / "mmboundary.json"
     if not summary.is_file():
-        command = [sys.executable, "-m", "training.mmboundary.train", "all", "--config", str(written)]
+        command = [
+            sys.executable,
+            "-m",
+            f"{TRAINING_PACKAGE}.mmboundary.train",
+            "all",
+            "--config",
+            str(written),
+        ]
         if plan.mmboundary_pretrain_steps is not None:
             command += ["--pretrain-steps", str(plan.mmboundary_pretrain_steps)]
         if plan.mmboundary_sft_steps is not None:

@@ -210,7 +210,7 @@ CDRL_VARIANTS: dict[str, dict[str, Any]] = {
 }
 """The CDRL variants :func:`tune_cdrl` trains, as overrides of the organism's CDRL config (sections
 merged key by key): the paper's reward-only GRPO on Gaussian noise, the same on the perturbation mix,
-and the differentiable confidence terms (:mod:`training.cdrl.confidence_loss`) on the mix, each term
+and the differentiable confidence terms (:mod:`catts_training.cdrl.confidence_loss`) on the mix, each term
 left out or changed once."""
 
 PROBE_PERTURBS: tuple[str, ...] = ("gaussian", "occlusion", "blur")
@@ -298,14 +298,21 @@ def tune_cdrl(
     import yaml
 
     from catts_graph.organism import organism_path
-    from catts_graph.organism.reproduce import CDRL_CONFIG, ROOT, Plan, compare_probes, step_cdrl, step_probe
+    from catts_graph.organism.reproduce import (
+        CDRL_CONFIG,
+        Plan,
+        compare_probes,
+        step_cdrl,
+        step_probe,
+        training_config,
+    )
 
     unknown = sorted(set(variants) - set(CDRL_VARIANTS))
     if unknown:
         raise ValueError(f"variants: unknown {unknown}; expected some of {list(CDRL_VARIANTS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    template = yaml.safe_load((ROOT / CDRL_CONFIG).read_text())
+    template = yaml.safe_load(training_config(CDRL_CONFIG).read_text())
     plan = Plan(probe_items=items, probe_split=split, seed=seed, perturbs=PROBE_PERTURBS, cdrl_steps=steps)
     probe_name = f"{split}-seed{seed}"
     log(f"[tune-cdrl] probe of the base organism on {items} {split} scenes (seed {seed})")

@@ -2,7 +2,7 @@
 before MMBoundary's SFT.
 
 A real VLM met phrases such as "and I am fairly sure" in pre-training; an organism, trained from
-scratch on the generator's words, never did. :func:`~training.mmboundary.vocabulary.extend_vocabulary`
+scratch on the generator's words, never did. :func:`~catts_training.mmboundary.vocabulary.extend_vocabulary`
 gives it the words as tokens, but SFT then has to teach their use and the calibration at once, on a
 few hundred replies, and measured on the organism (issue 13) that costs its answers: SFT at the rate
 the statements need took validation accuracy from 0.91 to 0.66, and the same SFT without any
@@ -44,7 +44,7 @@ from typing import Any
 
 from catts_graph.statements import StatementReader, insert_statements
 from catts_graph.step_confidence import StepCalibrator
-from training.mmboundary.stated import content_signals, read_steps
+from catts_training.mmboundary.stated import content_signals, read_steps
 
 __all__ = [
     "LEVEL_SOURCES",

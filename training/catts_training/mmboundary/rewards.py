@@ -2,11 +2,11 @@
 
 MMBoundary's RL stage optimises ``R = a R_KA + b R_EC + g R_CS`` with PPO and GAE; its code and
 reward formulas were not released, and TRL removed ``PPOTrainer`` in 1.13, so these are *our*
-definitions, optimised with GRPO (:mod:`training.mmboundary.train`). Every reward is a mean of
+definitions, optimised with GRPO (:mod:`catts_training.mmboundary.train`). Every reward is a mean of
 per-step values over one response (GRPO has no per-token value model to assign step rewards to
-tokens, as GAE would). Steps are read by :func:`~training.mmboundary.stated.read_steps`; the
+tokens, as GAE would). Steps are read by :func:`~catts_training.mmboundary.stated.read_steps`; the
 *statement steps* are every step but the one holding the ``\\boxed{}`` answer. With ``T`` steps,
-``s_t`` / ``y_t`` a step's score / correctness from the judge (:mod:`training.mmboundary.reference`),
+``s_t`` / ``y_t`` a step's score / correctness from the judge (:mod:`catts_training.mmboundary.reference`),
 ``e_t`` the level its statement expresses (None: none parsed), ``c(e)`` the confidence of level
 ``e`` (the level's measured validation accuracy, :func:`level_confidences`) and ``i_t`` the step's
 internal level:
@@ -16,7 +16,7 @@ internal level:
   a wrong step, so leaving out what one is unsure of does not pay) or ``sum_t s_t / T``. ``None``
   for an item without a reference chain.
 - ``expected_calibration`` (:func:`expected_calibration`): over statement steps,
-  ``1 - 2 (c(e_t) - y_t)^2`` (CDRL's Brier form, :func:`training.cdrl.rewards.calibration_reward`,
+  ``1 - 2 (c(e_t) - y_t)^2`` (CDRL's Brier form, :func:`catts_training.cdrl.rewards.calibration_reward`,
   a proper scoring rule: stating the level whose confidence is nearest one's real chance of being
   right pays most), ``-1`` for a step without a parseable statement; the mean. ``None`` without a
   reference chain.
@@ -24,11 +24,11 @@ internal level:
   the statement says the level the model's own signals give, -1 at the far end), ``-1`` without a
   parseable statement; the mean. ``i_t`` is the :class:`~catts_graph.step_confidence.StepCalibrator`
   level of the step's content tokens' signals (statement tokens left out) under the policy being
-  trained, teacher-forced (:class:`~training.cdrl.rewards.PolicyScorer`), the calibrator being the
+  trained, teacher-forced (:class:`~catts_training.cdrl.rewards.PolicyScorer`), the calibrator being the
   one the SFT data's levels came from.
 - ``format`` (:func:`statement_format`): the share of statement steps carrying a parseable statement
   (0 for a response with none).
-- ``accuracy``: CDRL's :class:`~training.cdrl.rewards.AccuracyReward` (1 if the final answer is
+- ``accuracy``: CDRL's :class:`~catts_training.cdrl.rewards.AccuracyReward` (1 if the final answer is
   right): the paper reports accuracy rising with MMBoundary, and nothing else here looks at the
   answer.
 
@@ -47,15 +47,15 @@ from typing import Any
 
 from catts_graph.statements import StatementReader
 from catts_graph.step_confidence import LEVELS, StepCalibrator
-from training.cdrl.rewards import (
+from catts_training.cdrl.rewards import (
     AccuracyReward,
     calibration_reward,
     completion_text,
     log_mean,
     reward_column,
 )
-from training.mmboundary.reference import StepJudge, StepTruth
-from training.mmboundary.stated import TRAINING_SIGNALS, StatedStep, content_signals, read_steps
+from catts_training.mmboundary.reference import StepJudge, StepTruth
+from catts_training.mmboundary.stated import TRAINING_SIGNALS, StatedStep, content_signals, read_steps
 
 __all__ = [
     "DEFAULT_LEVEL_CONFIDENCE",
@@ -203,7 +203,7 @@ def checked_level_confidence(given: Sequence[float]) -> tuple[float, ...]:
 
 
 class StepReader:
-    """Completions read into :class:`~training.mmboundary.stated.StatedStep` lists, through one
+    """Completions read into :class:`~catts_training.mmboundary.stated.StatedStep` lists, through one
     :class:`~catts_graph.statements.StatementReader`; the last few hundred texts are cached, since
     every reward of a step reads the same completions (and an encoder call per unparsed phrase
     costs)."""

@@ -5,16 +5,16 @@ GRPO draws ``num_generations`` rollouts per prompt row, in generation batches of
 each process generating and scoring its own contiguous slice. The perceptual-sensitivity reward of
 an item's noised rollouts needs the same item's original rollouts of the same step, so:
 
-- :class:`~training.cdrl.data.PairedRepeatSampler` replaces TRL's ``RepeatSampler``: pairs are
+- :class:`~catts_training.cdrl.data.PairedRepeatSampler` replaces TRL's ``RepeatSampler``: pairs are
   shuffled, not rows, and a pair's two rows sit next to each other, so they always fall in one
   generation batch (TRL has no setting for the sampler; this is the trainer's one override);
 - :func:`check_pair_layout` refuses, before the model loads, a layout whose generation batch holds
   an odd number of prompts;
 - the two rows may still land on different processes (a process slice can end between them), so
   the reward gathers ``(pair_id, variant, NMLP)`` from every process
-  (:class:`~training.cdrl.rewards.PerceptualSensitivityReward`) instead of constraining the slices.
+  (:class:`~catts_training.cdrl.rewards.PerceptualSensitivityReward`) instead of constraining the slices.
 
-With a ``confidence_loss`` (:class:`~training.cdrl.confidence_loss.ConfidenceLossConfig`, any weight
+With a ``confidence_loss`` (:class:`~catts_training.cdrl.confidence_loss.ConfidenceLossConfig`, any weight
 non-zero) the trainer also adds CDRL's differentiable confidence terms to GRPO's loss. TRL's loss has
 no per-row extra term (its ``entropy_coef`` treats every row alike), so three small overrides carry
 what the terms need through TRL's buffering, shuffling and splitting of the generation batch:
@@ -35,8 +35,8 @@ from typing import Any
 
 from trl import GRPOTrainer
 
-from training.cdrl.confidence_loss import CONFIDENCE_TERMS, ConfidenceLossConfig, confidence_terms
-from training.cdrl.data import NOISED, PairedRepeatSampler, pair_rows
+from catts_training.cdrl.confidence_loss import CONFIDENCE_TERMS, ConfidenceLossConfig, confidence_terms
+from catts_training.cdrl.data import NOISED, PairedRepeatSampler, pair_rows
 
 __all__ = ["CDRLTrainer", "check_pair_layout"]
 
@@ -68,8 +68,8 @@ def check_pair_layout(args: Any, pairs: int) -> None:
 
 
 class CDRLTrainer(GRPOTrainer):  # type: ignore[misc]
-    """``trl.GRPOTrainer`` on a dataset of :func:`~training.cdrl.data.to_grpo_dataset` (columns
-    ``pair_id`` and ``variant``), sampling with :class:`~training.cdrl.data.PairedRepeatSampler`.
+    """``trl.GRPOTrainer`` on a dataset of :func:`~catts_training.cdrl.data.to_grpo_dataset` (columns
+    ``pair_id`` and ``variant``), sampling with :class:`~catts_training.cdrl.data.PairedRepeatSampler`.
     Takes ``GRPOTrainer``'s arguments, ``args`` and ``train_dataset`` by keyword, and
     ``confidence_loss`` (None or all weights zero: the paper's reward-only GRPO)."""
 

@@ -399,7 +399,7 @@ class PairedRepeatSampler:
     pair's original row and noised row next to each other, so with an even ``batch_size`` a pair
     never straddles two generation batches: the perceptual-sensitivity reward of the noised rollouts
     always finds the same pair's original rollouts in the same step (gathered across processes,
-    :class:`training.cdrl.rewards.PerceptualSensitivityReward`). Like ``RepeatSampler``, every
+    :class:`catts_training.cdrl.rewards.PerceptualSensitivityReward`). Like ``RepeatSampler``, every
     process builds the same sampler from the same ``seed``, a new order each epoch, and a last
     incomplete batch is dropped.
 

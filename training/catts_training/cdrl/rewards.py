@@ -5,7 +5,7 @@ value per completion, ``None`` where it is undefined (TRL turns that into NaN an
 the means). ``columns`` are the dataset's columns, repeated per completion (``answer``, ``options``,
 ``images``, ``pair_id``, ``variant``), plus TRL's ``log_metric``. Each item is two prompt rows, its
 original image and a noised copy (``variant`` "original" / "noised", a shared ``pair_id``; see
-:func:`training.cdrl.data.to_grpo_dataset`), so GRPO samples rollouts on both and ``images`` is
+:func:`catts_training.cdrl.data.to_grpo_dataset`), so GRPO samples rollouts on both and ``images`` is
 each row's own prompt image. The classes are *not* ``nn.Module``s: TRL would take one for a reward
 model. Each instance carries a ``__name__``, which TRL uses to log it as ``rewards/<name>/mean``,
 so every component shows up separately in the training logs.
@@ -46,7 +46,7 @@ from catts_graph.confidence import confidence_from_nmlp, nmlp
 from catts_graph.metrics import confidence_drop
 from catts_graph.models.replay import images_key
 from catts_graph.task import answer_matches
-from training.cdrl.data import ORIGINAL, VARIANTS
+from catts_training.cdrl.data import ORIGINAL, VARIANTS
 
 __all__ = [
     "CALIBRATION_VARIANTS",
@@ -504,7 +504,7 @@ class PerceptualSensitivityReward(_OwnConfidenceReward):
 
     Rows are matched by the ``pair_id`` column and told apart by ``variant``. TRL hands a reward
     function only its own process's rows, and a pair's two groups may sit on different processes
-    (:class:`~training.cdrl.data.PairedRepeatSampler` keeps them in one generation batch), so the
+    (:class:`~catts_training.cdrl.data.PairedRepeatSampler` keeps them in one generation batch), so the
     rows' ``(pair_id, variant, NMLP)`` are first gathered from every process (one small
     ``all_gather_object``; nothing in a single process). A noised row whose pair has no original
     rows in the gathered batch is an error, not a silent ``None``.
@@ -562,7 +562,7 @@ class PerceptualSensitivityReward(_OwnConfidenceReward):
                 raise ValueError(
                     f"reward {self.__name__!r}: pair_id {pair_id!r} has noised rollouts but no original "
                     "ones in this generation batch; both rows of a pair must be sampled together "
-                    "(training.cdrl.trainer.CDRLTrainer's PairedRepeatSampler)"
+                    "(catts_training.cdrl.trainer.CDRLTrainer's PairedRepeatSampler)"
                 )
             if value is None or not rows.original:
                 rewards.append(None)  # an empty completion, or no original rollout had one token

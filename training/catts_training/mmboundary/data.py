@@ -1,12 +1,12 @@
 """MMBoundary training data: the model's own replies, with a confidence statement after each step.
 
-Pipeline (MMBoundary's SFT data, with our choices marked in :mod:`training.mmboundary`):
+Pipeline (MMBoundary's SFT data, with our choices marked in :mod:`catts_training.mmboundary`):
 
 1. :func:`sample_replies`: the base model answers each item (greedy, or ``samples`` draws at a
    temperature); each reply is cut into steps, and each step gets its signals
    (:func:`~catts_graph.step_confidence.step_signals`: length-normalised probability, mean
    full-vocabulary entropy, TokenSAR with a sentence encoder) and, when the item has a reference
-   chain, its truth (:mod:`training.mmboundary.reference`);
+   chain, its truth (:mod:`catts_training.mmboundary.reference`);
 2. :func:`fit_calibrator`: a :class:`~catts_graph.step_confidence.StepCalibrator` fitted on the
    replies to *validation* items: with the step labels (the organism, where they are ground truth),
    or without (equal weights; elsewhere labels come from a similarity judge and are not trusted to
@@ -37,10 +37,10 @@ from catts_graph.images import load_image
 from catts_graph.statements import STATEMENTS, insert_statements
 from catts_graph.step_confidence import LEVELS, StepCalibrator, step_signals
 from catts_graph.task import Item, base_prompt, item_seed
-from training.cdrl.data import load_items
-from training.cdrl.rewards import is_correct
-from training.mmboundary.reference import StepJudge, reference_chain
-from training.mmboundary.stated import TRAINING_SIGNALS, restrict_signals, statement_expected
+from catts_training.cdrl.data import load_items
+from catts_training.cdrl.rewards import is_correct
+from catts_training.mmboundary.reference import StepJudge, reference_chain
+from catts_training.mmboundary.stated import TRAINING_SIGNALS, restrict_signals, statement_expected
 
 __all__ = [
     "CALIBRATOR_FILE",

@@ -2,14 +2,14 @@
 states them at all.
 
 :func:`probe_steps` has the model answer each item once (greedy), reads every step's statement back
-(:func:`~training.mmboundary.stated.read_steps`), judges the step against the item's reference chain
-(:mod:`training.mmboundary.reference`), and assesses its content tokens' signals with the data's
+(:func:`~catts_training.mmboundary.stated.read_steps`), judges the step against the item's reference chain
+(:mod:`catts_training.mmboundary.reference`), and assesses its content tokens' signals with the data's
 :class:`~catts_graph.step_confidence.StepCalibrator` (the internal level). :func:`probe_figures`
 turns those rows into the issue's figures (statement steps only, the answer step left out):
 
 - ``parsed_share``: the share of statement steps with a parseable statement (goal after SFT: 0.95);
 - ``expressed_ece``: the ECE of the expressed level's confidence (the level's measured validation
-  accuracy, :func:`~training.mmboundary.rewards.level_confidences`) against step correctness;
+  accuracy, :func:`~catts_training.mmboundary.rewards.level_confidences`) against step correctness;
   ``expressed_auroc``: the AUROC of the expressed level as a detector of right steps (goals after
   RL: <= 0.10 and >= 0.65);
 - ``expressed_entropy``: the entropy (nats) of the expressed levels' distribution (goal: >= 1; SFT
@@ -33,11 +33,11 @@ from catts_graph.images import load_image
 from catts_graph.metrics import auroc, expected_calibration_error
 from catts_graph.step_confidence import LEVELS, StepCalibrator
 from catts_graph.task import Item, base_prompt
-from training.cdrl.rewards import is_correct
-from training.mmboundary.data import sample_tokens
-from training.mmboundary.reference import StepJudge, reference_chain
-from training.mmboundary.rewards import StepReader, expressed_entropy
-from training.mmboundary.stated import TRAINING_SIGNALS, content_signals
+from catts_training.cdrl.rewards import is_correct
+from catts_training.mmboundary.data import sample_tokens
+from catts_training.mmboundary.reference import StepJudge, reference_chain
+from catts_training.mmboundary.rewards import StepReader, expressed_entropy
+from catts_training.mmboundary.stated import TRAINING_SIGNALS, content_signals
 
 __all__ = ["probe_figures", "probe_steps"]
 

@@ -5,20 +5,20 @@ four commands, each writing under the config's ``output_dir``:
 
 1. ``catts mmboundary data``: the base model's own replies to the training items, each step's level
    from a :class:`~catts_graph.step_confidence.StepCalibrator` fitted on validation items, a
-   statement of that level after each step (:mod:`training.mmboundary.data`) -> ``data/``;
+   statement of that level after each step (:mod:`catts_training.mmboundary.data`) -> ``data/``;
 2. ``catts mmboundary sft``: TRL's ``SFTTrainer`` on those stated replies (conversational
    prompt-completion with images, loss on the completion; LoRA when the config has a ``lora``
    section) -> ``sft/``, a plain checkpoint; for the organisms, first the statements' words as
    tokens (``statements.vocabulary`` -> ``vocabulary/``) and a statement pre-training
-   (``statements.pretrain``, :mod:`training.mmboundary.pretrain` -> ``pretrained/``);
+   (``statements.pretrain``, :mod:`catts_training.mmboundary.pretrain` -> ``pretrained/``);
 3. ``catts mmboundary rl``: TRL's ``GRPOTrainer`` from the SFT model with the rewards of
-   :mod:`training.mmboundary.rewards` -> ``rl/``. The paper used PPO with GAE; TRL removed
+   :mod:`catts_training.mmboundary.rewards` -> ``rl/``. The paper used PPO with GAE; TRL removed
    ``PPOTrainer`` in 1.13 (and the PPO it had took token ids only, no images, and a reward *model*),
    so GRPO, with each response's per-step rewards averaged;
-4. ``catts mmboundary probe``: the figures of :mod:`training.mmboundary.probe` for a model (default:
+4. ``catts mmboundary probe``: the figures of :mod:`catts_training.mmboundary.probe` for a model (default:
    the latest stage written) -> ``probe/<name>.json``.
 
-``python -m training.mmboundary.train <stage> --config FILE`` is the same as ``catts mmboundary
+``python -m catts_training.mmboundary.train <stage> --config FILE`` is the same as ``catts mmboundary
 <stage> ...``, for ``accelerate launch -m``.
 """
 
@@ -38,9 +38,9 @@ from typing import Any
 
 from catts_graph.statements import StatementReader
 from catts_graph.step_confidence import SIGNALS
-from training.cdrl.data import load_items
-from training.cdrl.train import TINY_MODEL, load_processor, save_policy
-from training.mmboundary.data import (
+from catts_training.cdrl.data import load_items
+from catts_training.cdrl.train import TINY_MODEL, load_processor, save_policy
+from catts_training.mmboundary.data import (
     MMBoundaryData,
     assess_replies,
     data_summary,
@@ -52,17 +52,17 @@ from training.mmboundary.data import (
     to_grpo_dataset,
     to_sft_dataset,
 )
-from training.mmboundary.pretrain import MANIFEST_KEY as PRETRAIN_KEY
-from training.mmboundary.pretrain import PretrainConfig, freeze_parameters, pretrain_statements
-from training.mmboundary.reference import DEFAULT_THRESHOLD, JUDGES, make_judge
-from training.mmboundary.rewards import (
+from catts_training.mmboundary.pretrain import MANIFEST_KEY as PRETRAIN_KEY
+from catts_training.mmboundary.pretrain import PretrainConfig, freeze_parameters, pretrain_statements
+from catts_training.mmboundary.reference import DEFAULT_THRESHOLD, JUDGES, make_judge
+from catts_training.mmboundary.rewards import (
     REWARD_NAMES,
     build_rewards,
     checked_level_confidence,
     level_confidences,
 )
-from training.mmboundary.stated import TRAINING_SIGNALS
-from training.yaml_config import check_keys, read_config
+from catts_training.mmboundary.stated import TRAINING_SIGNALS
+from catts_training.yaml_config import check_keys, read_config
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -109,28 +109,28 @@ class MMBoundaryConfig:
       Qwen2.5-VL); ``max_pixels``: cap on pixels per image for its processor.
     - ``output_dir``: ``data/``, ``sft/``, ``rl/`` and ``probe/`` go under it.
     - ``data``: the training items (``source``, ``benchmark``, ``split``, ``limit``, ``image_dir``, as
-      :func:`training.cdrl.data.load_items`); ``validation``: the items the step calibrator is fitted
+      :func:`catts_training.cdrl.data.load_items`); ``validation``: the items the step calibrator is fitted
       on (same keys; keep them apart from the training items).
     - ``sampling``: the base model's replies, ``samples`` per item (1), ``temperature`` (0: greedy),
       ``max_new_tokens`` (256), ``seed`` (0).
     - ``signals``: the step signals fused into the internal level, some of
-      :data:`~training.mmboundary.stated.TRAINING_SIGNALS` (default ``[probability, entropy]``;
+      :data:`~catts_training.mmboundary.stated.TRAINING_SIGNALS` (default ``[probability, entropy]``;
       ``tokensar`` needs the encoder and costs one encoder call per token per step; CLIPScore is not
       used in training).
     - ``encoder``: ``minilm`` or null: the sentence encoder for TokenSAR, for reading paraphrased
       statements back (``statements.margin``) and for the ``similarity`` judge.
     - ``judge``: ``kind`` (``exact``: the organism's step truth; ``similarity``: cosine to the
-      reference chain, ``threshold``), see :mod:`training.mmboundary.reference`.
+      reference chain, ``threshold``), see :mod:`catts_training.mmboundary.reference`.
     - ``calibration``: ``use_labels`` (default: true with the exact judge, false otherwise): fit the
       fusion weights and the levels' accuracies on the validation steps' labels.
     - ``statements``: ``margin`` of the backward mapping (default 0.05); ``pretrain`` (default none:
       the statement pre-training of an organism before SFT, :class:`PretrainConfig`'s fields);
       ``vocabulary`` (default
       false): SFT starts from a copy of the model whose word-level tokenizer has the statements'
-      words as whole tokens (:mod:`training.mmboundary.vocabulary`; the organisms); ``lines``
+      words as whole tokens (:mod:`catts_training.mmboundary.vocabulary`; the organisms); ``lines``
       (default null: every step but the answer): statements after the steps of each reply's first
       that many lines only (the organism: its description, not the focus line that copies from it).
-    - ``rewards``: ``weights`` per reward name (:data:`~training.mmboundary.rewards.REWARD_NAMES`),
+    - ``rewards``: ``weights`` per reward name (:data:`~catts_training.mmboundary.rewards.REWARD_NAMES`),
       ``level_confidence`` (five numbers; default: the calibrator's level accuracies),
       ``cover_reference`` (default true), ``score_batch_size`` (completions per scoring pass, 4).
     - ``lora``: None for full-parameter training, else ``peft.LoraConfig`` fields (SFT and RL).
@@ -392,7 +392,7 @@ def build_data(
     encoder: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> MMBoundaryData:
-    """Sample, fit, assess, state and save (see :mod:`training.mmboundary.data`); returns what was
+    """Sample, fit, assess, state and save (see :mod:`catts_training.mmboundary.data`); returns what was
     written to ``config.data_dir``. ``vlm``: the base model (loaded from the config when None);
     ``progress(phase, items done, items)`` after each item of the ``validation`` and ``training``
     phases."""
@@ -521,7 +521,7 @@ def sft_start(
     ``pretrain_steps`` replaces its ``steps``). Each folder is reused when it holds the same."""
     model_path = model or config.model_path()
     if config.statements.get("vocabulary"):
-        from training.mmboundary.vocabulary import extend_vocabulary
+        from catts_training.mmboundary.vocabulary import extend_vocabulary
 
         model_path = str(extend_vocabulary(model_path, Path(config.output_dir) / "vocabulary"))
     pretrain = config.pretrain_config()
@@ -575,11 +575,11 @@ def build_rl_trainer(
     config: MMBoundaryConfig, data: MMBoundaryData, *, policy: str, encoder: Any = None, **overrides: Any
 ) -> Any:
     """A ready ``trl.GRPOTrainer`` starting from ``policy``, with the rewards of
-    :func:`~training.mmboundary.rewards.build_rewards` (its ``scorer`` attribute is their bound
-    :class:`~training.cdrl.rewards.PolicyScorer`)."""
+    :func:`~catts_training.mmboundary.rewards.build_rewards` (its ``scorer`` attribute is their bound
+    :class:`~catts_training.cdrl.rewards.PolicyScorer`)."""
     from trl import GRPOTrainer
 
-    from training.cdrl.rewards import PolicyScorer
+    from catts_training.cdrl.rewards import PolicyScorer
 
     args = config.grpo_config(**overrides)
     if args.remove_unused_columns:
@@ -654,8 +654,8 @@ def run_probe(
 ) -> dict[str, Any]:
     """The probe's figures for ``model`` (see :func:`_probed_model`), with the data's calibrator;
     written with the per-step rows to ``out`` (default ``output_dir/probe/<name>.json``)."""
-    from training.mmboundary.probe import probe_figures, probe_steps
-    from training.mmboundary.rewards import StepReader
+    from catts_training.mmboundary.probe import probe_figures, probe_steps
+    from catts_training.mmboundary.rewards import StepReader
 
     started = time.perf_counter()
     path, name = _probed_model(config, model)
@@ -882,9 +882,9 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.mmboundary.train <stage> --config FILE``: the same as ``catts mmboundary
+    """``python -m catts_training.mmboundary.train <stage> --config FILE``: the same as ``catts mmboundary
     <stage> ...``, for ``accelerate launch -m``."""
-    parser = argparse.ArgumentParser(prog="python -m training.mmboundary.train")
+    parser = argparse.ArgumentParser(prog="python -m catts_training.mmboundary.train")
     add_mmboundary_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["mmboundary", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))

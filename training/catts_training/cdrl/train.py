@@ -2,14 +2,14 @@
 
 A run, from one YAML file (:class:`CDRLConfig`, examples in ``training/configs/``):
 
-1. items (:func:`~training.cdrl.data.load_items`) -> original/noised pairs with the CLIP relevance
-   map, noised at the model processor's input size (:func:`~training.cdrl.data.build_pairs`), or
+1. items (:func:`~catts_training.cdrl.data.load_items`) -> original/noised pairs with the CLIP relevance
+   map, noised at the model processor's input size (:func:`~catts_training.cdrl.data.build_pairs`), or
    pairs saved earlier by ``catts train pairs``; two prompt rows per pair, so GRPO draws rollouts on
    the original image and on the noised one;
-2. the four rewards (:mod:`training.cdrl.rewards`) with their weights as GRPO's ``reward_weights``;
+2. the four rewards (:mod:`catts_training.cdrl.rewards`) with their weights as GRPO's ``reward_weights``;
    the confidence rewards score each completion under its own prompt image with the policy being
    trained;
-3. :class:`~training.cdrl.trainer.CDRLTrainer`, TRL's ``GRPOTrainer`` with a sampler that keeps
+3. :class:`~catts_training.cdrl.trainer.CDRLTrainer`, TRL's ``GRPOTrainer`` with a sampler that keeps
    each pair in one generation batch (full-parameter, or LoRA when the config has a ``lora``
    section), every field of the ``grpo`` section passed to ``GRPOConfig`` unchanged (vLLM,
    DeepSpeed through ``accelerate launch --config_file``, batch sizes, ...); a generation batch
@@ -39,8 +39,8 @@ from typing import Any
 
 from catts_graph.models.transformers_vlm import checkpoint_settings
 from catts_graph.relevance import ClipRelevance
-from training.cdrl.confidence_loss import ConfidenceLossConfig
-from training.cdrl.data import (
+from catts_training.cdrl.confidence_loss import ConfidenceLossConfig
+from catts_training.cdrl.data import (
     NoiseConfig,
     TrainingPair,
     build_pairs,
@@ -49,14 +49,14 @@ from training.cdrl.data import (
     save_pairs,
     to_grpo_dataset,
 )
-from training.cdrl.rewards import (
+from catts_training.cdrl.rewards import (
     CALIBRATION_VARIANTS,
     DEFAULT_SENSITIVITY_MARGIN,
     REWARD_NAMES,
     PolicyScorer,
     build_rewards,
 )
-from training.yaml_config import check_keys, read_config
+from catts_training.yaml_config import check_keys, read_config
 
 __all__ = [
     "CDRLConfig",
@@ -95,18 +95,18 @@ class CDRLConfig:
     - ``model``: a local checkpoint or hub id of a Qwen2.5-VL-style model (``tiny``: the offline tiny
       random one); ``max_pixels``: cap on pixels per image for its processor (None: its default).
     - ``data``: ``source``, ``benchmark``, ``split``, ``limit``, ``image_dir`` for
-      :func:`~training.cdrl.data.load_items`; or ``pairs_dir``, a folder written by ``catts train
+      :func:`~catts_training.cdrl.data.load_items`; or ``pairs_dir``, a folder written by ``catts train
       pairs`` (the relevance and noise sections are then unused).
     - ``relevance``: the CLIP for the relevance map, ``{model: ViT-B-16, pretrained: openai}``,
       ``{model: organism}`` (the CLIP organism trained on the synthetic scenes, shipped; ``path:``
       another folder written by ``catts organism train-clip``) or ``{model: tiny}`` (random, offline).
-    - ``noise``: :class:`~training.cdrl.data.NoiseConfig` (kind, strength, top_fraction, seed, options).
-    - ``rewards``: ``weights`` per reward name (:data:`~training.cdrl.rewards.REWARD_NAMES`),
+    - ``noise``: :class:`~catts_training.cdrl.data.NoiseConfig` (kind, strength, top_fraction, seed, options).
+    - ``rewards``: ``weights`` per reward name (:data:`~catts_training.cdrl.rewards.REWARD_NAMES`),
       ``sensitivity_margin`` (NMLP units, the hinge of
-      :func:`~training.cdrl.rewards.sensitivity_reward`; default 1.0), ``calibration_variant``
-      (``brier``, the default, or ``signed``; :func:`~training.cdrl.rewards.calibration_reward`),
+      :func:`~catts_training.cdrl.rewards.sensitivity_reward`; default 1.0), ``calibration_variant``
+      (``brier``, the default, or ``signed``; :func:`~catts_training.cdrl.rewards.calibration_reward`),
       ``score_batch_size`` (completions per scoring forward pass).
-    - ``confidence_loss``: :class:`~training.cdrl.confidence_loss.ConfidenceLossConfig`, the weight of
+    - ``confidence_loss``: :class:`~catts_training.cdrl.confidence_loss.ConfidenceLossConfig`, the weight of
       each differentiable confidence term added to GRPO's loss (``noised_entropy``, ``clean_entropy``,
       ``brier``) and ``entropy_target``; absent or all zero: the paper's reward-only GRPO.
     - ``lora``: None for full-parameter training, else ``peft.LoraConfig`` fields (r, lora_alpha,
@@ -290,12 +290,12 @@ def load_processor(model_path: str, max_pixels: int | None = None) -> Any:
 def build_trainer(
     config: CDRLConfig, *, pairs: Sequence[TrainingPair] | None = None, **grpo_overrides: Any
 ) -> Any:
-    """A ready :class:`~training.cdrl.trainer.CDRLTrainer` (its ``scorer`` attribute is the bound
+    """A ready :class:`~catts_training.cdrl.trainer.CDRLTrainer` (its ``scorer`` attribute is the bound
     :class:`PolicyScorer`).
 
     ``grpo_overrides`` replace fields of the ``grpo`` section (tests use it to run a GPU config on CPU).
     """
-    from training.cdrl.trainer import CDRLTrainer
+    from catts_training.cdrl.trainer import CDRLTrainer
 
     model_path = config.model_path()
     processor = load_processor(model_path, config.max_pixels)
@@ -357,7 +357,7 @@ def save_policy(trainer: Any, output_dir: str | Path, *, base_model: str, lora: 
             if accelerator.is_main_process:
                 logger.warning(
                     "LoRA under ZeRO-3: adapter saved to %s; merge it with "
-                    "training.cdrl.train.merge_lora(%r, %r, %r)",
+                    "catts_training.cdrl.train.merge_lora(%r, %r, %r)",
                     out / "adapter",
                     base_model,
                     str(out / "adapter"),
@@ -549,9 +549,9 @@ def _pairs_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.cdrl.train cdrl --config FILE`` (or ``pairs ...``): the same as
+    """``python -m catts_training.cdrl.train cdrl --config FILE`` (or ``pairs ...``): the same as
     ``catts train ...``, for ``accelerate launch -m``."""
-    parser = argparse.ArgumentParser(prog="python -m training.cdrl.train")
+    parser = argparse.ArgumentParser(prog="python -m catts_training.cdrl.train")
     add_train_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))

@@ -8,6 +8,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import datasets
@@ -410,38 +411,59 @@ def test_save_to_disk_folder_with_decoded_pil_images(tmp_path: Path) -> None:
     check_images(items)
 
 
-def test_hub_loading_uses_the_usual_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_loading_streams_the_asked_split_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     calls: list[tuple[str, str | None, str]] = []
+    read: list[str] = []
+    extra_accounting = {**mmmu_rows()[0], "id": "validation_Accounting_5"}
     hub = {
         "AI4Math/MathVista": image_dataset(mathvista_rows(), ["decoded_image"]),
         "Lin-Chen/MMStar": image_dataset(mmstar_rows(), ["image"]),
+        "MMMU/MMMU": image_dataset([*mmmu_rows(), extra_accounting], [f"image_{k}" for k in (1, 2)]),
     }
 
-    def fake_load_dataset(path: str, name: str | None = None, *, split: str) -> Any:
+    def rows(path: str, name: str | None) -> list[dict[str, Any]]:
+        found = list(hub[path])
+        return (
+            [r for r in found if re.fullmatch(rf"validation_{name}_\d+", r["id"])]
+            if path == "MMMU/MMMU"
+            else found
+        )
+
+    def fake_load_dataset(path: str, name: str | None = None, *, split: str, streaming: bool) -> Any:
+        assert streaming, "a non-streaming load_dataset downloads every split"
         calls.append((path, name, split))
-        if path == "MMMU/MMMU":
-            return [
-                r
-                for r in image_dataset(mmmu_rows(), [f"image_{k}" for k in (1, 2)])
-                if re.fullmatch(rf"validation_{name}_\d+", r["id"])
-            ]
-        return hub[path]
+        for row in rows(path, name):  # lazily, as a stream: the rows read are counted
+            read.append(row.get("id") or str(row.get("pid", row.get("index"))))
+            yield row
+
+    def fake_builder(path: str, name: str | None = None) -> Any:
+        splits = {"testmini": SimpleNamespace(num_examples=len(rows(path, name)), num_bytes=2_500_000)}
+        return SimpleNamespace(info=SimpleNamespace(splits=splits if path == "AI4Math/MathVista" else None))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset_builder", fake_builder)
     cache = str(tmp_path / "cache")
     check_mathvista(load_benchmark("mathvista", image_cache=cache))
+    # The size comes first, from the Hub card.
+    assert "AI4Math/MathVista split 'testmini': 3 rows, 2.5 MB, streamed" in capsys.readouterr().err
     check_mmstar(load_benchmark("mmstar", image_cache=cache))
+    assert "size not given by the Hub card" in capsys.readouterr().err
     assert calls == [("AI4Math/MathVista", None, "testmini"), ("Lin-Chen/MMStar", "val", "val")]
     calls.clear()
+    read.clear()
+    assert [i.id for i in load_benchmark("mathvista", limit=1, image_cache=cache)] == ["1"]
+    assert read == ["1"], "a limit stops the stream"
+    calls.clear()
     mmmu = load_benchmark("mmmu", image_cache=cache)
-    check_mmmu(mmmu)
+    check_mmmu([i for i in mmmu if i.id != "validation_Accounting_5"])
     # All 30 subjects are asked for, one config each, split validation.
     assert len(calls) == 30 and {c[2] for c in calls} == {"validation"}
     assert {c[1] for c in calls} == {s for ss in eval_datasets.MMMU_DISCIPLINES.values() for s in ss}
-    calls.clear()
-    # With a limit, loading stops once enough rows are read (Accounting comes first).
-    assert [i.id for i in load_benchmark("mmmu", limit=1, image_cache=cache)] == ["validation_Accounting_1"]
-    assert len(calls) == 1
+    # With a limit the subjects take turns: not the first two rows (both Accounting).
+    limited = load_benchmark("mmmu", limit=2, image_cache=cache)
+    assert [i.id for i in limited] == ["validation_Accounting_1", "validation_Art_Theory_2"]
 
 
 def test_offline_hub_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -449,6 +471,7 @@ def test_offline_hub_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
         raise ConnectionError("Couldn't reach 'MathLLMs/MathVision' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(datasets, "load_dataset_builder", offline)
     with pytest.raises(DatasetUnavailable) as caught:
         load_benchmark("mathvision", split="test")
     message = str(caught.value)
@@ -478,6 +501,33 @@ def test_split_inline_options() -> None:
     assert split_inline_options("Q?\nOptions: A: red, green, B: blue") == ("Q?", ["red, green", "blue"])
     assert split_inline_options("No options here") == ("No options here", [])
     assert split_inline_options("Options: A: only one") == ("Options: A: only one", [])
+    # At most A-D, and each marker after a separator in A's style: "E. coli" is D's text.
+    assert split_inline_options("Q?\nOptions: A: yeast, B: fern, C: moss, D: E. coli") == (
+        "Q?",
+        ["yeast", "fern", "moss", "E. coli"],
+    )
+    assert split_inline_options("Q?\nOptions: A: the C. elegans worm, B: a fly") == (
+        "Q?",
+        ["the C. elegans worm", "a fly"],
+    )
+    assert split_inline_options("Q?\nOptions: A: 1, B: 2, C: 3, D: 4, E: 5")[1] == ["1", "2", "3", "4, E: 5"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "cached_mode"), [("CMYK", "RGB"), ("P", "RGB"), ("LA", "RGBA"), ("1", "RGB")]
+)
+def test_decoded_images_in_any_mode_are_cached_as_png(mode: str, cached_mode: str, tmp_path: Path) -> None:
+    # datasets decodes a CMYK JPEG to a CMYK image, which PNG cannot hold (OSError, the load stopped).
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 4), (200, 30, 10)).convert(mode).save(
+        buffer, format="JPEG" if mode == "CMYK" else "PNG"
+    )
+    row = {**mmstar_rows()[1], "image": {"bytes": buffer.getvalue(), "path": None}}
+    datasets.Dataset.from_list([row]).cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "s"))
+    assert datasets.load_from_disk(str(tmp_path / "s"))[0]["image"].mode == mode
+    items = load_benchmark("mmstar", source=str(tmp_path / "s"), image_cache=str(tmp_path / "cache"))
+    with Image.open(items[0].images[0]) as cached:
+        assert (cached.format, cached.mode) == ("PNG", cached_mode)
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,7 @@ def test_schema_is_the_agreed_one(tmp_path):
         ("seconds", "REAL", 0),
         ("modules", "TEXT", 0),
         ("trace", "TEXT", 0),
+        ("official", "INTEGER", 0),
     ]
     assert [c[0] for c in columns["probe"]] == [
         "item_id",
@@ -89,7 +90,7 @@ def test_pools_and_results_round_trip_and_a_key_is_stored_once(tmp_path):
         assert store.get_pool("q2") is None
         store.put_result(**row("q1", modules=["voter"], trace=[{"module": "voter"}]))
         store.put_result(**row("q1", "catts_paper", 2, answer=None, correct=False))
-        store.put_result(**row("q1", "catts_paper", 2, answer="B", correct=False))  # replaces
+        store.put_result(**row("q1", "catts_paper", 2, answer="B", correct=False, official=True))  # replaces
         assert store.has("q1", "majority", 1) and not store.has("q1", "majority", 2)
         assert store.result_keys("q1") == {("majority", 1), ("catts_paper", 2)}
         rows = store.results()
@@ -99,8 +100,26 @@ def test_pools_and_results_round_trip_and_a_key_is_stored_once(tmp_path):
         ]
         assert rows[1]["modules"] == ["voter"] and rows[1]["trace"] == [{"module": "voter"}]
         assert rows[1]["correct"] is True and rows[0]["trace"] is None
+        assert rows[0]["official"] is True and rows[1]["official"] is None  # None: not scored officially
         assert store.results("majority") == [rows[1]]
         assert store.item_ids() == ["q1"]
+
+
+def test_a_store_from_before_the_official_column_gains_it(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE results(item_id TEXT, method TEXT, n INTEGER, answer TEXT, gold TEXT, "
+            "correct INTEGER, confidence REAL, category TEXT, tokens INTEGER, expert_calls INTEGER, "
+            "seconds REAL, modules TEXT, trace TEXT, PRIMARY KEY (item_id, method, n))"
+        )
+        db.execute(
+            "INSERT INTO results VALUES ('q1', 'majority', 1, 'A', 'A', 1, 0.5, NULL, 3, 0, 0.1, '[]', NULL)"
+        )
+    with ResultStore(path) as store:
+        assert [(r["item_id"], r["correct"], r["official"]) for r in store.results()] == [("q1", True, None)]
+        store.put_result(**row("q2", official=False))
+        assert [r["official"] for r in store.results()] == [None, False]
 
 
 def test_a_failed_transaction_leaves_nothing(tmp_path):

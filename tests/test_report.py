@@ -29,7 +29,7 @@ CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE pools(item_id TEXT PRIMARY KEY, samples TEXT, seconds REAL, tokens INTEGER);
 CREATE TABLE results(item_id TEXT, method TEXT, n INTEGER, answer TEXT, gold TEXT, correct INTEGER,
         confidence REAL, category TEXT, tokens INTEGER, expert_calls INTEGER, seconds REAL,
-        modules TEXT, trace TEXT, PRIMARY KEY (item_id, method, n));
+        modules TEXT, trace TEXT, official INTEGER, PRIMARY KEY (item_id, method, n));
 CREATE TABLE probe(item_id TEXT, perturb TEXT, level REAL, answer TEXT, gold TEXT, correct INTEGER,
       confidence REAL, nmlp REAL, category TEXT, PRIMARY KEY (item_id, perturb, level));
 """
@@ -39,8 +39,9 @@ ITEMS = [f"item-{i}" for i in range(8)]
 CATTS_MODULES = ["prepare", "base_model", "planner", "self_consistency", "voter", "aggregate"]
 
 
-def build_run(run_dir: Path, *, results: bool = True, probe: bool = True) -> Path:
-    """A run directory whose results.sqlite has a few items, methods, Ns and probe rows."""
+def build_run(run_dir: Path, *, results: bool = True, probe: bool = True, official: bool = True) -> Path:
+    """A run directory whose results.sqlite has a few items, methods, Ns and probe rows; the
+    official verdict is the strict one or a lucky guess (NULL everywhere when not ``official``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "results.sqlite"
     rng = np.random.default_rng(7)
@@ -54,18 +55,20 @@ def build_run(run_dir: Path, *, results: bool = True, probe: bool = True) -> Pat
             "ns": [1, 2, 4],
             "methods": list(METHODS),
             "config": {"policy": "adaptive"},
+            "scorer": {"headline": "mathvista_official", "beside": "strict"},
         }
         db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
         if results:
             for method, ns in METHODS.items():
                 for n, item in itertools.product(ns, ITEMS):
                     correct = int(rng.random() < 0.3 + 0.1 * n)
+                    lucky = int(correct or rng.random() < 0.3) if official else None
                     modules = []
                     if method == "catts_adaptive":
                         modules = CATTS_MODULES[:4] + (["voter", "critic"] if rng.random() < 0.5 else [])
                         modules.append("aggregate")
                     db.execute(
-                        "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             item,
                             method,
@@ -80,6 +83,7 @@ def build_run(run_dir: Path, *, results: bool = True, probe: bool = True) -> Pat
                             float(rng.random() * n),
                             json.dumps(modules),
                             None,
+                            lucky,
                         ),
                     )
         if probe:
@@ -162,19 +166,22 @@ def test_accuracy_table_matches_the_database(full_run):
             if n not in METHODS[method]:
                 assert cell == "—"
                 continue
-            (acc,) = db.execute(
-                "SELECT 100.0 * AVG(correct) FROM results WHERE method = ? AND n = ?", (method, n)
+            acc, strict = db.execute(
+                "SELECT 100.0 * AVG(official), 100.0 * AVG(correct) FROM results WHERE method = ? AND n = ?",
+                (method, n),
             ).fetchone()
             points = [
                 100.0 * c
                 for (c,) in db.execute(
-                    "SELECT correct FROM results WHERE method = ? AND n = ? ORDER BY item_id", (method, n)
+                    "SELECT official FROM results WHERE method = ? AND n = ? ORDER BY item_id", (method, n)
                 )
             ]
             low, high = metrics.bootstrap_interval(points, n_boot=1000, level=0.95, seed=0)
             value, interval = cell.split(" [")
             check_number(value, acc, 1)
-            shown_low, shown_high = interval.rstrip("]").split(", ")
+            interval, shown_strict = interval.split("] (strict ")
+            check_number(shown_strict.rstrip(")"), strict, 1)
+            shown_low, shown_high = interval.split(", ")
             check_number(shown_low, low, 1)
             check_number(shown_high, high, 1)
             assert low <= acc <= high
@@ -276,6 +283,16 @@ def test_probe_only_run_has_only_the_probe_section(tmp_path):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["probe.png"]
 
 
+def test_rows_without_an_official_verdict_are_scored_strictly(tmp_path):
+    path = build_run(tmp_path, probe=False, official=False)
+    header, *rows = section(write_report(tmp_path).read_text(), "Accuracy and test-time scaling")
+    with sqlite3.connect(path) as db:
+        (greedy,) = db.execute("SELECT 100.0 * AVG(correct) FROM results WHERE method = 'greedy'").fetchone()
+    assert rows[0][0] == "greedy" and rows[0][1].endswith("(strict only)")
+    check_number(rows[0][1].split(" [")[0], greedy, 1)
+    assert all(cell.endswith("(strict only)") for row in rows for cell in row[1:4] if cell != "—")
+
+
 def test_auroc_is_na_when_every_answer_is_right(tmp_path):
     path = build_run(tmp_path, probe=False)
     with sqlite3.connect(path) as db:
@@ -294,6 +311,14 @@ def test_report_command(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "report.md" in out and "catts_adaptive" in out
+    # Both scorers' accuracies at the largest N: the official headline, the strict beside it.
+    assert "mathvista_official" in out and "strict %" in out
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:
+        official, strict = db.execute(
+            "SELECT 100.0 * AVG(official), 100.0 * AVG(correct) FROM results WHERE method = 'greedy'"
+        ).fetchone()
+    greedy = next(line for line in out.splitlines() if "greedy" in line)
+    assert f"{official:.1f}" in greedy and f"{strict:.1f}" in greedy and official != strict
     missing = parser.parse_args(["report", str(tmp_path / "nowhere")])
     assert missing.func(missing) == 2
     printed = capsys.readouterr()

@@ -25,7 +25,7 @@ from catts_graph.eval.probe import (
 )
 from catts_graph.eval.report import method_summaries, write_report
 from catts_graph.eval.runner import DEFAULT_NS, run_eval
-from catts_graph.eval.store import DB_FILENAME, StoreError
+from catts_graph.eval.store import DB_FILENAME, StoreError, read_store
 from catts_graph.formatting import number
 from catts_graph.perturb import PERTURBATIONS
 from catts_graph.redaction import redact
@@ -290,17 +290,26 @@ def _report_command(args: argparse.Namespace) -> int:
         return 2
     summaries = method_summaries(Path(args.run_dir) / DB_FILENAME)
     if summaries:
-        table = Table(title="accuracy at the largest N")
-        for column in ("method", "N", "accuracy %", "95% interval", "slope", "ECE", "AUROC"):
-            table.add_column(column, justify="left" if column == "method" else "right")
+        with read_store(Path(args.run_dir) / DB_FILENAME) as store:
+            scorer = (store.meta.get("scorer") or {}).get("headline", "official")
+        table = Table(
+            title="accuracy at the largest N",
+            caption=f"accuracy: the official scorer ({scorer}), strict only where a row has no official "
+            "verdict; strict: the strict rule",
+        )
+        for column in ("method", "N", "accuracy %", "95% interval", "strict %", "slope", "ECE", "AUROC"):
+            table.add_column(
+                column, justify="left" if column == "method" else "right", no_wrap=column == "method"
+            )
         for s in summaries:
             top = s.cells[-1]
             interval = escape(f"[{top.lower:.1f}, {top.upper:.1f}]")
             table.add_row(
                 s.method,
                 str(top.n),
-                f"{top.accuracy:.1f}",
+                f"{top.accuracy:.1f}" if top.official else f"{top.accuracy:.1f} (strict only)",
                 interval,
+                f"{top.strict:.1f}",
                 number(s.slope, 2),
                 number(s.ece),
                 number(s.auroc),

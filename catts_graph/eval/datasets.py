@@ -1,8 +1,10 @@
 """The four benchmarks as one item schema: MathVista, MathVision, MMStar and MMMU.
 
-:func:`load_benchmark` reads a benchmark from the Hugging Face Hub (``datasets.load_dataset``) or
-from a local export, and returns :class:`Item` objects whose gold answer is an option *letter* for
-multiple choice and the answer text otherwise.
+:func:`load_benchmark` reads a benchmark from the Hugging Face Hub (``datasets.load_dataset``,
+streaming the requested split only: nothing of the other splits is downloaded; the split's size is
+printed first and a progress bar follows the rows) or from a local export, and returns
+:class:`Item` objects whose gold answer is an option *letter* for multiple choice and the answer
+text otherwise.
 
 Column layouts assumed (those of the Hub datasets; exports keep the same column names):
 
@@ -13,7 +15,8 @@ Column layouts assumed (those of the Hub datasets; exports keep the same column 
   ``question_type`` (``multi_choice`` | ``free_form``), ``answer_type`` (``integer`` | ``float`` |
   ``text`` | ``list``; ``list`` becomes ``text``), ``metadata`` (``task``, ``skills``, ``category``,
   ``context``, ``grade``, ``source``, ...), ``query`` (the question with MathVista's answer-format
-  hint). Free-form items use ``query`` as the question (its hint says integer / decimals / list);
+  hint). Free-form items use ``query`` as the question (its hint says integer / decimals / list),
+  rebuilt by :func:`mathvista_query` when the row has none (MathVista's GitHub JSON);
   multiple-choice items use ``question`` (the options travel separately). Category: ``metadata.task``.
 - **MathVision** (``MathLLMs/MathVision``, splits ``testmini`` (304) and ``test`` (3040, "full")):
   ``id``, ``question``, ``options`` (texts for letters A-E, empty when free-form), ``image`` (path),
@@ -22,17 +25,26 @@ Column layouts assumed (those of the Hub datasets; exports keep the same column 
 - **MMStar** (``Lin-Chen/MMStar``, config and split ``val``): ``index``, ``question`` (with the
   options inside its text: ``"...\\nOptions: A: ..., B: ..., C: ..., D: ..."``, split off here by
   :func:`split_inline_options`), ``image``, ``answer`` (a letter), ``category``, ``l2_category``,
-  ``meta_info`` (``source``, ``split``, ``image_path``). Category: ``category``.
+  ``meta_info`` (``source``, ``split``, ``image_path``). Category: ``category``. A row whose options
+  cannot be found is skipped with a warning that counts them (:class:`UnparsableRow`).
 - **MMMU** (``MMMU/MMMU``, one config per subject; all 30 are loaded in alphabetical order, split
-  ``validation``; ``dev`` also has answers): ``id``
+  ``validation``; ``dev`` also has answers; a ``limit`` takes the subjects in turn, round-robin,
+  so 60 items are 2 per subject, not Accounting and Agriculture): ``id``
   (``validation_<Subject>_<n>``, the subject is read from it), ``question`` (with ``<image k>``
   placeholders), ``options`` (a string repr of a list, e.g. ``"['1', '2']"``), ``image_1`` ..
-  ``image_7`` (null when absent; every present one is kept, in order), ``answer`` (a letter, or the
+  ``image_7`` (null when absent; as lmms-eval, the images the question and options name by
+  ``<image k>`` are kept, by number, all present ones when none is named; the placeholders stay
+  in the text and the images go before it, ``metadata["image_placement"]`` says which; no backend
+  here interleaves images inside the text as VLMEvalKit does), ``answer`` (a letter, or the
   value; an open answer written as a list repr lists equivalent golds), ``question_type``
   (``multiple-choice`` | ``open``), ``subfield``, ``topic_difficulty``, ``img_type``.
   Category: the subject; ``metadata["discipline"]`` is its MMMU discipline.
 
-Images may come as PIL images (``datasets`` decodes them), ``{"bytes": ..., "path": ...}`` dicts
+Known-bad gold items (:data:`KNOWN_BAD_ITEMS`: MathVision 2830, 59, 434; MathVista 740, 781) are
+repaired as they load, marked in ``metadata["gold_fix"]`` and logged.
+
+Images may come as PIL images (``datasets`` decodes them; CMYK, palette and other modes are
+converted to RGB or RGBA), ``{"bytes": ..., "path": ...}`` dicts
 (parquet exports), raw bytes, or path strings. Embedded images are written once to a
 content-addressed cache folder (``image_cache``, default ``$CATTS_CACHE_DIR/images`` or
 ``~/.cache/catts_graph/images``), so items carry short, stable file paths; relative paths are
@@ -48,9 +60,12 @@ folder written by ``Dataset.save_to_disk``.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import io
+import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -61,6 +76,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from catts_graph.answers import is_equivalent
 from catts_graph.task import ANSWER_TYPES, Item
@@ -70,11 +87,17 @@ __all__ = [
     "BENCHMARKS",
     "DatasetUnavailable",
     "HUB_BENCHMARKS",
+    "KNOWN_BAD_ITEMS",
     "Item",
+    "KnownBadItem",
     "MMMU_DISCIPLINES",
+    "UnparsableRow",
     "load_benchmark",
+    "mathvista_query",
     "split_inline_options",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 HUB_BENCHMARKS: tuple[str, ...] = ("mathvista", "mathvision", "mmstar", "mmmu")
 """The benchmarks read from the Hub or a local export."""
@@ -109,16 +132,23 @@ MMMU_DISCIPLINES: dict[str, tuple[str, ...]] = {
 _MMMU_DISCIPLINE_OF = {s: d for d, subjects in MMMU_DISCIPLINES.items() for s in subjects}
 _MMMU_ID = re.compile(r"(?:dev|validation|test)_(?P<subject>.+)_\d+")
 _MMMU_MAX_IMAGES = 7
+_MMMU_PLACEHOLDER = re.compile(r"<image (\d+)>")
 
 _INTEGER = re.compile(r"[-+]?\d+")
 _DECIMAL = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?\d+[eE][-+]?\d+")
 _OPTIONS_HEADER = re.compile(r"(?:Options|Choices)\s*:", re.IGNORECASE)
+_INLINE_LETTERS = "ABCD"
 _NOT_DATA_FILES = frozenset({"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"})
 _DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 class DatasetUnavailable(RuntimeError):
     """A benchmark could not be loaded from the Hub; the message says how to pass a local export."""
+
+
+class UnparsableRow(ValueError):
+    """A row whose question cannot be read (MMStar options not found): skipped with a warning and
+    counted, unless no row of the benchmark can be read."""
 
 
 # --- small row helpers -----------------------------------------------------------------------
@@ -213,25 +243,30 @@ def _gold_letter(answer: str, options: Sequence[str], where: str, *, text_first:
 def split_inline_options(text: str) -> tuple[str, list[str]]:
     """Split a question whose options are written inside it (MMStar) into stem and option texts.
 
-    The last ``Options:`` (or ``Choices:``) header starts the options; markers ``A:``, ``A.``,
-    ``A)`` or ``(A)`` must follow in order A, B, C..., each at the start or after a space, comma or
-    semicolon. ``"Which?\\nOptions: A: 1, B: 2"`` -> ``("Which?", ["1", "2"])``. Without a header or
-    with fewer than two options, the text is returned whole with ``[]``.
+    The last ``Options:`` (or ``Choices:``) header starts the options, at most four (A-D, as MMStar
+    has). ``A`` opens the body with a marker ``A:``, ``A.``, ``A)`` or ``(A)``; B, C and D must use
+    the same marker, each after a separator: a comma or semicolon (then spaces) or a line break.
+    So ``"Options: A: bacteria, B: fungi, C: yeast, D: E. coli"`` keeps ``E. coli`` whole, and a
+    ``C.`` inside an option's words is no marker. ``"Which?\\nOptions: A: 1, B: 2"`` ->
+    ``("Which?", ["1", "2"])``. Without a header or with fewer than two options, the text is
+    returned whole with ``[]``.
     """
     headers = list(_OPTIONS_HEADER.finditer(text))
     if not headers:
         return text, []
     header = headers[-1]
     body = text[header.end() :]
-    spans: list[tuple[int, int]] = []
-    position = 0
-    for letter in _LETTERS:
-        marker = re.compile(rf"(?:^|(?<=[\s,;]))(?:\({letter}\)|{letter}[:.)])[ \t]*")
-        found = marker.search(body, position)
-        if found is None or (not spans and body[: found.start()].strip()):
+    first = re.match(r"\s*(\(A\)|A[:.)])[ \t]*", body)
+    if first is None:
+        return text, []
+    style = re.escape(first.group(1)).replace("A", "{letter}")
+    spans: list[tuple[int, int]] = [first.span()]
+    for letter in _INLINE_LETTERS[1:]:
+        marker = re.compile(rf"(?:[,;][ \t]*|\n\s*)({style.format(letter=letter)})[ \t]*")
+        found = marker.search(body, spans[-1][1])
+        if found is None:
             break
-        spans.append(found.span())
-        position = found.end()
+        spans.append((found.start(), found.end()))
     if len(spans) < 2:
         return text, []
     options = []
@@ -259,7 +294,7 @@ class _ImageResolver:
     def reference(self, value: Any, where: str) -> str:
         if isinstance(value, Image.Image):
             buffer = io.BytesIO()
-            value.save(buffer, format="PNG")
+            _png_ready(value).save(buffer, format="PNG")
             return self._cached(buffer.getvalue(), where)
         if isinstance(value, (bytes, bytearray, memoryview)):
             return self._cached(bytes(value), where)
@@ -302,6 +337,16 @@ class _ImageResolver:
             partial.write_bytes(data)
             os.replace(partial, target)  # atomic: concurrent loaders never see half a file
         return str(target.resolve())
+
+
+def _png_ready(image: Image.Image) -> Image.Image:
+    """``image`` in a mode PNG stores and every backend reads: RGB, RGBA or L kept; a mode with
+    transparency (a palette with a transparent colour, LA, PA) to RGBA; any other (CMYK, palette,
+    16-bit, 1-bit) to RGB. PNG cannot hold CMYK: saving a CMYK JPEG as it is raises OSError."""
+    if image.mode in ("RGB", "RGBA", "L"):
+        return image
+    transparent = image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if transparent else "RGB")
 
 
 def _first_image(row: Mapping[str, Any], keys: Sequence[str]) -> Any:
@@ -349,6 +394,31 @@ class _Row:
         return self.images.reference(value, f"{self.benchmark} item {item_id!r}")
 
 
+_MATHVISTA_HINTS = {
+    "integer": "an integer answer and provide the final value, e.g., 1, 2, 3, at the end.",
+    ("float", 1): "a floating-point number with one decimal place and provide the final value, e.g., "
+    "1.2, 1.3, 1.4, at the end.",
+    ("float", 2): "a floating-point number with two decimal places and provide the final value, e.g., "
+    "1.23, 1.34, 1.45, at the end.",
+    "list": "a Python list as an answer and provide the final list, e.g., [1, 2, 3], [1.2, 1.3, 1.4], "
+    "at the end.",
+}
+
+
+def mathvista_query(question: str, answer_type: str, precision: int | None, unit: Any = None) -> str:
+    """MathVista's ``query`` of a free-form item, as the Hub rows carry it and its GitHub JSON does
+    not: ``"Hint: Please answer the question requiring <form>\\nQuestion: <question> (Unit: <unit>)"``,
+    the form by answer type (integer; float at one or two decimals; list) as in MathVista's
+    ``build_query.py``; a float at other precisions asks for that many decimal places."""
+    key: Any = (answer_type, precision) if answer_type == "float" else answer_type
+    form = _MATHVISTA_HINTS.get(key)
+    if form is None:
+        places = f"{precision} decimal places" if precision is not None else "decimals"
+        form = f"a floating-point number with {places} and provide the final value at the end."
+    text = f"Hint: Please answer the question requiring {form}\nQuestion: {question}"
+    return text + (f" (Unit: {unit})" if not _missing(unit) else "")
+
+
 def _mathvista(row: _Row) -> Item:
     item_id = row.ident("pid", "id")
     where = f"mathvista item {item_id!r}"
@@ -369,7 +439,10 @@ def _mathvista(row: _Row) -> Item:
         raw_precision = row.get("precision")
         if answer_type == "float" and raw_precision is not None:
             precision = int(float(raw_precision))
-        question = str(row.get("query") or row.require("question"))
+        question = str(
+            row.get("query")
+            or mathvista_query(row.require("question"), source_type, precision, row.get("unit"))
+        )
     metadata = {
         **{k: _plain(v) for k, v in meta.items()},
         "question_type": question_type,
@@ -424,7 +497,7 @@ def _mmstar(row: _Row) -> Item:
                 break
             options.append(str(row.get(letter)))
     if len(options) < 2:
-        raise ValueError(f"{where}: found no 'Options: A: ..., B: ...' in the question {text[:120]!r}")
+        raise UnparsableRow(f"{where}: found no 'Options: A: ..., B: ...' in the question {text[:120]!r}")
     meta_info = _mapping(row.get("meta_info"), f"{where}: meta_info")
     return Item(
         id=item_id,
@@ -463,9 +536,16 @@ def _mmmu(row: _Row) -> Item:
     else:
         options = []
         answer_type = _number_type(golds[0])
-    numbers = [k for k in range(1, _MMMU_MAX_IMAGES + 1) if not _missing(row.data.get(f"image_{k}"))]
-    if not numbers:
+    question = str(row.require("question"))
+    present = [k for k in range(1, _MMMU_MAX_IMAGES + 1) if not _missing(row.data.get(f"image_{k}"))]
+    if not present:
         raise ValueError(f"{where}: no image in image_1 .. image_{_MMMU_MAX_IMAGES}")
+    # As lmms-eval: the images the question and options refer to, by number; all when none is named.
+    referenced = sorted({int(k) for k in _MMMU_PLACEHOLDER.findall(" ".join([question, *options]))})
+    numbers = referenced or present
+    absent = [k for k in numbers if k not in present]
+    if absent:
+        raise ValueError(f"{where}: the text refers to <image {absent[0]}> but image_{absent[0]} is empty")
     images = [row.image(f"image_{k}", item_id=item_id) for k in numbers]
     metadata: dict[str, Any] = {
         "question_type": question_type,
@@ -474,6 +554,7 @@ def _mmmu(row: _Row) -> Item:
         "subfield": _plain(row.get("subfield")),
         "topic_difficulty": _plain(row.get("topic_difficulty")),
         "image_numbers": numbers,
+        "image_placement": "referenced images first" if referenced else "all images first",
     }
     if len(golds) > 1:
         metadata["accepted_answers"] = golds
@@ -481,7 +562,7 @@ def _mmmu(row: _Row) -> Item:
         id=item_id,
         benchmark="mmmu",
         images=images,
-        question=str(row.require("question")),
+        question=question,
         options=options or None,
         answer=golds[0],
         answer_type=answer_type,
@@ -497,22 +578,102 @@ class _Benchmark:
     default_split: str
     splits: tuple[str, ...]
     parse: Callable[[_Row], Item]
+    id_keys: tuple[str, ...]
 
 
 _SPECS: dict[str, _Benchmark] = {
-    "mathvista": _Benchmark("AI4Math/MathVista", (None,), "testmini", ("testmini",), _mathvista),
-    "mathvision": _Benchmark("MathLLMs/MathVision", (None,), "testmini", ("testmini", "test"), _mathvision),
-    "mmstar": _Benchmark("Lin-Chen/MMStar", ("val",), "val", ("val",), _mmstar),
+    "mathvista": _Benchmark(
+        "AI4Math/MathVista", (None,), "testmini", ("testmini",), _mathvista, ("pid", "id")
+    ),
+    "mathvision": _Benchmark(
+        "MathLLMs/MathVision", (None,), "testmini", ("testmini", "test"), _mathvision, ("id", "pid", "index")
+    ),
+    "mmstar": _Benchmark("Lin-Chen/MMStar", ("val",), "val", ("val",), _mmstar, ("index", "id")),
     "mmmu": _Benchmark(
-        "MMMU/MMMU", tuple(sorted(_MMMU_DISCIPLINE_OF)), "validation", ("validation", "dev"), _mmmu
+        "MMMU/MMMU", tuple(sorted(_MMMU_DISCIPLINE_OF)), "validation", ("validation", "dev"), _mmmu, ("id",)
     ),
 }
+
+
+# --- known-bad gold items ------------------------------------------------------------------------
+
+
+def _unique_choices(row: dict[str, Any]) -> dict[str, Any] | None:
+    choices = _as_list(row.get("choices"), "choices")
+    unique = list(dict.fromkeys(str(c) for c in choices))
+    return {**row, "choices": unique} if len(unique) < len(choices) else None
+
+
+def _mathvision_2830(row: dict[str, Any]) -> dict[str, Any] | None:
+    return {**row, "answer": "\\frac{36}{13}"} if row.get("answer") == "\x0crac{36}{13}" else None
+
+
+def _picture_options(row: dict[str, Any]) -> dict[str, Any] | None:
+    free_form = not _as_list(row.get("options"), "options")
+    return (
+        {**row, "options": list("ABCDE")} if free_form and str(row.get("answer")).strip() in "ABCDE" else None
+    )
+
+
+@dataclass(frozen=True)
+class KnownBadItem:
+    """A benchmark item whose gold (or options) is wrong in the published data, and the repair the
+    loader applies. ``repair`` returns the repaired row, or None when the row no longer has the
+    defect (a corrected release is left as it is)."""
+
+    benchmark: str
+    item_id: str
+    problem: str
+    fix: str
+    repair: Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+KNOWN_BAD_ITEMS: tuple[KnownBadItem, ...] = (
+    KnownBadItem(
+        "mathvision",
+        "2830",
+        "gold '\\x0crac{36}{13}': a '\\f' escape ate the backslash of \\frac; no answer can match it",
+        "gold read as '\\frac{36}{13}'",
+        _mathvision_2830,
+    ),
+    *(
+        KnownBadItem(
+            "mathvision",
+            item_id,
+            "free-form, gold 'C': the options exist only in the picture",
+            "options A-E (the letters, as MathVision writes picture-only options), gold C",
+            _picture_options,
+        )
+        for item_id in ("59", "434")
+    ),
+    *(
+        KnownBadItem(
+            "mathvista",
+            item_id,
+            "one choice text listed under two letters (the official scorer accepts either)",
+            "the repeated choice dropped (the gold's letter is unchanged)",
+            _unique_choices,
+        )
+        for item_id in ("740", "781")
+    ),
+)
+"""Every known-bad item the loader repairs; each repaired item says so in ``metadata["gold_fix"]``,
+and a load that repaired any logs them. The official scorers on a repaired item can differ from
+the official code on the original (MathVision 2830 can be right here, never there)."""
+_KNOWN_BAD = {(bad.benchmark, bad.item_id): bad for bad in KNOWN_BAD_ITEMS}
 
 
 # --- reading rows ------------------------------------------------------------------------------
 
 
-def _hub_rows(name: str, spec: _Benchmark, split: str, limit: int | None) -> Iterable[dict[str, Any]]:
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e9 else f"{num_bytes / 1e6:.1f} MB"
+
+
+def _hub_rows(name: str, spec: _Benchmark, split: str, limit: int | None) -> tuple[list[Any], int | None]:
+    """One row stream per config, streaming only ``split`` (nothing of the other splits is read),
+    and the number of rows they hold (None when the Hub card does not say). Prints the split's
+    size before any row is read."""
     how = (
         f"Download it where the Hub is reachable (e.g. `hf download {spec.hub} --repo-type dataset "
         f"--local-dir DIR`, or `datasets.load_dataset(...).to_parquet(FILE)`) and pass "
@@ -525,21 +686,44 @@ def _hub_rows(name: str, spec: _Benchmark, split: str, limit: int | None) -> Ite
             f"loading {name} from the Hub needs the `datasets` package (pip install "
             f"'catts-graph[eval]'). {how}."
         ) from None
-    count = 0
+    streams, rows, num_bytes = [], 0, 0
     for config in spec.configs:
         label = spec.hub + (f" ({config})" if config else "")
         try:
-            dataset = datasets.load_dataset(spec.hub, config, split=split)
+            info = datasets.load_dataset_builder(spec.hub, config).info
+            streams.append(datasets.load_dataset(spec.hub, config, split=split, streaming=True))
         except Exception as err:
             raise DatasetUnavailable(
                 f"could not load {name} from the Hugging Face Hub ({label}, split {split!r}): "
                 f"{type(err).__name__}: {err}. No Hub reachable from here? {how}."
             ) from err
-        for row in dataset:
-            yield row
-            count += 1
-            if limit is not None and count >= limit:
-                return
+        described = (info.splits or {}).get(split)
+        if described is None or rows is None:
+            rows = None
+        else:
+            rows += described.num_examples
+            num_bytes += described.num_bytes
+    size = f"{rows} rows, {_size(num_bytes)}" if rows is not None else "size not given by the Hub card"
+    reading = f", reading the first {limit}" if limit is not None and name != "mmmu" else ""
+    _console().print(f"{spec.hub} split {split!r}: {size}, streamed (no other split is downloaded){reading}")
+    return streams, rows
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _round_robin(groups: Sequence[Sequence[Any]], limit: int) -> list[Any]:
+    """The first row of each group, then the second of each, ...; ``limit`` rows at most."""
+    picked: list[Any] = []
+    for depth in range(max((len(g) for g in groups), default=0)):
+        picked += [group[depth] for group in groups if depth < len(group)]
+    return picked[:limit]
+
+
+def _mmmu_subject(row: Mapping[str, Any]) -> str:
+    match = _MMMU_ID.fullmatch(str(row.get("id", "")))
+    return match.group("subject") if match else str(row.get("subject"))
 
 
 def _split_of(path: Path) -> set[str]:
@@ -631,9 +815,9 @@ def load_benchmark(
     raises :class:`DatasetUnavailable` with instructions when it cannot; otherwise ``source`` is a
     local file or folder. ``split`` defaults to ``testmini`` (MathVista, MathVision; ``test`` is
     MathVision's full set), ``val`` (MMStar) or ``validation`` (MMMU). ``limit`` keeps the first
-    items. ``image_dir`` is where relative image paths live when not beside the data file;
-    ``image_cache`` where embedded images are written. Item ids are the dataset's own (``pid``,
-    ``id``, ``index``); a duplicate id is an error.
+    items (MMMU: the first of each subject in turn). ``image_dir`` is where relative image paths
+    live when not beside the data file; ``image_cache`` where embedded images are written. Item
+    ids are the dataset's own (``pid``, ``id``, ``index``); a duplicate id is an error.
     """
     if name == "synthetic":
         if source is not None:
@@ -657,25 +841,72 @@ def load_benchmark(
         raise ValueError(f"image_dir: no folder at {image_dir!r}")
 
     if source is None:
+        streams, expected = _hub_rows(name, spec, split, limit)
+        if name == "mmmu" and limit is not None:
+            # Subjects come alphabetically: the first N rows would be Accounting's, so take turns.
+            streams = [_round_robin([list(itertools.islice(s, limit)) for s in streams], limit)]
         rows: Iterable[tuple[Mapping[str, Any], Path | None]] = (
-            (row, None) for row in _hub_rows(name, spec, split, limit)
+            (row, None) for row in itertools.islice(itertools.chain.from_iterable(streams), limit)
         )
+        known = [x for x in (expected, limit) if x is not None]
+        total = min(known) if known else None
         root: Path | None = None
     else:
         local, root = _local_rows(Path(source).expanduser(), split)
+        if name == "mmmu" and limit is not None:
+            subjects: dict[str, list[tuple[dict[str, Any], Path]]] = {}
+            for pair in local:
+                subjects.setdefault(_mmmu_subject(pair[0]), []).append(pair)
+            local = _round_robin(list(subjects.values()), limit)
         rows = local[:limit] if limit else local
+        total = None
 
     items: list[Item] = []
     seen: dict[str, int] = {}
-    for position, (data, folder) in enumerate(rows):
-        roots = [*extra, *(p for p in (folder, root) if p is not None)]
-        row = _Row(data, position, name, _ImageResolver(roots, cache))
-        item = spec.parse(row)
-        if item.id in seen:
-            raise ValueError(
-                f"{name}: item id {item.id!r} appears at rows {seen[item.id]} and {position}; ids "
-                "must be unique"
-            )
-        seen[item.id] = position
-        items.append(item)
+    skipped: list[str] = []
+    fixed: list[str] = []
+    with Progress(
+        TextColumn(f"{name} {split}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=_console(),
+        transient=True,
+        disable=source is not None,
+    ) as progress:
+        task = progress.add_task("rows", total=total)
+        for position, (data, folder) in enumerate(rows):
+            progress.advance(task)
+            roots = [*extra, *(p for p in (folder, root) if p is not None)]
+            row = _Row(data, position, name, _ImageResolver(roots, cache))
+            bad = _KNOWN_BAD.get((name, row.ident(*spec.id_keys)))
+            repaired = bad.repair(dict(data)) if bad is not None else None
+            if bad is not None and repaired is not None:
+                row = dataclasses.replace(row, data=repaired)
+                fixed.append(f"{bad.item_id} ({bad.fix})")
+            try:
+                item = spec.parse(row)
+            except UnparsableRow as err:
+                skipped.append(str(err))
+                continue
+            if bad is not None and repaired is not None:
+                item = dataclasses.replace(item, metadata={**item.metadata, "gold_fix": bad.fix})
+            if item.id in seen:
+                raise ValueError(
+                    f"{name}: item id {item.id!r} appears at rows {seen[item.id]} and {position}; ids "
+                    "must be unique"
+                )
+            seen[item.id] = position
+            items.append(item)
+    if skipped and not items:
+        raise ValueError(f"{name}: none of the {len(skipped)} rows could be read; the first: {skipped[0]}")
+    if skipped:
+        _LOG.warning(
+            "%s: skipped %d of %d rows that could not be read; the first: %s",
+            name,
+            len(skipped),
+            len(skipped) + len(items),
+            skipped[0],
+        )
+    if fixed:
+        _LOG.warning("%s: repaired %d known-bad items: %s", name, len(fixed), "; ".join(fixed))
     return items

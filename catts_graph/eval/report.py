@@ -8,8 +8,13 @@ rows: a probe-only run directory gets the probe section alone.
 - Accuracy per method and N (percent), with a 95% percentile bootstrap interval over items
   (:func:`catts_graph.metrics.bootstrap_interval`, 1000 resamples, seed 0), and the scaling slope
   (points per doubling of N, :func:`catts_graph.metrics.scaling_slope`) when a method has two N or more.
+  The headline is the benchmark's official scorer (the ``official`` column,
+  :mod:`catts_graph.eval.official`; the run's ``meta["scorer"]`` names it), the strict rule's
+  accuracy beside it; a cell with a row stored before the official column existed falls back to
+  the strict rule and says so.
 - Calibration of each method at its largest N: ECE and MCE (15 equal-width bins), Brier score and
-  AUROC of the ``confidence`` column (AUROC "n/a" when all answers are right or all wrong).
+  AUROC of the ``confidence`` column against the strict verdicts (AUROC "n/a" when all answers are
+  right or all wrong); the official rules' guesses (MMMU's random option) would blur it.
 - The probe (:func:`catts_graph.eval.probe.probe_summary`).
 - Cost at each method's largest N: mean generated tokens, expert calls and seconds per item, and the
   share of items in which each module ran (from the ``modules`` column).
@@ -49,13 +54,17 @@ MODULE_ORDER = NODES
 
 @dataclass(frozen=True)
 class AccuracyCell:
-    """Accuracy of one method at one N over ``items`` items, in points with its bootstrap interval."""
+    """Accuracy of one method at one N over ``items`` items, in points with its bootstrap interval:
+    by the official scorer when ``official`` (every row has its verdict), else by the strict rule;
+    ``strict`` is the strict rule's accuracy."""
 
     n: int
     items: int
     accuracy: float
     lower: float
     upper: float
+    strict: float
+    official: bool
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,17 @@ def method_summaries(store_path: str | Path) -> list[MethodSummary]:
     with read_store(store_path) as store:
         meta = store.meta
         results = sorted(store.results(), key=lambda r: (r["method"], r["n"], r["item_id"]))
-    keys = ("method", "n", "correct", "confidence", "tokens", "expert_calls", "seconds", "modules")
+    keys = (
+        "method",
+        "n",
+        "correct",
+        "confidence",
+        "tokens",
+        "expert_calls",
+        "seconds",
+        "modules",
+        "official",
+    )
     rows = [tuple(r[key] for key in keys) for r in results]
     by_method: dict[str, dict[int, list[tuple[Any, ...]]]] = {}
     for row in rows:
@@ -122,9 +141,15 @@ def method_summaries(store_path: str | Path) -> list[MethodSummary]:
         per_n = by_method[method]
         cells = []
         for n in sorted(per_n):
-            points = [100.0 * int(r[2]) for r in per_n[n]]
+            strict = [100.0 * int(r[2]) for r in per_n[n]]
+            official = all(r[8] is not None for r in per_n[n])
+            points = [100.0 * int(r[8]) for r in per_n[n]] if official else strict
             lower, upper = metrics.bootstrap_interval(points, n_boot=N_BOOT, level=CONFIDENCE_LEVEL, seed=0)
-            cells.append(AccuracyCell(n, len(points), float(np.mean(points)), lower, upper))
+            cells.append(
+                AccuracyCell(
+                    n, len(points), float(np.mean(points)), lower, upper, float(np.mean(strict)), official
+                )
+            )
         slope = (
             metrics.scaling_slope([c.n for c in cells], [c.accuracy for c in cells])
             if len(cells) >= 2
@@ -186,7 +211,8 @@ def _header(meta: dict[str, Any], run_dir: Path) -> list[str]:
         f"Run directory: `{run_dir}`. Rebuild with `catts report {run_dir}`.",
         "",
     ]
-    shown = [(k, meta[k]) for k in ("benchmark", "model", "expert", "seed", "ns", "methods") if k in meta]
+    keys = ("benchmark", "scorer", "model", "expert", "seed", "ns", "methods")
+    shown = [(k, meta[k]) for k in keys if k in meta]
     if "probe" in meta:
         shown.append(("probe", meta["probe"]))
     if shown:
@@ -210,7 +236,12 @@ def _header(meta: dict[str, Any], run_dir: Path) -> list[str]:
     return lines
 
 
-def _accuracy_section(summaries: Sequence[MethodSummary]) -> list[str]:
+def _accuracy_cell(c: AccuracyCell) -> str:
+    headline = f"{c.accuracy:.1f} [{c.lower:.1f}, {c.upper:.1f}]"
+    return f"{headline} (strict {c.strict:.1f})" if c.official else f"{headline} (strict only)"
+
+
+def _accuracy_section(summaries: Sequence[MethodSummary], meta: dict[str, Any]) -> list[str]:
     ns = sorted({c.n for s in summaries for c in s.cells})
     rows = []
     for s in summaries:
@@ -218,15 +249,20 @@ def _accuracy_section(summaries: Sequence[MethodSummary]) -> list[str]:
         row: list[object] = [s.method]
         for n in ns:
             c = by_n.get(n)
-            row.append("—" if c is None else f"{c.accuracy:.1f} [{c.lower:.1f}, {c.upper:.1f}]")
+            row.append("—" if c is None else _accuracy_cell(c))
         row += [number(s.slope, 2), s.items]
         rows.append(row)
+    scorer = (meta.get("scorer") or {}).get("headline", "the benchmark's official rule")
     return [
         "## Accuracy and test-time scaling",
         "",
-        f"Accuracy in percent at each N, with the {int(CONFIDENCE_LEVEL * 100)}% percentile bootstrap "
-        f"interval over items ({N_BOOT} resamples, seed 0). Slope: least-squares accuracy points per "
-        "doubling of N (log2 N).",
+        f"Accuracy in percent at each N by the benchmark's official scoring rule (`{scorer}`, "
+        "comparable with the papers), with the "
+        f"{int(CONFIDENCE_LEVEL * 100)}% percentile bootstrap interval over items ({N_BOOT} resamples, "
+        "seed 0); in parentheses the strict rule's accuracy (exact after normalisation, else "
+        "math-verify; never a guess). 'strict only': rows stored before the official scorer, "
+        "scored strictly. Slope: least-squares accuracy points per doubling of N (log2 N), of the "
+        "headline accuracy.",
         "",
         markdown_table(["method", *[f"N={n}" for n in ns], "slope (pts/doubling)", "items"], rows),
         "",
@@ -352,7 +388,7 @@ def write_report(run_dir: str | Path) -> Path:
             },
             plot_dir / "scaling.png",
         )
-        lines += _accuracy_section(summaries)
+        lines += _accuracy_section(summaries, meta)
         reliability = {s.method: s.bins for s in summaries if s.bins}
         if reliability:
             plots.plot_reliability(reliability, plot_dir / "reliability.png")

@@ -48,6 +48,7 @@ from catts_graph.eval.methods import (
     parse_method,
     run_method,
 )
+from catts_graph.eval.official import official_scorer
 from catts_graph.eval.store import ResultStore, db_path, run_lock
 from catts_graph.models.base import BaseVLM
 from catts_graph.models.replay import ReplayVLM
@@ -82,13 +83,16 @@ def evaluate_item(
     seed: int,
     judge: Any = None,
 ) -> tuple[SamplePool, list[dict[str, Any]]]:
-    """One item's pool and result rows (the keyword arguments of ``ResultStore.put_result``).
+    """One item's pool and result rows (the keyword arguments of ``ResultStore.put_result``):
+    ``correct`` by the strict rule, ``official`` by the benchmark's own
+    (:func:`catts_graph.eval.official.official_scorer`, on the judged answer and the response).
 
     ``graphs`` holds the base model, the expert and the config (and the compiled CA-TTS graphs).
     When the base model holds recorded responses, the item's pool is made of its own.
     """
     from catts_graph.eval.scoring import judge_answer
 
+    scorer = official_scorer(item.benchmark)
     graph_input = item.graph_input()
     n = max(ns) if any(s.needs_samples for s in specs) else 0
     replay = graphs.replay
@@ -114,6 +118,7 @@ def evaluate_item(
                     "answer": judgement.answer if judgement.answer is not None else result.answer,
                     "gold": item.answer,
                     "correct": judgement.correct,
+                    "official": scorer.score(item, judgement.answer, result.response),
                     "confidence": result.confidence,
                     "category": item.category,
                     "tokens": result.tokens,
@@ -200,6 +205,8 @@ def run_eval(
                 "config": dataclasses.asdict(config),
             }
         )
+        # Outside check_meta: a run stored before the scorers were named resumes.
+        store.set_meta({"scorer": {"headline": official_scorer(benchmark).name, "beside": "strict"}})
         expected = {(s.name, n) for s in specs for n in ns}
         todo = [item for item in items if not expected <= store.result_keys(item.id)]
         done = len(items) - len(todo)
@@ -311,17 +318,20 @@ def _uses_self(expert: Any) -> bool:
 
 
 def accuracy_table(
-    store: ResultStore, items: Sequence[Item], benchmark: str
+    store: ResultStore, items: Sequence[Item], benchmark: str, *, verdict: str = "correct"
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """``{method: {n: benchmark_metrics(...)}}`` over the stored rows of ``items``."""
+    """``{method: {n: benchmark_metrics(...)}}`` over the stored rows of ``items``, by the
+    ``verdict`` column: ``"correct"`` (strict) or ``"official"`` (rows without one are left out)."""
+    if verdict not in ("correct", "official"):
+        raise ValueError(f"verdict={verdict!r}: expected 'correct' or 'official'")
     from catts_graph.eval.scoring import benchmark_metrics
 
     by_id = {item.id: item for item in items}
     judged: dict[str, dict[int, list[tuple[Item, bool]]]] = {}
     for row in store.results():
         item = by_id.get(row["item_id"])
-        if item is not None:
-            judged.setdefault(row["method"], {}).setdefault(row["n"], []).append((item, row["correct"]))
+        if item is not None and row[verdict] is not None:
+            judged.setdefault(row["method"], {}).setdefault(row["n"], []).append((item, row[verdict]))
     return {
         method: {n: benchmark_metrics(benchmark, pairs) for n, pairs in sorted(per_n.items())}
         for method, per_n in judged.items()
@@ -336,23 +346,27 @@ def _print_summary(
     ns: Sequence[int],
     benchmark: str,
 ) -> None:
-    table = accuracy_table(store, items, benchmark)
+    official = accuracy_table(store, items, benchmark, verdict="official")
+    strict = accuracy_table(store, items, benchmark)
     ids = {item.id for item in items}
     costs: dict[str, list[dict[str, Any]]] = {}
     for row in store.results():
         if row["item_id"] in ids and row["n"] == max(ns):
             costs.setdefault(row["method"], []).append(row)
     view = Table(
-        title=f"{benchmark}: Overall accuracy (%) by N, {len(items)} items",
-        caption=f"tokens, expert calls and seconds: mean per item at N={max(ns)}",
+        title=f"{benchmark}: Overall accuracy (%) by N, {len(items)} items, scored by "
+        f"{official_scorer(benchmark).name}",
+        caption=f"strict: the strict rule at N={max(ns)}; tokens, expert calls and seconds: mean per "
+        f"item at N={max(ns)}",
     )
     view.add_column("method", no_wrap=True)
     for n in ns:
         view.add_column(f"N={n}", justify="right")
-    for label in ("tokens", "calls", "s"):
+    for label in ("strict", "tokens", "calls", "s"):
         view.add_column(label, justify="right")
     for spec in specs:
-        per_n = table.get(spec.name, {})
+        per_n = official.get(spec.name, {})
+        strict_top = strict.get(spec.name, {}).get(max(ns))
         rows = costs.get(spec.name, [])
 
         def mean(key: str, rows: list[dict[str, Any]] = rows) -> str:
@@ -361,6 +375,7 @@ def _print_summary(
         view.add_row(
             spec.name,
             *(f"{per_n[n]['Overall']:.1f}" if n in per_n else "-" for n in ns),
+            f"{strict_top['Overall']:.1f}" if strict_top else "-",
             mean("tokens"),
             mean("expert_calls"),
             mean("seconds"),

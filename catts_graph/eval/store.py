@@ -5,7 +5,7 @@ The tables are the report's interface and are read with plain SQL::
     meta(key TEXT PRIMARY KEY, value TEXT)        -- JSON values: benchmark, model, expert, seed, ns, ...
     pools(item_id TEXT PRIMARY KEY, samples TEXT, seconds REAL, tokens INTEGER)
     results(item_id, method, n, answer, gold, correct, confidence, category, tokens, expert_calls,
-            seconds, modules, trace, PRIMARY KEY (item_id, method, n))
+            seconds, modules, trace, official, PRIMARY KEY (item_id, method, n))
     probe(item_id, perturb, level, answer, gold, correct, confidence, nmlp, category,
           PRIMARY KEY (item_id, perturb, level))
 
@@ -13,6 +13,10 @@ Durability: WAL journal with ``synchronous=FULL``, so a committed transaction su
 process (and a power cut). The runner writes an item's pool and all its result rows in *one*
 transaction (:meth:`ResultStore.transaction`), so a kill never leaves half an item: on resume an item
 is either complete or absent, and the primary keys make counting a row twice impossible.
+
+``correct`` is the strict rule's verdict (:func:`catts_graph.task.is_correct`), ``official`` the
+benchmark's own rule's (:mod:`catts_graph.eval.official`; NULL in rows written before it existed,
+the column is added to such a store when it is opened).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ CREATE TABLE IF NOT EXISTS pools(
 CREATE TABLE IF NOT EXISTS results(
     item_id TEXT, method TEXT, n INTEGER, answer TEXT, gold TEXT, correct INTEGER,
     confidence REAL, category TEXT, tokens INTEGER, expert_calls INTEGER, seconds REAL,
-    modules TEXT, trace TEXT,
+    modules TEXT, trace TEXT, official INTEGER,
     PRIMARY KEY (item_id, method, n));
 CREATE TABLE IF NOT EXISTS probe(
     item_id TEXT, perturb TEXT, level REAL, answer TEXT, gold TEXT, correct INTEGER,
@@ -63,6 +67,7 @@ RESULT_COLUMNS = (
     "seconds",
     "modules",
     "trace",
+    "official",
 )
 
 
@@ -129,6 +134,9 @@ class ResultStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+            if "official" not in columns:  # a store written before the official scorers
+                self._conn.execute("ALTER TABLE results ADD COLUMN official INTEGER")
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -270,8 +278,11 @@ class ResultStore:
         seconds: float,
         modules: Sequence[str] = (),
         trace: Sequence[Mapping[str, Any]] | None = None,
+        official: bool | None = None,
     ) -> None:
         """Store one (item, method, N) row; storing the same key again replaces it, never duplicates.
+
+        ``correct`` is the strict verdict, ``official`` the benchmark's own rule's (None: not scored).
 
         Every string in ``trace`` is stored redacted (:func:`catts_graph.redaction.redact`).
         """
@@ -294,17 +305,20 @@ class ResultStore:
                     json.dumps(list(modules)),
                     # The trace carries the experts' error texts: no credential is stored with them.
                     None if trace is None else json.dumps(redact_strings(list(trace))),
+                    None if official is None else int(bool(official)),
                 ),
             )
 
     def results(self, method: str | None = None) -> list[dict[str, Any]]:
-        """Result rows as dicts (``modules`` and ``trace`` decoded), ordered by item, method, n."""
+        """Result rows as dicts (``modules`` and ``trace`` decoded; ``correct`` a bool, ``official``
+        a bool or None), ordered by item, method, n."""
         where, parameters = ("WHERE method = ?", (method,)) if method is not None else ("", ())
         rows = self._rows(
             f"SELECT {', '.join(RESULT_COLUMNS)} FROM results {where} ORDER BY item_id, method, n", parameters
         )
         for row in rows:
             row["correct"] = bool(row["correct"])
+            row["official"] = None if row["official"] is None else bool(row["official"])
             row["modules"] = json.loads(row["modules"]) if row["modules"] else []
             row["trace"] = json.loads(row["trace"]) if row["trace"] else None
         return rows

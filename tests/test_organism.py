@@ -13,7 +13,15 @@ import pytest
 from catts_graph.commands.organism import add_organism_command
 from catts_graph.organism import organism_model, organism_path
 from catts_graph.organism.evaluate import evaluate_organism
-from catts_graph.organism.train import CHECKPOINT_SETTINGS, CONFIGS, reply_text, train_organism
+from catts_graph.organism.train import (
+    CDRL_ORGANISM,
+    CHECKPOINT_SETTINGS,
+    CONFIGS,
+    reply_text,
+    train_organism,
+    weights_checksum,
+)
+from catts_graph.organism.tune import CDRL_VARIANTS, ship_cdrl
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT / "examples" / "images" / "shapes.png"
@@ -21,7 +29,7 @@ DEMO_IMAGE = ROOT / "examples" / "images" / "shapes.png"
 # Floors a few items under what the shipped checkpoints measured on these first 100 test items,
 # greedy: base 0.92, expert 0.98 (docs/organism.md has 300 items: 0.910 and 0.970). A retrained or
 # broken checkpoint that falls back towards the answer prior (about a quarter overall) fails them.
-CLEAN_FLOOR = {"base": 0.88, "expert": 0.95}
+CLEAN_FLOOR = {"base": 0.88, "expert": 0.95, "base-cdrl": 0.88}
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +53,48 @@ def test_the_checkpoints_are_small_and_declare_their_prompts(which: str) -> None
         assert json.loads((folder / "organism.json").read_text())["reflection"]["steps"] > 0
 
 
-@pytest.mark.parametrize("which", ["base", "expert"])
+@pytest.mark.parametrize("which", ["base", "expert", "base-cdrl"])
 def test_clean_accuracy_stays_above_its_floor(which: str) -> None:
     vlm = organism_model(which)
     report = evaluate_organism(vlm, split="test", limit=100)
     assert report["all"]["accuracy"] >= CLEAN_FLOOR[which], report
     assert set(report) == {"all", "colour", "count", "compare", "position", "digits"}
+
+
+def test_the_cdrl_organism_says_what_it_is_and_started_from_the_shipped_base() -> None:
+    folder = organism_path(CDRL_ORGANISM)
+    assert (folder / "model.safetensors").is_file() and (folder / "catts.json").is_file()
+    record = json.loads((folder / "organism.json").read_text())
+    assert record["base_checksum"] == weights_checksum(organism_path("base")), (
+        "the base organism was retrained: rerun CDRL from it (catts organism tune-cdrl, then ship-cdrl)"
+    )
+    assert record["variant"] in CDRL_VARIANTS
+    assert record["training"]["steps"] == record["cdrl_config"]["grpo"]["max_steps"]
+    assert record["cdrl_config"]["model"] == "catts_graph/organism/checkpoints/base"
+
+
+def test_ship_cdrl_copies_the_checkpoint_and_records_its_origin(tmp_path: Path) -> None:
+    run = tmp_path / "tuning" / "entropy+mix"
+    (run / "cdrl").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json", "catts.json", "tokenizer.json"):
+        (run / "cdrl" / name).write_bytes((organism_path("base") / name).read_bytes())
+    summary = {"seconds": 12.5, "steps": 3, "reward_means": {"accuracy": 0.5}, "losses": [0.1]}
+    (run / "cdrl" / "cdrl_summary.json").write_text(json.dumps(summary))
+    (run / "cdrl.yaml").write_text("model: somewhere\noutput_dir: elsewhere\ngrpo: {max_steps: 3}\n")
+    target = ship_cdrl(tmp_path / "tuning", "entropy+mix", tmp_path / "shipped")
+    assert (target / "model.safetensors").read_bytes() == (
+        organism_path("base") / "model.safetensors"
+    ).read_bytes()
+    record = json.loads((target / "organism.json").read_text())
+    assert record["variant"] == "entropy+mix"
+    assert record["base_checksum"] == weights_checksum(organism_path("base"))
+    assert record["training"] == {"seconds": 12.5, "steps": 3, "reward_means": {"accuracy": 0.5}}
+    assert record["cdrl_config"] == {
+        "model": "catts_graph/organism/checkpoints/base",
+        "grpo": {"max_steps": 3},
+    }
+    with pytest.raises(FileNotFoundError, match="no finished CDRL run of 'missing'"):
+        ship_cdrl(tmp_path / "tuning", "missing", tmp_path / "other")
 
 
 def test_the_organism_describes_then_answers(base_model) -> None:

@@ -32,14 +32,16 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from catts_graph.statements import StatementReader
-from catts_graph.step_confidence import SIGNALS
 from catts_training.cdrl.data import load_items
-from catts_training.cdrl.train import TINY_MODEL, load_processor, save_policy
+from catts_training.cdrl.train import load_processor, save_policy
+from catts_training.config import ConfigError, check_model, positive_int
+from catts_training.entry import module_main
+from catts_training.mmboundary.config import DEFAULT_WEIGHTS, ENCODERS, MMBoundaryConfig, load_config
 from catts_training.mmboundary.data import (
     MMBoundaryData,
     assess_replies,
@@ -53,16 +55,9 @@ from catts_training.mmboundary.data import (
     to_sft_dataset,
 )
 from catts_training.mmboundary.pretrain import MANIFEST_KEY as PRETRAIN_KEY
-from catts_training.mmboundary.pretrain import PretrainConfig, freeze_parameters, pretrain_statements
-from catts_training.mmboundary.reference import DEFAULT_THRESHOLD, JUDGES, make_judge
-from catts_training.mmboundary.rewards import (
-    REWARD_NAMES,
-    build_rewards,
-    checked_level_confidence,
-    level_confidences,
-)
-from catts_training.mmboundary.stated import TRAINING_SIGNALS
-from catts_training.yaml_config import check_keys, read_config
+from catts_training.mmboundary.pretrain import freeze_parameters, pretrain_statements
+from catts_training.mmboundary.reference import make_judge
+from catts_training.mmboundary.rewards import REWARD_NAMES, build_rewards, level_confidences
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -81,237 +76,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "knowledge_accuracy": 1.0,
-    "expected_calibration": 1.0,
-    "self_calibration": 1.0,
-    "format": 0.5,
-    "accuracy": 1.0,
-}
-
-ENCODERS: tuple[str, ...] = ("minilm",)
-"""Sentence encoders a config can name (``encoder: minilm``: all-MiniLM-L6-v2, offline, the
-``mmboundary`` extra); ``encoder: null`` runs without one."""
-
 SUMMARY_FILE = "mmboundary_summary.json"
-
-_ITEM_KEYS = frozenset({"source", "benchmark", "split", "limit", "image_dir"})
-_SAMPLING_KEYS = frozenset({"samples", "temperature", "max_new_tokens", "seed"})
-_JUDGE_KEYS = frozenset({"kind", "threshold"})
-_REWARD_KEYS = frozenset({"weights", "level_confidence", "cover_reference", "score_batch_size"})
-
-
-@dataclasses.dataclass
-class MMBoundaryConfig:
-    """Everything the MMBoundary stages need; one YAML file. Unknown keys are errors.
-
-    - ``model``: the base model (a local checkpoint or hub id; ``tiny``: the offline tiny random
-      Qwen2.5-VL); ``max_pixels``: cap on pixels per image for its processor.
-    - ``output_dir``: ``data/``, ``sft/``, ``rl/`` and ``probe/`` go under it.
-    - ``data``: the training items (``source``, ``benchmark``, ``split``, ``limit``, ``image_dir``, as
-      :func:`catts_training.cdrl.data.load_items`); ``validation``: the items the step calibrator is fitted
-      on (same keys; keep them apart from the training items).
-    - ``sampling``: the base model's replies, ``samples`` per item (1), ``temperature`` (0: greedy),
-      ``max_new_tokens`` (256), ``seed`` (0).
-    - ``signals``: the step signals fused into the internal level, some of
-      :data:`~catts_training.mmboundary.stated.TRAINING_SIGNALS` (default ``[probability, entropy]``;
-      ``tokensar`` needs the encoder and costs one encoder call per token per step; CLIPScore is not
-      used in training).
-    - ``encoder``: ``minilm`` or null: the sentence encoder for TokenSAR, for reading paraphrased
-      statements back (``statements.margin``) and for the ``similarity`` judge.
-    - ``judge``: ``kind`` (``exact``: the organism's step truth; ``similarity``: cosine to the
-      reference chain, ``threshold``), see :mod:`catts_training.mmboundary.reference`.
-    - ``calibration``: ``use_labels`` (default: true with the exact judge, false otherwise): fit the
-      fusion weights and the levels' accuracies on the validation steps' labels.
-    - ``statements``: ``margin`` of the backward mapping (default 0.05); ``pretrain`` (default none:
-      the statement pre-training of an organism before SFT, :class:`PretrainConfig`'s fields);
-      ``vocabulary`` (default
-      false): SFT starts from a copy of the model whose word-level tokenizer has the statements'
-      words as whole tokens (:mod:`catts_training.mmboundary.vocabulary`; the organisms); ``lines``
-      (default null: every step but the answer): statements after the steps of each reply's first
-      that many lines only (the organism: its description, not the focus line that copies from it).
-    - ``rewards``: ``weights`` per reward name (:data:`~catts_training.mmboundary.rewards.REWARD_NAMES`),
-      ``level_confidence`` (five numbers; default: the calibrator's level accuracies),
-      ``cover_reference`` (default true), ``score_batch_size`` (completions per scoring pass, 4).
-    - ``lora``: None for full-parameter training, else ``peft.LoraConfig`` fields (SFT and RL).
-    - ``sft``: any ``trl.SFTConfig`` fields; ``rl``: any ``trl.GRPOConfig`` fields.
-    - ``probe``: the items the probe answers (the ``data`` keys) and ``max_new_tokens``; default the
-      validation items.
-    """
-
-    model: str
-    output_dir: str
-    max_pixels: int | None = None
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    validation: dict[str, Any] = dataclasses.field(default_factory=dict)
-    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
-    signals: list[str] = dataclasses.field(default_factory=lambda: ["probability", "entropy"])
-    encoder: str | None = None
-    judge: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "exact"})
-    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
-    statements: dict[str, Any] = dataclasses.field(default_factory=dict)
-    rewards: dict[str, Any] = dataclasses.field(default_factory=dict)
-    lora: dict[str, Any] | None = None
-    freeze: list[str] = dataclasses.field(default_factory=list)
-    """Parameter-name prefixes kept frozen in SFT and RL (e.g. ``model.visual``: statements are a
-    matter of language, and a perturbed vision tower is what costs the organism its answers)."""
-    sft: dict[str, Any] = dataclasses.field(default_factory=dict)
-    rl: dict[str, Any] = dataclasses.field(default_factory=dict)
-    probe: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("data", "validation"):
-            section = getattr(self, name)
-            check_keys(section, _ITEM_KEYS, name)
-            if not section.get("source") and not section.get("benchmark"):
-                raise ValueError(f"{name}: give source and/or benchmark")
-        check_keys(self.sampling, _SAMPLING_KEYS, "sampling")
-        check_keys(self.judge, _JUDGE_KEYS, "judge")
-        check_keys(self.calibration, frozenset({"use_labels"}), "calibration")
-        check_keys(self.statements, frozenset({"margin", "vocabulary", "lines", "pretrain"}), "statements")
-        self.pretrain_config()  # validates
-        check_keys(self.rewards, _REWARD_KEYS, "rewards")
-        if self.probe is not None:
-            check_keys(self.probe, _ITEM_KEYS | {"max_new_tokens"}, "probe")
-        unknown = [s for s in self.signals if s not in SIGNALS]
-        if unknown or not self.signals:
-            raise ValueError(
-                f"signals: {self.signals!r}; expected a non-empty list of {list(TRAINING_SIGNALS)}"
-            )
-        if "clipscore" in self.signals:
-            raise ValueError(
-                "signals: clipscore is not used in training (an image-text model at every reward call); "
-                f"choose from {list(TRAINING_SIGNALS)}"
-            )
-        if self.encoder is not None and self.encoder not in ENCODERS:
-            raise ValueError(f"encoder={self.encoder!r}: expected one of {ENCODERS} or null")
-        if "tokensar" in self.signals and self.encoder is None:
-            raise ValueError("signals: tokensar needs a sentence encoder; set encoder: minilm")
-        if self.judge_kind() not in JUDGES:
-            raise ValueError(f"judge.kind={self.judge_kind()!r}: expected one of {JUDGES}")
-        if self.judge_kind() == "similarity" and self.encoder is None:
-            raise ValueError("judge.kind: similarity needs a sentence encoder; set encoder: minilm")
-        self.reward_weights()  # validates
-        if self.rewards.get("level_confidence") is not None:
-            checked_level_confidence(self.rewards["level_confidence"])
-        if not isinstance(self.freeze, list) or not all(isinstance(p, str) and p for p in self.freeze):
-            raise ValueError(f"freeze: {self.freeze!r}; expected a list of parameter-name prefixes")
-        if self.freeze and self.lora is not None:
-            raise ValueError("freeze: not with lora (LoRA already keeps the base frozen)")
-        for section in ("sft", "rl"):
-            if "output_dir" in getattr(self, section):
-                raise ValueError(
-                    f"{section}.output_dir: set output_dir at the top level of the config instead"
-                )
-
-    # -- reading the sections ---------------------------------------------------------------------
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.output_dir) / "data"
-
-    @property
-    def sft_dir(self) -> Path:
-        return Path(self.output_dir) / "sft"
-
-    @property
-    def rl_dir(self) -> Path:
-        return Path(self.output_dir) / "rl"
-
-    def stated_lines(self) -> int | None:
-        """``statements.lines``: statements after the steps of each reply's first that many lines
-        only (None: after every step but the answer)."""
-        lines = self.statements.get("lines")
-        if lines is not None and (isinstance(lines, bool) or not isinstance(lines, int) or lines < 1):
-            raise ValueError(f"statements.lines={lines!r}: expected an int >= 1 or null")
-        return lines
-
-    def pretrain_config(self) -> PretrainConfig | None:
-        """``statements.pretrain`` (None: SFT starts from the base, or its vocabulary copy)."""
-        section = self.statements.get("pretrain")
-        if section is None:
-            return None
-        if not isinstance(section, Mapping):
-            raise ValueError(
-                f"statements.pretrain: {section!r}; expected a mapping (steps, learning_rate, ...)"
-            )
-        return PretrainConfig.from_section(section)
-
-    def model_path(self) -> str:
-        """The base model: ``tiny`` is built (once) at the default tiny-model folder."""
-        if self.model == TINY_MODEL:
-            from catts_graph.models.tiny import ensure_tiny_model
-
-            return str(ensure_tiny_model())
-        return self.model
-
-    def judge_kind(self) -> str:
-        return str(self.judge.get("kind", "exact"))
-
-    def use_labels(self) -> bool:
-        return bool(self.calibration.get("use_labels", self.judge_kind() == "exact"))
-
-    def reward_weights(self) -> list[float]:
-        """The weight of each reward in :data:`REWARD_NAMES` order (unset names take the default)."""
-        given = dict(self.rewards.get("weights") or {})
-        unknown = set(given) - set(REWARD_NAMES)
-        if unknown:
-            raise ValueError(
-                f"rewards.weights: unknown rewards {sorted(unknown)}; expected {list(REWARD_NAMES)}"
-            )
-        weights = [float(given.get(name, DEFAULT_WEIGHTS[name])) for name in REWARD_NAMES]
-        if not all(math.isfinite(w) for w in weights) or not any(weights):
-            raise ValueError("rewards.weights: expected finite numbers, at least one non-zero")
-        return weights
-
-    def sft_config(self, output_dir: str | Path | None = None, **overrides: Any) -> Any:
-        """``trl.SFTConfig`` from the ``sft`` section (``overrides`` replace fields)."""
-        from trl import SFTConfig
-
-        values = {**self.sft, **overrides}
-        values.setdefault("logging_steps", 1)
-        values.setdefault("report_to", "none")
-        return SFTConfig(output_dir=str(output_dir or self.sft_dir), **values)
-
-    def grpo_config(self, output_dir: str | Path | None = None, **overrides: Any) -> Any:
-        """``trl.GRPOConfig`` from the ``rl`` section and the reward weights."""
-        from trl import GRPOConfig
-
-        values = {**self.rl, **overrides}
-        values.setdefault("reward_weights", self.reward_weights())
-        values.setdefault("logging_steps", 1)
-        values.setdefault("report_to", "none")
-        return GRPOConfig(output_dir=str(output_dir or self.rl_dir), **values)
-
-
-def load_config(path: str | Path, **overrides: Any) -> MMBoundaryConfig:
-    """Read a YAML config; ``overrides`` that are not None replace top-level keys. Relative item
-    files are read from the config's folder when they exist there, else from the working directory."""
-    values = read_config(path, MMBoundaryConfig, overrides)
-    for section in ("data", "validation", "probe"):
-        if values.get(section) is None:
-            continue
-        values[section] = dict(values[section])
-        for key in ("source", "image_dir"):
-            given = values[section].get(key)
-            if isinstance(given, str) and not Path(given).is_absolute():
-                beside = Path(path).parent / given
-                if beside.exists():
-                    values[section][key] = str(beside)
-    return MMBoundaryConfig(**values)
 
 
 # -- shared parts --------------------------------------------------------------------------------
-
-
-def _items(section: Mapping[str, Any]) -> list[Any]:
-    return load_items(
-        section.get("source"),
-        benchmark=section.get("benchmark"),
-        split=section.get("split"),
-        limit=section.get("limit"),
-        image_dir=section.get("image_dir"),
-    )
 
 
 def _encoder(config: MMBoundaryConfig) -> Any:
@@ -323,11 +91,11 @@ def _encoder(config: MMBoundaryConfig) -> Any:
 
 
 def _judge(config: MMBoundaryConfig, encoder: Any) -> Any:
-    return make_judge(config.judge_kind(), encoder, float(config.judge.get("threshold", DEFAULT_THRESHOLD)))
+    return make_judge(config.judge.kind, encoder, config.judge.threshold)
 
 
 def _reader(config: MMBoundaryConfig, encoder: Any) -> StatementReader:
-    return StatementReader(encoder, margin=float(config.statements.get("margin", 0.05)))
+    return StatementReader(encoder, margin=config.statements.margin)
 
 
 def _similarity(config: MMBoundaryConfig, encoder: Any) -> Any:
@@ -403,30 +171,25 @@ def build_data(
         vlm = TransformersVLM.from_pretrained(config.model_path(), max_pixels=config.max_pixels)
     encoder = encoder if encoder is not None else _encoder(config)
     judge = _judge(config, encoder)
-    sampling = {
-        "samples": int(config.sampling.get("samples", 1)),
-        "temperature": float(config.sampling.get("temperature", 0.0)),
-        "max_new_tokens": int(config.sampling.get("max_new_tokens", 256)),
-        "seed": int(config.sampling.get("seed", 0)),
-    }
+    sampling = config.sampling.model_dump()
     common = {
         "signals": config.signals,
         "similarity": _similarity(config, encoder),
         "judge": judge,
-        "stated_lines": config.stated_lines(),
+        "stated_lines": config.statements.lines,
     }
     loaded = time.perf_counter()
 
     def report(phase: str, total: int) -> Callable[[int], None] | None:
         return None if progress is None else (lambda done: progress(phase, done, total))
 
-    held_out = _items(config.validation)
+    held_out = load_items(**config.validation.load_arguments())
     validation = sample_replies(
         vlm, held_out, **common, **{**sampling, "samples": 1}, progress=report("validation", len(held_out))
     )
     validation_done = time.perf_counter()
     calibrator = fit_calibrator(validation, use_labels=config.use_labels())
-    items = _items(config.data)
+    items = load_items(**config.data.load_arguments())
     replies = sample_replies(vlm, items, **common, **sampling, progress=report("training", len(items)))
     assess_replies(replies, calibrator)
     examples = stated_examples(items, replies, seed=sampling["seed"])
@@ -520,21 +283,21 @@ def sft_start(
     on stated gold replies (``statements.pretrain``, -> ``OUTPUT_DIR/pretrained``;
     ``pretrain_steps`` replaces its ``steps``). Each folder is reused when it holds the same."""
     model_path = model or config.model_path()
-    if config.statements.get("vocabulary"):
+    if config.statements.vocabulary:
         from catts_training.mmboundary.vocabulary import extend_vocabulary
 
         model_path = str(extend_vocabulary(model_path, Path(config.output_dir) / "vocabulary"))
-    pretrain = config.pretrain_config()
+    pretrain = config.statements.pretrain
     if pretrain is not None:
         if pretrain_steps is not None:
-            pretrain = dataclasses.replace(pretrain, steps=pretrain_steps)
+            pretrain = pretrain.model_validate({**pretrain.model_dump(), "steps": pretrain_steps})
         model_path = str(
             pretrain_statements(
                 model_path,
                 Path(config.output_dir) / "pretrained",
                 pretrain,
                 calibrator=data.calibrator,
-                stated_lines=config.stated_lines(),
+                stated_lines=config.statements.lines,
                 log=log,
             )
         )
@@ -586,17 +349,17 @@ def build_rl_trainer(
         raise ValueError("rl.remove_unused_columns: must stay false; the rewards read the dataset's columns")
     processor = load_processor(policy, config.max_pixels)
     encoder = encoder if encoder is not None else _encoder(config)
-    scorer = PolicyScorer(processor, batch_size=int(config.rewards.get("score_batch_size", 4)))
+    scorer = PolicyScorer(processor, batch_size=config.rewards.score_batch_size)
     rewards = build_rewards(
         judge=_judge(config, encoder),
         reader=_reader(config, encoder),
         calibrator=data.calibrator,
         scorer=scorer,
-        level_confidence=config.rewards.get("level_confidence"),
-        cover_reference=bool(config.rewards.get("cover_reference", True)),
+        level_confidence=config.rewards.level_confidence,
+        cover_reference=config.rewards.cover_reference,
         signals=config.signals,
         similarity=_similarity(config, encoder),
-        stated_lines=config.stated_lines(),
+        stated_lines=config.statements.lines,
     )
     trainer = GRPOTrainer(
         model=policy,
@@ -665,20 +428,20 @@ def run_probe(
 
         vlm = TransformersVLM.from_pretrained(path, max_pixels=config.max_pixels)
     encoder = _encoder(config)
-    section = dict(config.probe or config.validation)
-    max_new_tokens = int(section.pop("max_new_tokens", config.sampling.get("max_new_tokens", 256)))
-    items = _items(section)
+    section = config.probe or config.validation
+    max_new_tokens = getattr(section, "max_new_tokens", None) or config.sampling.max_new_tokens
+    items = load_items(**section.load_arguments())
     rows, answers = probe_steps(
         vlm,
         items,
-        steps=StepReader(_reader(config, encoder), stated_lines=config.stated_lines()),
+        steps=StepReader(_reader(config, encoder), stated_lines=config.statements.lines),
         calibrator=data.calibrator,
         judge=_judge(config, encoder),
         signals=config.signals,
         similarity=_similarity(config, encoder),
         max_new_tokens=max_new_tokens,
     )
-    confidences = level_confidences(data.calibrator, config.rewards.get("level_confidence"))
+    confidences = level_confidences(data.calibrator, config.rewards.level_confidence)
     figures = probe_figures(rows, answers, confidences)
     figures["level_confidence"] = [float(c) for c in confidences]
     report = {
@@ -743,7 +506,7 @@ def run_all(
             record.write_text(json.dumps(summary, indent=2) + "\n")
         results[stage] = json.loads(record.read_text())
         pretrained = Path(config.output_dir) / "pretrained" / "organism.json"
-        if stage == "sft" and config.pretrain_config() is not None and pretrained.is_file():
+        if stage == "sft" and config.statements.pretrain is not None and pretrained.is_file():
             done = json.loads(pretrained.read_text())[PRETRAIN_KEY]
             results["pretrain"] = {
                 "steps": done["settings"]["steps"],
@@ -751,7 +514,7 @@ def run_all(
                 "level_counts": done["level_counts"],
             }
         probed = [("sft", config.sft_dir)] if stage == "sft" else [("rl", config.rl_dir)]
-        if stage == "sft" and config.pretrain_config() is not None:
+        if stage == "sft" and config.statements.pretrain is not None:
             probed.insert(0, ("pretrained", Path(config.output_dir) / "pretrained"))
         for name, model in probed:
             report = Path(config.output_dir) / "probe" / f"{name}.json"
@@ -796,14 +559,20 @@ def add_mmboundary_command(subparsers: Any) -> argparse.ArgumentParser:
             command.add_argument("--model", help="the model to probe (default: the latest stage written)")
             command.add_argument("--out", help="the report's path (default: OUTPUT_DIR/probe/<name>.json)")
         if stage in ("sft", "rl"):
-            command.add_argument("--max-steps", type=int, help="override max_steps of the stage's section")
+            command.add_argument(
+                "--max-steps", type=positive_int, help="override max_steps of the stage's section"
+            )
         if stage == "all":
-            command.add_argument("--sft-steps", type=int, help="override max_steps of the sft section")
-            command.add_argument("--pretrain-steps", type=int, help="override statements.pretrain.steps")
-            command.add_argument("--rl-steps", type=int, help="override max_steps of the rl section")
+            command.add_argument(
+                "--sft-steps", type=positive_int, help="override max_steps of the sft section"
+            )
+            command.add_argument(
+                "--pretrain-steps", type=positive_int, help="override statements.pretrain.steps"
+            )
+            command.add_argument("--rl-steps", type=positive_int, help="override max_steps of the rl section")
         command.add_argument(
             "--threads",
-            type=int,
+            type=positive_int,
             help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)",
         )
         command.set_defaults(func=_command, stage=stage)
@@ -820,6 +589,11 @@ def _command(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     base_override = args.model if stage in ("data", "sft", "all") else None
+    if args.model is not None and base_override is None:
+        try:
+            check_model(args.model)
+        except ValueError as err:
+            raise ConfigError(f"--model: {err}") from None
     config = load_config(args.config, output_dir=args.output_dir, model=base_override)
     overrides = {"max_steps": args.max_steps} if getattr(args, "max_steps", None) is not None else {}
     if stage == "all":
@@ -882,12 +656,9 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m catts_training.mmboundary.train <stage> --config FILE``: the same as ``catts mmboundary
-    <stage> ...``, for ``accelerate launch -m``."""
-    parser = argparse.ArgumentParser(prog="python -m catts_training.mmboundary.train")
-    add_mmboundary_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["mmboundary", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    """``python -m catts_training.mmboundary.train <stage> --config FILE``: the same as ``catts
+    mmboundary <stage> ...``, for ``accelerate launch -m``."""
+    return module_main(add_mmboundary_command, "mmboundary", argv)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -39,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from catts_graph.models.transformers_vlm import checkpoint_settings
+from catts_graph.models.loading import checkpoint_settings
 from catts_graph.relevance import ClipRelevance
 from catts_training.cdrl.config import ORGANISM_CLIP, CDRLConfig, RelevanceSection, load_config
 from catts_training.cdrl.data import (
@@ -53,6 +51,7 @@ from catts_training.cdrl.data import (
 from catts_training.cdrl.rewards import REWARD_NAMES, PolicyScorer, build_rewards
 from catts_training.config import positive_int
 from catts_training.entry import module_main
+from catts_training.runs import free_memory, logged_means, peft_config
 
 __all__ = [
     "CDRLConfig",
@@ -84,7 +83,7 @@ def prepare_pairs(config: CDRLConfig, *, processor: Any = None) -> list[Training
         pairs = load_pairs(data.pairs_dir)
         return pairs[: data.limit] if data.limit else pairs
     items = load_items(**data.load_arguments())
-    from catts_graph.models.transformers_vlm import processor_input_size
+    from catts_graph.models.loading import processor_input_size
 
     if processor is None:
         processor = load_processor(config.model_path(), config.max_pixels)
@@ -138,18 +137,13 @@ def build_trainer(
         sensitivity_margin=config.rewards.sensitivity_margin,
         calibration_variant=config.rewards.calibration_variant,
     )
-    peft_config = None
-    if config.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**{"task_type": "CAUSAL_LM", **config.lora})
     trainer = CDRLTrainer(
         model=model_path,
         reward_funcs=rewards,
         args=config.grpo_config(**grpo_overrides),
         train_dataset=dataset,
         processing_class=processor,
-        peft_config=peft_config,
+        peft_config=peft_config(config.lora),
     )
     # The trainer may wrap or replace its model (PEFT, DeepSpeed); follow whatever it holds now.
     scorer.bind(lambda: trainer.model)
@@ -284,16 +278,7 @@ def train_cdrl(config: CDRLConfig, **grpo_overrides: Any) -> CDRLResult:
     out = export_model(trainer, config, config.output_dir)
     seconds = time.perf_counter() - start
     history = [dict(entry) for entry in trainer.state.log_history]
-    means: dict[str, float] = {}
-    for key in [f"rewards/{name}/mean" for name in REWARD_NAMES] + ["reward"]:
-        values = [e[key] for e in history if key in e and math.isfinite(e[key])]
-        if values:
-            means[key.removeprefix("rewards/").removesuffix("/mean")] = sum(values) / len(values)
-    metrics: dict[str, float] = {}
-    for key in sorted({k for e in history for k in e if k.startswith("cdrl/")}):
-        values = [e[key] for e in history if key in e and math.isfinite(e[key])]
-        if values:
-            metrics[key] = sum(values) / len(values)
+    means, metrics = logged_means(history, REWARD_NAMES, "cdrl/")
     losses = [float(e["loss"]) for e in history if "loss" in e]
     result = CDRLResult(
         output_dir=out,
@@ -306,8 +291,7 @@ def train_cdrl(config: CDRLConfig, **grpo_overrides: Any) -> CDRLResult:
     )
     main_process = trainer.accelerator.is_main_process
     del trainer  # frees the policy, its optimizer state and the rollout buffers before the probe loads models
-    gc.collect()
-    _empty_cuda_cache()
+    free_memory()
     if main_process:
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("log_history", "probe")}
         summary["output_dir"] = str(out)
@@ -321,13 +305,6 @@ def train_cdrl(config: CDRLConfig, **grpo_overrides: Any) -> CDRLResult:
             )
             (out / "probe.json").write_text(json.dumps(result.probe, indent=2) + "\n")
     return result
-
-
-def _empty_cuda_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from catts_training.cdrl.train import load_processor, save_policy
+from catts_training.cdrl.train import load_processor
 from catts_training.mmboundary.config import MMBoundaryConfig
 from catts_training.mmboundary.data import MMBoundaryData, load_data, to_grpo_dataset
 from catts_training.mmboundary.pretrain import freeze_parameters
@@ -16,12 +16,12 @@ from catts_training.mmboundary.rewards import build_rewards
 from catts_training.mmboundary.stage import (
     StageResult,
     encoder_of,
-    finish_stage,
     judge_of,
     reader_of,
     similarity_of,
+    train_and_save,
 )
-from catts_training.runs import free_memory, peft_config
+from catts_training.runs import peft_config
 
 __all__ = ["build_rl_trainer", "train_rl"]
 
@@ -83,10 +83,11 @@ def train_rl(config: MMBoundaryConfig, *, policy: str | None = None, **overrides
     started = time.perf_counter()
     start = _policy(config, policy)
     data = load_data(config.data_dir)
-    trainer = build_rl_trainer(config, data, policy=start, **overrides)
-    trainer.train()
-    out = save_policy(trainer, config.rl_dir, base_model=start, lora=config.lora is not None)
-    result = finish_stage("rl", trainer, out, started)
-    del trainer
-    free_memory()
-    return result
+    # The trainer goes straight in: no name here keeps it alive once the stage frees it.
+    return train_and_save(
+        "rl",
+        build_rl_trainer(config, data, policy=start, **overrides),
+        config,
+        base_model=start,
+        started=started,
+    )

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from catts_training.cdrl.train import load_processor, save_policy
+from catts_training.cdrl.train import load_processor
 from catts_training.mmboundary.config import MMBoundaryConfig
 from catts_training.mmboundary.data import MMBoundaryData, load_data, to_sft_dataset
 from catts_training.mmboundary.pretrain import freeze_parameters, pretrain_statements
-from catts_training.mmboundary.stage import StageResult, finish_stage
-from catts_training.runs import free_memory, peft_config
+from catts_training.mmboundary.stage import StageResult, train_and_save
+from catts_training.runs import peft_config
 
 __all__ = ["EndOfTurnMasked", "build_sft_trainer", "end_of_turn_id", "sft_start", "train_sft"]
 
@@ -114,10 +114,11 @@ def train_sft(
     data = load_data(config.data_dir)
     model_path = sft_start(config, data, model=model, pretrain_steps=pretrain_steps)
     started = time.perf_counter()
-    trainer = build_sft_trainer(config, data, model=model_path, **overrides)
-    trainer.train()
-    out = save_policy(trainer, config.sft_dir, base_model=model_path, lora=config.lora is not None)
-    result = finish_stage("sft", trainer, out, started)
-    del trainer
-    free_memory()
-    return result
+    # The trainer goes straight in: no name here keeps it alive once the stage frees it.
+    return train_and_save(
+        "sft",
+        build_sft_trainer(config, data, model=model_path, **overrides),
+        config,
+        base_model=model_path,
+        started=started,
+    )

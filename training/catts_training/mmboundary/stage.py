@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from catts_graph.statements import StatementReader
+from catts_training.cdrl.train import save_policy
 from catts_training.mmboundary.config import MMBoundaryConfig
 from catts_training.mmboundary.reference import make_judge
 from catts_training.mmboundary.rewards import REWARD_NAMES
-from catts_training.runs import logged_means
+from catts_training.runs import free_memory, logged_means
 
 __all__ = [
     "SUMMARY_FILE",
@@ -23,6 +24,7 @@ __all__ = [
     "judge_of",
     "reader_of",
     "similarity_of",
+    "train_and_save",
 ]
 
 SUMMARY_FILE = "mmboundary_summary.json"
@@ -89,4 +91,19 @@ def finish_stage(stage: str, trainer: Any, out: Path, started: float) -> StageRe
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "log_history"}
         summary["output_dir"] = str(out)
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def train_and_save(
+    stage: str, trainer: Any, config: MMBoundaryConfig, *, base_model: str, started: float
+) -> StageResult:
+    """Train ``trainer``, save its policy to ``OUTPUT_DIR/<stage>`` as a plain checkpoint (LoRA, when
+    the config has it, merged into ``base_model``), record the stage (:func:`finish_stage`) and free
+    the trainer's memory; pass the trainer itself, not a name still bound to it, so that it is freed."""
+    trainer.train()
+    out = Path(config.output_dir) / stage
+    saved = save_policy(trainer, out, base_model=base_model, lora=config.lora is not None)
+    result = finish_stage(stage, trainer, saved, started)
+    del trainer
+    free_memory()
     return result

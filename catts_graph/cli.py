@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return int(args.func(args))
     except (InputError, ConfigError, ValueError) as err:
-        errors.print(f"[red]error:[/] {escape(redact(str(err)))}")
+        errors.print(f"[red]error:[/] {escape(redact(str(err)))}", soft_wrap=True)  # one line, however long
         return 2
     except Exception as err:  # a provider or server error: its text may echo a credential
         errors.print(escape(redact("".join(traceback.format_exception(err)))))

@@ -154,7 +154,15 @@ def build_graph(
     builder.add_edge("visual_self_check", "planner")
     builder.add_edge("aggregate", END)
     graph = builder.compile(checkpointer=checkpointer, cache=cache, name=name)
-    # compile() makes the input channel itself; no public hook sees the input before it is stored.
+    return with_storable_input(graph)
+
+
+def with_storable_input(graph: CompiledStateGraph) -> CompiledStateGraph:
+    """``graph`` with :class:`StorableInput` as its input channel: the one place this package
+    touches LangGraph's internals. ``compile()`` makes the input channel (``START``) itself, and no
+    public hook (an input schema, a node) sees the input before a checkpointer stores it; LangGraph
+    proposed a compile-time ``input_validator`` (langchain-ai/langgraph#6767) but did not merge it.
+    tests/test_graph.py checks the channel this replaces is still the one the input goes through."""
     graph.channels[START] = StorableInput(graph.channels[START].typ)
     return graph
 

@@ -117,20 +117,30 @@ def test_only_active_terms_are_computed_and_brier_needs_correctness() -> None:
     ("values", "message"),
     [
         ({"noised_entropy": -1.0}, r"confidence_loss.noised_entropy=-1.0: expected a number >= 0"),
-        ({"brier": "big"}, r"confidence_loss.brier='big': expected a finite number"),
-        ({"clean_entropy": float("nan")}, r"confidence_loss.clean_entropy=nan"),
-        ({"entropy_target": True}, r"confidence_loss.entropy_target=True"),
+        ({"brier": "big"}, r"confidence_loss.brier: expected a number, got 'big'"),
+        ({"clean_entropy": ".nan"}, r"confidence_loss.clean_entropy"),
         ({"entropy": 1.0}, r"confidence_loss.entropy: unknown key"),
     ],
 )
-def test_config_section_errors_name_the_key(values: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        ConfidenceLossConfig.from_mapping(values)
+def test_config_section_errors_name_the_file_and_key(
+    values: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    raw = yaml.safe_load((CONFIGS / "organism_cdrl.yaml").read_text())
+    raw["confidence_loss"] = values
+    path = tmp_path / "cdrl.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("'.nan'", ".nan"))
+    with pytest.raises(ValueError, match=rf"cdrl.yaml: {message}"):
+        load_config(path)
 
 
-def test_an_absent_section_is_the_reward_only_variant() -> None:
-    config = ConfidenceLossConfig.from_mapping(None)
+def test_an_absent_section_is_the_reward_only_variant(tmp_path: Path) -> None:
+    raw = yaml.safe_load((CONFIGS / "organism_cdrl.yaml").read_text())
+    del raw["confidence_loss"]
+    path = tmp_path / "cdrl.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path).confidence_loss
     assert not config.active and set(config.weights.values()) == {0.0}
+    assert ConfidenceLossConfig() == config
 
 
 def _flat_reward_config(tmp_path: Path, tiny_model_dir: Path, confidence_loss: dict | None) -> Path:
@@ -147,7 +157,8 @@ def _flat_reward_config(tmp_path: Path, tiny_model_dir: Path, confidence_loss: d
     }
     raw["grpo"]["max_steps"] = 1
     raw["probe"] = None
-    raw["confidence_loss"] = confidence_loss
+    if confidence_loss is not None:
+        raw["confidence_loss"] = confidence_loss
     path = tmp_path / "flat.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

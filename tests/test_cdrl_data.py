@@ -282,6 +282,7 @@ def test_relevance_spec() -> None:
 
 def test_the_organism_relevance_spec_loads_the_clip_organism(tmp_path: Path) -> None:
     from catts_graph.organism.clip import ClipOrganismConfig, train_clip_organism
+    from catts_training.cdrl.config import RelevanceSection
     from catts_training.cdrl.train import relevance_model
 
     path = train_clip_organism(
@@ -290,12 +291,10 @@ def test_the_organism_relevance_spec_loads_the_clip_organism(tmp_path: Path) -> 
         threads=1,
         log=print,
     )
-    relevance = relevance_model({"model": "organism", "path": str(path)})
+    relevance = relevance_model(RelevanceSection(model="organism", path=str(path)))
     assert relevance.image_size == (112, 112)
     assert relevance.relevance_map(Image.new("RGB", (224, 224), "white"), "red circle").shape == (14, 14)
-    with pytest.raises(ValueError, match="unknown keys"):
-        relevance_model({"model": "organism", "pretrained": "x"})
-    assert isinstance(relevance_model({"model": "tiny"}), ClipRelevance)
+    assert isinstance(relevance_model(RelevanceSection(model="tiny")), ClipRelevance)
 
 
 MIX = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from catts_graph.relevance import ClipRelevance
 from catts_training.cdrl.data import build_pairs, load_items
 from catts_training.cdrl.rewards import REWARD_NAMES
 from catts_training.cdrl.train import build_trainer, load_config, train_cdrl
+from catts_training.config import ConfigError
 from tests.conftest_models import checkpoint_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,34 +213,36 @@ def test_two_processes_pair_each_noised_group_with_its_original_group_on_the_oth
     assert summary["reward_means"]["perceptual_sensitivity"] == pytest.approx(expected, abs=1e-3)
 
 
-def test_config_errors(tmp_path: Path) -> None:
+def test_config_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
+    """The checks across a section's keys and the messages that say what to do instead (every key's
+    type and every section's unknown keys: tests/test_training_config.py)."""
+    base = "model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\n"
+    cases = [
+        ("rewards: {weights: {speed: 1}}\n", "rewards.weights.speed: unknown key; expected one of accuracy"),
+        ("grpo: {output_dir: y}\n", "grpo.output_dir: set output_dir at the top level"),
+        ("noise: {kind: blurr}\n", "noise.kind='blurr': expected one of gaussian"),
+        (
+            "rewards: {sensitivity_clip: [-1, 1]}\n",
+            "rewards.sensitivity_clip: no longer used.*sensitivity_margin",
+        ),
+        ("rewards: {sensitivity_margin: -1}\n", "rewards.sensitivity_margin: expected a value >= 0, got -1"),
+        (
+            "rewards: {calibration_variant: sign}\n",
+            "rewards.calibration_variant: expected one of brier, signed",
+        ),
+        (
+            "relevance: {model: organism, pretrained: openai}\n",
+            "relevance.pretrained: not with model: organism",
+        ),
+        ("relevance: {model: ViT-B-16, path: x}\n", "relevance.path: only with model: organism"),
+    ]
     path = tmp_path / "c.yaml"
-    path.write_text("model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {weights: {speed: 1}}\n")
-    with pytest.raises(ValueError, match="unknown rewards"):
-        load_config(path)
-    path.write_text("model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\ngrpo: {output_dir: y}\n")
-    with pytest.raises(ValueError, match="top level"):
-        load_config(path)
+    for extra, message in cases:
+        path.write_text(base + extra)
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {message}"):
+            load_config(path)
     path.write_text("model: tiny\noutput_dir: x\ndata: {}\n")
-    with pytest.raises(ValueError, match="pairs_dir"):
-        load_config(path)
-    path.write_text("model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nnoise: {kind: blurr}\n")
-    with pytest.raises(ValueError, match="noise.kind"):
-        load_config(path)
-    path.write_text(
-        "model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {sensitivity_clip: [-1, 1]}\n"
-    )
-    with pytest.raises(ValueError, match="rewards.sensitivity_clip: no longer used.*sensitivity_margin"):
-        load_config(path)
-    path.write_text(
-        "model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {sensitivity_margin: -1}\n"
-    )
-    with pytest.raises(ValueError, match="rewards.sensitivity_margin=-1"):
-        load_config(path)
-    path.write_text(
-        "model: tiny\noutput_dir: x\ndata: {source: a.jsonl}\nrewards: {calibration_variant: sign}\n"
-    )
-    with pytest.raises(ValueError, match="rewards.calibration_variant='sign'"):
+    with pytest.raises(ConfigError, match="data: give pairs_dir, or source and/or benchmark"):
         load_config(path)
 
 
@@ -252,5 +256,5 @@ CDRL_CONFIGS = [
 @pytest.mark.parametrize("path", CDRL_CONFIGS, ids=lambda path: path.name)
 def test_every_shipped_cdrl_config_loads(path: Path) -> None:
     config = load_config(path)
-    assert config.calibration_variant() == "brier"
-    assert config.sensitivity_margin() == 1.0
+    assert config.rewards.calibration_variant == "brier"
+    assert config.rewards.sensitivity_margin == 1.0

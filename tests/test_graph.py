@@ -546,3 +546,27 @@ def test_a_stored_tally_is_recounted_under_other_voting_settings():
     # A floor changes the weights, so the stored tally is counted again: 1 / max(0.25, 0.4) = 2.5.
     floored = CATTSConfig(nmlp_floor=0.4)
     assert scoring.run_tally(state, floored).votes == pytest.approx({"B": 2.5, "A": 2.0})
+
+
+def test_the_input_channel_replaced_is_the_one_the_input_goes_through() -> None:
+    """``with_storable_input`` replaces LangGraph's input channel (its internals): if LangGraph renames
+    or reshapes it, this fails here rather than as a msgpack error in a checkpointer."""
+    from langgraph.channels import EphemeralValue
+    from langgraph.graph import START
+    from PIL import Image
+
+    from catts_graph.graph import StorableInput
+
+    graph = build_graph(ScriptedVLM([]), config=CATTSConfig(n_samples=1))
+    channel = graph.channels[START]
+    assert type(channel) is StorableInput and isinstance(channel, EphemeralValue)
+    assert (
+        START in graph.input_channels
+        if isinstance(graph.input_channels, list)
+        else graph.input_channels == START
+    )
+    fresh = channel.copy()
+    fresh.update([{"image": Image.new("RGB", (2, 2)), "images": [Image.new("RGB", (2, 2))], "question": "Q"}])
+    stored = fresh.get()
+    assert stored["image"].startswith("data:image/png;base64,") and stored["question"] == "Q"
+    assert stored["images"][0].startswith("data:image/png;base64,")

@@ -17,6 +17,8 @@ from catts_graph.organism.language import reply_text
 from catts_graph.statements import STATEMENTS, StatementReader
 from catts_graph.step_confidence import StepCalibrator, step_signals
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM, tokenize
+from catts_training.config import ConfigError
+from catts_training.mmboundary.config import MMBoundaryConfig, load_config
 from catts_training.mmboundary.data import (
     assess_replies,
     fit_calibrator,
@@ -44,7 +46,6 @@ from catts_training.mmboundary.rewards import (
     statement_format,
 )
 from catts_training.mmboundary.stated import content_signals, content_tokens, read_steps, statement_expected
-from catts_training.mmboundary.train import MMBoundaryConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
@@ -154,20 +155,6 @@ def test_stated_lines_keep_statements_to_the_first_lines() -> None:
     first_line = reply.index("\n")
     assert [not s.is_answer for s in steps] == [s.start < first_line for s in steps]
     assert any(s.is_answer and "\\boxed" not in s.text for s in steps)
-
-
-def test_statements_lines_is_checked() -> None:
-    items = {"benchmark": "synthetic", "split": "train", "limit": 2}
-
-    def config(**statements: Any) -> MMBoundaryConfig:
-        return MMBoundaryConfig(
-            model="tiny", output_dir="x", data=items, validation=items, statements=statements
-        )
-
-    assert config(lines=1).stated_lines() == 1
-    assert config().stated_lines() is None
-    with pytest.raises(ValueError, match="statements.lines=0"):
-        config(lines=0).stated_lines()
 
 
 def test_content_tokens_leave_the_statement_tokens_out() -> None:
@@ -502,32 +489,49 @@ def test_every_shipped_mmboundary_config_loads(path: Path) -> None:
 def test_the_organism_config_trains_the_new_organism() -> None:
     config = load_config(CONFIGS / "mmboundary_organism.yaml")
     assert config.model == "catts_graph/organism/checkpoints/base"
-    assert config.judge_kind() == "exact" and config.use_labels()
+    assert config.judge.kind == "exact" and config.use_labels()
     assert load_config(CONFIGS / "mmboundary_organism.yaml", model="elsewhere").model == "elsewhere"
 
 
-def test_config_errors(tmp_path: Path) -> None:
+def test_config_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
+    """The checks across keys and sections, and the messages that say what to do instead (every
+    key's type and every section's unknown keys: tests/test_training_config.py)."""
     base = "model: tiny\noutput_dir: x\ndata: {benchmark: synthetic}\nvalidation: {benchmark: synthetic}\n"
     cases = [
-        ("rewards: {weights: {speed: 1}}\n", "unknown rewards"),
-        ("signals: [clipscore]\n", "clipscore is not used"),
-        ("signals: [tokensar]\n", "tokensar needs a sentence encoder"),
-        ("judge: {kind: similarity}\n", "similarity needs a sentence encoder"),
-        ("judge: {kind: fuzzy}\n", "judge.kind='fuzzy'"),
-        ("encoder: bert\n", "encoder='bert'"),
-        ("sft: {output_dir: y}\n", "sft.output_dir"),
-        ("rewards: {level_confidence: [1, 2]}\n", "level_confidence"),
-        ("sampling: {draws: 2}\n", "sampling: unknown keys"),
+        ("signals: [clipscore]\n", "signals: clipscore is not used in training"),
+        ("signals: [tokensar]\n", "signals: tokensar needs a sentence encoder; set encoder: minilm"),
+        ("judge: {kind: similarity}\n", "judge.kind: similarity needs a sentence encoder"),
+        ("judge: {kind: fuzzy}\n", "judge.kind: expected one of exact, similarity, got 'fuzzy'"),
+        ("encoder: bert\n", "encoder: expected one of minilm, got 'bert'"),
+        ("sft: {output_dir: y}\n", "sft.output_dir: set output_dir at the top level"),
+        (
+            "rewards: {level_confidence: [0.5, 0.5]}\n",
+            "rewards.level_confidence: expected at least 5 entries",
+        ),
+        ("freeze: [model.visual]\nlora: {r: 8}\n", "freeze: not with lora"),
+        ("statements: {lines: 0}\n", "statements.lines: expected a value >= 1, got 0"),
+        ("statements: {pretrain: {levels: gold}}\n", "statements.pretrain.levels: expected one of estimated"),
+        (
+            "rewards: {weights: {format: 0, accuracy: 0, knowledge_accuracy: 0, expected_calibration: 0, "
+            "self_calibration: 0}}\n",
+            "rewards.weights: expected at least one non-zero weight",
+        ),
     ]
     path = tmp_path / "c.yaml"
     for extra, message in cases:
         path.write_text(base + extra)
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {re.escape(message)}"):
             load_config(path)
     path.write_text("model: tiny\noutput_dir: x\ndata: {}\nvalidation: {benchmark: synthetic}\n")
-    with pytest.raises(ValueError, match="data: give source"):
+    with pytest.raises(ConfigError, match="data: give source and/or benchmark"):
         load_config(path)
-    config = MMBoundaryConfig(
-        model="tiny", output_dir="x", data={"benchmark": "synthetic"}, validation={"benchmark": "synthetic"}
+    config = MMBoundaryConfig.model_validate(
+        {
+            "model": "tiny",
+            "output_dir": "x",
+            "data": {"benchmark": "synthetic"},
+            "validation": {"benchmark": "synthetic"},
+        }
     )
     assert config.use_labels() and config.signals == ["probability", "entropy"]
+    assert config.statements.lines is None and config.statements.pretrain is None

@@ -151,15 +151,15 @@ def test_what_the_stage_refuses(extended: Path, tmp_path: Path) -> None:
         pretrain_statements(
             extended, tmp_path / "x", PretrainConfig(steps=1, levels="random", freeze=("model.vision",))
         )
-    with pytest.raises(ValueError, match="statements.pretrain.freeze"):
+    with pytest.raises(ValueError, match="freeze"):
         PretrainConfig(freeze="model.visual")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="statements.pretrain.levels='gold'"):
+    with pytest.raises(ValueError, match="levels"):
         PretrainConfig(levels="gold")
-    with pytest.raises(ValueError, match="statements.pretrain.steps=0"):
+    with pytest.raises(ValueError, match="steps"):
         PretrainConfig(steps=0)
-    with pytest.raises(ValueError, match=r"unknown keys \['lr'\]"):
-        PretrainConfig.from_section({"lr": 1e-4})
-    assert PretrainConfig.from_section({"learning_rate": "5e-4"}).learning_rate == 5e-4
+    with pytest.raises(ValueError, match="lr"):
+        PretrainConfig.model_validate({"lr": 1e-4})
+    assert PretrainConfig.model_validate({"learning_rate": "5e-4"}).learning_rate == 5e-4
 
 
 def test_a_stated_gold_reply_reads_back_its_levels() -> None:

@@ -192,7 +192,7 @@ def test_the_newline_after_the_end_of_turn_leaves_the_loss(tiny_model_dir: Path)
     """TRL renders a completion as ``reply<|im_end|>\\n``: the newline is never generated, so the
     wrapper takes it (and only it) out of the labels."""
     from catts_training.cdrl.train import load_processor
-    from catts_training.mmboundary.train import EndOfTurnMasked, end_of_turn_id
+    from catts_training.mmboundary.sft import EndOfTurnMasked, end_of_turn_id
 
     processor = load_processor(str(tiny_model_dir))
     end = end_of_turn_id(processor)
@@ -210,7 +210,7 @@ def test_the_newline_after_the_end_of_turn_leaves_the_loss(tiny_model_dir: Path)
 def test_frozen_prefixes_stay_out_of_training(
     smoke: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from catts_training.mmboundary.train import freeze_parameters
+    from catts_training.mmboundary.pretrain import freeze_parameters
 
     config = load_config(SMOKE, model=str(tiny_model_dir), output_dir=str(tmp_path), freeze=["model.visual"])
     trainer = build_sft_trainer(config, smoke["data"], max_steps=1)

@@ -66,6 +66,19 @@ class Sample(TokenLogprobs):
                 f"entropies has {len(self.entropies)} steps but token_ids has {len(self.token_ids)}"
             )
 
+    def numbered(self, index: int) -> Sample:
+        """A copy of this sample, its lists its own, numbered ``index`` in ``extra``: how a backend
+        returns n samples when sampling is greedy and one decode gives them all."""
+        return dataclasses.replace(
+            self,
+            token_ids=list(self.token_ids),
+            logprobs=list(self.logprobs),
+            tokens=list(self.tokens) if self.tokens is not None else None,
+            top_logprobs=[list(t) for t in self.top_logprobs] if self.top_logprobs is not None else None,
+            entropies=list(self.entropies) if self.entropies is not None else None,
+            extra={**self.extra, "index": index},
+        )
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -93,9 +106,9 @@ class SamplingParams:
     """How many of the largest raw log-probs to keep per step (DeepConf); 0: none."""
 
     def __post_init__(self) -> None:
-        if not _is_number(self.temperature) or not self.temperature >= 0:
+        if not is_number(self.temperature) or not self.temperature >= 0:
             raise ValueError(f"temperature={self.temperature!r}: expected a number >= 0 (0 means greedy)")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p!r}: expected a number in (0, 1]")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k={self.top_k!r}: expected an int >= 0 (0 disables it)")
@@ -143,7 +156,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

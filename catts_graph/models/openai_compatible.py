@@ -64,7 +64,14 @@ import httpx
 from PIL import Image
 
 from catts_graph.images import to_base64_png
-from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
+from catts_graph.models.base import (
+    Sample,
+    SamplingParams,
+    TokenLogprobs,
+    align_tokens,
+    check_n,
+    is_number,
+)
 
 __all__ = ["OpenAICompatibleVLM", "ServerError", "align_tokens", "sample_from_choice"]
 
@@ -253,7 +260,7 @@ class OpenAICompatibleVLM:
                 raise ServerError(f"POST {self.chat_url}: {err}", url=self.chat_url) from err
             samples.append(replace(sample, extra={"seed": params.seed, "index": i}))
         if rows == 1 and n > 1:
-            samples = [_copy_sample(samples[0], index=i) for i in range(n)]
+            samples = [samples[0].numbered(i) for i in range(n)]
         return samples
 
     def score(
@@ -398,7 +405,7 @@ def sample_from_choice(choice: Mapping[str, Any], *, top_logprobs: int | None = 
         )
     entries = list(content)
     for step, entry in enumerate(entries):
-        if not isinstance(entry, Mapping) or not _is_number(entry.get("logprob")):
+        if not isinstance(entry, Mapping) or not is_number(entry.get("logprob")):
             raise ValueError(f"logprobs.content[{step}]: expected {{'token': ..., 'logprob': <number>}}")
     ids = choice.get("token_ids")
     ids = list(ids) if isinstance(ids, list) and len(ids) == len(entries) else None
@@ -423,7 +430,7 @@ def sample_from_choice(choice: Mapping[str, Any], *, top_logprobs: int | None = 
         tops = []
         for step, entry in enumerate(entries):
             listed = entry.get("top_logprobs") or []
-            if not all(isinstance(t, Mapping) and _is_number(t.get("logprob")) for t in listed):
+            if not all(isinstance(t, Mapping) and is_number(t.get("logprob")) for t in listed):
                 raise ValueError(
                     f"logprobs.content[{step}].top_logprobs: expected [{{'token': ..., 'logprob': <number>}}]"
                 )
@@ -441,10 +448,6 @@ def sample_from_choice(choice: Mapping[str, Any], *, top_logprobs: int | None = 
         top_logprobs=tops,
         finish_reason=finish,
     )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _token_text(entry: Mapping[str, Any]) -> str:
@@ -520,15 +523,3 @@ def _retry_after(response: httpx.Response, *, default: float) -> float:
         return min(max(float(value), 0.0), _RETRY_AFTER_CAP_S) if value is not None else default
     except ValueError:
         return default
-
-
-def _copy_sample(sample: Sample, *, index: int) -> Sample:
-    return replace(
-        sample,
-        token_ids=list(sample.token_ids),
-        logprobs=list(sample.logprobs),
-        tokens=list(sample.tokens) if sample.tokens is not None else None,
-        top_logprobs=[list(t) for t in sample.top_logprobs] if sample.top_logprobs is not None else None,
-        entropies=list(sample.entropies) if sample.entropies is not None else None,
-        extra={**sample.extra, "index": index},
-    )

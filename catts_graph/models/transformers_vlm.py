@@ -20,32 +20,55 @@ Why a decode loop of our own instead of ``generate(num_return_sequences=n, outpu
   draws use are drawn ahead, a chunk of steps at a time, and sent to the device with the copy of the
   step before, so a GPU is never waited on more than once a step.
 
-The same teacher forcing (:func:`teacher_forced_logprobs`) serves :meth:`TransformersVLM.score` and
-CDRL's re-scoring of completions under the training policy, and one rule (:func:`stop_token_ids`,
-:func:`response_ids`) says where a response ends.
+The parts live in modules of their own, their public names importable from here too:
+:mod:`~catts_graph.models.teacher_forcing` (the same teacher forcing serves
+:meth:`TransformersVLM.score` and CDRL's re-scoring of completions under the training policy),
+:mod:`~catts_graph.models.tokens` (detokenising, and one rule, :func:`stop_token_ids` /
+:func:`response_ids`, for where a response ends), :mod:`~catts_graph.models.draws` (the per-row
+generators) and :mod:`~catts_graph.models.loading` (settings, device, dtype, the processor's size).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
-from catts_graph.vcd import cache_kwargs, output_cache
+from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, check_n
+from catts_graph.models.draws import Uniforms, draw_tokens
+from catts_graph.models.loading import (
+    checkpoint_settings,
+    default_device,
+    limit_pixels,
+    processor_input_size,
+    resolve_dtype,
+)
+from catts_graph.models.teacher_forcing import (
+    append_tokens,
+    prefill,
+    teacher_forced_logprobs,
+    teacher_forced_statistics,
+)
+from catts_graph.models.tokens import (
+    decode_batch,
+    detokenize_ids,
+    pad_token_id,
+    response_ids,
+    stop_token_ids,
+    token_pieces,
+    vision_token_ids,
+)
+from catts_graph.vcd import cache_kwargs
 
 __all__ = [
     "Continuation",
     "TransformersVLM",
+    "checkpoint_settings",
     "decode_batch",
     "detokenize_ids",
     "prefill",
@@ -61,8 +84,6 @@ Continuation = str | TokenLogprobs | Sequence[int]
 """What :meth:`TransformersVLM.score` accepts per continuation: text (tokenised with the model's
 tokenizer), or exact token ids (a :class:`~catts_graph.models.base.Sample` or a list of ints), which
 avoids a re-tokenisation that may differ from the ids the model actually sampled."""
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class TransformersVLM:
@@ -104,8 +125,8 @@ class TransformersVLM:
         self.processor = processor
         self.tokenizer = tokenizer
         self.stop_token_ids = stop_token_ids(model, tokenizer)
-        self.pad_token_id = _pad_token_id(tokenizer, self.stop_token_ids)
-        self.suppressed_token_ids = _vision_token_ids(tokenizer)
+        self.pad_token_id = pad_token_id(tokenizer, self.stop_token_ids)
+        self.suppressed_token_ids = vision_token_ids(tokenizer)
         self.answer_prompt = answer_prompt
         self.reflection_prompt = reflection_prompt
         self.declared: dict[str, Any] = {}
@@ -131,8 +152,8 @@ class TransformersVLM:
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        torch_device = torch.device(device) if device is not None else _default_device()
-        torch_dtype = _resolve_dtype(dtype, torch_device)
+        torch_device = torch.device(device) if device is not None else default_device()
+        torch_dtype = resolve_dtype(dtype, torch_device)
         model = AutoModelForImageTextToText.from_pretrained(
             path_or_id,
             dtype=torch_dtype,
@@ -140,7 +161,7 @@ class TransformersVLM:
         ).to(torch_device)
         processor = AutoProcessor.from_pretrained(path_or_id)
         if max_pixels is not None:
-            _limit_pixels(processor, max_pixels)
+            limit_pixels(processor, max_pixels)
         settings = checkpoint_settings(path_or_id)
         vlm = cls(
             model,
@@ -212,7 +233,7 @@ class TransformersVLM:
         params = SamplingParams.of(params, **settings)
         n = check_n(n)
         ids = self._continuation_ids(prefix, "prefix")
-        return self._decode(lambda: _append_tokens(self._encode(images, prompt), ids), n, params)
+        return self._decode(lambda: append_tokens(self._encode(images, prompt), ids), n, params)
 
     def _decode(
         self, encode: Callable[[], dict[str, torch.Tensor]], n: int, params: SamplingParams
@@ -230,7 +251,7 @@ class TransformersVLM:
             device = logits.device
             logits = logits.expand(rows, -1)
             cache.batch_repeat_interleave(rows)
-            uniforms = None if params.greedy else _Uniforms(seed, rows, params.max_new_tokens, device)
+            uniforms = None if params.greedy else Uniforms(seed, rows, params.max_new_tokens, device)
             ids: list[list[int]] = [[] for _ in range(rows)]
             logprobs: list[list[float]] = [[] for _ in range(rows)]
             tops: list[list[list[float]]] = [[] for _ in range(rows)]
@@ -249,7 +270,7 @@ class TransformersVLM:
                     chosen = allowed.argmax(dim=-1)
                 else:
                     u = uniforms.at(step)[active_rows]
-                    chosen = _draw(allowed, params.temperature, params.top_p, params.top_k, u)
+                    chosen = draw_tokens(allowed, params.temperature, params.top_p, params.top_k, u)
                 # Full-vocabulary entropy on device, one float per row: O(T) to keep, where the
                 # distributions themselves would be O(T * V). exp(-inf) * -inf is NaN, hence the
                 # where; rounding can make the top token's log-prob a hair above 0, hence the clamp.
@@ -303,7 +324,7 @@ class TransformersVLM:
                 )
             )
         if params.greedy:
-            samples = [_copy_sample(samples[0], index=i) for i in range(n)]
+            samples = [samples[0].numbered(i) for i in range(n)]
         return samples
 
     def score(
@@ -432,365 +453,3 @@ class TransformersVLM:
         if bad:
             raise ValueError(f"{where}: token ids {bad[:5]} are not ints in [0, {vocab})")
         return ids
-
-
-def _append_tokens(inputs: dict[str, torch.Tensor], ids: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Processor inputs with text tokens ``ids`` appended after the prompt (and its generation
-    prompt): ``input_ids`` grows, the attention mask with ones, token type ids with 0 (text)."""
-    if not ids:
-        return inputs
-    input_ids = inputs["input_ids"]
-    added = torch.tensor([list(ids)], dtype=input_ids.dtype, device=input_ids.device)
-    out = dict(inputs)
-    out["input_ids"] = torch.cat([input_ids, added], dim=1)
-    for key, value in inputs.items():
-        if key == "attention_mask":
-            out[key] = torch.cat([value, torch.ones_like(added, dtype=value.dtype)], dim=1)
-        elif key.endswith("token_type_ids"):
-            out[key] = torch.cat([value, torch.zeros_like(added, dtype=value.dtype)], dim=1)
-    return out
-
-
-def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
-    """Run the vision tower and the prefix once; the KV cache and the last position's logits."""
-    # Qwen2-VL-family models cache the multimodal rope offsets of the last prefill and reuse them
-    # for later cached steps; a stale value from another prompt (a text-only one keeps it) would
-    # shift every position. Walking the modules finds them inside PEFT or DeepSpeed wrappers too.
-    for module in model.modules():
-        if getattr(module, "rope_deltas", None) is not None:
-            module.rope_deltas = None
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
-    return output_cache(out), out.logits[:, -1, :]
-
-
-def teacher_forced_logprobs(
-    model: Any,
-    prefix: Mapping[str, torch.Tensor],
-    targets: Sequence[Sequence[int]],
-    *,
-    pad_token_id: int,
-) -> list[list[float]]:
-    """Raw log-probs of each target continuation after one shared prefix: the one teacher forcing
-    (see :func:`teacher_forced_statistics`, which also gives each position's entropy)."""
-    return teacher_forced_statistics(model, prefix, targets, pad_token_id=pad_token_id)[0]
-
-
-def teacher_forced_statistics(
-    model: Any,
-    prefix: Mapping[str, torch.Tensor],
-    targets: Sequence[Sequence[int]],
-    *,
-    pad_token_id: int,
-    entropies: bool = False,
-) -> tuple[list[list[float]], list[list[float]] | None]:
-    """Raw log-probs of each target continuation after one shared prefix, and with ``entropies``
-    the full-vocabulary entropy ``H_t = -sum_v p_t(v) log p_t(v)`` (nats) of the distribution each
-    token was drawn from, as :meth:`TransformersVLM.sample` records it (None without).
-
-    ``prefix`` is the processor's batch-1 inputs (on the model's device). The prefix is prefilled
-    once and its KV cache expanded to the K rows; the continuations then run as one right-padded
-    batch (right padding needs no attention mask: a real token never attends to the padding after
-    it). ``lp[r][t] = log softmax(logits)[targets[r][t]]`` at the position before token t: the
-    prefill's last position for t = 0, row r's position t - 1 of the continuation pass after it.
-    Always exactly two forward passes (the second at least one position wide), whatever the
-    targets: processes of a ZeRO-3 run that score different completions must make the same calls.
-    The caller chooses the grad mode; one host sync at the end.
-    """
-    if not targets:
-        return [], ([] if entropies else None)
-    cache, first_logits = prefill(model, prefix)
-    first = torch.log_softmax(first_logits.float(), dim=-1)[0]
-    width = max(1, max(len(t) for t in targets) - 1)
-    batch = torch.full((len(targets), width), pad_token_id, dtype=torch.long)
-    for row, target in enumerate(targets):
-        if len(target) > 1:  # an empty or one-token continuation's row stays padding
-            batch[row, : len(target) - 1] = torch.tensor(target[:-1], dtype=torch.long)
-    cache.batch_repeat_interleave(len(targets))
-    rest = model(input_ids=batch.to(first.device), use_cache=True, **cache_kwargs(model, cache)).logits
-    firsts = torch.tensor([t[0] if t else 0 for t in targets], device=first.device)
-    gathered = [first[firsts]]
-    spread = [_entropy(first[None])[0].expand(len(targets))] if entropies else []
-    for row, target in enumerate(targets):
-        if len(target) > 1:
-            # One row at a time in float32: never a K x T x V float32 tensor.
-            row_lp = torch.log_softmax(rest[row, : len(target) - 1].float(), dim=-1)
-            index = torch.tensor(target[1:], device=row_lp.device)[:, None]
-            gathered.append(row_lp.gather(1, index)[:, 0])
-            if entropies:
-                spread.append(_entropy(row_lp))
-    values = torch.cat(gathered).tolist()
-    entropy_values = torch.cat(spread).tolist() if entropies else []
-    out: list[list[float]] = []
-    out_entropies: list[list[float]] = []
-    offset = len(targets)
-    for row, target in enumerate(targets):
-        if not target:
-            out.append([])
-            out_entropies.append([])
-            continue
-        out.append([values[row], *values[offset : offset + len(target) - 1]])
-        if entropies:
-            out_entropies.append([entropy_values[row], *entropy_values[offset : offset + len(target) - 1]])
-        offset += len(target) - 1
-    return out, (out_entropies if entropies else None)
-
-
-def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
-    """Row-wise ``-sum p log p`` of log-probabilities (``exp(-inf) * -inf`` counted as 0; rounding
-    can make it a hair below 0, hence the clamp), as the decode loop computes it."""
-    return (-torch.where(logprobs > float("-inf"), logprobs.exp() * logprobs, 0.0).sum(-1)).clamp_min(0.0)
-
-
-DETOKENIZE_CONTEXT = 4
-"""Tokens decoded on each side of a token to find its piece: a UTF-8 character is at most 4 bytes, so
-whether a character that a token starts or ends is complete (or invalid) shows within 4 tokens."""
-
-
-def token_pieces(
-    ids: Sequence[int], text: str, decode_batch: Callable[[list[list[int]]], list[str]]
-) -> list[str]:
-    """One string per token, concatenating to ``text`` (the decoding of ``ids``), in O(T).
-
-    Token t's piece is the text that becomes final when it is added: in the window ``ids[t-C :
-    t+1+C]`` (C = :data:`DETOKENIZE_CONTEXT`), decoded as ``F``, the final text up to token t is the
-    longest common prefix of ``F`` and ``decode(ids[t-C : t+1])``, and up to the token before the
-    longest common prefix of ``F`` and ``decode(ids[t-C : t])``; the piece is ``F`` between the two.
-    A character split across byte-level tokens is carried by the token that completes it, the ones
-    before it carry "", and an invalid byte keeps its own replacement character. This is the same
-    answer as comparing every prefix with the whole text (O(T^2) decodes) with three decodes of at
-    most 2C + 1 tokens per token; decoders that are not local in this sense (none known) fall back
-    to :func:`~catts_graph.models.base.align_tokens`.
-    """
-    count = len(ids)
-    windows = [
-        (max(0, t - DETOKENIZE_CONTEXT), t, min(count, t + 1 + DETOKENIZE_CONTEXT)) for t in range(count)
-    ]
-    decoded = decode_batch(
-        [list(ids[s:e]) for s, _, e in windows]
-        + [list(ids[s : t + 1]) for s, t, _ in windows]
-        + [list(ids[s:t]) for s, t, _ in windows]
-    )
-    pieces = []
-    for t in range(count):
-        ahead, upto, before = decoded[t], decoded[count + t], decoded[2 * count + t]
-        done = len(os.path.commonprefix([before, ahead]))
-        reached = len(os.path.commonprefix([upto, ahead]))
-        pieces.append(ahead[done : max(done, reached)])
-    return pieces if "".join(pieces) == text else align_tokens(pieces, text)
-
-
-def detokenize_ids(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, list[str]]:
-    """The text of ``token_ids`` and one piece per token joining back to it
-    (:meth:`TransformersVLM.detokenize`, for any tokenizer: the training rewards read completions
-    through it)."""
-    ids = list(token_ids)
-    if not ids:
-        return "", []
-    text, *pieces = decode_batch(tokenizer, [ids, *([i] for i in ids)])
-    if "".join(pieces) == text:
-        return text, pieces
-    return text, token_pieces(ids, text, lambda sequences: decode_batch(tokenizer, sequences))
-
-
-def decode_batch(tokenizer: Any, sequences: list[list[int]]) -> list[str]:
-    """Decode with special tokens kept, straight through the Rust tokenizer when there is one
-    (``batch_decode`` first walks every id in Python, which costs more than the decoding)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return list(backend.decode_batch(sequences, skip_special_tokens=False))
-    return list(
-        tokenizer.batch_decode(sequences, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    )
-
-
-class _Uniforms:
-    """The uniform numbers behind each sampled row's draws, drawn ahead a chunk of steps at a time.
-
-    Row i's number at step s is the s-th draw of its own generator (seeded from ``(seed, i)``), as
-    one draw per step would give; a chunk goes to the device in one copy, made right after a step's
-    sync so it waits on nothing.
-    """
-
-    CHUNK = 64
-
-    def __init__(self, seed: int, rows: int, steps: int, device: torch.device) -> None:
-        self.generators = [_row_generator(seed, i) for i in range(rows)]
-        self.steps = steps
-        self.device = device
-        self.start = 0
-        self.block = self._draw(0)
-
-    def _draw(self, start: int) -> torch.Tensor:
-        size = min(self.CHUNK, self.steps - start)
-        block = torch.stack([torch.rand(size, generator=g, dtype=torch.float64) for g in self.generators])
-        return block.to(self.device)
-
-    def prefetch(self, step: int) -> None:
-        """Have the chunk holding ``step`` on the device."""
-        if step >= self.start + self.block.shape[1] and step < self.steps:
-            self.start = step
-            self.block = self._draw(step)
-
-    def at(self, step: int) -> torch.Tensor:
-        """Every row's number for ``step`` (shape: rows)."""
-        return self.block[:, step - self.start]
-
-
-def _draw(
-    raw: torch.Tensor, temperature: float, top_p: float, top_k: int, uniforms: torch.Tensor
-) -> torch.Tensor:
-    """One token per row from the warped distribution, by inverse CDF on each row's own uniform draw.
-
-    One uniform number per row (from that row's generator) makes a row's draw independent of the
-    other rows, hence of the batch size.
-    """
-    warped = raw / temperature
-    if 0 < top_k < warped.shape[-1]:
-        kth = torch.topk(warped, top_k, dim=-1).values[:, -1:]
-        warped = warped.masked_fill(warped < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(warped, dim=-1, descending=True)
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        # Keep a token while the mass of the tokens ranked above it is still below top_p.
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        warped = warped.masked_fill(drop, float("-inf"))
-    cdf = torch.softmax(warped.double(), dim=-1).cumsum(dim=-1)
-    uniforms = uniforms[:, None] * cdf[:, -1:]
-    # side="right": the first index whose cdf exceeds u, always a token with positive probability.
-    chosen = torch.searchsorted(cdf, uniforms, right=True)[:, 0]
-    return chosen.clamp_(max=cdf.shape[-1] - 1)
-
-
-def _row_generator(seed: int, index: int) -> torch.Generator:
-    """Sample ``index``'s own generator; SeedSequence mixes (seed, index) so no two calls share rows."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
-    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def _copy_sample(sample: Sample, *, index: int) -> Sample:
-    return replace(
-        sample,
-        token_ids=list(sample.token_ids),
-        logprobs=list(sample.logprobs),
-        tokens=list(sample.tokens) if sample.tokens is not None else None,
-        top_logprobs=[list(t) for t in sample.top_logprobs] if sample.top_logprobs is not None else None,
-        entropies=list(sample.entropies) if sample.entropies is not None else None,
-        extra={**sample.extra, "index": index},
-    )
-
-
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def _vision_token_ids(tokenizer: Any) -> set[int]:
-    """Ids of the vision placeholder tokens the tokenizer knows (Qwen-VL's), never to be sampled."""
-    vocab = tokenizer.get_vocab()
-    return {vocab[token] for token in VISION_TOKENS if token in vocab}
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The ids that end a response: EOS from the model's generation config and from the tokenizer,
-    and ``<|im_end|>`` (the end of a chat turn). The one stop-token rule of the project; see
-    :func:`response_ids`."""
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured is not None:
-        ids.update(int(i) for i in configured)
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != getattr(tokenizer, "unk_token_id", None):
-        ids.add(im_end)
-    if not ids:
-        raise ValueError("the model and tokenizer define no EOS token; cannot tell where a response ends")
-    return ids
-
-
-def response_ids(token_ids: Sequence[int], stop_ids: Collection[int]) -> list[int]:
-    """The response in ``token_ids``: the ids before the first stop token (which is not part of it),
-    as :meth:`TransformersVLM.sample` ends a sample; padding after it goes too."""
-    out = []
-    for token in token_ids:
-        if int(token) in stop_ids:
-            break
-        out.append(int(token))
-    return out
-
-
-def _pad_token_id(tokenizer: Any, stop_ids: set[int]) -> int:
-    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else min(stop_ids)
-
-
-def checkpoint_settings(path_or_id: str | os.PathLike[str]) -> dict[str, Any]:
-    """``catts.json`` of a local checkpoint folder (``{}`` when absent or for a hub id)."""
-    path = Path(path_or_id) / "catts.json"
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(settings).__name__}")
-    return settings
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r}: expected a torch.dtype, 'auto' or one of {sorted(_DTYPES)}")
-
-
-def processor_input_size(processor: Any, image: Image.Image) -> tuple[int, int] | None:
-    """The ``(width, height)`` a Qwen2-VL-style processor resizes ``image`` to, or None for another.
-
-    Qwen2-VL's ``smart_resize``: both sides rounded to multiples of ``patch_size * merge_size``,
-    then scaled (keeping the aspect ratio) into ``[shortest_edge, longest_edge]`` pixels.
-    """
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    image_processor = getattr(processor, "image_processor", processor)
-    size = getattr(image_processor, "size", None)
-    patch = getattr(image_processor, "patch_size", None)
-    merge = getattr(image_processor, "merge_size", None)
-    try:
-        min_pixels, max_pixels = size["shortest_edge"], size["longest_edge"]
-    except (KeyError, TypeError):
-        return None
-    if not (min_pixels and max_pixels and patch and merge):
-        return None
-    height, width = smart_resize(
-        image.height, image.width, factor=patch * merge, min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    return (width, height)
-
-
-def _limit_pixels(processor: Any, max_pixels: int) -> None:
-    """Cap the pixels per image on a Qwen2-VL-style image processor (``size`` = min/max pixels)."""
-    image_processor = getattr(processor, "image_processor", None)
-    size = getattr(image_processor, "size", None)
-    if not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels={max_pixels!r}: expected a positive int")
-    if size is None or "longest_edge" not in size:
-        raise ValueError(
-            f"max_pixels: {type(image_processor).__name__} has no pixel budget to set; "
-            "expected a Qwen2-VL-style image processor"
-        )
-    image_processor.size = {
-        "shortest_edge": min(size["shortest_edge"], max_pixels),
-        "longest_edge": max_pixels,
-    }

@@ -349,9 +349,6 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
         # Through CDRL's command line, as a user runs it: the library never imports the training
         # package, which sits above it, and the GRPO run gets a process (and memory) of its own.
         command = [
-            sys.executable,
-            "-m",
-            f"{TRAINING_PACKAGE}.cdrl.train",
             "cdrl",
             "--config",
             str(training_config(plan.cdrl_config)),
@@ -362,7 +359,7 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
         ]
         if plan.cdrl_steps is not None:
             command += ["--max-steps", str(plan.cdrl_steps)]
-        _run_training("CDRL", command, summary)
+        _run_training("cdrl", command, summary)
     return json.loads(summary.read_text())
 
 
@@ -385,14 +382,15 @@ def training_config(path: str | Path) -> Path:
     raise FileNotFoundError(f"{text}: not among the configs of {TRAINING_PACKAGE} ({package})")
 
 
-def _run_training(what: str, command: list[str], summary: Path) -> None:
-    """Run a training command line in a process of its own (the library never imports the training
-    package, and the run gets its own memory); RuntimeError with its output's tail unless it wrote
-    ``summary``."""
+def _run_training(trainer: str, arguments: list[str], summary: Path) -> None:
+    """Run ``python -m catts_training.<trainer>.train ARGUMENTS`` in a process of its own (the library
+    never imports the training package, and the run gets its own memory), with this interpreter and
+    no working-directory assumption; RuntimeError with its output's tail unless it wrote ``summary``."""
+    command = [sys.executable, "-m", f"{TRAINING_PACKAGE}.{trainer}.train", *arguments]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not summary.is_file():
         output = (done.stdout + done.stderr)[-3000:]
-        raise RuntimeError(f"{what} failed (exit {done.returncode}): {' '.join(command)}\n{output}")
+        raise RuntimeError(f"{trainer} failed (exit {done.returncode}): {' '.join(command)}\n{output}")
 
 
 def step_signals(out: Path, plan: Plan) -> dict[str, Any]:
@@ -448,21 +446,14 @@ def step_mmboundary(out: Path, plan: Plan) -> dict[str, Any]:
     written.write_text(yaml.safe_dump(config, sort_keys=False))
     summary = target / "mmboundary.json"
     if not summary.is_file():
-        command = [
-            sys.executable,
-            "-m",
-            f"{TRAINING_PACKAGE}.mmboundary.train",
-            "all",
-            "--config",
-            str(written),
-        ]
+        command = ["all", "--config", str(written)]
         if plan.mmboundary_pretrain_steps is not None:
             command += ["--pretrain-steps", str(plan.mmboundary_pretrain_steps)]
         if plan.mmboundary_sft_steps is not None:
             command += ["--sft-steps", str(plan.mmboundary_sft_steps)]
         if plan.mmboundary_rl_steps is not None:
             command += ["--rl-steps", str(plan.mmboundary_rl_steps)]
-        _run_training("MMBoundary", command, summary)
+        _run_training("mmboundary", command, summary)
     results = json.loads(summary.read_text())
     reports = {name: json.loads((target / "probe" / f"{name}.json").read_text()) for name in results["probe"]}
     for name, report in reports.items():

@@ -6,7 +6,8 @@
 - :mod:`catts_training.cdrl.rewards`: accuracy, format, perceptual sensitivity, calibration (TRL reward
   callables).
 - :mod:`catts_training.cdrl.trainer`: ``CDRLTrainer``, TRL's ``GRPOTrainer`` with that sampler.
-- :mod:`catts_training.cdrl.train`: YAML config, the trainer, export, before/after probe, ``catts train``.
+- :mod:`catts_training.cdrl.config`: ``CDRLConfig``, the YAML config's typed sections.
+- :mod:`catts_training.cdrl.train`: the trainer, export, before/after probe, ``catts train``.
 
 Imports here are lazy, so ``import catts_training.cdrl`` stays cheap (no torch, TRL or open_clip).
 """
@@ -34,10 +35,10 @@ _EXPORTS = {
     "calibration_reward": "catts_training.cdrl.rewards",
     "sensitivity_reward": "catts_training.cdrl.rewards",
     "CDRLTrainer": "catts_training.cdrl.trainer",
-    "CDRLConfig": "catts_training.cdrl.train",
+    "CDRLConfig": "catts_training.cdrl.config",
     "add_train_command": "catts_training.cdrl.train",
     "build_trainer": "catts_training.cdrl.train",
-    "load_config": "catts_training.cdrl.train",
+    "load_config": "catts_training.cdrl.config",
     "probe_before_after": "catts_training.cdrl.train",
     "train_cdrl": "catts_training.cdrl.train",
 }

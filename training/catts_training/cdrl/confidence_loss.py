@@ -35,7 +35,6 @@ every row, whatever the shuffle put where.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -74,16 +73,6 @@ class ConfidenceLossConfig:
                 raise ValueError(f"confidence_loss.{f.name}={value!r}: expected a finite number")
             if value < 0:
                 raise ValueError(f"confidence_loss.{f.name}={value!r}: expected a number >= 0")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> ConfidenceLossConfig:
-        """From a config section (None: every term off); an unknown key is an error that names it."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"confidence_loss.{unknown[0]}: unknown key; expected one of {sorted(known)}")
-        return cls(**values)
 
     @property
     def weights(self) -> dict[str, float]:

@@ -1,6 +1,8 @@
-"""CDRL on TRL's GRPOTrainer: the config file, the trainer, the run, and ``catts train``.
+"""CDRL on TRL's GRPOTrainer: the trainer, the run, and ``catts train`` (the config's schema:
+:mod:`catts_training.cdrl.config`).
 
-A run, from one YAML file (:class:`CDRLConfig`, examples in ``training/configs/``):
+A run, from one YAML file (:class:`~catts_training.cdrl.config.CDRLConfig`, examples in
+``training/configs/``):
 
 1. items (:func:`~catts_training.cdrl.data.load_items`) -> original/noised pairs with the CLIP relevance
    map, noised at the model processor's input size (:func:`~catts_training.cdrl.data.build_pairs`), or
@@ -26,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -37,11 +37,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from catts_graph.models.transformers_vlm import checkpoint_settings
+from catts_graph.models.loading import checkpoint_settings
 from catts_graph.relevance import ClipRelevance
-from catts_training.cdrl.confidence_loss import ConfidenceLossConfig
+from catts_training.cdrl.config import ORGANISM_CLIP, CDRLConfig, RelevanceSection, load_config
 from catts_training.cdrl.data import (
-    NoiseConfig,
     TrainingPair,
     build_pairs,
     load_items,
@@ -49,14 +48,10 @@ from catts_training.cdrl.data import (
     save_pairs,
     to_grpo_dataset,
 )
-from catts_training.cdrl.rewards import (
-    CALIBRATION_VARIANTS,
-    DEFAULT_SENSITIVITY_MARGIN,
-    REWARD_NAMES,
-    PolicyScorer,
-    build_rewards,
-)
-from catts_training.yaml_config import check_keys, read_config
+from catts_training.cdrl.rewards import REWARD_NAMES, PolicyScorer, build_rewards
+from catts_training.config import positive_int
+from catts_training.entry import module_main
+from catts_training.runs import free_memory, logged_means, peft_config
 
 __all__ = [
     "CDRLConfig",
@@ -75,158 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL = "tiny"
-"""``model: tiny`` in a config means the offline tiny random Qwen2.5-VL (``catts_graph.models.tiny``)."""
-
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "accuracy": 1.0,
-    "format": 0.5,
-    "perceptual_sensitivity": 1.0,
-    "calibration": 1.0,
-}
-
-
-@dataclasses.dataclass
-class CDRLConfig:
-    """Everything a CDRL run needs; one YAML file. Unknown keys are errors.
-
-    Sections (all but ``model`` and ``output_dir`` have defaults):
-
-    - ``model``: a local checkpoint or hub id of a Qwen2.5-VL-style model (``tiny``: the offline tiny
-      random one); ``max_pixels``: cap on pixels per image for its processor (None: its default).
-    - ``data``: ``source``, ``benchmark``, ``split``, ``limit``, ``image_dir`` for
-      :func:`~catts_training.cdrl.data.load_items`; or ``pairs_dir``, a folder written by ``catts train
-      pairs`` (the relevance and noise sections are then unused).
-    - ``relevance``: the CLIP for the relevance map, ``{model: ViT-B-16, pretrained: openai}``,
-      ``{model: organism}`` (the CLIP organism trained on the synthetic scenes, shipped; ``path:``
-      another folder written by ``catts organism train-clip``) or ``{model: tiny}`` (random, offline).
-    - ``noise``: :class:`~catts_training.cdrl.data.NoiseConfig` (kind, strength, top_fraction, seed, options).
-    - ``rewards``: ``weights`` per reward name (:data:`~catts_training.cdrl.rewards.REWARD_NAMES`),
-      ``sensitivity_margin`` (NMLP units, the hinge of
-      :func:`~catts_training.cdrl.rewards.sensitivity_reward`; default 1.0), ``calibration_variant``
-      (``brier``, the default, or ``signed``; :func:`~catts_training.cdrl.rewards.calibration_reward`),
-      ``score_batch_size`` (completions per scoring forward pass).
-    - ``confidence_loss``: :class:`~catts_training.cdrl.confidence_loss.ConfidenceLossConfig`, the weight of
-      each differentiable confidence term added to GRPO's loss (``noised_entropy``, ``clean_entropy``,
-      ``brier``) and ``entropy_target``; absent or all zero: the paper's reward-only GRPO.
-    - ``lora``: None for full-parameter training, else ``peft.LoraConfig`` fields (r, lora_alpha,
-      lora_dropout, target_modules, ...).
-    - ``grpo``: any ``trl.GRPOConfig`` fields.
-    - ``probe``: None, or ``{items, perturbs, levels, max_new_tokens, seed}`` for the before/after probe
-      on the first ``items`` training items.
-    """
-
-    model: str
-    output_dir: str
-    max_pixels: int | None = None
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    relevance: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"model": "ViT-B-16", "pretrained": "openai"}
-    )
-    noise: dict[str, Any] = dataclasses.field(default_factory=dict)
-    rewards: dict[str, Any] = dataclasses.field(default_factory=dict)
-    confidence_loss: dict[str, Any] | None = None
-    lora: dict[str, Any] | None = None
-    grpo: dict[str, Any] = dataclasses.field(default_factory=dict)
-    probe: dict[str, Any] | None = None
-
-    _DATA_KEYS = frozenset({"source", "benchmark", "split", "limit", "image_dir", "pairs_dir"})
-    _REWARD_KEYS = frozenset({"weights", "sensitivity_margin", "calibration_variant", "score_batch_size"})
-    _REMOVED_REWARD_KEYS = frozenset({"sensitivity_scale", "sensitivity_clip"})
-    _PROBE_KEYS = frozenset({"items", "perturbs", "levels", "max_new_tokens", "seed"})
-
-    def __post_init__(self) -> None:
-        check_keys(self.data, self._DATA_KEYS, "data")
-        removed = sorted(self._REMOVED_REWARD_KEYS & set(self.rewards or {}))
-        if removed:
-            raise ValueError(
-                f"rewards.{removed[0]}: no longer used; the perceptual-sensitivity reward is a hinge on "
-                "each noised rollout's own NMLP, set rewards.sensitivity_margin (NMLP units) instead"
-            )
-        check_keys(self.rewards, self._REWARD_KEYS, "rewards")
-        self.sensitivity_margin()  # validates
-        self.calibration_variant()
-        if self.probe is not None:
-            check_keys(self.probe, self._PROBE_KEYS, "probe")
-        if not self.data.get("pairs_dir") and not self.data.get("source") and not self.data.get("benchmark"):
-            raise ValueError("data: give pairs_dir, or source and/or benchmark")
-        weights = self.reward_weights()
-        if not any(w != 0 for w in weights):
-            raise ValueError("rewards.weights: at least one weight must be non-zero")
-        self.noise_config()  # validates
-        self.confidence_loss_config()
-        if "output_dir" in self.grpo:
-            raise ValueError("grpo.output_dir: set output_dir at the top level of the config instead")
-
-    def reward_weights(self) -> list[float]:
-        """The weight of each reward in :data:`REWARD_NAMES` order (unset names take the default)."""
-        given = dict(self.rewards.get("weights") or {})
-        unknown = set(given) - set(REWARD_NAMES)
-        if unknown:
-            raise ValueError(
-                f"rewards.weights: unknown rewards {sorted(unknown)}; expected {list(REWARD_NAMES)}"
-            )
-        weights = [float(given.get(name, DEFAULT_WEIGHTS[name])) for name in REWARD_NAMES]
-        if not all(math.isfinite(w) for w in weights):
-            raise ValueError("rewards.weights: expected finite numbers")
-        return weights
-
-    def sensitivity_margin(self) -> float:
-        """``rewards.sensitivity_margin``, a finite number >= 0 (default 1.0)."""
-        value = self.rewards.get("sensitivity_margin", DEFAULT_SENSITIVITY_MARGIN)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-            raise ValueError(f"rewards.sensitivity_margin={value!r}: expected a finite number >= 0 (NMLP)")
-        return float(value)
-
-    def calibration_variant(self) -> str:
-        """``rewards.calibration_variant``: ``brier`` (default) or ``signed``."""
-        value = self.rewards.get("calibration_variant", "brier")
-        if value not in CALIBRATION_VARIANTS:
-            raise ValueError(f"rewards.calibration_variant={value!r}: expected one of {CALIBRATION_VARIANTS}")
-        return str(value)
-
-    def confidence_loss_config(self) -> ConfidenceLossConfig:
-        """The ``confidence_loss`` section (every term off when absent)."""
-        return ConfidenceLossConfig.from_mapping(self.confidence_loss)
-
-    def noise_config(self) -> NoiseConfig:
-        fields = {f.name for f in dataclasses.fields(NoiseConfig)}
-        check_keys(self.noise, fields, "noise")
-        return NoiseConfig(**self.noise)
-
-    def model_path(self) -> str:
-        """The model to train: ``tiny`` is built (once) at the default tiny-model folder."""
-        if self.model == TINY_MODEL:
-            from catts_graph.models.tiny import ensure_tiny_model
-
-            return str(ensure_tiny_model())
-        return self.model
-
-    def grpo_config(self, **overrides: Any) -> Any:
-        """``trl.GRPOConfig`` from the ``grpo`` section, ``output_dir`` and the reward weights."""
-        from trl import GRPOConfig
-
-        values = {**self.grpo, **overrides}
-        values.setdefault("reward_weights", self.reward_weights())
-        values.setdefault("logging_steps", 1)
-        values.setdefault("report_to", "none")
-        return GRPOConfig(output_dir=self.output_dir, **values)
-
-
-def load_config(path: str | Path, **overrides: Any) -> CDRLConfig:
-    """Read a YAML config; ``overrides`` replace top-level keys (e.g. ``output_dir``)."""
-    values = read_config(path, CDRLConfig, overrides)
-    data = dict(values.get("data") or {})
-    for key in ("source", "pairs_dir", "image_dir"):
-        # Relative data paths are read from the config's folder when they exist there, else from the
-        # working directory, so a config and its data can travel together.
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            beside = Path(path).parent / data[key]
-            if beside.exists():
-                data[key] = str(beside)
-    values["data"] = data
-    return CDRLConfig(**values)
-
 
 # -- building -------------------------------------------------------------------------------------
 
@@ -236,45 +79,30 @@ def prepare_pairs(config: CDRLConfig, *, processor: Any = None) -> list[Training
     the size the model's processor resizes each image to (``processor``: the config model's, loaded
     when not given)."""
     data = config.data
-    if data.get("pairs_dir"):
-        pairs = load_pairs(data["pairs_dir"])
-        return pairs[: data["limit"]] if data.get("limit") else pairs
-    items = load_items(
-        data.get("source"),
-        benchmark=data.get("benchmark"),
-        split=data.get("split"),
-        limit=data.get("limit"),
-        image_dir=data.get("image_dir"),
-    )
-    from catts_graph.models.transformers_vlm import processor_input_size
+    if data.pairs_dir:
+        pairs = load_pairs(data.pairs_dir)
+        return pairs[: data.limit] if data.limit else pairs
+    items = load_items(**data.load_arguments())
+    from catts_graph.models.loading import processor_input_size
 
     if processor is None:
         processor = load_processor(config.model_path(), config.max_pixels)
     return build_pairs(
         items,
         relevance_model(config.relevance),
-        config.noise_config(),
+        config.noise,
         input_size=lambda image: processor_input_size(processor, image),
     )
 
 
-ORGANISM_CLIP = "organism"
-"""``relevance.model`` naming the CLIP organism (:mod:`catts_graph.organism.clip`)."""
-
-
-def relevance_model(spec: dict[str, Any]) -> ClipRelevance:
+def relevance_model(section: RelevanceSection) -> ClipRelevance:
     """The relevance model of a config's ``relevance`` section: the CLIP organism for ``{model:
     organism, path: FOLDER?}``, else :meth:`ClipRelevance.from_spec`."""
-    if spec.get("model") != ORGANISM_CLIP:
-        return ClipRelevance.from_spec(spec)
-    unknown = set(spec) - {"model", "path", "device"}
-    if unknown:
-        raise ValueError(
-            f"relevance: unknown keys {sorted(unknown)} for model: organism; expected path, device"
-        )
+    if section.model != ORGANISM_CLIP:
+        return ClipRelevance.from_spec(section.model_dump(exclude={"path"}))
     from catts_graph.organism.clip import clip_organism
 
-    return clip_organism(spec.get("path"), device=str(spec.get("device", "cpu")))
+    return clip_organism(section.path, device=section.device)
 
 
 def load_processor(model_path: str, max_pixels: int | None = None) -> Any:
@@ -303,25 +131,20 @@ def build_trainer(
         pairs if pairs is not None else prepare_pairs(config, processor=processor),
         answer_prompt=checkpoint_settings(model_path).get("answer_prompt"),
     )
-    scorer = PolicyScorer(processor, batch_size=int(config.rewards.get("score_batch_size", 4)))
+    scorer = PolicyScorer(processor, batch_size=config.rewards.score_batch_size)
     rewards = build_rewards(
         scorer,
-        sensitivity_margin=config.sensitivity_margin(),
-        calibration_variant=config.calibration_variant(),
+        sensitivity_margin=config.rewards.sensitivity_margin,
+        calibration_variant=config.rewards.calibration_variant,
     )
-    peft_config = None
-    if config.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**{"task_type": "CAUSAL_LM", **config.lora})
     trainer = CDRLTrainer(
         model=model_path,
         reward_funcs=rewards,
         args=config.grpo_config(**grpo_overrides),
         train_dataset=dataset,
         processing_class=processor,
-        peft_config=peft_config,
-        confidence_loss=config.confidence_loss_config(),
+        peft_config=peft_config(config.lora),
+        confidence_loss=config.confidence_loss,
     )
     # The trainer may wrap or replace its model (PEFT, DeepSpeed); follow whatever it holds now.
     scorer.bind(lambda: trainer.model)
@@ -456,16 +279,7 @@ def train_cdrl(config: CDRLConfig, **grpo_overrides: Any) -> CDRLResult:
     out = export_model(trainer, config, config.output_dir)
     seconds = time.perf_counter() - start
     history = [dict(entry) for entry in trainer.state.log_history]
-    means: dict[str, float] = {}
-    for key in [f"rewards/{name}/mean" for name in REWARD_NAMES] + ["reward"]:
-        values = [e[key] for e in history if key in e and math.isfinite(e[key])]
-        if values:
-            means[key.removeprefix("rewards/").removesuffix("/mean")] = sum(values) / len(values)
-    metrics: dict[str, float] = {}
-    for key in sorted({k for e in history for k in e if k.startswith("cdrl/")}):
-        values = [e[key] for e in history if key in e and math.isfinite(e[key])]
-        if values:
-            metrics[key] = sum(values) / len(values)
+    means, metrics = logged_means(history, REWARD_NAMES, "cdrl/")
     losses = [float(e["loss"]) for e in history if "loss" in e]
     result = CDRLResult(
         output_dir=out,
@@ -478,26 +292,20 @@ def train_cdrl(config: CDRLConfig, **grpo_overrides: Any) -> CDRLResult:
     )
     main_process = trainer.accelerator.is_main_process
     del trainer  # frees the policy, its optimizer state and the rollout buffers before the probe loads models
-    gc.collect()
-    _empty_cuda_cache()
+    free_memory()
     if main_process:
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("log_history", "probe")}
         summary["output_dir"] = str(out)
         (out / "cdrl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if config.probe is not None:
-            count = int(config.probe.get("items", 8))
             result.probe = probe_before_after(
-                config.model_path(), out, [pair.item for pair in pairs[:count]], config.probe
+                config.model_path(),
+                out,
+                [pair.item for pair in pairs[: config.probe.items]],
+                config.probe.model_dump(),
             )
             (out / "probe.json").write_text(json.dumps(result.probe, indent=2) + "\n")
     return result
-
-
-def _empty_cuda_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -511,12 +319,12 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     cdrl.add_argument("--config", required=True, help="YAML config file")
     cdrl.add_argument("--output-dir", help="override the config's output_dir")
     cdrl.add_argument("--model", help="override the config's model")
-    cdrl.add_argument("--max-steps", type=int, help="override grpo.max_steps")
+    cdrl.add_argument("--max-steps", type=positive_int, help="override grpo.max_steps")
     cdrl.set_defaults(func=_train_command)
     pairs = commands.add_parser("pairs", help="build the original/noised pairs and a contact sheet")
     pairs.add_argument("--config", required=True, help="YAML config file (its data, relevance, noise)")
     pairs.add_argument("--out", required=True, help="folder for pairs.jsonl, images/ and contact_sheet.png")
-    pairs.add_argument("--sheet-items", type=int, default=8, help="items on the contact sheet")
+    pairs.add_argument("--sheet-items", type=positive_int, default=8, help="items on the contact sheet")
     pairs.set_defaults(func=_pairs_command)
     return train
 
@@ -538,7 +346,7 @@ def _pairs_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     config = load_config(args.config)
-    if config.data.get("pairs_dir"):
+    if config.data.pairs_dir:
         raise ValueError(
             "data.pairs_dir: this config reads saved pairs; give it data.source / data.benchmark"
         )
@@ -551,10 +359,7 @@ def _pairs_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m catts_training.cdrl.train cdrl --config FILE`` (or ``pairs ...``): the same as
     ``catts train ...``, for ``accelerate launch -m``."""
-    parser = argparse.ArgumentParser(prog="python -m catts_training.cdrl.train")
-    add_train_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    return module_main(add_train_command, "train", argv)
 
 
 if __name__ == "__main__":

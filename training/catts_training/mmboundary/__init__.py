@@ -12,8 +12,12 @@ and documented where they are made).
   statement format (and answer accuracy), as TRL reward callables and pure formulas.
 - :mod:`catts_training.mmboundary.probe`: step ECE / AUROC of the stated levels, parseable share, level
   entropy, answer accuracy.
-- :mod:`catts_training.mmboundary.train`: the YAML config, SFT (``SFTTrainer``) and RL (``GRPOTrainer``;
-  TRL removed ``PPOTrainer``, the paper's algorithm, in 1.13), ``catts mmboundary``.
+- :mod:`catts_training.mmboundary.config`: ``MMBoundaryConfig``, the YAML config's typed sections.
+- the stages: :mod:`~catts_training.mmboundary.build` (data), :mod:`~catts_training.mmboundary.sft`
+  (``SFTTrainer``), :mod:`~catts_training.mmboundary.rl` (``GRPOTrainer``; TRL removed
+  ``PPOTrainer``, the paper's algorithm, in 1.13), :mod:`~catts_training.mmboundary.run` (the probe,
+  every stage in order), on what :mod:`~catts_training.mmboundary.stage` shares.
+- :mod:`catts_training.mmboundary.train`: ``catts mmboundary``, the entry point.
 
 Imports here are lazy, so ``import catts_training.mmboundary`` stays cheap (no torch or TRL).
 """
@@ -45,13 +49,13 @@ _EXPORTS = {
     "statement_format": "catts_training.mmboundary.rewards",
     "probe_figures": "catts_training.mmboundary.probe",
     "probe_steps": "catts_training.mmboundary.probe",
-    "MMBoundaryConfig": "catts_training.mmboundary.train",
+    "MMBoundaryConfig": "catts_training.mmboundary.config",
     "add_mmboundary_command": "catts_training.mmboundary.train",
-    "build_data": "catts_training.mmboundary.train",
-    "load_config": "catts_training.mmboundary.train",
-    "run_probe": "catts_training.mmboundary.train",
-    "train_rl": "catts_training.mmboundary.train",
-    "train_sft": "catts_training.mmboundary.train",
+    "build_data": "catts_training.mmboundary.build",
+    "load_config": "catts_training.mmboundary.config",
+    "run_probe": "catts_training.mmboundary.run",
+    "train_rl": "catts_training.mmboundary.rl",
+    "train_sft": "catts_training.mmboundary.sft",
 }
 
 __all__ = sorted(_EXPORTS)

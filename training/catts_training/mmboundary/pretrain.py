@@ -38,12 +38,14 @@ import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
 
 from catts_graph.statements import StatementReader, insert_statements
 from catts_graph.step_confidence import StepCalibrator
+from catts_training.config import Count, NonNegative, Number, Prefix, Section, one_of
 from catts_training.mmboundary.stated import content_signals, read_steps
 
 __all__ = [
@@ -62,57 +64,28 @@ FORCED_SIGNALS: tuple[str, ...] = ("probability", "entropy")
 MANIFEST_KEY = "statement_pretraining"
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Section):
     """``statements.pretrain`` of an MMBoundary config."""
 
-    steps: int = 800
-    learning_rate: float = 2e-4
-    batch_size: int = 32
-    levels: str = "estimated"
-    warmup_steps: int = 0
-    """Linear warm-up of the learning rate (a fresh AdamW's first steps move every weight by about
-    the learning rate, whatever its gradient)."""
-    freeze: tuple[str, ...] = ()
-    """Parameter-name prefixes left as they are (e.g. ``model.visual``: statements are language)."""
-    start: int = 3_000_000
-    seed: int = 0
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"statements.pretrain.{name}={value!r}: expected an int >= 1")
-        if not isinstance(self.learning_rate, (int, float)) or not 0 < self.learning_rate < 1:
-            raise ValueError(
-                f"statements.pretrain.learning_rate={self.learning_rate!r}: expected a number in (0, 1)"
-            )
-        if self.levels not in LEVEL_SOURCES:
-            raise ValueError(f"statements.pretrain.levels={self.levels!r}: expected one of {LEVEL_SOURCES}")
-        if (
-            isinstance(self.warmup_steps, bool)
-            or not isinstance(self.warmup_steps, int)
-            or self.warmup_steps < 0
-        ):
-            raise ValueError(f"statements.pretrain.warmup_steps={self.warmup_steps!r}: expected an int >= 0")
-        if isinstance(self.freeze, str) or not all(isinstance(p, str) and p for p in self.freeze):
-            raise ValueError(
-                f"statements.pretrain.freeze={self.freeze!r}: expected a list of parameter-name prefixes"
-            )
-        object.__setattr__(self, "freeze", tuple(self.freeze))
-        if isinstance(self.start, bool) or not isinstance(self.start, int) or self.start < 0:
-            raise ValueError(f"statements.pretrain.start={self.start!r}: expected an int >= 0")
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> PretrainConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"statements.pretrain: unknown keys {sorted(unknown)}; expected {sorted(known)}")
-        values = dict(section)
-        if "learning_rate" in values and isinstance(values["learning_rate"], str):
-            values["learning_rate"] = float(values["learning_rate"])
-        return cls(**values)
+    steps: Count = Field(800, description="optimizer steps")
+    learning_rate: Annotated[Number, Field(gt=0, lt=1)] = Field(2e-4, description="AdamW's rate")
+    batch_size: Count = Field(32, description="fresh scenes per step")
+    levels: Annotated[str, one_of(LEVEL_SOURCES)] = Field(
+        "estimated", description="estimated (the model's own signals) or random (the ablation)"
+    )
+    warmup_steps: NonNegative = Field(
+        0,
+        description="linear warm-up of the learning rate (a fresh AdamW's first steps move every weight "
+        "by about the learning rate, whatever its gradient)",
+    )
+    freeze: tuple[Prefix, ...] = Field(
+        (),
+        description="parameter-name prefixes left as they are (e.g. model.visual: statements are language)",
+    )
+    start: NonNegative = Field(3_000_000, description="the generator's train-split index the scenes start at")
+    seed: int = Field(0, description="the scenes' and the random levels' seed")
 
 
 def teacher_forced(
@@ -192,7 +165,7 @@ def pretrain_statements(
         )
     if config.levels == "estimated" and calibrator is None:
         raise ValueError("statements.pretrain.levels=estimated: needs the data's calibrator")
-    record = {"source": str(source.resolve()), **asdict(config), "stated_lines": stated_lines}
+    record = {"source": str(source.resolve()), **config.model_dump(), "stated_lines": stated_lines}
     if config.levels == "estimated":
         record["calibrator"] = {"weights": calibrator.weights, "cuts": list(calibrator.cuts)}  # type: ignore[union-attr]
     record = json.loads(json.dumps(record))  # as stored (lists, not tuples)

@@ -385,7 +385,7 @@ class SelfCalibrationReward:
         completion_ids: Sequence[Sequence[int]],
         **kwargs: Any,
     ) -> list[float | None]:
-        from catts_graph.models.transformers_vlm import detokenize_ids
+        from catts_graph.models.tokens import detokenize_ids
 
         images = reward_column(kwargs, self.images_column, len(completion_ids), self.__name__)
         statistics = self.scorer.token_statistics(

@@ -1,22 +1,23 @@
-"""MMBoundary on TRL: the config file, the four stages and ``catts mmboundary``.
+"""MMBoundary on TRL: ``catts mmboundary``, the entry point of the four stages.
 
-One YAML file (:class:`MMBoundaryConfig`, examples in ``training/configs/mmboundary_*.yaml``) drives
-four commands, each writing under the config's ``output_dir``:
+One YAML file (:class:`~catts_training.mmboundary.config.MMBoundaryConfig`, examples in
+``training/configs/mmboundary_*.yaml``) drives four commands, each writing under the config's
+``output_dir``; each stage is a module of its own, as TRL keeps a trainer's config, trainer and
+script apart:
 
-1. ``catts mmboundary data``: the base model's own replies to the training items, each step's level
-   from a :class:`~catts_graph.step_confidence.StepCalibrator` fitted on validation items, a
-   statement of that level after each step (:mod:`catts_training.mmboundary.data`) -> ``data/``;
-2. ``catts mmboundary sft``: TRL's ``SFTTrainer`` on those stated replies (conversational
-   prompt-completion with images, loss on the completion; LoRA when the config has a ``lora``
-   section) -> ``sft/``, a plain checkpoint; for the organisms, first the statements' words as
+1. ``catts mmboundary data`` (:mod:`~catts_training.mmboundary.build`): the base model's own replies
+   to the training items, each step's level from a
+   :class:`~catts_graph.step_confidence.StepCalibrator` fitted on validation items, a statement of
+   that level after each step (:mod:`catts_training.mmboundary.data`) -> ``data/``;
+2. ``catts mmboundary sft`` (:mod:`~catts_training.mmboundary.sft`): TRL's ``SFTTrainer`` on those
+   stated replies -> ``sft/``, a plain checkpoint; for the organisms, first the statements' words as
    tokens (``statements.vocabulary`` -> ``vocabulary/``) and a statement pre-training
    (``statements.pretrain``, :mod:`catts_training.mmboundary.pretrain` -> ``pretrained/``);
-3. ``catts mmboundary rl``: TRL's ``GRPOTrainer`` from the SFT model with the rewards of
-   :mod:`catts_training.mmboundary.rewards` -> ``rl/``. The paper used PPO with GAE; TRL removed
-   ``PPOTrainer`` in 1.13 (and the PPO it had took token ids only, no images, and a reward *model*),
-   so GRPO, with each response's per-step rewards averaged;
-4. ``catts mmboundary probe``: the figures of :mod:`catts_training.mmboundary.probe` for a model (default:
-   the latest stage written) -> ``probe/<name>.json``.
+3. ``catts mmboundary rl`` (:mod:`~catts_training.mmboundary.rl`): TRL's ``GRPOTrainer`` from the SFT
+   model with the rewards of :mod:`catts_training.mmboundary.rewards` -> ``rl/``;
+4. ``catts mmboundary probe`` (:mod:`~catts_training.mmboundary.run`): the figures of
+   :mod:`catts_training.mmboundary.probe` for a model (default: the latest stage written) ->
+   ``probe/<name>.json``; ``catts mmboundary all`` runs every stage in order, resumably.
 
 ``python -m catts_training.mmboundary.train <stage> --config FILE`` is the same as ``catts mmboundary
 <stage> ...``, for ``accelerate launch -m``.
@@ -25,44 +26,20 @@ four commands, each writing under the config's ``output_dir``:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import gc
-import json
 import logging
-import math
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from catts_graph.statements import StatementReader
-from catts_graph.step_confidence import SIGNALS
-from catts_training.cdrl.data import load_items
-from catts_training.cdrl.train import TINY_MODEL, load_processor, save_policy
-from catts_training.mmboundary.data import (
-    MMBoundaryData,
-    assess_replies,
-    data_summary,
-    fit_calibrator,
-    load_data,
-    sample_replies,
-    save_data,
-    stated_examples,
-    to_grpo_dataset,
-    to_sft_dataset,
-)
-from catts_training.mmboundary.pretrain import MANIFEST_KEY as PRETRAIN_KEY
-from catts_training.mmboundary.pretrain import PretrainConfig, freeze_parameters, pretrain_statements
-from catts_training.mmboundary.reference import DEFAULT_THRESHOLD, JUDGES, make_judge
-from catts_training.mmboundary.rewards import (
-    REWARD_NAMES,
-    build_rewards,
-    checked_level_confidence,
-    level_confidences,
-)
-from catts_training.mmboundary.stated import TRAINING_SIGNALS
-from catts_training.yaml_config import check_keys, read_config
+from catts_training.config import ConfigError, check_model, positive_int
+from catts_training.entry import module_main
+from catts_training.mmboundary.build import build_data
+from catts_training.mmboundary.config import DEFAULT_WEIGHTS, ENCODERS, MMBoundaryConfig, load_config
+from catts_training.mmboundary.rl import build_rl_trainer, train_rl
+from catts_training.mmboundary.run import run_all, run_probe
+from catts_training.mmboundary.sft import build_sft_trainer, train_sft
+from catts_training.mmboundary.stage import StageResult
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -74,697 +51,12 @@ __all__ = [
     "build_rl_trainer",
     "build_sft_trainer",
     "load_config",
+    "main",
+    "run_all",
     "run_probe",
     "train_rl",
     "train_sft",
 ]
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "knowledge_accuracy": 1.0,
-    "expected_calibration": 1.0,
-    "self_calibration": 1.0,
-    "format": 0.5,
-    "accuracy": 1.0,
-}
-
-ENCODERS: tuple[str, ...] = ("minilm",)
-"""Sentence encoders a config can name (``encoder: minilm``: all-MiniLM-L6-v2, offline, the
-``mmboundary`` extra); ``encoder: null`` runs without one."""
-
-SUMMARY_FILE = "mmboundary_summary.json"
-
-_ITEM_KEYS = frozenset({"source", "benchmark", "split", "limit", "image_dir"})
-_SAMPLING_KEYS = frozenset({"samples", "temperature", "max_new_tokens", "seed"})
-_JUDGE_KEYS = frozenset({"kind", "threshold"})
-_REWARD_KEYS = frozenset({"weights", "level_confidence", "cover_reference", "score_batch_size"})
-
-
-@dataclasses.dataclass
-class MMBoundaryConfig:
-    """Everything the MMBoundary stages need; one YAML file. Unknown keys are errors.
-
-    - ``model``: the base model (a local checkpoint or hub id; ``tiny``: the offline tiny random
-      Qwen2.5-VL); ``max_pixels``: cap on pixels per image for its processor.
-    - ``output_dir``: ``data/``, ``sft/``, ``rl/`` and ``probe/`` go under it.
-    - ``data``: the training items (``source``, ``benchmark``, ``split``, ``limit``, ``image_dir``, as
-      :func:`catts_training.cdrl.data.load_items`); ``validation``: the items the step calibrator is fitted
-      on (same keys; keep them apart from the training items).
-    - ``sampling``: the base model's replies, ``samples`` per item (1), ``temperature`` (0: greedy),
-      ``max_new_tokens`` (256), ``seed`` (0).
-    - ``signals``: the step signals fused into the internal level, some of
-      :data:`~catts_training.mmboundary.stated.TRAINING_SIGNALS` (default ``[probability, entropy]``;
-      ``tokensar`` needs the encoder and costs one encoder call per token per step; CLIPScore is not
-      used in training).
-    - ``encoder``: ``minilm`` or null: the sentence encoder for TokenSAR, for reading paraphrased
-      statements back (``statements.margin``) and for the ``similarity`` judge.
-    - ``judge``: ``kind`` (``exact``: the organism's step truth; ``similarity``: cosine to the
-      reference chain, ``threshold``), see :mod:`catts_training.mmboundary.reference`.
-    - ``calibration``: ``use_labels`` (default: true with the exact judge, false otherwise): fit the
-      fusion weights and the levels' accuracies on the validation steps' labels.
-    - ``statements``: ``margin`` of the backward mapping (default 0.05); ``pretrain`` (default none:
-      the statement pre-training of an organism before SFT, :class:`PretrainConfig`'s fields);
-      ``vocabulary`` (default
-      false): SFT starts from a copy of the model whose word-level tokenizer has the statements'
-      words as whole tokens (:mod:`catts_training.mmboundary.vocabulary`; the organisms); ``lines``
-      (default null: every step but the answer): statements after the steps of each reply's first
-      that many lines only (the organism: its description, not the focus line that copies from it).
-    - ``rewards``: ``weights`` per reward name (:data:`~catts_training.mmboundary.rewards.REWARD_NAMES`),
-      ``level_confidence`` (five numbers; default: the calibrator's level accuracies),
-      ``cover_reference`` (default true), ``score_batch_size`` (completions per scoring pass, 4).
-    - ``lora``: None for full-parameter training, else ``peft.LoraConfig`` fields (SFT and RL).
-    - ``sft``: any ``trl.SFTConfig`` fields; ``rl``: any ``trl.GRPOConfig`` fields.
-    - ``probe``: the items the probe answers (the ``data`` keys) and ``max_new_tokens``; default the
-      validation items.
-    """
-
-    model: str
-    output_dir: str
-    max_pixels: int | None = None
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    validation: dict[str, Any] = dataclasses.field(default_factory=dict)
-    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
-    signals: list[str] = dataclasses.field(default_factory=lambda: ["probability", "entropy"])
-    encoder: str | None = None
-    judge: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "exact"})
-    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
-    statements: dict[str, Any] = dataclasses.field(default_factory=dict)
-    rewards: dict[str, Any] = dataclasses.field(default_factory=dict)
-    lora: dict[str, Any] | None = None
-    freeze: list[str] = dataclasses.field(default_factory=list)
-    """Parameter-name prefixes kept frozen in SFT and RL (e.g. ``model.visual``: statements are a
-    matter of language, and a perturbed vision tower is what costs the organism its answers)."""
-    sft: dict[str, Any] = dataclasses.field(default_factory=dict)
-    rl: dict[str, Any] = dataclasses.field(default_factory=dict)
-    probe: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("data", "validation"):
-            section = getattr(self, name)
-            check_keys(section, _ITEM_KEYS, name)
-            if not section.get("source") and not section.get("benchmark"):
-                raise ValueError(f"{name}: give source and/or benchmark")
-        check_keys(self.sampling, _SAMPLING_KEYS, "sampling")
-        check_keys(self.judge, _JUDGE_KEYS, "judge")
-        check_keys(self.calibration, frozenset({"use_labels"}), "calibration")
-        check_keys(self.statements, frozenset({"margin", "vocabulary", "lines", "pretrain"}), "statements")
-        self.pretrain_config()  # validates
-        check_keys(self.rewards, _REWARD_KEYS, "rewards")
-        if self.probe is not None:
-            check_keys(self.probe, _ITEM_KEYS | {"max_new_tokens"}, "probe")
-        unknown = [s for s in self.signals if s not in SIGNALS]
-        if unknown or not self.signals:
-            raise ValueError(
-                f"signals: {self.signals!r}; expected a non-empty list of {list(TRAINING_SIGNALS)}"
-            )
-        if "clipscore" in self.signals:
-            raise ValueError(
-                "signals: clipscore is not used in training (an image-text model at every reward call); "
-                f"choose from {list(TRAINING_SIGNALS)}"
-            )
-        if self.encoder is not None and self.encoder not in ENCODERS:
-            raise ValueError(f"encoder={self.encoder!r}: expected one of {ENCODERS} or null")
-        if "tokensar" in self.signals and self.encoder is None:
-            raise ValueError("signals: tokensar needs a sentence encoder; set encoder: minilm")
-        if self.judge_kind() not in JUDGES:
-            raise ValueError(f"judge.kind={self.judge_kind()!r}: expected one of {JUDGES}")
-        if self.judge_kind() == "similarity" and self.encoder is None:
-            raise ValueError("judge.kind: similarity needs a sentence encoder; set encoder: minilm")
-        self.reward_weights()  # validates
-        if self.rewards.get("level_confidence") is not None:
-            checked_level_confidence(self.rewards["level_confidence"])
-        if not isinstance(self.freeze, list) or not all(isinstance(p, str) and p for p in self.freeze):
-            raise ValueError(f"freeze: {self.freeze!r}; expected a list of parameter-name prefixes")
-        if self.freeze and self.lora is not None:
-            raise ValueError("freeze: not with lora (LoRA already keeps the base frozen)")
-        for section in ("sft", "rl"):
-            if "output_dir" in getattr(self, section):
-                raise ValueError(
-                    f"{section}.output_dir: set output_dir at the top level of the config instead"
-                )
-
-    # -- reading the sections ---------------------------------------------------------------------
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.output_dir) / "data"
-
-    @property
-    def sft_dir(self) -> Path:
-        return Path(self.output_dir) / "sft"
-
-    @property
-    def rl_dir(self) -> Path:
-        return Path(self.output_dir) / "rl"
-
-    def stated_lines(self) -> int | None:
-        """``statements.lines``: statements after the steps of each reply's first that many lines
-        only (None: after every step but the answer)."""
-        lines = self.statements.get("lines")
-        if lines is not None and (isinstance(lines, bool) or not isinstance(lines, int) or lines < 1):
-            raise ValueError(f"statements.lines={lines!r}: expected an int >= 1 or null")
-        return lines
-
-    def pretrain_config(self) -> PretrainConfig | None:
-        """``statements.pretrain`` (None: SFT starts from the base, or its vocabulary copy)."""
-        section = self.statements.get("pretrain")
-        if section is None:
-            return None
-        if not isinstance(section, Mapping):
-            raise ValueError(
-                f"statements.pretrain: {section!r}; expected a mapping (steps, learning_rate, ...)"
-            )
-        return PretrainConfig.from_section(section)
-
-    def model_path(self) -> str:
-        """The base model: ``tiny`` is built (once) at the default tiny-model folder."""
-        if self.model == TINY_MODEL:
-            from catts_graph.models.tiny import ensure_tiny_model
-
-            return str(ensure_tiny_model())
-        return self.model
-
-    def judge_kind(self) -> str:
-        return str(self.judge.get("kind", "exact"))
-
-    def use_labels(self) -> bool:
-        return bool(self.calibration.get("use_labels", self.judge_kind() == "exact"))
-
-    def reward_weights(self) -> list[float]:
-        """The weight of each reward in :data:`REWARD_NAMES` order (unset names take the default)."""
-        given = dict(self.rewards.get("weights") or {})
-        unknown = set(given) - set(REWARD_NAMES)
-        if unknown:
-            raise ValueError(
-                f"rewards.weights: unknown rewards {sorted(unknown)}; expected {list(REWARD_NAMES)}"
-            )
-        weights = [float(given.get(name, DEFAULT_WEIGHTS[name])) for name in REWARD_NAMES]
-        if not all(math.isfinite(w) for w in weights) or not any(weights):
-            raise ValueError("rewards.weights: expected finite numbers, at least one non-zero")
-        return weights
-
-    def sft_config(self, output_dir: str | Path | None = None, **overrides: Any) -> Any:
-        """``trl.SFTConfig`` from the ``sft`` section (``overrides`` replace fields)."""
-        from trl import SFTConfig
-
-        values = {**self.sft, **overrides}
-        values.setdefault("logging_steps", 1)
-        values.setdefault("report_to", "none")
-        return SFTConfig(output_dir=str(output_dir or self.sft_dir), **values)
-
-    def grpo_config(self, output_dir: str | Path | None = None, **overrides: Any) -> Any:
-        """``trl.GRPOConfig`` from the ``rl`` section and the reward weights."""
-        from trl import GRPOConfig
-
-        values = {**self.rl, **overrides}
-        values.setdefault("reward_weights", self.reward_weights())
-        values.setdefault("logging_steps", 1)
-        values.setdefault("report_to", "none")
-        return GRPOConfig(output_dir=str(output_dir or self.rl_dir), **values)
-
-
-def load_config(path: str | Path, **overrides: Any) -> MMBoundaryConfig:
-    """Read a YAML config; ``overrides`` that are not None replace top-level keys. Relative item
-    files are read from the config's folder when they exist there, else from the working directory."""
-    values = read_config(path, MMBoundaryConfig, overrides)
-    for section in ("data", "validation", "probe"):
-        if values.get(section) is None:
-            continue
-        values[section] = dict(values[section])
-        for key in ("source", "image_dir"):
-            given = values[section].get(key)
-            if isinstance(given, str) and not Path(given).is_absolute():
-                beside = Path(path).parent / given
-                if beside.exists():
-                    values[section][key] = str(beside)
-    return MMBoundaryConfig(**values)
-
-
-# -- shared parts --------------------------------------------------------------------------------
-
-
-def _items(section: Mapping[str, Any]) -> list[Any]:
-    return load_items(
-        section.get("source"),
-        benchmark=section.get("benchmark"),
-        split=section.get("split"),
-        limit=section.get("limit"),
-        image_dir=section.get("image_dir"),
-    )
-
-
-def _encoder(config: MMBoundaryConfig) -> Any:
-    if config.encoder is None:
-        return None
-    from catts_graph.models.encoders import MiniLMEncoder
-
-    return MiniLMEncoder()
-
-
-def _judge(config: MMBoundaryConfig, encoder: Any) -> Any:
-    return make_judge(config.judge_kind(), encoder, float(config.judge.get("threshold", DEFAULT_THRESHOLD)))
-
-
-def _reader(config: MMBoundaryConfig, encoder: Any) -> StatementReader:
-    return StatementReader(encoder, margin=float(config.statements.get("margin", 0.05)))
-
-
-def _similarity(config: MMBoundaryConfig, encoder: Any) -> Any:
-    return encoder.similarity if encoder is not None and "tokensar" in config.signals else None
-
-
-@dataclasses.dataclass
-class StageResult:
-    """What a training stage did."""
-
-    stage: str
-    output_dir: Path
-    seconds: float
-    """Wall time of the stage (loading, training, saving)."""
-    steps: int
-    losses: list[float]
-    reward_means: dict[str, float]
-    """Each reward's mean over the logged steps (RL), and the weighted total ``reward``."""
-    metric_means: dict[str, float]
-    """Each logged ``mmboundary/*`` metric's mean over the run (RL)."""
-    log_history: list[dict[str, Any]]
-
-
-def _finish(stage: str, trainer: Any, out: Path, started: float) -> StageResult:
-    history = [dict(entry) for entry in trainer.state.log_history]
-
-    def means(keys: Sequence[str], rename: Any) -> dict[str, float]:
-        found = {}
-        for key in keys:
-            values = [e[key] for e in history if key in e and math.isfinite(e[key])]
-            if values:
-                found[rename(key)] = sum(values) / len(values)
-        return found
-
-    result = StageResult(
-        stage=stage,
-        output_dir=out,
-        seconds=time.perf_counter() - started,
-        steps=int(trainer.state.global_step),
-        losses=[float(e["loss"]) for e in history if "loss" in e],
-        reward_means=means(
-            [f"rewards/{name}/mean" for name in REWARD_NAMES] + ["reward"],
-            lambda k: k.removeprefix("rewards/").removesuffix("/mean"),
-        ),
-        metric_means=means(sorted({k for e in history for k in e if k.startswith("mmboundary/")}), str),
-        log_history=history,
-    )
-    if trainer.accelerator.is_main_process:
-        summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "log_history"}
-        summary["output_dir"] = str(out)
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return result
-
-
-# -- stage 1: data -------------------------------------------------------------------------------
-
-
-def build_data(
-    config: MMBoundaryConfig,
-    *,
-    vlm: Any = None,
-    encoder: Any = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> MMBoundaryData:
-    """Sample, fit, assess, state and save (see :mod:`catts_training.mmboundary.data`); returns what was
-    written to ``config.data_dir``. ``vlm``: the base model (loaded from the config when None);
-    ``progress(phase, items done, items)`` after each item of the ``validation`` and ``training``
-    phases."""
-    started = time.perf_counter()
-    if vlm is None:
-        from catts_graph.models import TransformersVLM
-
-        vlm = TransformersVLM.from_pretrained(config.model_path(), max_pixels=config.max_pixels)
-    encoder = encoder if encoder is not None else _encoder(config)
-    judge = _judge(config, encoder)
-    sampling = {
-        "samples": int(config.sampling.get("samples", 1)),
-        "temperature": float(config.sampling.get("temperature", 0.0)),
-        "max_new_tokens": int(config.sampling.get("max_new_tokens", 256)),
-        "seed": int(config.sampling.get("seed", 0)),
-    }
-    common = {
-        "signals": config.signals,
-        "similarity": _similarity(config, encoder),
-        "judge": judge,
-        "stated_lines": config.stated_lines(),
-    }
-    loaded = time.perf_counter()
-
-    def report(phase: str, total: int) -> Callable[[int], None] | None:
-        return None if progress is None else (lambda done: progress(phase, done, total))
-
-    held_out = _items(config.validation)
-    validation = sample_replies(
-        vlm, held_out, **common, **{**sampling, "samples": 1}, progress=report("validation", len(held_out))
-    )
-    validation_done = time.perf_counter()
-    calibrator = fit_calibrator(validation, use_labels=config.use_labels())
-    items = _items(config.data)
-    replies = sample_replies(vlm, items, **common, **sampling, progress=report("training", len(items)))
-    assess_replies(replies, calibrator)
-    examples = stated_examples(items, replies, seed=sampling["seed"])
-    sampled = time.perf_counter()
-    summary = data_summary(examples, replies, validation, getattr(vlm, "tokenizer", None))
-    summary["calibrator"] = {k: v for k, v in calibrator.to_dict().items() if k != "reference"}
-    summary["use_labels"] = config.use_labels()
-    summary["seconds"] = {
-        "load": loaded - started,
-        "validation": validation_done - loaded,
-        "training": sampled - validation_done,
-        "total": time.perf_counter() - started,
-    }
-    save_data(config.data_dir, items, examples, calibrator, summary)
-    return MMBoundaryData(items=items, examples=examples, calibrator=calibrator, summary=summary)
-
-
-# -- stage 2: SFT --------------------------------------------------------------------------------
-
-
-def build_sft_trainer(
-    config: MMBoundaryConfig, data: MMBoundaryData, *, model: str | None = None, **overrides: Any
-) -> Any:
-    """A ready ``trl.SFTTrainer`` on ``data``'s stated replies (``model``: default the config's)."""
-    from trl import SFTTrainer
-
-    model_path = model or config.model_path()
-    processor = load_processor(model_path, config.max_pixels)
-    trainer = SFTTrainer(
-        model=model_path,
-        args=config.sft_config(**overrides),
-        train_dataset=to_sft_dataset(data),
-        processing_class=processor,
-        peft_config=_peft(config),
-    )
-    trainer.data_collator = EndOfTurnMasked(trainer.data_collator, end_of_turn_id(processor))
-    freeze_parameters(trainer.model, config.freeze)
-    return trainer
-
-
-def end_of_turn_id(processor: Any) -> int:
-    """The id of the chat template's end of turn (``<|im_end|>`` for Qwen), else the tokenizer's EOS."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        token_id = tokenizer.eos_token_id
-    if token_id is None:
-        raise ValueError("processor: its tokenizer has neither <|im_end|> nor an EOS token")
-    return int(token_id)
-
-
-class EndOfTurnMasked:
-    """A collator wrapper that takes out of the loss every label right after an end-of-turn token.
-
-    TRL's conversational prompt-completion renders the completion with the chat template, which ends
-    an assistant turn with ``<|im_end|>\n``: the newline after the end of turn is never generated (
-    generation stops at ``<|im_end|>``), yet it costs the organism 7.1 nats, one token in ~75, and its
-    gradient moves the model for nothing."""
-
-    def __init__(self, collator: Callable[[list[Any]], dict[str, Any]], end_id: int) -> None:
-        self.collator = collator
-        self.end_id = end_id
-
-    def __call__(self, examples: list[Any]) -> dict[str, Any]:
-        batch = self.collator(examples)
-        labels = batch["labels"]
-        after_end = labels.new_zeros(labels.shape, dtype=bool)
-        after_end[:, 1:] = batch["input_ids"][:, :-1] == self.end_id
-        batch["labels"] = labels.masked_fill(after_end, -100)
-        return batch
-
-
-def _peft(config: MMBoundaryConfig) -> Any:
-    if config.lora is None:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(**{"task_type": "CAUSAL_LM", **config.lora})
-
-
-def sft_start(
-    config: MMBoundaryConfig,
-    data: MMBoundaryData,
-    *,
-    model: str | None = None,
-    pretrain_steps: int | None = None,
-    log: Callable[[str], None] = print,
-) -> str:
-    """The model SFT starts from: the base (``model``: default the config's), copied with the
-    statements' words (``statements.vocabulary``, -> ``OUTPUT_DIR/vocabulary``), then continued
-    on stated gold replies (``statements.pretrain``, -> ``OUTPUT_DIR/pretrained``;
-    ``pretrain_steps`` replaces its ``steps``). Each folder is reused when it holds the same."""
-    model_path = model or config.model_path()
-    if config.statements.get("vocabulary"):
-        from catts_training.mmboundary.vocabulary import extend_vocabulary
-
-        model_path = str(extend_vocabulary(model_path, Path(config.output_dir) / "vocabulary"))
-    pretrain = config.pretrain_config()
-    if pretrain is not None:
-        if pretrain_steps is not None:
-            pretrain = dataclasses.replace(pretrain, steps=pretrain_steps)
-        model_path = str(
-            pretrain_statements(
-                model_path,
-                Path(config.output_dir) / "pretrained",
-                pretrain,
-                calibrator=data.calibrator,
-                stated_lines=config.stated_lines(),
-                log=log,
-            )
-        )
-    return model_path
-
-
-def train_sft(
-    config: MMBoundaryConfig, *, model: str | None = None, pretrain_steps: int | None = None, **overrides: Any
-) -> StageResult:
-    """SFT warm-up on ``config.data_dir`` from :func:`sft_start`; the model goes to ``config.sft_dir``
-    (the result's ``seconds``: SFT alone, the pre-training records its own)."""
-    data = load_data(config.data_dir)
-    model_path = sft_start(config, data, model=model, pretrain_steps=pretrain_steps)
-    started = time.perf_counter()
-    trainer = build_sft_trainer(config, data, model=model_path, **overrides)
-    trainer.train()
-    out = save_policy(trainer, config.sft_dir, base_model=model_path, lora=config.lora is not None)
-    result = _finish("sft", trainer, out, started)
-    del trainer
-    _free_memory()
-    return result
-
-
-# -- stage 3: RL ---------------------------------------------------------------------------------
-
-
-def _policy(config: MMBoundaryConfig, policy: str | None) -> str:
-    if policy is not None:
-        return policy
-    if (config.sft_dir / "config.json").is_file():
-        return str(config.sft_dir)
-    raise ValueError(
-        f"rl: no SFT model at {str(config.sft_dir)!r}; run `catts mmboundary sft` first, or pass --model"
-    )
-
-
-def build_rl_trainer(
-    config: MMBoundaryConfig, data: MMBoundaryData, *, policy: str, encoder: Any = None, **overrides: Any
-) -> Any:
-    """A ready ``trl.GRPOTrainer`` starting from ``policy``, with the rewards of
-    :func:`~catts_training.mmboundary.rewards.build_rewards` (its ``scorer`` attribute is their bound
-    :class:`~catts_training.cdrl.rewards.PolicyScorer`)."""
-    from trl import GRPOTrainer
-
-    from catts_training.cdrl.rewards import PolicyScorer
-
-    args = config.grpo_config(**overrides)
-    if args.remove_unused_columns:
-        raise ValueError("rl.remove_unused_columns: must stay false; the rewards read the dataset's columns")
-    processor = load_processor(policy, config.max_pixels)
-    encoder = encoder if encoder is not None else _encoder(config)
-    scorer = PolicyScorer(processor, batch_size=int(config.rewards.get("score_batch_size", 4)))
-    rewards = build_rewards(
-        judge=_judge(config, encoder),
-        reader=_reader(config, encoder),
-        calibrator=data.calibrator,
-        scorer=scorer,
-        level_confidence=config.rewards.get("level_confidence"),
-        cover_reference=bool(config.rewards.get("cover_reference", True)),
-        signals=config.signals,
-        similarity=_similarity(config, encoder),
-        stated_lines=config.stated_lines(),
-    )
-    trainer = GRPOTrainer(
-        model=policy,
-        reward_funcs=rewards,
-        args=args,
-        train_dataset=to_grpo_dataset(data),
-        processing_class=processor,
-        peft_config=_peft(config),
-    )
-    freeze_parameters(trainer.model, config.freeze)
-    # The trainer may wrap or replace its model (PEFT, DeepSpeed); follow whatever it holds now.
-    scorer.bind(lambda: trainer.model)
-    trainer.scorer = scorer
-    return trainer
-
-
-def train_rl(config: MMBoundaryConfig, *, policy: str | None = None, **overrides: Any) -> StageResult:
-    """RL from ``policy`` (default: the SFT model); the model goes to ``config.rl_dir``."""
-    started = time.perf_counter()
-    start = _policy(config, policy)
-    data = load_data(config.data_dir)
-    trainer = build_rl_trainer(config, data, policy=start, **overrides)
-    trainer.train()
-    out = save_policy(trainer, config.rl_dir, base_model=start, lora=config.lora is not None)
-    result = _finish("rl", trainer, out, started)
-    del trainer
-    _free_memory()
-    return result
-
-
-def _free_memory() -> None:
-    """Free a deleted trainer's policy, optimizer state and buffers before anything else loads a model."""
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-# -- stage 4: probe ------------------------------------------------------------------------------
-
-
-def _probed_model(config: MMBoundaryConfig, model: str | None) -> tuple[str, str]:
-    """The model to probe and its name: ``model``, else the latest stage written, else the base."""
-    if model is not None:
-        return model, Path(model).name or "model"
-    for name, folder in (("rl", config.rl_dir), ("sft", config.sft_dir)):
-        if (folder / "config.json").is_file():
-            return str(folder), name
-    return config.model_path(), "base"
-
-
-def run_probe(
-    config: MMBoundaryConfig, *, model: str | None = None, out: str | Path | None = None, vlm: Any = None
-) -> dict[str, Any]:
-    """The probe's figures for ``model`` (see :func:`_probed_model`), with the data's calibrator;
-    written with the per-step rows to ``out`` (default ``output_dir/probe/<name>.json``)."""
-    from catts_training.mmboundary.probe import probe_figures, probe_steps
-    from catts_training.mmboundary.rewards import StepReader
-
-    started = time.perf_counter()
-    path, name = _probed_model(config, model)
-    data = load_data(config.data_dir)
-    if vlm is None:
-        from catts_graph.models import TransformersVLM
-
-        vlm = TransformersVLM.from_pretrained(path, max_pixels=config.max_pixels)
-    encoder = _encoder(config)
-    section = dict(config.probe or config.validation)
-    max_new_tokens = int(section.pop("max_new_tokens", config.sampling.get("max_new_tokens", 256)))
-    items = _items(section)
-    rows, answers = probe_steps(
-        vlm,
-        items,
-        steps=StepReader(_reader(config, encoder), stated_lines=config.stated_lines()),
-        calibrator=data.calibrator,
-        judge=_judge(config, encoder),
-        signals=config.signals,
-        similarity=_similarity(config, encoder),
-        max_new_tokens=max_new_tokens,
-    )
-    confidences = level_confidences(data.calibrator, config.rewards.get("level_confidence"))
-    figures = probe_figures(rows, answers, confidences)
-    figures["level_confidence"] = [float(c) for c in confidences]
-    report = {
-        "model": path,
-        "name": name,
-        "seconds": time.perf_counter() - started,
-        "figures": figures,
-        "answers": {item.id: bool(correct) for item, correct in zip(items, answers, strict=True)},
-        "rows": rows,
-    }
-    target = Path(out) if out is not None else Path(config.output_dir) / "probe" / f"{name}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    report["path"] = str(target)
-    return report
-
-
-# -- every stage ---------------------------------------------------------------------------------
-
-
-def run_all(
-    config: MMBoundaryConfig,
-    *,
-    sft_steps: int | None = None,
-    rl_steps: int | None = None,
-    pretrain_steps: int | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Data, SFT (after the statement pre-training when the config has one), RL and the probe of
-    the base, the pre-trained, the SFT and the RL model, each stage skipped when ``output_dir``
-    already holds its result (so an interrupted run resumes where it stopped): ``{"data": summary,
-    "sft" / "rl": {"seconds", "steps", ...}, "probe": {name: figures}}``."""
-    results: dict[str, Any] = {}
-    if not (config.data_dir / "summary.json").is_file():
-        log("mmboundary: data")
-        build_data(config)
-    results["data"] = json.loads((config.data_dir / "summary.json").read_text())
-    probes: dict[str, Any] = {}
-    base = Path(config.output_dir) / "probe" / "base.json"
-    if not base.is_file():
-        log("mmboundary: probe base")
-        run_probe(config, model=config.model_path(), out=base)
-    probes["base"] = json.loads(base.read_text())["figures"]
-    for stage, steps in (("sft", sft_steps), ("rl", rl_steps)):
-        record = Path(config.output_dir) / f"{stage}.json"
-        if not record.is_file():
-            log(f"mmboundary: {stage}")
-            overrides = {"max_steps": steps} if steps is not None else {}
-            result = (
-                train_sft(config, pretrain_steps=pretrain_steps, **overrides)
-                if stage == "sft"
-                else train_rl(config, **overrides)
-            )
-            summary = {
-                "seconds": round(result.seconds, 1),
-                "steps": result.steps,
-                "first_loss": result.losses[0] if result.losses else None,
-                "last_loss": result.losses[-1] if result.losses else None,
-                "reward_means": result.reward_means,
-                "metric_means": result.metric_means,
-            }
-            record.write_text(json.dumps(summary, indent=2) + "\n")
-        results[stage] = json.loads(record.read_text())
-        pretrained = Path(config.output_dir) / "pretrained" / "organism.json"
-        if stage == "sft" and config.pretrain_config() is not None and pretrained.is_file():
-            done = json.loads(pretrained.read_text())[PRETRAIN_KEY]
-            results["pretrain"] = {
-                "steps": done["settings"]["steps"],
-                "seconds": done["wall_time_s"],
-                "level_counts": done["level_counts"],
-            }
-        probed = [("sft", config.sft_dir)] if stage == "sft" else [("rl", config.rl_dir)]
-        if stage == "sft" and config.pretrain_config() is not None:
-            probed.insert(0, ("pretrained", Path(config.output_dir) / "pretrained"))
-        for name, model in probed:
-            report = Path(config.output_dir) / "probe" / f"{name}.json"
-            if not report.is_file():
-                log(f"mmboundary: probe {name}")
-                run_probe(config, model=str(model), out=report)
-            probes[name] = json.loads(report.read_text())["figures"]
-    results["probe"] = probes
-    (Path(config.output_dir) / "mmboundary.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
-
-
-# -- command line --------------------------------------------------------------------------------
 
 
 def add_mmboundary_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -796,14 +88,20 @@ def add_mmboundary_command(subparsers: Any) -> argparse.ArgumentParser:
             command.add_argument("--model", help="the model to probe (default: the latest stage written)")
             command.add_argument("--out", help="the report's path (default: OUTPUT_DIR/probe/<name>.json)")
         if stage in ("sft", "rl"):
-            command.add_argument("--max-steps", type=int, help="override max_steps of the stage's section")
+            command.add_argument(
+                "--max-steps", type=positive_int, help="override max_steps of the stage's section"
+            )
         if stage == "all":
-            command.add_argument("--sft-steps", type=int, help="override max_steps of the sft section")
-            command.add_argument("--pretrain-steps", type=int, help="override statements.pretrain.steps")
-            command.add_argument("--rl-steps", type=int, help="override max_steps of the rl section")
+            command.add_argument(
+                "--sft-steps", type=positive_int, help="override max_steps of the sft section"
+            )
+            command.add_argument(
+                "--pretrain-steps", type=positive_int, help="override statements.pretrain.steps"
+            )
+            command.add_argument("--rl-steps", type=positive_int, help="override max_steps of the rl section")
         command.add_argument(
             "--threads",
-            type=int,
+            type=positive_int,
             help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)",
         )
         command.set_defaults(func=_command, stage=stage)
@@ -820,6 +118,11 @@ def _command(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     base_override = args.model if stage in ("data", "sft", "all") else None
+    if args.model is not None and base_override is None:
+        try:
+            check_model(args.model)
+        except ValueError as err:
+            raise ConfigError(f"--model: {err}") from None
     config = load_config(args.config, output_dir=args.output_dir, model=base_override)
     overrides = {"max_steps": args.max_steps} if getattr(args, "max_steps", None) is not None else {}
     if stage == "all":
@@ -882,12 +185,9 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m catts_training.mmboundary.train <stage> --config FILE``: the same as ``catts mmboundary
-    <stage> ...``, for ``accelerate launch -m``."""
-    parser = argparse.ArgumentParser(prog="python -m catts_training.mmboundary.train")
-    add_mmboundary_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["mmboundary", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    """``python -m catts_training.mmboundary.train <stage> --config FILE``: the same as ``catts
+    mmboundary <stage> ...``, for ``accelerate launch -m``."""
+    return module_main(add_mmboundary_command, "mmboundary", argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""Teacher forcing: the raw log-probability (and the entropy) of every token of a continuation given
+its prompt, in one forward pass. It serves :meth:`~catts_graph.models.TransformersVLM.score` and
+CDRL's re-scoring of completions under the training policy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from catts_graph.vcd import cache_kwargs, output_cache
+
+__all__ = ["append_tokens", "prefill", "teacher_forced_logprobs", "teacher_forced_statistics"]
+
+
+def append_tokens(inputs: dict[str, torch.Tensor], ids: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Processor inputs with text tokens ``ids`` appended after the prompt (and its generation
+    prompt): ``input_ids`` grows, the attention mask with ones, token type ids with 0 (text)."""
+    if not ids:
+        return inputs
+    input_ids = inputs["input_ids"]
+    added = torch.tensor([list(ids)], dtype=input_ids.dtype, device=input_ids.device)
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([input_ids, added], dim=1)
+    for key, value in inputs.items():
+        if key == "attention_mask":
+            out[key] = torch.cat([value, torch.ones_like(added, dtype=value.dtype)], dim=1)
+        elif key.endswith("token_type_ids"):
+            out[key] = torch.cat([value, torch.zeros_like(added, dtype=value.dtype)], dim=1)
+    return out
+
+
+def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+    """Run the vision tower and the prefix once; the KV cache and the last position's logits."""
+    # Qwen2-VL-family models cache the multimodal rope offsets of the last prefill and reuse them
+    # for later cached steps; a stale value from another prompt (a text-only one keeps it) would
+    # shift every position. Walking the modules finds them inside PEFT or DeepSpeed wrappers too.
+    for module in model.modules():
+        if getattr(module, "rope_deltas", None) is not None:
+            module.rope_deltas = None
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    return output_cache(out), out.logits[:, -1, :]
+
+
+def teacher_forced_logprobs(
+    model: Any,
+    prefix: Mapping[str, torch.Tensor],
+    targets: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+) -> list[list[float]]:
+    """Raw log-probs of each target continuation after one shared prefix: the one teacher forcing
+    (see :func:`teacher_forced_statistics`, which also gives each position's entropy)."""
+    return teacher_forced_statistics(model, prefix, targets, pad_token_id=pad_token_id)[0]
+
+
+def teacher_forced_statistics(
+    model: Any,
+    prefix: Mapping[str, torch.Tensor],
+    targets: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    entropies: bool = False,
+) -> tuple[list[list[float]], list[list[float]] | None]:
+    """Raw log-probs of each target continuation after one shared prefix, and with ``entropies``
+    the full-vocabulary entropy ``H_t = -sum_v p_t(v) log p_t(v)`` (nats) of the distribution each
+    token was drawn from, as :meth:`TransformersVLM.sample` records it (None without).
+
+    ``prefix`` is the processor's batch-1 inputs (on the model's device). The prefix is prefilled
+    once and its KV cache expanded to the K rows; the continuations then run as one right-padded
+    batch (right padding needs no attention mask: a real token never attends to the padding after
+    it). ``lp[r][t] = log softmax(logits)[targets[r][t]]`` at the position before token t: the
+    prefill's last position for t = 0, row r's position t - 1 of the continuation pass after it.
+    Always exactly two forward passes (the second at least one position wide), whatever the
+    targets: processes of a ZeRO-3 run that score different completions must make the same calls.
+    The caller chooses the grad mode; one host sync at the end.
+    """
+    if not targets:
+        return [], ([] if entropies else None)
+    cache, first_logits = prefill(model, prefix)
+    first = torch.log_softmax(first_logits.float(), dim=-1)[0]
+    width = max(1, max(len(t) for t in targets) - 1)
+    batch = torch.full((len(targets), width), pad_token_id, dtype=torch.long)
+    for row, target in enumerate(targets):
+        if len(target) > 1:  # an empty or one-token continuation's row stays padding
+            batch[row, : len(target) - 1] = torch.tensor(target[:-1], dtype=torch.long)
+    cache.batch_repeat_interleave(len(targets))
+    rest = model(input_ids=batch.to(first.device), use_cache=True, **cache_kwargs(model, cache)).logits
+    firsts = torch.tensor([t[0] if t else 0 for t in targets], device=first.device)
+    gathered = [first[firsts]]
+    spread = [_entropy(first[None])[0].expand(len(targets))] if entropies else []
+    for row, target in enumerate(targets):
+        if len(target) > 1:
+            # One row at a time in float32: never a K x T x V float32 tensor.
+            row_lp = torch.log_softmax(rest[row, : len(target) - 1].float(), dim=-1)
+            index = torch.tensor(target[1:], device=row_lp.device)[:, None]
+            gathered.append(row_lp.gather(1, index)[:, 0])
+            if entropies:
+                spread.append(_entropy(row_lp))
+    values = torch.cat(gathered).tolist()
+    entropy_values = torch.cat(spread).tolist() if entropies else []
+    out: list[list[float]] = []
+    out_entropies: list[list[float]] = []
+    offset = len(targets)
+    for row, target in enumerate(targets):
+        if not target:
+            out.append([])
+            out_entropies.append([])
+            continue
+        out.append([values[row], *values[offset : offset + len(target) - 1]])
+        if entropies:
+            out_entropies.append([entropy_values[row], *entropy_values[offset : offset + len(target) - 1]])
+        offset += len(target) - 1
+    return out, (out_entropies if entropies else None)
+
+
+def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``-sum p log p`` of log-probabilities (``exp(-inf) * -inf`` counted as 0; rounding
+    can make it a hair below 0, hence the clamp), as the decode loop computes it."""
+    return (-torch.where(logprobs > float("-inf"), logprobs.exp() * logprobs, 0.0).sum(-1)).clamp_min(0.0)

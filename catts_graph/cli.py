@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from catts_graph.commands import print_error
 from catts_graph.config import CATTSConfig, ConfigError
 from catts_graph.images import InputError
 from catts_graph.redaction import redact
@@ -303,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return int(args.func(args))
     except (InputError, ConfigError, ValueError) as err:
-        errors.print(f"[red]error:[/] {escape(redact(str(err)))}")
-        return 2
+        return print_error(err)
     except Exception as err:  # a provider or server error: its text may echo a credential
         errors.print(escape(redact("".join(traceback.format_exception(err)))))
         return 1

@@ -13,7 +13,8 @@ Two kinds of secret are replaced by ``[REDACTED]``:
   ``hf_...``, ``ghp_...``, ``xox?-...``, ``AKIA...``), JSON web tokens, the value after
   ``Bearer``, the value of a header, JSON or query field named like a secret (``Authorization``,
   ``api_key``, ``x-goog-api-key``, ``password``, ``key=``, ``token=``, ...), and the password in
-  ``scheme://user:password@host``.
+  ``scheme://user:password@host``. After a bare ``key:``, ``token:`` or ``secret:`` (prose, not a
+  quoted field), a lowercase word is kept: "needs an API key: set OPENAI_API_KEY" is advice.
 """
 
 from __future__ import annotations
@@ -41,13 +42,19 @@ _PATTERNS = [
     re.compile(r"xox[abposr]-[A-Za-z0-9\-]{10,}"),
     re.compile(r"AKIA[0-9A-Z]{16}"),
     re.compile(r"eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"),
-    # A bearer credential, and a header, JSON or query field named like a secret ("key" and
-    # "token" alone only as whole words: "monkey: 3" is not a secret).
+    # A bearer credential, and a header, JSON or query field named like a secret.
     re.compile(r"(?i)(\bbearer\s+)" + _VALUE),
     re.compile(
         r"(?i)((?:authorization|api[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret|"
-        r"password|passwd|(?<![A-Za-z])(?:key|token|secret))"
-        r"[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?+)" + _VALUE
+        r"password|passwd)[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?+)" + _VALUE
+    ),
+    # "key", "token" and "secret" alone: only as whole words ("monkey: 3" is not a secret), and
+    # after a bare colon (prose, YAML) not when a lowercase word follows: "an API key: set
+    # OPENAI_API_KEY" says what to do; "key=...", "'key': '...'" and "key: A1b2..." are secrets.
+    re.compile(
+        r"(?i)((?<![A-Za-z])(?:key|token|secret)"
+        r"(?:[\"']?\s*=\s*[\"']?|[\"']\s*:\s*[\"']?|:\s*(?!(?-i:[a-z]+)[.:!?)]*(?:[\s\"',;&}\]]|$)))"
+        r"(?:(?:bearer|basic)\s+)?+)" + _VALUE
     ),
     # scheme://user:password@host
     re.compile(r"(://[^\s/:@]+:)(?!\[REDACTED\])[^\s/@]+(?=@)"),

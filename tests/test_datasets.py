@@ -428,6 +428,7 @@ def test_hub_loading_uses_the_usual_names(tmp_path: Path, monkeypatch: pytest.Mo
         return hub[path]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(eval_datasets, "hub_unreachable", lambda: None)  # the fake Hub answers
     cache = str(tmp_path / "cache")
     check_mathvista(load_benchmark("mathvista", image_cache=cache))
     check_mmstar(load_benchmark("mmstar", image_cache=cache))
@@ -449,6 +450,7 @@ def test_offline_hub_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
         raise ConnectionError("Couldn't reach 'MathLLMs/MathVision' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(eval_datasets, "hub_unreachable", lambda: None)  # reachable, then failing
     with pytest.raises(DatasetUnavailable) as caught:
         load_benchmark("mathvision", split="test")
     message = str(caught.value)

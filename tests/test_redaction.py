@@ -56,6 +56,18 @@ def test_ordinary_error_text_is_kept():
         assert redact(text, {}) == text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "expert 'gpt-5' needs an API key: set OPENAI_API_KEY",
+        "Invalid token: expired.",
+        "the secret: nothing is kept",
+    ],
+)
+def test_prose_after_a_bare_key_word_is_kept(text):
+    assert redact(text, {}) == text
+
+
 # The class: any credential-shaped string, in any text around it.
 
 TOKEN = st.text(string.ascii_letters + string.digits + "._~+/=-", min_size=8, max_size=60)
@@ -80,6 +92,19 @@ CONTEXT = st.one_of(
     st.text(ALNUM, min_size=8, max_size=30).map(lambda t: (f"https://user:{t}@example.com/v1", t)),
 )
 AROUND = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["key", "token", "secret", "API key", "Token"]),
+    st.text(string.ascii_lowercase, min_size=1, max_size=12),
+    st.text(ALNUM, min_size=8, max_size=30).filter(lambda t: not t.islower() or not t.isalpha()),
+)
+def test_a_bare_key_word_hides_a_credential_but_not_a_word(name, word, secret):
+    assert redact(f"{name}: {word} the rest", {}) == f"{name}: {word} the rest"
+    assert secret not in redact(f"{name}: {secret} the rest", {})
+    for field in (f"{name}={word}", f'"{name}": "{word}"', f"'{name}': '{word}'"):
+        assert word not in redact(field, {}).replace(name, "")
 
 
 @settings(max_examples=300, deadline=None)

@@ -63,6 +63,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from catts_graph.answers import is_equivalent
+from catts_graph.hub import hub_unreachable
 from catts_graph.task import ANSWER_TYPES, Item
 
 __all__ = [
@@ -525,6 +526,12 @@ def _hub_rows(name: str, spec: _Benchmark, split: str, limit: int | None) -> Ite
             f"loading {name} from the Hub needs the `datasets` package (pip install "
             f"'catts-graph[eval]'). {how}."
         ) from None
+    offline = hub_unreachable()
+    if offline is not None:
+        raise DatasetUnavailable(
+            f"cannot load {name}: the Hugging Face Hub is unreachable ({offline}). {how}; or set "
+            f"HF_HUB_OFFLINE=1 to read a cached copy; the synthetic benchmark needs no Hub."
+        )
     count = 0
     for config in spec.configs:
         label = spec.hub + (f" ({config})" if config else "")

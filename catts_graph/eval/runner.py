@@ -73,6 +73,11 @@ def describe(obj: Any) -> str | None:
     return f"{type(obj).__name__}({name})" if isinstance(name, str) else type(obj).__name__
 
 
+def _recorded_file(base_model: BaseVLM) -> dict[str, Any] | None:
+    recorded = getattr(base_model, "recorded", None) if isinstance(base_model, ReplayVLM) else None
+    return None if recorded is None else dataclasses.asdict(recorded)
+
+
 def evaluate_item(
     item: Item,
     specs: Sequence[MethodSpec],
@@ -198,6 +203,8 @@ def run_eval(
                 "ns": ns,
                 "methods": [s.name for s in specs],
                 "config": dataclasses.asdict(config),
+                # The recorded samples' bytes: a file changed since is another run, not a resume.
+                "samples": _recorded_file(base_model),
             }
         )
         expected = {(s.name, n) for s in specs for n in ns}

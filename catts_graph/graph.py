@@ -111,6 +111,11 @@ def build_graph(
         )
     if step_calibrator is not None and not isinstance(step_calibrator, StepCalibrator):
         raise TypeError(f"step_calibrator: got {type(step_calibrator).__name__}, expected a StepCalibrator")
+    if step_calibrator is not None:
+        try:
+            step_calibrator.check()
+        except ValueError as error:
+            raise ConfigError(f"step_calibrator: {error}") from None
     if config.step_calibrator is not None:
         step_calibrator = load_step_calibrator(config.step_calibrator)
     deps = Deps(

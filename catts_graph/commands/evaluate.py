@@ -97,6 +97,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
     """``catts eval``: load the benchmark and models, run, print the accuracy table."""
     from catts_graph.eval.datasets import load_benchmark
     from catts_graph.eval.store import MetaMismatch
+    from catts_graph.nodes.common import load_step_calibrator
     from catts_graph.specs import (
         ORGANISM_BASE,
         base_model_from_spec,
@@ -111,6 +112,8 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
         config = CATTSConfig.from_env()
         if args.max_new_tokens is not None:
             config = config.replace(max_new_tokens=args.max_new_tokens)
+        if config.step_calibrator is not None:  # checked whole before any model loads
+            load_step_calibrator(config.step_calibrator)
         items = load_benchmark(
             args.benchmark, source=args.source, split=args.split, limit=args.limit, image_dir=args.image_dir
         )

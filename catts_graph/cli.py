@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from catts_graph.commands import print_error
+from catts_graph.commands import add_threads_argument, print_error, set_threads
 from catts_graph.config import CATTSConfig, ConfigError
 from catts_graph.images import InputError
 from catts_graph.redaction import redact
@@ -67,6 +67,7 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="allow image URLs on private, loopback and link-local addresses (your own network)",
     )
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    add_threads_argument(run)
 
     commands.add_parser("config", help="list every configuration field with its default")
     chosen = next((word for word in argv if not word.startswith("-")), None)
@@ -180,6 +181,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     with console.status("loading the models"):
         base_model = base_model_from_spec(args.model or default_base_model_spec())
         expert = expert_from_spec(expert_spec)
+    set_threads(args.threads, base_model)
     graph = build_graph(base_model, expert=expert, config=config)
 
     result = _stream(graph, inputs, console)

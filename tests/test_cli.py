@@ -342,3 +342,49 @@ def test_a_missing_api_key_says_which_variable_to_set(capsys, tmp_path, monkeypa
         args[args.index("majority")] = "catts_paper"
     code = main(args)
     assert code == 2 and "expert 'gpt-5' needs an API key: set OPENAI_API_KEY" in one_line_error(capsys)
+
+
+# --- threads (issue 25, item 6) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def threads_set(monkeypatch) -> list[int]:
+    """The intra-op thread counts a command sets (recorded, not applied to this test process)."""
+    import torch
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    return calls
+
+
+class _Parameters:
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def parameters(self):
+        return [type("P", (), {"numel": lambda _: self.count})()]
+
+
+def test_threads_default_to_one_for_a_small_torch_model(threads_set, tiny_vlm):
+    from catts_graph.commands import ONE_THREAD_BELOW, set_threads
+
+    assert set_threads(None, tiny_vlm) == 1 and threads_set == [1]  # the tiny Qwen2.5-VL
+    large = type("Large", (), {"model": _Parameters(ONE_THREAD_BELOW)})()
+    assert set_threads(None, large) is None and set_threads(None, scripted_base_model()) is None
+    assert set_threads(3, large) == 3 and threads_set == [1, 3]
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_threads_option_sets_torchs_threads(capsys, tmp_path, threads_set, command):
+    model = ["--model", "tests.test_cli:scripted_base_model"]
+    args = (
+        run_args(*model, "--threads", "3")
+        if command == "run"
+        else eval_args(tmp_path, *model, "--threads", "3")
+    )
+    assert main(args) == 0 and threads_set == [3]
+    with pytest.raises(SystemExit) as done:
+        main([*args[:-1], "0"])
+    assert (
+        done.value.code == 2 and "expected a whole number of threads >= 1, got '0'" in capsys.readouterr().err
+    )

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from catts_graph.commands import print_error
+from catts_graph.commands import add_threads_argument, print_error, set_threads
 from catts_graph.config import CATTSConfig
 from catts_graph.eval.datasets import BENCHMARKS, DatasetUnavailable
 from catts_graph.eval.methods import method_names, parse_method
@@ -89,6 +89,7 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-new-tokens", type=int, help="longest response (default: CATTS_MAX_NEW_TOKENS or 1024)"
     )
+    add_threads_argument(parser)
     parser.set_defaults(func=eval_command)
     return parser
 
@@ -137,6 +138,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
                 base_model = base_model_from_spec(args.model or default_base_model_spec())
             model_name = args.model or ORGANISM_BASE
         expert_spec = expert_spec if expert_spec is not None else "self"
+        set_threads(args.threads, base_model)
         run_eval(
             items,
             methods=args.method,
@@ -213,6 +215,7 @@ def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
         help="LLM judge for answers the rules cannot extract: a model name or "
         "package.module:attribute (default: rules only)",
     )
+    add_threads_argument(parser)
     parser.set_defaults(func=_probe_command)
     return parser
 
@@ -254,6 +257,7 @@ def _probe_command(args: argparse.Namespace) -> int:
         model_spec = args.model or default_base_model_spec()
         with console.status("loading the base model"):
             base_model = base_model_from_spec(model_spec)
+        set_threads(args.threads, base_model)
         store_path = Path(args.run_dir) / DB_FILENAME
         total = len(items) * (1 + len(kinds) * sum(level > 0 for level in levels))
         with Progress(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 import traceback
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from catts_graph.commands import add_threads_argument, print_error, set_threads
 from catts_graph.config import CATTSConfig, ConfigError
 from catts_graph.images import InputError
 from catts_graph.redaction import redact
@@ -65,6 +67,7 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="allow image URLs on private, loopback and link-local addresses (your own network)",
     )
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    add_threads_argument(run)
 
     commands.add_parser("config", help="list every configuration field with its default")
     chosen = next((word for word in argv if not word.startswith("-")), None)
@@ -150,10 +153,13 @@ def _quiet_loading() -> None:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     from catts_graph.graph import build_graph
+    from catts_graph.nodes.common import load_step_calibrator
     from catts_graph.specs import ORGANISM, base_model_from_spec, default_base_model_spec, expert_from_spec
     from catts_graph.task import check_inputs
 
     config = _config(args)
+    if config.step_calibrator is not None:
+        load_step_calibrator(config.step_calibrator)
     if args.noise is not None and not 0 < args.noise <= 1:
         raise InputError(f"--noise: expected a strength in (0, 1], got {args.noise}")
     given: dict[str, Any] = {"question": args.question, "options": args.options}
@@ -176,6 +182,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     with console.status("loading the models"):
         base_model = base_model_from_spec(args.model or default_base_model_spec())
         expert = expert_from_spec(expert_spec)
+    set_threads(args.threads, base_model)
     graph = build_graph(base_model, expert=expert, config=config)
 
     result = _stream(graph, inputs, console)
@@ -185,12 +192,28 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         noised = _stream(graph, _noised_inputs(inputs, images, args.noise, base_model), console)
         _warn_if_every_expert_call_failed(noised, console)
     if args.json:
-        print(json.dumps({**result, "noised": noised} if noised else result, indent=2, default=str))
+        print(json_text({**result, "noised": noised} if noised else result))
         return 0
     _show(result, console)
     if noised is not None:
         _show_noise_comparison(result, noised, args.noise, console)
     return 0
+
+
+def json_text(result: Any) -> str:
+    """``result`` as JSON text: a float that is no JSON number (NaN, an infinity) is written as null,
+    and anything else JSON has no type for as its string."""
+    return json.dumps(_finite(result), indent=2, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _warn_if_every_expert_call_failed(result: dict[str, Any], console: Console) -> None:
@@ -304,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return int(args.func(args))
     except (InputError, ConfigError, ValueError) as err:
-        errors.print(f"[red]error:[/] {escape(redact(str(err)))}", soft_wrap=True)  # one line, however long
-        return 2
+        return print_error(err)
     except Exception as err:  # a provider or server error: its text may echo a credential
         errors.print(escape(redact("".join(traceback.format_exception(err)))))
         return 1

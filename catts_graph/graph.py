@@ -35,7 +35,7 @@ from catts_graph.images import to_reference
 from catts_graph.models.base import BaseVLM
 from catts_graph.nodes.aggregate import make_aggregate
 from catts_graph.nodes.base_model import make_base_model
-from catts_graph.nodes.common import ClipScorer, Deps, load_step_calibrator
+from catts_graph.nodes.common import ClipScorer, Deps, load_step_calibrator, redacting
 from catts_graph.nodes.critic import make_critic
 from catts_graph.nodes.planner import make_planner
 from catts_graph.nodes.prepare import make_prepare
@@ -111,6 +111,11 @@ def build_graph(
         )
     if step_calibrator is not None and not isinstance(step_calibrator, StepCalibrator):
         raise TypeError(f"step_calibrator: got {type(step_calibrator).__name__}, expected a StepCalibrator")
+    if step_calibrator is not None:
+        try:
+            step_calibrator.check()
+        except ValueError as error:
+            raise ConfigError(f"step_calibrator: {error}") from None
     if config.step_calibrator is not None:
         step_calibrator = load_step_calibrator(config.step_calibrator)
     deps = Deps(
@@ -127,16 +132,21 @@ def build_graph(
     builder = StateGraph(
         CATTSState, context_schema=CATTSContext, input_schema=InputState, output_schema=OutputState
     )
-    builder.add_node("prepare", make_prepare(deps))
-    builder.add_node("base_model", make_base_model(deps))
-    builder.add_node("planner", make_planner(deps), defer=True)
-    builder.add_node("step_repair", make_step_repair(deps))
-    builder.add_node("self_consistency", make_self_consistency(deps))
-    builder.add_node("voter", make_voter(deps))
-    builder.add_node("critic", make_critic(deps))
-    builder.add_node("self_reflection", make_self_reflection(deps))
-    builder.add_node("visual_self_check", make_visual_self_check(deps))
-    builder.add_node("aggregate", make_aggregate(deps))
+    nodes = {
+        "prepare": make_prepare(deps),
+        "base_model": make_base_model(deps),
+        "planner": make_planner(deps),
+        "step_repair": make_step_repair(deps),
+        "self_consistency": make_self_consistency(deps),
+        "voter": make_voter(deps),
+        "critic": make_critic(deps),
+        "self_reflection": make_self_reflection(deps),
+        "visual_self_check": make_visual_self_check(deps),
+        "aggregate": make_aggregate(deps),
+    }
+    for node_name in NODES:
+        # Every node's exception leaves it redacted: LangGraph stores it before the caller sees it.
+        builder.add_node(node_name, redacting(nodes[node_name]), defer=node_name == "planner")
 
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", "base_model")

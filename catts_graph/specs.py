@@ -36,11 +36,32 @@ def load_object(spec: str, *, name: str) -> Any:
 
 
 def base_model_from_spec(spec: str) -> Any:
+    """The base model ``spec`` names; a ValueError that says what to pass when there is none: a
+    path that does not exist, a Hub id while the Hub is unreachable, a folder that holds no model."""
     if ":" in spec and not os.path.exists(spec):
         return load_object(spec, name="CATTS_BASE_MODEL")
+    expected = (
+        "expected a model folder (save_pretrained), a Hub id such as Qwen/Qwen2.5-VL-7B-Instruct, "
+        "or package.module:attribute"
+    )
+    if not os.path.exists(spec):
+        if os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") != 1:
+            raise ValueError(f"model {spec!r}: no such folder; {expected}")
+        from catts_graph.hub import hub_unreachable
+
+        offline = hub_unreachable()
+        if offline is not None:
+            raise ValueError(
+                f"model {spec!r}: not a local folder, and the Hugging Face Hub is unreachable "
+                f"({offline}); pass a local model folder, or set HF_HUB_OFFLINE=1 to use a cached copy"
+            )
     from catts_graph.models import TransformersVLM
 
-    return TransformersVLM.from_pretrained(spec)
+    try:
+        return TransformersVLM.from_pretrained(spec)
+    except (OSError, ValueError) as error:  # transformers' "no model here" / download errors
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model {spec!r}: cannot load it ({first}); {expected}") from error
 
 
 def expert_from_spec(spec: str) -> Any:

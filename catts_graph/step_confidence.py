@@ -32,6 +32,7 @@ Numpy only: similarity and image-text models are passed in as callables.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -293,6 +294,42 @@ class StepCalibrator:
             "dropped": dropped,
         }
 
+    def check(self) -> StepCalibrator:
+        """This calibrator, checked whole (a ValueError names the first field that is wrong):
+        ``reference`` maps known signals to non-empty ascending lists of confidences in [0, 1];
+        ``weights`` maps signals that have reference values to finite weights >= 0 (at least one);
+        ``cuts`` are :data:`LEVELS` - 1 ascending numbers in [0, 1]; ``level_accuracy`` has
+        :data:`LEVELS` accuracies in [0, 1] or NaN (unknown); ``level_counts`` :data:`LEVELS`
+        counts >= 0. :meth:`from_dict` and the graph check a calibrator before any model call."""
+        if not isinstance(self.reference, Mapping) or not self.reference:
+            raise ValueError(f"reference={_shown(self.reference)}: expected an object from signal to values")
+        for name, values in self.reference.items():
+            _check_signal(name, "reference")
+            _check_numbers(
+                values, f"reference[{name!r}]", 0.0, 1.0, "the validation steps' confidences in [0, 1]"
+            )
+            if any(b < a for a, b in zip(values, values[1:], strict=False)):
+                raise ValueError(f"reference[{name!r}]: expected the values in ascending order")
+        if not isinstance(self.weights, Mapping) or not self.weights:
+            raise ValueError(f"weights={_shown(self.weights)}: expected an object from signal to weight")
+        for name, weight in self.weights.items():
+            _check_signal(name, "weights")
+            if name not in self.reference:
+                raise ValueError(
+                    f"weights[{name!r}]: the signal has no reference values to normalise it with "
+                    f"(reference has {', '.join(self.reference)})"
+                )
+            _check_number(weight, f"weights[{name!r}]", 0.0, math.inf, "a finite weight >= 0")
+        _check_numbers(self.cuts, "cuts", 0.0, 1.0, "fused confidences in [0, 1]", count=LEVELS - 1)
+        if any(b < a for a, b in zip(self.cuts, self.cuts[1:], strict=False)):
+            raise ValueError(f"cuts={self.cuts}: expected them in ascending order")
+        accuracy = "accuracies in [0, 1], or NaN (None in JSON) where unknown"
+        _check_numbers(self.level_accuracy, "level_accuracy", 0.0, 1.0, accuracy, count=LEVELS, nan=True)
+        _check_numbers(self.level_counts, "level_counts", 0, math.inf, "step counts >= 0", count=LEVELS)
+        if not all(isinstance(c, int) for c in self.level_counts):
+            raise ValueError(f"level_counts={self.level_counts}: expected {LEVELS} whole step counts >= 0")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "reference": self.reference,
@@ -304,13 +341,76 @@ class StepCalibrator:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepCalibrator:
-        try:
-            return cls(
-                reference={k: [float(v) for v in vs] for k, vs in data["reference"].items()},
-                weights={k: float(v) for k, v in data["weights"].items()},
-                cuts=[float(c) for c in data["cuts"]],
-                level_accuracy=[math.nan if a is None else float(a) for a in data["level_accuracy"]],
-                level_counts=[int(c) for c in data["level_counts"]],
+        """A calibrator from :meth:`to_dict`'s JSON form (``None`` for an unknown level accuracy),
+        checked whole (:meth:`check`); a ValueError naming the field that is wrong otherwise."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(data, Mapping):
+            raise ValueError(f"step calibrator: expected an object with {', '.join(fields)}")
+        missing = [f for f in fields if f not in data]
+        unknown = sorted(str(k) for k in data if k not in fields)
+        wrong = [f"missing {', '.join(missing)}"] if missing else []
+        wrong += [f"unknown {', '.join(unknown)}"] if unknown else []
+        if wrong:
+            raise ValueError(
+                f"step calibrator: malformed data ({'; '.join(wrong)}); expected {', '.join(fields)}"
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ValueError(f"step calibrator: malformed data ({error})") from None
+        accuracy = data["level_accuracy"]
+        given = cls(
+            reference=data["reference"],
+            weights=data["weights"],
+            cuts=data["cuts"],
+            level_accuracy=[math.nan if a is None else a for a in accuracy]
+            if isinstance(accuracy, list)
+            else accuracy,
+            level_counts=data["level_counts"],
+        )
+        try:
+            given.check()
+        except ValueError as error:
+            raise ValueError(f"step calibrator: {error}") from None
+        return cls(
+            reference={name: [float(v) for v in values] for name, values in given.reference.items()},
+            weights={name: float(w) for name, w in given.weights.items()},
+            cuts=[float(c) for c in given.cuts],
+            level_accuracy=[float(a) for a in given.level_accuracy],
+            level_counts=list(given.level_counts),
+        )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...<{len(text)} characters>"
+
+
+def _check_signal(name: Any, field: str) -> None:
+    if name not in SIGNALS:
+        raise ValueError(f"{field}: unknown signal {name!r}; expected {', '.join(SIGNALS)}")
+
+
+def _check_numbers(
+    values: Any,
+    field: str,
+    low: float,
+    high: float,
+    expected: str,
+    *,
+    count: int | None = None,
+    nan: bool = False,
+) -> None:
+    """That ``values`` is a non-empty list (of ``count`` entries, when given) of numbers in
+    [``low``, ``high``] (finite; NaN too with ``nan``); a ValueError naming ``field`` otherwise."""
+    size = f"{count} " if count is not None else "a non-empty list of "
+    if not isinstance(values, list) or not values or (count is not None and len(values) != count):
+        raise ValueError(f"{field}={_shown(values)}: expected {size}{expected}")
+    for i, value in enumerate(values):
+        _check_number(value, f"{field}[{i}]", low, high, expected, nan=nan)
+
+
+def _check_number(
+    value: Any, field: str, low: float, high: float, expected: str, *, nan: bool = False
+) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and nan and math.isnan(value):
+        return
+    if not number or not (low <= value <= high and (isinstance(value, int) or math.isfinite(value))):
+        raise ValueError(f"{field}={_shown(value)}: expected {expected}")

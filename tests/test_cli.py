@@ -241,3 +241,150 @@ def test_run_says_up_front_when_every_expert_call_failed(capsys, monkeypatch, js
 def test_no_warning_when_an_expert_answered_or_none_was_asked(capsys):
     assert main(run_args("--n", "4")) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+# --- the command line a newcomer meets (issue 25, item 5) ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "probe"])
+def test_help_lists_every_benchmark_and_expert(capsys, command):
+    from catts_graph.eval.datasets import BENCHMARKS
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert done.value.code == 0
+    assert all(name in out for name in BENCHMARKS) and "synthetic: scenes generated here, offline" in out
+    if command == "eval":
+        assert "'organism' (the larger organism model" in out
+
+
+def eval_args(tmp_path, *extra: str) -> list[str]:
+    return [
+        "eval", "--benchmark", "synthetic", "--limit", "1", "--method", "majority", "--n", "1",
+        "--run-dir", str(tmp_path / "run"), *extra,
+    ]  # fmt: skip
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """No network: a connection to the Hub fails at once, and nothing may go on to retry it."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def refuse(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    def must_not_be_called(*args, **kwargs):
+        raise AssertionError("tried the Hub after it was found unreachable (retries for ~30 s)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("urllib.request.getproxies", dict)
+    monkeypatch.setattr("datasets.load_dataset", must_not_be_called)
+    monkeypatch.setattr("catts_graph.models.TransformersVLM.from_pretrained", must_not_be_called)
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("/nonexistent", "model '/nonexistent': no such folder; expected a model folder"),
+        ("./models/base", "model './models/base': no such folder"),
+        ("Qwen/Qwen2.5-VL-7B-Instruct", "the Hugging Face Hub is unreachable (cannot connect to"),
+    ],
+)
+def test_a_model_that_cannot_load_is_one_line(capsys, tmp_path, hub_unreachable, command, model, says):
+    args = run_args("--model", model) if command == "run" else eval_args(tmp_path, "--model", model)
+    code = main(args)
+    assert code == 2 and says in one_line_error(capsys)
+
+
+def test_a_folder_without_a_model_is_one_line(capsys, tmp_path):
+    code = main(run_args("--model", str(tmp_path)))
+    err = one_line_error(capsys)
+    assert code == 2 and f"model {str(tmp_path)!r}: cannot load it (" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["eval", "probe"])
+def test_a_hub_benchmark_offline_is_one_line_at_once(capsys, tmp_path, hub_unreachable, command):
+    args = ["--benchmark", "mathvista", "--run-dir", str(tmp_path / "run"), "--model", "tests.test_cli:x"]
+    code = main([command, *args, *(["--method", "majority"] if command == "eval" else [])])
+    err = one_line_error(capsys)
+    assert code == 2 and "cannot load mathvista: the Hugging Face Hub is unreachable" in err
+    assert "the synthetic benchmark needs no Hub" in err
+
+
+@pytest.mark.parametrize("command", ["eval", "probe"])
+def test_an_unwritable_run_dir_is_one_line_before_any_model_loads(capsys, tmp_path, command):
+    (tmp_path / "file").write_text("not a folder")
+    run_dir = str(tmp_path / "file" / "run")
+    args = ["--benchmark", "synthetic", "--run-dir", run_dir, "--model", "no/such/model"]
+    code = main([command, *args, *(["--method", "majority"] if command == "eval" else [])])
+    err = one_line_error(capsys)
+    assert code == 2 and f"--run-dir {run_dir!r}: cannot create or write it" in err
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_a_missing_api_key_says_which_variable_to_set(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    if command == "run":
+        args = run_args("--model", "tests.test_cli:scripted_base_model", "--expert", "gpt-5")
+    else:
+        args = eval_args(tmp_path, "--model", "tests.test_cli:scripted_base_model", "--expert", "gpt-5")
+        args[args.index("majority")] = "catts_paper"
+    code = main(args)
+    assert code == 2 and "expert 'gpt-5' needs an API key: set OPENAI_API_KEY" in one_line_error(capsys)
+
+
+# --- threads (issue 25, item 6) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def threads_set(monkeypatch) -> list[int]:
+    """The intra-op thread counts a command sets (recorded, not applied to this test process)."""
+    import torch
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    return calls
+
+
+class _Parameters:
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def parameters(self):
+        return [type("P", (), {"numel": lambda _: self.count})()]
+
+
+def test_threads_default_to_one_for_a_small_torch_model(threads_set, tiny_vlm):
+    from catts_graph.commands import ONE_THREAD_BELOW, set_threads
+
+    assert set_threads(None, tiny_vlm) == 1 and threads_set == [1]  # the tiny Qwen2.5-VL
+    large = type("Large", (), {"model": _Parameters(ONE_THREAD_BELOW)})()
+    assert set_threads(None, large) is None and set_threads(None, scripted_base_model()) is None
+    assert set_threads(3, large) == 3 and threads_set == [1, 3]
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_threads_option_sets_torchs_threads(capsys, tmp_path, threads_set, command):
+    model = ["--model", "tests.test_cli:scripted_base_model"]
+    args = (
+        run_args(*model, "--threads", "3")
+        if command == "run"
+        else eval_args(tmp_path, *model, "--threads", "3")
+    )
+    assert main(args) == 0 and threads_set == [3]
+    with pytest.raises(SystemExit) as done:
+        main([*args[:-1], "0"])
+    assert (
+        done.value.code == 2 and "expected a whole number of threads >= 1, got '0'" in capsys.readouterr().err
+    )

@@ -444,6 +444,7 @@ def test_hub_loading_streams_the_asked_split_only(
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr(datasets, "load_dataset_builder", fake_builder)
+    monkeypatch.setattr(eval_datasets, "hub_unreachable", lambda: None)  # the fake Hub answers
     cache = str(tmp_path / "cache")
     check_mathvista(load_benchmark("mathvista", image_cache=cache))
     # The size comes first, from the Hub card.
@@ -472,6 +473,7 @@ def test_offline_hub_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     monkeypatch.setattr(datasets, "load_dataset_builder", offline)
+    monkeypatch.setattr(eval_datasets, "hub_unreachable", lambda: None)  # reachable, then failing
     with pytest.raises(DatasetUnavailable) as caught:
         load_benchmark("mathvision", split="test")
     message = str(caught.value)

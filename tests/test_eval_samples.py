@@ -3,6 +3,7 @@ vLLM's logprobs format), and evaluated from the file give the same result rows a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -204,6 +205,54 @@ def test_samples_errors_before_any_work(tmp_path, capsys):
     assert "expert 'self'" in run("--method", "catts_paper", "--n", "1", "--expert", "self")
     path.write_text("{not json\n")
     assert "r.jsonl:1: not valid JSON" in run("--method", "majority", "--n", "1")
+
+
+def samples_eval(data: Path, path: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "eval", "--benchmark", "mmstar", "--source", str(data), "--samples", str(path),
+        "--method", "majority", "--n", "1", "--concurrency", "1", "--run-dir", str(run_dir), *extra,
+    ]  # fmt: skip
+
+
+def answers(path: Path, *letters: str) -> Path:
+    rows = [{"id": i, "text": f"\\boxed{{{a}}}", "token_logprobs": [-0.5]} for i, a in enumerate(letters)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_a_changed_samples_file_is_not_resumed(tmp_path, capsys):
+    from catts_graph.cli import main
+
+    data = write_mmstar(tmp_path, 3)
+    path = answers(tmp_path / "r.jsonl", "C", "C", "C")  # the gold answers are A, B, C
+    assert main(samples_eval(data, path, tmp_path / "run", "--limit", "2")) == 0
+    with ResultStore(tmp_path / "run" / "results.sqlite") as store:
+        recorded = store.meta["samples"]
+    assert recorded == {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "bytes": path.stat().st_size,
+    }
+    answers(path, "A", "B", "C")  # fixed in place: same path, other bytes
+    capsys.readouterr()
+    assert main(samples_eval(data, path, tmp_path / "run", "--limit", "3")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds a run with other settings (samples: stored {" in err and recorded["sha256"] in err
+    assert "use a new --run-dir" in err
+    assert main(samples_eval(data, path, tmp_path / "fresh", "--limit", "3")) == 0
+
+
+def test_every_line_is_checked_before_any_row_is_stored(tmp_path, capsys):
+    from catts_graph.cli import main
+
+    data = write_mmstar(tmp_path, 3)
+    path = answers(tmp_path / "r.jsonl", "A", "B")
+    bad = {"id": 2, "text": "C", "logprobs": {"content": [{"token": "C", "logprob": float("nan")}]}}
+    path.write_text(path.read_text() + json.dumps(bad) + "\n", encoding="utf-8")
+    assert main(samples_eval(data, path, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3: logprobs.content[0].logprob=nan: expected a log-probability" in err
+    assert not (tmp_path / "run" / "results.sqlite").exists()
 
 
 @pytest.fixture(autouse=True)

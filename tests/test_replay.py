@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from catts_graph.models.base import SamplingParams
+from catts_graph.models.base import SamplingParams, check_spelling
 from catts_graph.models.replay import NotRecordedError, ReplayVLM, images_key, read_responses
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
 
@@ -173,36 +178,39 @@ def test_reads_both_formats_in_file_order(tmp_path: Path) -> None:
     [
         ("not json", r"r.jsonl:2: not valid JSON"),
         ("[1, 2]", r"r.jsonl:2: expected a JSON object, got list"),
-        ('{"text": "a", "token_logprobs": [-1]}', r"r.jsonl:2: 'id' must be the item's id"),
-        ('{"id": "a", "token_logprobs": [-1]}', r"r.jsonl:2: 'text' must be the response text"),
+        ('{"text": "a", "token_logprobs": [-1]}', r"r.jsonl:2: id=None: expected the item's id"),
+        ('{"id": "a", "token_logprobs": [-1]}', r"r.jsonl:2: text=None: expected the response text"),
         (
             '{"id": "a", "text": "a", "token_logprobs": [-1, "x"]}',
-            r"'token_logprobs' must be a list of finite",
+            r"r.jsonl:2: token_logprobs\[1\]='x': expected a log-probability",
         ),
-        ('{"id": "a", "text": "a", "token_logprobs": []}', r"'token_logprobs' is empty but 'text' is not"),
+        (
+            '{"id": "a", "text": "a", "token_logprobs": []}',
+            r"r.jsonl:2: token_logprobs is empty but text is not",
+        ),
         (
             '{"id": "a", "text": "a", "token_logprobs": [-1], "tokens": ["a", "b"]}',
-            r"'tokens' must be 1 strings",
+            r"r.jsonl:2: tokens=<a JSON array of 2 entries>: expected 1 entries",
         ),
         (
             '{"id": "a", "text": "a", "token_logprobs": [-1], "top_logprobs": [[]]}',
-            r"top_logprobs\[0\] must be",
+            r"r.jsonl:2: top_logprobs\[0\]=<a JSON array of 0 entries>: expected a non-empty",
         ),
         (
             '{"id": "a", "text": "a", "token_logprobs": [-1], "top_logprobs": []}',
-            r"'top_logprobs' must hold 1",
+            r"r.jsonl:2: top_logprobs=<a JSON array of 0 entries>: expected 1 entries",
         ),
         (
             '{"id": "a", "text": "a", "token_logprobs": [-1], "entropies": [-0.5]}',
-            r"'entropies' must be 1 finite numbers >= 0",
+            r"r.jsonl:2: entropies\[0\]=-0.5: expected an entropy in nats",
         ),
         (
             '{"id": "a", "text": "a", "token_logprobs": [-1], "entropies": [0.1, 0.2]}',
-            r"'entropies' must be 1 finite numbers >= 0",
+            r"r.jsonl:2: entropies=<a JSON array of 2 entries>: expected 1 entries",
         ),
         (
             '{"id": "a", "text": "a", "logprobs": {"content": [{"token": "a"}]}}',
-            r"logprobs.content\[0\]: expected",
+            r"r.jsonl:2: logprobs.content\[0\].logprob=None: expected a log-probability",
         ),
         ('{"id": "a", "text": "a", "logprobs": null}', r"r.jsonl:2: the reply has no log-probs"),
     ],
@@ -253,3 +261,243 @@ def test_an_inner_model_scores_and_answers_what_the_file_cannot(tmp_path: Path) 
         assert replay.sample(RED, "Q", 1, temperature=0.0)[0].text == "\\boxed{2}"
         assert [t.logprobs for t in replay.score(RED, "Q", ["a b"])] == [[-1.0, -1.0, -1.0]]
     assert len(calls) == 3
+
+
+# -- every field of a recorded line, in either format (issue 25, item 2) --------------------------
+
+NATIVE: dict[str, Any] = {
+    "id": "q",
+    "text": "ab",
+    "token_logprobs": [-0.5, -0.25],
+    "tokens": ["a", "b"],
+    "token_ids": [1, 2],
+    "top_logprobs": [[-0.5, -1.0], [-0.25, -2.0]],
+    "entropies": [1.0, 0.5],
+    "finish_reason": "stop",
+}
+VLLM: dict[str, Any] = {
+    "id": "q",
+    "message": {"role": "assistant", "content": "ab"},
+    "logprobs": {
+        "content": [
+            {"token": t, "logprob": lp, "bytes": [ord(t)], "top_logprobs": [{"token": t, "logprob": lp}]}
+            for t, lp in (("a", -0.5), ("b", -0.25))
+        ]
+    },
+    "token_ids": [1, 2],
+    "finish_reason": "length",
+    "stop_reason": None,
+}
+ENTRY = ("logprobs", "content", 0)
+# Each field read, and values it must refuse (raw JSON: NaN, infinities and long integers included).
+NUMBERS = ["NaN", "-Infinity", "Infinity", '"x"', "true", "null", "{}", "[]", "9" * 400, "-" + "9" * 5000]
+BAD_VALUES: dict[tuple[Any, ...], list[str]] = {
+    ("id",): ["null", "true", "-1.5", '""', "[]", "{}"],
+    ("text",): ["null", "5", "[]", '"\\ud800"'],
+    ("token_logprobs",): ["null", "5", '"x"', "[]", "[-0.5]"],
+    ("token_logprobs", 0): [*NUMBERS, "0.5", "-1e308"],
+    ("tokens",): ["5", '"ab"', '["a"]'],
+    ("tokens", 0): ["5", "null", '"z"', '"\\ud800"'],
+    ("token_ids",): ["5", '"ab"', "[1]"],
+    ("token_ids", 0): ['"1"', "1.5", "-2", "true", "9" * 400, "2147483648"],
+    ("top_logprobs",): ["5", "[[-1]]"],
+    ("top_logprobs", 0): ["5", "[]", "{}", '"x"', "[{}]", '[{"token": 5, "logprob": -1}]'],
+    ("top_logprobs", 0, 0): [*NUMBERS, "0.5", "-1e308"],
+    ("entropies",): ["5", "[1]"],
+    ("entropies", 0): [*NUMBERS, "-0.5", "1e308"],
+    ("finish_reason",): ["null", "7", '"abort"', '"content_filter"', "[]"],
+}
+VLLM_BAD_VALUES: dict[tuple[Any, ...], list[str]] = {
+    ("id",): ["null", "true", '""'],
+    ("message",): ["null", "5", '"ab"', "{}"],
+    ("message", "content"): ["null", "5", '"\\ud800"'],
+    ("logprobs",): ["null", "5", "{}"],
+    ("logprobs", "content"): ["null", "5", "{}"],
+    ENTRY: ["5", "null", '"a"', "{}"],
+    (*ENTRY, "token"): ["5", "null", "[]", '"z"'],
+    (*ENTRY, "logprob"): [*NUMBERS, "0.5", "-1e308"],
+    (*ENTRY, "bytes"): ['"abc"', "5", "[256]", "[-1]", '["a"]'],
+    (*ENTRY, "top_logprobs"): ["5", '"x"', "{}", "[5]"],
+    (*ENTRY, "top_logprobs", 0, "logprob"): [*NUMBERS, "0.5"],
+    (*ENTRY, "top_logprobs", 0, "token"): ["5", "null"],
+    ("token_ids",): ['"12"', "5", "[1]", '["1", "2"]'],
+    ("token_ids", 0): ['"1"', "1.5", "-2", "9" * 400],
+    ("finish_reason",): ["7", '"abort"', '"tool_calls"', "[]"],
+    ("stop_reason",): ["1.5", "[]", "true"],
+}
+
+
+def field_name(path: tuple[Any, ...]) -> str:
+    """How an error names the field at ``path``: ``logprobs.content[0].logprob``."""
+    name = ""
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else ("." if name else "") + part
+    return name
+
+
+def line_with(base: dict[str, Any], path: tuple[Any, ...], raw: str) -> str:
+    """``base`` as a JSON line with the value at ``path`` replaced by the raw JSON text ``raw``."""
+    row = json.loads(json.dumps(base))
+    target = row
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = "@@HOLE@@"
+    return json.dumps(row).replace('"@@HOLE@@"', raw)
+
+
+def read_line(tmp_path: Path, line: str) -> Any:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        b'{"id": "ok", "text": "", "token_logprobs": []}\n' + line.encode("utf-8", "surrogatepass")
+    )
+    return read_responses(path)
+
+
+@pytest.mark.parametrize("base", [NATIVE, VLLM], ids=["native", "vllm"])
+def test_the_well_formed_lines_are_read(tmp_path: Path, base: dict[str, Any]) -> None:
+    (sample,) = read_line(tmp_path, json.dumps(base))["q"]
+    assert sample.text == "ab" and sample.tokens == ["a", "b"] and sample.logprobs == [-0.5, -0.25]
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "raw"),
+    [
+        *[(NATIVE, path, raw) for path, values in BAD_VALUES.items() for raw in values],
+        *[(VLLM, path, raw) for path, values in VLLM_BAD_VALUES.items() for raw in values],
+    ],
+)
+def test_every_field_refuses_what_it_cannot_use_naming_file_line_and_field(
+    tmp_path: Path, base: dict[str, Any], path: tuple[Any, ...], raw: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        read_line(tmp_path, line_with(base, path, raw))
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'r.jsonl'}:2: "), message
+    named = {field_name(path[:k]) for k in range(1, len(path) + 1)}
+    spelled = "the tokens must spell the text" in message or "tokens" in message
+    assert any(name in message for name in named) or spelled, message
+    assert len(message) < 600 and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "q", "text": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested deeper than can be read"),
+        ('{"id": "q", "text": "a", "token_logprobs": [' + "-" + "9" * 5000 + "]}", "token_logprobs[0]="),
+        ('{"id": "q", "text": "a", "token_logprobs": [-1e308]}', "token_logprobs[0]=-1e+308"),
+        ('{"id": "q", "text": "a", "token_logprobs": [0.5]}', "token_logprobs[0]=0.5: expected a log-prob"),
+        ('{"id": "q", "text": "a", "logprobs": {"content": [{"token": 5, "logprob": -1}]}}', ".token=5"),
+        (
+            '{"id": "q", "text": "a", "logprobs": {"content": [{"token": "a", "logprob": -1, '
+            '"top_logprobs": 5}]}}',
+            "logprobs.content[0].top_logprobs=5",
+        ),
+        (
+            '{"id": "q", "text": "a", "logprobs": {"content": [{"token": "a", "logprob": NaN}]}}',
+            "logprobs.content[0].logprob=nan",
+        ),
+        ('{"id": "q", "logprobs": {"content": [{"token": "a", "logprob": -1}]}}', "neither 'message' nor"),
+        (
+            '{"id": "q", "text": "a", "logprobs": {"content": [{"token": "a", "logprob": -1}]}, '
+            '"finish_reason": "abort"}',
+            "finish_reason='abort'",
+        ),
+    ],
+)
+def test_the_issue_lines_are_refused_by_name(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_line(tmp_path, line)
+
+
+def test_a_byte_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'{"id": "q", "text": "a", "token_logprobs": [-1]}\n{"id": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"r.jsonl:2: not UTF-8 text \(byte 0xff at column 9\)"):
+        read_responses(path)
+
+
+def test_a_rounding_above_zero_is_read_as_zero_and_more_is_refused(tmp_path: Path) -> None:
+    (sample,) = read_line(tmp_path, json.dumps({**NATIVE, "token_logprobs": [1e-4, -0.25]}))["q"]
+    assert sample.logprobs == [0.0, -0.25] and sample.top_logprobs == [[-0.5, -1.0], [-0.25, -2.0]]
+    with pytest.raises(ValueError, match=r"token_logprobs\[0\]=0.01: expected a log-probability"):
+        read_line(tmp_path, json.dumps({**NATIVE, "token_logprobs": [0.01, -0.25]}))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "text", "tail"),
+    [
+        (["x", "\ufffd", "\ufffd", "\ufffd", "y"], "x猫y", False),  # a character split in bytes
+        ([" \ufffd", "\ufffd", "!"], " é!", False),  # a split character after a space
+        (["a", "<|vision_start|>", "b"], "ab", False),  # a special token the text leaves out
+        (["a", "<|im_end|>"], "a", False),
+        (["Yes", "."], "Yes", True),  # a stop string vLLM cut from the text
+        (["Ye", "s."], "Yes", True),
+    ],
+)
+def test_tokens_that_spell_the_text_pass(tokens: list[str], text: str, tail: bool) -> None:
+    check_spelling(tokens, text, tail=tail)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "text", "message"),
+    [
+        (["\\boxed{", "B", "}"], "\\boxed{A}", r"tokens\[1\]='B' is not the text at character 7"),
+        (["a", "b"], "abc", "they spell the text's first 2 of 3 characters"),
+        (["x", "\ufffd", "y"], "xaay", r"tokens\[1\]='\ufffd' is not the text at character 1"),
+        (["Yes", "."], "Yes", r"tokens\[1\]='.' is not the text at character 3"),  # no stop string
+        (["ab", "c"], "a", r"tokens\[0\]='ab'"),
+    ],
+)
+def test_tokens_that_do_not_spell_the_text_are_refused(tokens: list[str], text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_spelling(tokens, text)
+
+
+def test_a_recorded_line_whose_tokens_spell_another_text_is_refused(tmp_path: Path) -> None:
+    # The answer-span NMLP is read off these tokens: "B" at -3.0 would have become "A" at -0.01.
+    row = {
+        "id": "q",
+        "text": "\\boxed{A}",
+        "token_logprobs": [-0.01, -3.0, -0.01],
+        "tokens": ["\\boxed{", "B", "}"],
+    }
+    with pytest.raises(ValueError, match=r"r.jsonl:2: tokens\[1\]='B' is not the text"):
+        read_line(tmp_path, json.dumps(row))
+    vllm_row = {**VLLM, "message": {"content": "ba"}}
+    with pytest.raises(ValueError, match=r"r.jsonl:2: tokens\[0\]='a' is not the text"):
+        read_line(tmp_path, json.dumps(vllm_row))
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False)  # some imports set flush-to-zero
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([(NATIVE, path) for path in BAD_VALUES] + [(VLLM, path) for path in VLLM_BAD_VALUES]),
+    JSON_VALUES,
+)
+def test_any_value_in_any_field_is_read_whole_or_refused_by_line(case, value) -> None:
+    base, path = case
+    line = line_with(base, path, json.dumps(value))
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            responses = read_line(Path(folder), line)
+        except ValueError as err:
+            assert str(err).startswith(f"{Path(folder) / 'r.jsonl'}:2: ")
+            return
+    for sample in (s for samples in responses.values() for s in samples):
+        numbers = [*sample.logprobs, *(v for step in sample.top_logprobs or [] for v in step)]
+        assert all(-1e5 <= v <= 0 for v in numbers) and sample.finish_reason in ("stop", "length")
+        assert all(0 <= h <= 1e5 for h in sample.entropies or [])
+        if sample.tokens is not None:
+            assert "".join(sample.tokens) == sample.text

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from catts_graph.step_confidence import (
     LEVELS,
+    SIGNALS,
     StepCalibrator,
     as_confidence,
     fit_fusion_weights,
@@ -186,3 +191,86 @@ def test_calibrator_round_trips_through_json_and_refuses_malformed_data():
     unlabelled = StepCalibrator.fit(rows)
     assert math.isnan(unlabelled.assess(rows[0])["confidence"])
     json.dumps(unlabelled.to_dict())
+
+
+# --- a calibrator is checked whole when it is loaded (issue 25, item 3) --------------------------
+
+GOOD: dict[str, Any] = {
+    "reference": {"probability": [0.1, 0.5, 0.9], "entropy": [0.2, 0.4]},
+    "weights": {"probability": 0.75, "entropy": 0.25},
+    "cuts": [0.2, 0.4, 0.6, 0.8],
+    "level_accuracy": [0.1, 0.3, None, 0.7, 0.9],
+    "level_counts": [1, 1, 0, 1, 1],
+}
+NAN, INF = float("nan"), float("inf")
+BAD_FIELDS: list[tuple[str, Any, str]] = [
+    *[
+        ("weights", {"probability": v, "entropy": 0.25}, "weights['probability']")
+        for v in (NAN, INF, -0.5, "x", True, None)
+    ],
+    ("weights", {"probability": 0.5, "clipscore": 0.5}, "weights['clipscore']: the signal has no reference"),
+    ("weights", {"loudness": 1.0}, "weights: unknown signal 'loudness'"),
+    ("weights", {}, "weights={}"),
+    ("weights", [0.5, 0.5], "weights="),
+    *[("cuts", v, "cuts") for v in ([0.2, 0.5, 0.8], [0.1 * k for k in range(10)], [0.8, 0.6, 0.4, 0.2])],
+    *[
+        ("cuts", v, "cuts")
+        for v in ([NAN, 0.4, 0.6, 0.8], [0.2, 0.4, 0.6, 1.5], [0.2, 0.4, 0.6, INF], "x", None)
+    ],
+    *[
+        ("level_accuracy", v, "level_accuracy")
+        for v in ([0.5, 0.5], [0.1] * 6, [1.5] * 5, ["x"] * 5, [INF] * 5)
+    ],
+    *[("level_counts", v, "level_counts") for v in ([1] * 4, [-1] * 5, [1.5] * 5, [True] * 5, "5")],
+    ("reference", {"probability": [], "entropy": [0.2]}, "reference['probability']"),
+    (
+        "reference",
+        {"probability": [0.9, 0.1], "entropy": [0.2]},
+        "reference['probability']: expected the values in ascending",
+    ),
+    ("reference", {"probability": [NAN], "entropy": [0.2]}, "reference['probability'][0]=nan"),
+    ("reference", {"probability": [1.5], "entropy": [0.2]}, "reference['probability'][0]=1.5"),
+    ("reference", {"probability": [0.5], "entropy": [0.2], "loudness": [0.5]}, "reference: unknown signal"),
+    ("reference", {}, "reference={}"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "named"), BAD_FIELDS)
+def test_every_calibrator_field_is_checked_when_loaded(field: str, value: Any, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)) as caught:
+        StepCalibrator.from_dict({**GOOD, field: value})
+    assert str(caught.value).startswith("step calibrator: ")
+
+
+def test_a_calibrator_with_a_missing_or_unknown_field_is_named() -> None:
+    with pytest.raises(ValueError, match="missing cuts; unknown cut"):
+        StepCalibrator.from_dict({**{k: v for k, v in GOOD.items() if k != "cuts"}, "cut": [0.5]})
+    with pytest.raises(ValueError, match="expected an object with reference, weights"):
+        StepCalibrator.from_dict([GOOD])  # type: ignore[arg-type]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_subnormal=False) | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.sampled_from([*SIGNALS, "x"]), children)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(list(GOOD)),
+    JSON_VALUES,
+    st.lists(st.floats(0, 1, allow_subnormal=False), min_size=2, max_size=2),
+)
+def test_any_value_in_any_field_is_refused_or_gives_levels(
+    field: str, value: Any, signals: list[float]
+) -> None:
+    try:
+        calibrator = StepCalibrator.from_dict({**GOOD, field: value})
+    except ValueError as error:
+        assert str(error).startswith("step calibrator: ")
+        return
+    assessed = calibrator.assess({"probability": signals[0], "entropy": signals[1]})
+    assert 0 <= assessed["fused"] <= 1 and assessed["level"] in range(1, LEVELS + 1)

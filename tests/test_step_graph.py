@@ -598,3 +598,54 @@ def test_step_settings_from_the_environment_and_a_bad_calibrator_file(tmp_path):
     with pytest.raises(ConfigError, match="step_calibrator: given twice"):
         build_graph(vlm, config=config, step_calibrator=STATED_CALIBRATOR)
     assert build_graph(vlm, config=config) is not None
+
+
+# --- a calibrator is checked whole before any model call (issue 25, item 3) ----------------------
+
+NAN_WEIGHTS = {**STATED_CALIBRATOR.to_dict(), "weights": {"probability": float("nan"), "entropy": 0.25}}
+
+
+def test_a_bad_calibrator_is_refused_when_the_graph_is_built(tmp_path):
+    vlm = ScriptedVLM.answering("\\boxed{A}")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(NAN_WEIGHTS))  # NaN, as Python's json writes it
+    with pytest.raises(ConfigError, match=r"step_calibrator=.*c.json.*weights\['probability'\]=nan"):
+        build_graph(vlm, config=CATTSConfig(step_calibrator=str(path)))
+    ten_cuts = dataclasses.replace(STATED_CALIBRATOR, cuts=[0.1 * k for k in range(10)])
+    with pytest.raises(ConfigError, match=r"step_calibrator: cuts=.*expected 4 fused confidences"):
+        build_graph(vlm, step_calibrator=ten_cuts)
+    assert vlm.calls == []
+
+
+def test_a_bad_calibrator_a_run_names_is_refused_before_sampling(tmp_path, image_path):
+    vlm = ScriptedVLM.answering("\\boxed{A}")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**STATED_CALIBRATOR.to_dict(), "level_accuracy": [0.5, 0.5]}))
+    graph = build_graph(vlm, config=CATTSConfig(n_samples=1, max_samples=1))
+    with pytest.raises(ConfigError, match=r"level_accuracy=\[0.5, 0.5\]: expected 5 accuracies"):
+        graph.invoke({"image": image_path, "question": "Q"}, context={"step_calibrator": str(path)})
+    assert vlm.calls == [], "the base model was not called"
+
+
+def test_catts_run_refuses_a_bad_calibrator_before_loading_and_prints_json(tmp_path, capsys, monkeypatch):
+    from catts_graph.cli import json_text, main
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(NAN_WEIGHTS))
+    monkeypatch.setenv("CATTS_STEP_CALIBRATOR", str(path))
+    args = ["run", "--image", str(image_path_of(tmp_path)), "--question", "Q", "--json"]
+    assert main([*args, "--model", "no/such/model"]) == 2  # the model was never loaded
+    assert "weights['probability']=nan: expected a finite weight" in capsys.readouterr().err
+    text = json_text({"confidence": float("nan"), "steps": [{"fused": float("inf")}, 0.5]})
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON")) == {
+        "confidence": None,
+        "steps": [{"fused": None}, 0.5],
+    }
+
+
+def image_path_of(folder):
+    from PIL import Image
+
+    path = folder / "img.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
+    return path

@@ -7,13 +7,16 @@ The commands turn model names into models (:mod:`catts_graph.specs`) and call th
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
+from catts_graph.commands import add_threads_argument, print_error, set_threads
 from catts_graph.config import CATTSConfig
+from catts_graph.eval.datasets import BENCHMARKS, DatasetUnavailable
 from catts_graph.eval.methods import method_names, parse_method
 from catts_graph.eval.probe import (
     PERTURB_ALIASES,
@@ -28,7 +31,6 @@ from catts_graph.eval.runner import DEFAULT_NS, run_eval
 from catts_graph.eval.store import DB_FILENAME, StoreError, read_store
 from catts_graph.formatting import number
 from catts_graph.perturb import PERTURBATIONS
-from catts_graph.redaction import redact
 
 
 def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -40,7 +42,7 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
         "them, and store the results in RUN_DIR/results.sqlite, item by item. Rerun the same command "
         "to resume an interrupted run.",
     )
-    parser.add_argument("--benchmark", required=True, help="mathvista, mathvision, mmstar or mmmu")
+    parser.add_argument("--benchmark", required=True, help=BENCHMARK_HELP)
     parser.add_argument(
         "--source", help="a local export (JSON, JSONL, parquet or a folder); default: the hub"
     )
@@ -72,8 +74,9 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--expert",
-        help="'self' (default; 'none' with --samples and no --model), 'none', a model name "
-        "(gemini-2.5-pro, gpt-5, ...) or package.module:attribute",
+        help="'self' (default; 'none' with --samples and no --model), 'organism' (the larger organism "
+        "model, for the synthetic benchmark), 'none', a model name (gemini-2.5-pro, gpt-5, ...; needs "
+        "the provider's API key) or package.module:attribute",
     )
     parser.add_argument(
         "--judge",
@@ -86,6 +89,7 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-new-tokens", type=int, help="longest response (default: CATTS_MAX_NEW_TOKENS or 1024)"
     )
+    add_threads_argument(parser)
     parser.set_defaults(func=eval_command)
     return parser
 
@@ -94,6 +98,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
     """``catts eval``: load the benchmark and models, run, print the accuracy table."""
     from catts_graph.eval.datasets import load_benchmark
     from catts_graph.eval.store import MetaMismatch
+    from catts_graph.nodes.common import load_step_calibrator
     from catts_graph.specs import (
         ORGANISM_BASE,
         base_model_from_spec,
@@ -104,9 +109,12 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
 
     console = console or Console()
     try:
+        writable_run_dir(args.run_dir)
         config = CATTSConfig.from_env()
         if args.max_new_tokens is not None:
             config = config.replace(max_new_tokens=args.max_new_tokens)
+        if config.step_calibrator is not None:  # checked whole before any model loads
+            load_step_calibrator(config.step_calibrator)
         items = load_benchmark(
             args.benchmark, source=args.source, split=args.split, limit=args.limit, image_dir=args.image_dir
         )
@@ -130,6 +138,7 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
                 base_model = base_model_from_spec(args.model or default_base_model_spec())
             model_name = args.model or ORGANISM_BASE
         expert_spec = expert_spec if expert_spec is not None else "self"
+        set_threads(args.threads, base_model)
         run_eval(
             items,
             methods=args.method,
@@ -145,10 +154,31 @@ def eval_command(args: argparse.Namespace, console: Console | None = None) -> in
             expert_name=expert_spec,
             console=console,
         )
-    except (MetaMismatch, ValueError) as err:
-        Console(stderr=True).print(f"[red]error:[/] {escape(redact(str(err)))}")
-        return 2
+    except (MetaMismatch, ValueError, DatasetUnavailable) as err:
+        return print_error(err)
     return 0
+
+
+BENCHMARK_HELP = (
+    f"{', '.join(BENCHMARKS)} (synthetic: scenes generated here, offline; the others come from the "
+    "Hugging Face Hub or --source)"
+)
+
+
+def writable_run_dir(run_dir: str) -> Path:
+    """``run_dir``, created if needed; a ValueError naming ``--run-dir`` when it cannot be written
+    (checked before any model loads)."""
+    path = Path(run_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"--run-dir {run_dir!r}: cannot create or write it ({error.strerror or error}); "
+            "pass a folder you can write"
+        ) from None
+    return path
 
 
 def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -159,7 +189,7 @@ def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
         description="Answer each item clean and under each perturbation kind and level; store the rows "
         "in RUN_DIR/results.sqlite (resumable) and print accuracy, confidence, drops, ECE and AUROC.",
     )
-    parser.add_argument("--benchmark", required=True, help="mathvista, mathvision, mmstar or mmmu")
+    parser.add_argument("--benchmark", required=True, help=BENCHMARK_HELP)
     parser.add_argument("--source", help="a local export (JSON, JSONL, parquet); default: the hub dataset")
     parser.add_argument("--split", help="dataset split (default: the benchmark's usual one)")
     parser.add_argument("--image-dir", help="folder that relative image paths are resolved against")
@@ -185,13 +215,13 @@ def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
         help="LLM judge for answers the rules cannot extract: a model name or "
         "package.module:attribute (default: rules only)",
     )
+    add_threads_argument(parser)
     parser.set_defaults(func=_probe_command)
     return parser
 
 
 def _probe_command(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -212,6 +242,7 @@ def _probe_command(args: argparse.Namespace) -> int:
 
     console = Console()
     try:
+        writable_run_dir(args.run_dir)
         kinds = parse_perturbs(args.perturb)
         levels = parse_levels(args.levels)
         items = load_benchmark(
@@ -226,6 +257,7 @@ def _probe_command(args: argparse.Namespace) -> int:
         model_spec = args.model or default_base_model_spec()
         with console.status("loading the base model"):
             base_model = base_model_from_spec(model_spec)
+        set_threads(args.threads, base_model)
         store_path = Path(args.run_dir) / DB_FILENAME
         total = len(items) * (1 + len(kinds) * sum(level > 0 for level in levels))
         with Progress(
@@ -257,9 +289,8 @@ def _probe_command(args: argparse.Namespace) -> int:
                 },
                 progress=lambda: bar.advance(task),
             )
-    except (InputError, ValueError, FileNotFoundError) as err:
-        Console(stderr=True).print(f"[red]error:[/] {escape(redact(str(err)))}")
-        return 2
+    except (InputError, ValueError, FileNotFoundError, DatasetUnavailable) as err:
+        return print_error(err)
     console.print(f"{run.written} rows answered, {run.skipped} already stored, in {store_path}")
     console.print(summary_table(probe_summary(store_path), title=f"probe: {args.benchmark}"))
     console.print(f"report with plots: catts report {args.run_dir}")
@@ -279,15 +310,13 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def _report_command(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     try:
         path = write_report(args.run_dir)
     except (FileNotFoundError, ValueError, StoreError) as err:
-        Console(stderr=True).print(f"[red]error:[/] {escape(redact(str(err)))}")
-        return 2
+        return print_error(err)
     summaries = method_summaries(Path(args.run_dir) / DB_FILENAME)
     if summaries:
         with read_store(Path(args.run_dir) / DB_FILENAME) as store:

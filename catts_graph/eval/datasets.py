@@ -80,6 +80,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from catts_graph.answers import is_equivalent
+from catts_graph.hub import hub_unreachable
 from catts_graph.task import ANSWER_TYPES, Item
 
 __all__ = [
@@ -686,6 +687,12 @@ def _hub_rows(name: str, spec: _Benchmark, split: str, limit: int | None) -> tup
             f"loading {name} from the Hub needs the `datasets` package (pip install "
             f"'catts-graph[eval]'). {how}."
         ) from None
+    offline = hub_unreachable()
+    if offline is not None:
+        raise DatasetUnavailable(
+            f"cannot load {name}: the Hugging Face Hub is unreachable ({offline}). {how}; or set "
+            f"HF_HUB_OFFLINE=1 to read a cached copy; the synthetic benchmark needs no Hub."
+        )
     streams, rows, num_bytes = [], 0, 0
     for config in spec.configs:
         label = spec.hub + (f" ({config})" if config else "")

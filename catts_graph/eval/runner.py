@@ -74,6 +74,11 @@ def describe(obj: Any) -> str | None:
     return f"{type(obj).__name__}({name})" if isinstance(name, str) else type(obj).__name__
 
 
+def _recorded_file(base_model: BaseVLM) -> dict[str, Any] | None:
+    recorded = getattr(base_model, "recorded", None) if isinstance(base_model, ReplayVLM) else None
+    return None if recorded is None else dataclasses.asdict(recorded)
+
+
 def evaluate_item(
     item: Item,
     specs: Sequence[MethodSpec],
@@ -203,6 +208,8 @@ def run_eval(
                 "ns": ns,
                 "methods": [s.name for s in specs],
                 "config": dataclasses.asdict(config),
+                # The recorded samples' bytes: a file changed since is another run, not a resume.
+                "samples": _recorded_file(base_model),
             }
         )
         # Outside check_meta: a run stored before the scorers were named resumes.

@@ -10,6 +10,8 @@ validated here for every backend.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -161,6 +163,70 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+LOGPROB_TOLERANCE = 1e-3
+"""How far above 0 a reported log-probability may be: a server's float32 rounding of a near-certain
+token (read as 0). Above it, a "probability" would exceed 1."""
+LOGPROB_FLOOR = -1e5
+"""The lowest log-probability read (servers write about -9999 for a masked token); a lower one,
+-1e308 say, is no measurement, and sums of a few such overflow to -inf."""
+MAX_ENTROPY = 1e5
+"""The largest entropy read, in nats (a whole vocabulary is at most ~12 nats)."""
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def checked_number(value: Any, field: str, low: float, high: float, expected: str) -> float:
+    """``value`` as a float in ``[low, high]``; a ValueError naming ``field`` and ``expected``
+    otherwise (a bool, a string, NaN, an infinity, an integer too large for a float)."""
+    if is_number(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            number = math.nan
+        if low <= number <= high:  # NaN compares false
+            return number
+    raise ValueError(f"{field}={shown(value)}: expected {expected}")
+
+
+def checked_logprob(value: Any, field: str) -> float:
+    """A reported log-probability: a number in [:data:`LOGPROB_FLOOR`, :data:`LOGPROB_TOLERANCE`],
+    read as at most 0; a ValueError naming ``field`` otherwise."""
+    expected = f"a log-probability, a number in [{LOGPROB_FLOOR:g}, 0]"
+    return min(checked_number(value, field, LOGPROB_FLOOR, LOGPROB_TOLERANCE, expected), 0.0)
+
+
+def checked_token_id(value: Any, field: str) -> int:
+    """A token id: an integer in [-1, :data:`MAX_TOKEN_ID`] (-1: unknown); a ValueError naming
+    ``field`` otherwise."""
+    if not _is_int(value) or not -1 <= value <= MAX_TOKEN_ID:
+        raise ValueError(f"{field}={shown(value)}: expected a token id, an integer in [-1, {MAX_TOKEN_ID}]")
+    return int(value)
+
+
+def checked_text(value: Any, field: str, expected: str = "a string") -> str:
+    """``value`` if it is a string that is valid UTF-8 (JSON's ``"\\ud800"`` escapes are not); a
+    ValueError naming ``field`` otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field}={shown(value)}: expected {expected}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{field}: not valid UTF-8 text (a lone surrogate {value[error.start]!r} at character "
+            f"{error.start})"
+        ) from None
+    return value
+
+
+def shown(value: Any) -> str:
+    """``value`` for an error message, at most about 50 characters (a bad value can be huge)."""
+    if _is_int(value) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, (dict, list)):
+        return f"<a JSON {'object' if isinstance(value, dict) else 'array'} of {len(value)} entries>"
+    text = repr(value)
+    return text if len(text) <= 50 else f"{text[:30]}...<{len(text)} characters>"
+
+
 def input_size_of(model: Any) -> Callable[[Image.Image], tuple[int, int] | None] | None:
     """The backend's ``input_size(image) -> (width, height) | None``, or None when it declares none.
 
@@ -284,3 +350,65 @@ def align_tokens(tokens: Sequence[str], text: str) -> list[str]:
 
 
 _REPLACEMENT = "\ufffd"
+
+
+_SPECIAL_TOKEN = re.compile(r"<\|?[^\s<>|]+\|?>")
+"""A special token's string (``<|im_end|>``, ``</s>``, ``<eos>``): a text may leave it out."""
+
+
+def check_spelling(tokens: Sequence[str], text: str, *, tail: bool = False) -> None:
+    """That ``tokens``, one string per token, spell ``text``: a ValueError naming the first token
+    (index and place in the text) where they do not.
+
+    Each token's string must be the text where the tokens before it end, except:
+
+    - a run of tokens holding ``"\\ufffd"`` (a character split across byte-level tokens, decoded
+      alone) stands for the text up to the next token, which must hold the run's own ASCII
+      characters and otherwise only non-ASCII ones (the split characters);
+    - a special token's string (``<|im_end|>``, ``</s>``) the text leaves out is skipped;
+    - with ``tail``, tokens may go on past the end of the text (a stop string the server cut).
+
+    Text the tokens do not reach is a mismatch too.
+    """
+    position = 0
+    split: list[int] = []
+    for i, token in enumerate(tokens):
+        if _REPLACEMENT in token:
+            split.append(i)
+            continue
+        if not token:
+            continue
+        if split:
+            found = text.find(token, position)
+            if found < 0 or not _stands_for(tokens, split, text[position:found]):
+                raise ValueError(_misspelt(split[0], tokens, text, position))
+            position, split = found, []
+        if text.startswith(token, position):
+            position += len(token)
+        elif tail and token.startswith(text[position:]):
+            return
+        elif not _SPECIAL_TOKEN.fullmatch(token):
+            raise ValueError(_misspelt(i, tokens, text, position))
+    if split:
+        if not _stands_for(tokens, split, text[position:]):
+            raise ValueError(_misspelt(split[0], tokens, text, position))
+        position = len(text)
+    if position < len(text):
+        raise ValueError(
+            f"tokens: they spell the text's first {position} of {len(text)} characters, the rest "
+            f"({shown(text[position:])}) is no token's: the tokens must spell the text"
+        )
+
+
+def _stands_for(tokens: Sequence[str], run: Sequence[int], gap: str) -> bool:
+    """Whether a run of split-character tokens may stand for ``gap``: the same ASCII characters,
+    in order, and otherwise only non-ASCII ones."""
+    joined = "".join(tokens[j] for j in run).replace(_REPLACEMENT, "")
+    return [c for c in gap if c.isascii()] == [c for c in joined if c.isascii()]
+
+
+def _misspelt(index: int, tokens: Sequence[str], text: str, position: int) -> str:
+    return (
+        f"tokens[{index}]={shown(tokens[index])} is not the text at character {position} "
+        f"({shown(text[position : position + 20])}): the tokens must spell the text"
+    )

@@ -57,7 +57,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -65,12 +65,17 @@ from PIL import Image
 
 from catts_graph.images import to_base64_png
 from catts_graph.models.base import (
+    MAX_TOKEN_ID,
     Sample,
     SamplingParams,
     TokenLogprobs,
     align_tokens,
     check_n,
-    is_number,
+    check_spelling,
+    checked_logprob,
+    checked_text,
+    checked_token_id,
+    shown,
 )
 
 __all__ = ["OpenAICompatibleVLM", "ServerError", "align_tokens", "sample_from_choice"]
@@ -379,23 +384,38 @@ class OpenAICompatibleVLM:
         ) from cause
 
 
-def sample_from_choice(choice: Mapping[str, Any], *, top_logprobs: int | None = 0) -> Sample:
+def sample_from_choice(
+    choice: Mapping[str, Any], *, top_logprobs: int | None = 0, spelled: bool = False
+) -> Sample:
     """One OpenAI chat-completion choice, as a server sends it, as a :class:`Sample`.
 
     Reads ``message.content`` (or ``text``, as a completions choice or a saved response has it),
-    ``logprobs.content`` (``[{token, logprob, top_logprobs: [{token, logprob}, ...]}, ...]``),
+    ``logprobs.content`` (``[{token, logprob, bytes, top_logprobs: [{token, logprob}, ...]}, ...]``),
     ``finish_reason``, and vLLM's ``token_ids`` and ``stop_reason`` (see the module doc for the
     quirks; the listed stop token is dropped). ``top_logprobs``: how many top log-probs each step
-    must have (the largest, sorted; 0: none kept); None keeps all the entries give, sorted. Raises
-    ValueError naming what is missing or malformed.
+    must have (the largest, sorted; 0: none kept); None keeps all the entries give, sorted.
+
+    Every field read is checked, and a ValueError names the first that is wrong: the text a string
+    (a choice with neither ``message`` nor ``text`` has none), each entry's ``token`` a string,
+    ``logprob`` and the top ones log-probabilities (:func:`~catts_graph.models.base.checked_logprob`),
+    ``bytes`` byte values, ``token_ids`` one token id per entry, ``finish_reason`` ``"stop"`` or
+    ``"length"`` (absent: ``"stop"``; an aborted or filtered generation is no sample),
+    ``stop_reason`` absent, null, a string or an integer. With ``spelled`` (a recorded file) the
+    tokens must also spell the text (:func:`~catts_graph.models.base.check_spelling`; after a stop
+    string they may go past it); a live server's are aligned to its text instead (a stop string,
+    a skipped special token).
     """
-    message = choice.get("message") or {}
-    text = message.get("content") if isinstance(message, Mapping) and "content" in message else None
-    if text is None:
-        text = choice.get("text")
-    text = text or ""
-    if not isinstance(text, str):
-        raise ValueError(f"the response text is a {type(text).__name__}, expected a string")
+    if not isinstance(choice, Mapping):
+        raise ValueError(f"expected a choice object, got {type(choice).__name__}")
+    if "message" in choice:
+        message = choice["message"]
+        if not isinstance(message, Mapping):
+            raise ValueError(f"message={shown(message)}: expected {{'content': <the response text>}}")
+        text = checked_text(message.get("content"), "message.content", "the response text, a string")
+    elif "text" in choice:
+        text = checked_text(choice["text"], "text", "the response text, a string")
+    else:
+        raise ValueError("the choice has neither 'message' nor 'text': expected the response text in one")
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
     if not isinstance(content, list):
@@ -403,38 +423,42 @@ def sample_from_choice(choice: Mapping[str, Any], *, top_logprobs: int | None = 
             "the reply has no log-probs (logprobs.content); CA-TTS needs each token's log-prob: ask with "
             "logprobs=true a server that returns them (vLLM, or an OpenAI model that supports logprobs)"
         )
-    entries = list(content)
-    for step, entry in enumerate(entries):
-        if not isinstance(entry, Mapping) or not is_number(entry.get("logprob")):
-            raise ValueError(f"logprobs.content[{step}]: expected {{'token': ..., 'logprob': <number>}}")
+    entries = [_entry(entry, f"logprobs.content[{step}]") for step, entry in enumerate(content)]
     ids = choice.get("token_ids")
-    ids = list(ids) if isinstance(ids, list) and len(ids) == len(entries) else None
-    finish = choice.get("finish_reason") or "stop"
+    if ids is not None:
+        if not isinstance(ids, list) or len(ids) != len(entries):
+            raise ValueError(
+                f"token_ids={shown(ids)}: expected {len(entries)} token ids, one per logprobs.content entry"
+            )
+        ids = [checked_token_id(v, f"token_ids[{i}]") for i, v in enumerate(ids)]
+    finish = choice.get("finish_reason")
+    finish = "stop" if finish is None else finish
+    if not isinstance(finish, str) or finish not in ("stop", "length"):
+        raise ValueError(
+            f"finish_reason={shown(finish)}: expected 'stop' or 'length' (an aborted or filtered "
+            "generation is no sample)"
+        )
+    stop = choice.get("stop_reason")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, (str, int))):
+        raise ValueError(f"stop_reason={shown(stop)}: expected null, a stop string or a stop token id")
     # vLLM (the server that sends `stop_reason`) lists the EOS / stop-token-id that ended a sample;
     # a stop *string* (str stop_reason) is not a token of its own.
-    if (
-        finish == "stop"
-        and entries
-        and "stop_reason" in choice
-        and not isinstance(choice["stop_reason"], str)
-    ):
+    if finish == "stop" and entries and "stop_reason" in choice and not isinstance(stop, str):
         entries.pop()
         if ids is not None:
             ids.pop()
     if ids is None:
-        ids = [_token_id(entry) for entry in entries]
+        ids = [entry.token_id for entry in entries]
     if text and not entries:
         raise ValueError("the reply has text but no per-token log-probs")
+    tokens = [entry.text for entry in entries]
+    if spelled:
+        check_spelling(tokens, text, tail=finish == "stop" and isinstance(stop, str))
     tops: list[list[float]] | None = None
-    if top_logprobs or (top_logprobs is None and any(entry.get("top_logprobs") for entry in entries)):
+    if top_logprobs or (top_logprobs is None and any(entry.tops for entry in entries)):
         tops = []
         for step, entry in enumerate(entries):
-            listed = entry.get("top_logprobs") or []
-            if not all(isinstance(t, Mapping) and is_number(t.get("logprob")) for t in listed):
-                raise ValueError(
-                    f"logprobs.content[{step}].top_logprobs: expected [{{'token': ..., 'logprob': <number>}}]"
-                )
-            values = sorted((float(t["logprob"]) for t in listed), reverse=True)
+            values = sorted(entry.tops, reverse=True)
             if top_logprobs is None and not values:
                 raise ValueError(f"logprobs.content[{step}] has no top log-probs while other steps have them")
             if top_logprobs is not None and len(values) < top_logprobs:
@@ -442,31 +466,62 @@ def sample_from_choice(choice: Mapping[str, Any], *, top_logprobs: int | None = 
             tops.append(values if top_logprobs is None else values[:top_logprobs])
     return Sample(
         token_ids=ids,
-        logprobs=[float(entry["logprob"]) for entry in entries],
-        tokens=align_tokens([_token_text(entry) for entry in entries], text),
+        logprobs=[entry.logprob for entry in entries],
+        tokens=align_tokens(tokens, text),
         text=text,
         top_logprobs=tops,
         finish_reason=finish,
     )
 
 
-def _token_text(entry: Mapping[str, Any]) -> str:
-    """A logprobs entry's text; in ``token_id:N`` form the text is in ``bytes``."""
-    token = entry.get("token") or ""
-    if token.startswith(_TOKEN_ID_PREFIX):
-        raw = entry.get("bytes")
-        return bytes(raw).decode("utf-8", errors="replace") if raw else ""
-    return token
+@dataclass(frozen=True)
+class _Entry:
+    """One checked ``logprobs.content`` entry: the token's text (from ``bytes`` in vLLM's
+    ``token_id:N`` form), its id (-1 unless that form gives it), its log-prob and its top ones."""
+
+    text: str
+    token_id: int
+    logprob: float
+    tops: list[float]
 
 
-def _token_id(entry: Mapping[str, Any]) -> int:
-    token = entry.get("token") or ""
-    if token.startswith(_TOKEN_ID_PREFIX):
-        try:
-            return int(token[len(_TOKEN_ID_PREFIX) :])
-        except ValueError:
-            return -1
-    return -1
+def _entry(entry: Any, where: str) -> _Entry:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}={shown(entry)}: expected {{'token': ..., 'logprob': <number>}}")
+    token = checked_text(entry.get("token"), f"{where}.token", "the token's text, a string")
+    logprob = checked_logprob(entry.get("logprob"), f"{where}.logprob")
+    raw = entry.get("bytes")
+    if raw is not None and (not isinstance(raw, list) or not all(_is_byte(b) for b in raw)):
+        raise ValueError(
+            f"{where}.bytes={shown(raw)}: expected the token's UTF-8 bytes, a list of integers in [0, 255]"
+        )
+    listed = entry.get("top_logprobs")
+    if listed is not None and not isinstance(listed, list):
+        raise ValueError(
+            f"{where}.top_logprobs={shown(listed)}: expected a list of {{'token', 'logprob'}} objects"
+        )
+    tops = []
+    for j, top in enumerate(listed or []):
+        if not isinstance(top, Mapping):
+            raise ValueError(f"{where}.top_logprobs[{j}]={shown(top)}: expected {{'token', 'logprob'}}")
+        checked_text(top.get("token"), f"{where}.top_logprobs[{j}].token", "the token's text, a string")
+        tops.append(checked_logprob(top.get("logprob"), f"{where}.top_logprobs[{j}].logprob"))
+    if not token.startswith(_TOKEN_ID_PREFIX):
+        return _Entry(token, -1, logprob, tops)
+    # vLLM --return-tokens-as-token-ids: "token_id:N", the token's text in bytes.
+    number = token[len(_TOKEN_ID_PREFIX) :]
+    token_id = -1
+    if number.isdigit():
+        if len(number) > len(str(MAX_TOKEN_ID)):
+            raise ValueError(
+                f"{where}.token={shown(token)}: expected token_id:N with N at most {MAX_TOKEN_ID}"
+            )
+        token_id = checked_token_id(int(number), f"{where}.token")
+    return _Entry(bytes(raw).decode("utf-8", errors="replace") if raw else "", token_id, logprob, tops)
+
+
+def _is_byte(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
 
 
 def _user_message(images: Sequence[Image.Image], prompt: str) -> dict[str, Any]:

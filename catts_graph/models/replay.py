@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,10 +39,24 @@ from typing import Any
 
 from PIL import Image
 
-from catts_graph.models.base import BaseVLM, Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
+from catts_graph.models.base import (
+    MAX_ENTROPY,
+    BaseVLM,
+    Sample,
+    SamplingParams,
+    TokenLogprobs,
+    align_tokens,
+    check_n,
+    check_spelling,
+    checked_logprob,
+    checked_number,
+    checked_text,
+    checked_token_id,
+    shown,
+)
 from catts_graph.models.openai_compatible import sample_from_choice
 
-__all__ = ["NotRecordedError", "ReplayVLM", "images_key", "read_responses"]
+__all__ = ["NotRecordedError", "RecordedFile", "ReplayVLM", "images_key", "read_responses"]
 
 
 class NotRecordedError(LookupError):
@@ -74,7 +87,8 @@ class ReplayVLM:
     ``inner`` is any :class:`~catts_graph.models.base.BaseVLM`, or None when everything comes from
     recorded responses (then ``score`` and unrecorded calls raise :class:`NotRecordedError`).
     ``responses`` maps item ids to their recorded responses (:meth:`from_jsonl` fills it; ``source``
-    names where they came from, for messages). ``memo_max_n > 0`` remembers repeated deterministic
+    names where they came from, for messages; ``recorded`` the file's path, digest and size, which
+    an evaluation's metadata keeps). ``memo_max_n > 0`` remembers repeated deterministic
     calls; ``hits`` and ``misses`` count them. The prompt templates the inner model declares
     (``answer_prompt``, ``reflection_prompt``) and any other attribute (``generate_vcd``, the
     tokenizer, ...) are the inner model's.
@@ -87,6 +101,7 @@ class ReplayVLM:
         responses: Mapping[str, Sequence[Sample]] | None = None,
         source: str = "recorded responses",
         memo_max_n: int = 0,
+        recorded: RecordedFile | None = None,
     ) -> None:
         if isinstance(memo_max_n, bool) or not isinstance(memo_max_n, int) or memo_max_n < 0:
             raise ValueError(f"memo_max_n={memo_max_n!r}: expected an int >= 0 (0: remember nothing)")
@@ -94,6 +109,7 @@ class ReplayVLM:
             raise ValueError("ReplayVLM needs an inner model, recorded responses, or both")
         self.inner = inner
         self.source = source
+        self.recorded = recorded
         self.memo_max_n = memo_max_n
         self.answer_prompt = getattr(inner, "answer_prompt", None)
         self.reflection_prompt = getattr(inner, "reflection_prompt", None)
@@ -114,7 +130,8 @@ class ReplayVLM:
         re-answer of self-reflection, the base model as its own expert); without it those modules
         cannot run.
         """
-        return cls(inner, responses=read_responses(path), source=str(path), memo_max_n=memo_max_n)
+        responses, recorded = _read_responses(path)
+        return cls(inner, responses=responses, source=str(path), memo_max_n=memo_max_n, recorded=recorded)
 
     def __repr__(self) -> str:
         return f"ReplayVLM(source={self.source!r}, inner={type(self.inner).__name__ if self.inner else None})"
@@ -261,6 +278,19 @@ def _hashable(continuation: Any) -> Any:
 # -- the JSON-lines format ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RecordedFile:
+    """The file a replay's responses were read from: its path, the SHA-256 of its bytes and its size.
+
+    An evaluation keeps them in its run's metadata, so a run is resumed only from the same bytes: a
+    file changed since (fixed, regenerated, another one at the same path) is refused.
+    """
+
+    path: str
+    sha256: str
+    bytes: int
+
+
 def read_responses(path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
     """Responses per item id, in file order, from a JSON-lines file: one response per line.
 
@@ -278,112 +308,146 @@ def read_responses(path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
       whole saved choice reads as :class:`~catts_graph.models.OpenAICompatibleVLM` reads a reply:
       the stop token vLLM lists is dropped).
 
-    Blank lines are skipped. Every error names the file, the line and the field.
+    Every field read is checked, in both formats, and the whole file before any response is
+    returned; the first error names the file, the line and the field. A log-prob is a number in
+    [-1e5, 0] (up to 1e-3 above 0 is rounding, read as 0), an entropy a number in [0, 1e5], a token
+    id an integer in [-1, 2**31 - 1], ``finish_reason`` ``"stop"`` or ``"length"``; NaN, infinities,
+    integers too long for a float, text that is not UTF-8 and JSON nested deeper than Python parses
+    are refused. Per-token strings (``tokens``, or vLLM's ``token``) must spell the text
+    (:func:`~catts_graph.models.base.check_spelling`: a character split across byte-level tokens, a
+    special token the text leaves out and, in vLLM's format, a stop string cut from the text are
+    the only differences allowed); without them the text and the log-probs are trusted as given.
+    Other keys are ignored. Blank lines are skipped.
     """
+    return _read_responses(path)[0]
+
+
+def _read_responses(path: str | os.PathLike[str]) -> tuple[dict[str, list[Sample]], RecordedFile]:
     source = Path(path)
     if not source.is_file():
         raise ValueError(f"responses file {str(source)!r} does not exist")
     responses: dict[str, list[Sample]] = {}
-    with source.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    digest = hashlib.sha256()
+    size = 0
+    with source.open("rb") as lines:  # bytes: the digest is of what was read, and a bad byte is named
+        for number, raw in enumerate(lines, start=1):
+            digest.update(raw)
+            size += len(raw)
+            if not raw.strip():
                 continue
             where = f"{source}:{number}"
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            item_id = row.get("id")
-            if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
-                raise ValueError(
-                    f"{where}: 'id' must be the item's id (a string or an integer), got {item_id!r}"
-                )
-            try:
-                if "logprobs" in row and "token_logprobs" not in row:
-                    sample = sample_from_choice(row, top_logprobs=None)
-                else:
-                    sample = _sample_from_row(row)
+                item_id, sample = _response(raw)
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
-            responses.setdefault(str(item_id), []).append(sample)
+            responses.setdefault(item_id, []).append(sample)
     if not responses:
         raise ValueError(f"responses file {str(source)!r} holds no responses")
-    return responses
+    return responses, RecordedFile(str(source), digest.hexdigest(), size)
+
+
+def _response(raw: bytes) -> tuple[str, Sample]:
+    """One line's item id and response; a ValueError naming the field that is wrong."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
+    try:
+        row = json.loads(line, parse_int=_json_int)
+    except RecursionError:
+        raise ValueError("JSON nested deeper than can be read") from None
+    except ValueError as err:
+        raise ValueError(f"not valid JSON ({err})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    item_id = row.get("id")
+    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
+        raise ValueError(f"id={shown(item_id)}: expected the item's id, a string or an integer")
+    if isinstance(item_id, str):
+        checked_text(item_id, "id")
+    if "logprobs" in row and "token_logprobs" not in row:
+        return str(item_id), sample_from_choice(row, top_logprobs=None, spelled=True)
+    return str(item_id), _sample_from_row(row)
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer: as an int up to 20 digits, else as a float (inf beyond its range), which
+    every numeric field refuses by name; Python refuses to parse ints of over 4,300 digits."""
+    return int(text) if len(text) <= 20 else float(text)
 
 
 def _sample_from_row(row: Mapping[str, Any]) -> Sample:
-    text = row.get("text")
-    if not isinstance(text, str):
-        raise ValueError(f"'text' must be the response text, got {type(text).__name__}")
+    text = checked_text(row.get("text"), "text", "the response text, a string")
     logprobs = row.get("token_logprobs")
-    if not isinstance(logprobs, list) or not all(_finite(v) for v in logprobs):
-        raise ValueError("'token_logprobs' must be a list of finite numbers (one per generated token)")
-    if text and not logprobs:
-        raise ValueError("'token_logprobs' is empty but 'text' is not")
-    count = len(logprobs)
-    tokens = row.get("tokens")
-    if tokens is not None:
-        if (
-            not isinstance(tokens, list)
-            or not all(isinstance(t, str) for t in tokens)
-            or len(tokens) != count
-        ):
-            raise ValueError(f"'tokens' must be {count} strings, one per entry of 'token_logprobs'")
-        tokens = align_tokens(tokens, text)
-    token_ids = row.get("token_ids")
-    if token_ids is None:
-        token_ids = [-1] * count
-    elif (
-        not isinstance(token_ids, list)
-        or len(token_ids) != count
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in token_ids)
-    ):
-        raise ValueError(f"'token_ids' must be {count} integers, one per entry of 'token_logprobs'")
-    tops = row.get("top_logprobs")
-    if tops is not None:
-        if not isinstance(tops, list) or len(tops) != count:
-            raise ValueError(f"'top_logprobs' must hold {count} steps, one per entry of 'token_logprobs'")
-        tops = [_top_values(step, t) for t, step in enumerate(tops)]
-    entropies = row.get("entropies")
-    if entropies is not None and (
-        not isinstance(entropies, list)
-        or len(entropies) != count
-        or not all(_finite(v) and v >= 0 for v in entropies)
-    ):
+    if not isinstance(logprobs, list):
         raise ValueError(
-            f"'entropies' must be {count} finite numbers >= 0, one per entry of 'token_logprobs'"
+            f"token_logprobs={shown(logprobs)}: expected a list of log-probs, one per generated token"
         )
+    values = [checked_logprob(v, f"token_logprobs[{t}]") for t, v in enumerate(logprobs)]
+    if text and not values:
+        raise ValueError("token_logprobs is empty but text is not")
+    count = len(values)
+    tokens = _per_token(row, "tokens", count)
+    if tokens is not None:
+        tokens = [checked_text(t, f"tokens[{t_}]") for t_, t in enumerate(tokens)]
+        check_spelling(tokens, text)
+        tokens = align_tokens(tokens, text)
+    token_ids = _per_token(row, "token_ids", count)
+    ids = (
+        [-1] * count
+        if token_ids is None
+        else [checked_token_id(v, f"token_ids[{t}]") for t, v in enumerate(token_ids)]
+    )
+    tops = _per_token(row, "top_logprobs", count)
+    entropies = _per_token(row, "entropies", count)
+    expected = f"an entropy in nats, a number in [0, {MAX_ENTROPY:g}]"
     finish = row.get("finish_reason", "stop")
-    if finish not in ("stop", "length"):
-        raise ValueError(f"'finish_reason' must be 'stop' or 'length', got {finish!r}")
+    if not isinstance(finish, str) or finish not in ("stop", "length"):
+        raise ValueError(f"finish_reason={shown(finish)}: expected 'stop' or 'length'")
     return Sample(
-        token_ids=list(token_ids),
-        logprobs=[float(v) for v in logprobs],
+        token_ids=ids,
+        logprobs=values,
         tokens=tokens,
         text=text,
-        top_logprobs=tops,
-        entropies=None if entropies is None else [float(v) for v in entropies],
+        top_logprobs=None
+        if tops is None
+        else [_top_values(step, f"top_logprobs[{t}]") for t, step in enumerate(tops)],
+        entropies=None
+        if entropies is None
+        else [
+            checked_number(v, f"entropies[{t}]", 0.0, MAX_ENTROPY, expected) for t, v in enumerate(entropies)
+        ],
         finish_reason=finish,
     )
 
 
-def _top_values(step: Any, t: int) -> list[float]:
+def _per_token(row: Mapping[str, Any], key: str, count: int) -> list[Any] | None:
+    """``row[key]``, a list of one entry per generated token, or None when absent."""
+    value = row.get(key)
+    if value is not None and (not isinstance(value, list) or len(value) != count):
+        raise ValueError(f"{key}={shown(value)}: expected {count} entries, one per entry of token_logprobs")
+    return value
+
+
+def _top_values(step: Any, field: str) -> list[float]:
     """One step's top log-probs, sorted descending, from any of the accepted shapes."""
     if isinstance(step, Mapping):
-        values = list(step.values())
-    elif isinstance(step, list) and all(isinstance(v, Mapping) for v in step):
-        values = [v.get("logprob") for v in step]
+        values = [checked_logprob(v, f"{field}[{k!r}]") for k, v in step.items()]
+    elif isinstance(step, list) and any(isinstance(v, Mapping) for v in step):
+        values = []
+        for j, top in enumerate(step):
+            if not isinstance(top, Mapping) or not isinstance(top.get("token", ""), str):
+                raise ValueError(
+                    f"{field}[{j}]={shown(top)}: expected {{'token': <string>, 'logprob': <number>}}"
+                )
+            values.append(checked_logprob(top.get("logprob"), f"{field}[{j}].logprob"))
+    elif isinstance(step, list):
+        values = [checked_logprob(v, f"{field}[{j}]") for j, v in enumerate(step)]
     else:
-        values = step
-    if not isinstance(values, list) or not values or not all(_finite(v) for v in values):
+        values = []
+    if not values:
         raise ValueError(
-            f"top_logprobs[{t}] must be a non-empty list of numbers, of {{'token', 'logprob'}} objects, "
-            "or an object from token to log-prob"
+            f"{field}={shown(step)}: expected a non-empty list of log-probs, of {{'token', 'logprob'}} "
+            "objects, or an object from token to log-prob"
         )
-    return sorted((float(v) for v in values), reverse=True)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return sorted(values, reverse=True)

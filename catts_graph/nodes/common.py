@@ -15,12 +15,14 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import var_child_runnable_config
+from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime, get_runtime
 from PIL import Image
 
 from catts_graph.config import CATTSConfig, ConfigError
 from catts_graph.experts import ExpertRequest, ExpertResult
 from catts_graph.models.base import BaseVLM
+from catts_graph.redaction import redact_exception
 from catts_graph.samples import StepAssessor
 from catts_graph.state import CATTSState
 from catts_graph.statements import SentenceEncoder, StatementReader
@@ -243,3 +245,45 @@ class ExpertNode(RunnableLambda):
         if config is not None and config is var_child_runnable_config.get():
             return await self.afunc(input)
         return await super().ainvoke(input, config, **kwargs)
+
+
+Node = Callable[..., dict[str, Any]] | ExpertNode
+
+
+def redacting(node: Node) -> Node:
+    """``node`` raising what it raises with every credential out of it (:func:`redact_exception`).
+
+    LangGraph stores the ``repr`` of a node's exception in the checkpoint (the ``__error__`` write,
+    ``get_state(...).tasks[i].error``) before the caller sees it, so it is redacted where it leaves
+    the node, whatever raised it (the base model, an expert, a scorer, an encoder, CLIP). Control
+    flow (an interrupt, a command to the parent graph) passes untouched.
+    """
+    if isinstance(node, ExpertNode):
+        return ExpertNode(redacting(node.func), afunc=_redacting_async(node.afunc), name=node.name)
+
+    @functools.wraps(node)
+    def redacted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return node(*args, **kwargs)
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            failure = redact_exception(error)
+        # Raised outside the handler: a stand-in must not chain the unredacted error as its context.
+        raise failure
+
+    return redacted
+
+
+def _redacting_async(node: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(node)
+    async def redacted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return await node(*args, **kwargs)  # type: ignore[no-any-return]
+        except GraphBubbleUp:
+            raise
+        except Exception as error:
+            failure = redact_exception(error)
+        raise failure
+
+    return redacted

@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from catts_graph.config import CATTSConfig
-from catts_graph.nodes.common import Deps, run_config, timed, trace_entry
+from catts_graph.nodes.common import Deps, run_config, run_step_calibrator, timed, trace_entry
 from catts_graph.state import CATTSState
 from catts_graph.task import base_prompt, check_context, check_inputs
 
@@ -43,6 +43,7 @@ def make_prepare(deps: Deps) -> Callable[..., dict[str, Any]]:
     def prepare(state: CATTSState, runtime: Runtime[CATTSConfig]) -> dict[str, Any]:
         with timed() as timer:
             config = run_config(runtime, deps)
+            run_step_calibrator(config, deps)  # a calibrator file the run's context names, checked now
             question, options, references, images = check_inputs(state, config)
             prompt = base_prompt(question, options, deps.base_model)
             check_context(deps.base_model, images, prompt)

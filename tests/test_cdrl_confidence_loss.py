@@ -19,6 +19,7 @@ from catts_training.cdrl.confidence_loss import (
     clean_entropy_term,
     confidence_terms,
     noised_entropy_term,
+    noised_nmlp_term,
     row_means,
 )
 from catts_training.cdrl.data import build_pairs, load_items
@@ -42,6 +43,16 @@ def test_noised_entropy_hinge_by_hand_and_its_gradient() -> None:
     assert float(term.detach()) == pytest.approx(0.4 / 4)
     term.backward()
     assert entropy.grad.tolist() == pytest.approx([-0.25, 0.0, 0.0, -0.25])
+
+
+def test_noised_nmlp_hinge_by_hand_and_its_gradient() -> None:
+    logprob = torch.tensor([-0.2, -1.4, -0.7, -0.1], requires_grad=True)
+    noised = torch.tensor([True, True, True, False])
+    term = noised_nmlp_term(logprob, noised, 1.0)
+    # noised rows' NMLPs 0.2, 1.4 (past the target), 0.7: gaps 0.8, 0, 0.3; over 4 rows
+    assert float(term.detach()) == pytest.approx(1.1 / 4)
+    term.backward()
+    assert logprob.grad.tolist() == pytest.approx([0.25, 0.0, 0.25, 0.0])
 
 
 def test_clean_entropy_penalty_by_hand_and_its_gradient() -> None:
@@ -72,17 +83,20 @@ def test_confidence_terms_match_a_plain_loop() -> None:
     )
     noised = torch.tensor([False, True, False, True, True, False])
     correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
-    config = ConfidenceLossConfig(noised_entropy=1.0, clean_entropy=2.0, brier=0.5, entropy_target=0.9)
+    config = ConfidenceLossConfig(
+        noised_entropy=1.0, noised_nmlp=3.0, clean_entropy=2.0, brier=0.5, entropy_target=0.9, nmlp_target=0.6
+    )
     terms = confidence_terms(
         config, entropies=entropies, logprobs=logprobs, mask=mask, noised=noised, correct=correct
     )
-    expected = {"noised_entropy": 0.0, "clean_entropy": 0.0, "brier": 0.0}
+    expected = {"noised_entropy": 0.0, "noised_nmlp": 0.0, "clean_entropy": 0.0, "brier": 0.0}
     for r in range(6):
         keep = [t for t in range(5) if mask[r, t]]
         h = sum(float(entropies[r, t]) for t in keep) / len(keep)
         lp = sum(float(logprobs[r, t]) for t in keep) / len(keep)
         if noised[r]:
             expected["noised_entropy"] += max(0.0, 0.9 - h) / 6
+            expected["noised_nmlp"] += max(0.0, 0.6 + lp) / 6
         else:
             expected["clean_entropy"] += h / 6
         expected["brier"] += (math.exp(lp) - float(correct[r])) ** 2 / 6
@@ -186,9 +200,9 @@ def test_the_trainer_adds_the_terms_to_grpos_loss(
     assert logged and logged[0]["rewards/format/mean"] == 0.0
     if terms is None:
         assert changed == []  # flat rewards: GRPO alone moves nothing
-        assert not any(key.startswith("cdrl_loss/") for key in logged[0])
+        assert not any(key.startswith("cdrl/loss_") for key in logged[0])
     else:
         assert len(changed) > len(before) // 2  # the terms' gradient alone trained the model
         for name in ("noised_entropy", "clean_entropy"):
-            assert math.isfinite(logged[0][f"cdrl_loss/{name}"]) and logged[0][f"cdrl_loss/{name}"] > 0
-        assert "cdrl_loss/brier" not in logged[0]
+            assert math.isfinite(logged[0][f"cdrl/loss_{name}"]) and logged[0][f"cdrl/loss_{name}"] > 0
+        assert "cdrl/loss_brier" not in logged[0]

@@ -199,6 +199,10 @@ CDRL_VARIANTS: dict[str, dict[str, Any]] = {
         "noise": {"mix": list(TRAINING_MIX)},
         "confidence_loss": {"noised_entropy": 1.0, "entropy_target": 0.5},
     },
+    "nmlp+mix": {
+        "noise": {"mix": list(TRAINING_MIX)},
+        "confidence_loss": {"noised_nmlp": 1.0, "clean_entropy": 1.0, "nmlp_target": 1.0},
+    },
     "entropy+mix+target1": {
         "noise": {"mix": list(TRAINING_MIX)},
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
@@ -232,12 +236,25 @@ def cdrl_choice(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return max(eligible, key=lambda r: r["goal_ratio"] if r["goal_ratio"] == r["goal_ratio"] else -math.inf)
 
 
+REPLACED_SECTIONS: tuple[str, ...] = ("confidence_loss",)
+"""Sections a variant gives whole: its ``confidence_loss`` is every term it has, not an addition to
+the template's."""
+
+
 def _merged(template: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``template`` with each override section merged key by key (``None`` removes a section)."""
+    """``template`` with each override section merged key by key (``None`` removes a section; the
+    sections of :data:`REPLACED_SECTIONS` are replaced whole).
+
+    >>> _merged({"noise": {"kind": "blur", "top_fraction": 0.5}, "confidence_loss": {"brier": 1.0}},
+    ...         {"noise": {"kind": "gaussian"}, "confidence_loss": {"clean_entropy": 1.0}})
+    {'noise': {'kind': 'gaussian', 'top_fraction': 0.5}, 'confidence_loss': {'clean_entropy': 1.0}}
+    """
     config = copy.deepcopy(template)
     for section, values in overrides.items():
         if values is None:
             config.pop(section, None)
+        elif section in REPLACED_SECTIONS:
+            config[section] = copy.deepcopy(values)
         elif isinstance(values, dict) and isinstance(config.get(section), dict):
             config[section] = {**config[section], **copy.deepcopy(values)}
         else:

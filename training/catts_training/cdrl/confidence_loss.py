@@ -16,10 +16,14 @@ entropy of a completion's tokens under the policy (which TRL's loss computes any
 gradient), and the completion's own confidence ``exp(mean log pi)`` with its pathwise gradient. Each
 is a pure function of per-row tensors, added to GRPO's loss with a weight
 (:class:`ConfidenceLossConfig`, the config's ``confidence_loss:`` section) and logged per step as
-``cdrl_loss/<name>``:
+``cdrl/loss_<name>``:
 
 ``noised_entropy``  noised rows: ``relu(target - H_row)``: raise the entropy of answers to a
                     noised image until it reaches ``target`` nats (then stop paying);
+``noised_nmlp``     noised rows: ``relu(nmlp_target - NMLP_row)``: lower the probability of the
+                    tokens the policy sampled for a noised image (mostly its most likely ones, which
+                    a greedy answer takes, and which the probe's NMLP reads) until their mean
+                    negative log-probability reaches ``nmlp_target``;
 ``clean_entropy``   original rows: ``H_row``: keep answers to the clean image sharp, so the drop is
                     a drop under noise and not a general loss of confidence;
 ``brier``           every row: ``(exp(-NMLP_row) - y_row)^2`` with ``y`` the accuracy reward (1 if
@@ -45,10 +49,11 @@ __all__ = [
     "clean_entropy_term",
     "confidence_terms",
     "noised_entropy_term",
+    "noised_nmlp_term",
     "row_means",
 ]
 
-CONFIDENCE_TERMS: tuple[str, ...] = ("noised_entropy", "clean_entropy", "brier")
+CONFIDENCE_TERMS: tuple[str, ...] = ("noised_entropy", "noised_nmlp", "clean_entropy", "brier")
 """The terms' names, in the order they are logged."""
 
 
@@ -59,12 +64,16 @@ class ConfidenceLossConfig:
 
     noised_entropy: float = 0.0
     """Weight of ``relu(entropy_target - H_row)`` on noised rows."""
+    noised_nmlp: float = 0.0
+    """Weight of ``relu(nmlp_target - NMLP_row)`` on noised rows."""
     clean_entropy: float = 0.0
     """Weight of ``H_row`` on original rows."""
     brier: float = 0.0
     """Weight of ``(exp(-NMLP_row) - correct)^2`` on every row."""
     entropy_target: float = 0.5
     """Nats: the mean token entropy the noised-entropy term raises noised answers to."""
+    nmlp_target: float = 1.0
+    """Nats: the NMLP the noised-NMLP term lowers noised answers' confidence to."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -107,6 +116,19 @@ def noised_entropy_term(row_entropy: Any, noised: Any, target: float) -> Any:
     """
     gap = (target - row_entropy).clamp(min=0.0)
     return (gap * noised.to(gap.dtype)).sum() / max(int(row_entropy.numel()), 1)
+
+
+def noised_nmlp_term(row_logprob: Any, noised: Any, target: float) -> Any:
+    """``sum over noised rows of relu(target - NMLP_row) / rows`` with ``NMLP_row = -row_logprob``
+    (the mean log-probability of the row's tokens): zero once every noised answer's NMLP reaches
+    ``target``.
+
+    >>> import torch
+    >>> noised_nmlp_term(torch.tensor([-0.2, -1.5, -0.1]), torch.tensor([True, True, False]), 1.0)
+    tensor(0.2667)
+    """
+    gap = (target + row_logprob).clamp(min=0.0)
+    return (gap * noised.to(gap.dtype)).sum() / max(int(row_logprob.numel()), 1)
 
 
 def clean_entropy_term(row_entropy: Any, noised: Any) -> Any:
@@ -156,8 +178,12 @@ def confidence_terms(
             out["noised_entropy"] = noised_entropy_term(entropy, noised, config.entropy_target)
         if weights["clean_entropy"]:
             out["clean_entropy"] = clean_entropy_term(entropy, noised)
-    if weights["brier"]:
-        if correct is None:
-            raise ValueError("confidence_loss.brier needs each row's correctness (the accuracy reward)")
-        out["brier"] = brier_term(row_means(logprobs, mask), correct)
+    if weights["noised_nmlp"] or weights["brier"]:
+        logprob = row_means(logprobs, mask)
+        if weights["noised_nmlp"]:
+            out["noised_nmlp"] = noised_nmlp_term(logprob, noised, config.nmlp_target)
+        if weights["brier"]:
+            if correct is None:
+                raise ValueError("confidence_loss.brier needs each row's correctness (the accuracy reward)")
+            out["brier"] = brier_term(logprob, correct)
     return out

@@ -26,7 +26,7 @@ what the terms need through TRL's buffering, shuffling and splitting of the gene
 - :meth:`CDRLTrainer._compute_loss` catches the per-token entropies and log-probabilities of the
   policy's forward pass (:meth:`_get_per_token_logps_and_entropies`, with their gradients), masks the
   stop token and adds each weighted term divided by the gradient-accumulation steps, as TRL scales
-  its own loss; each term is logged as ``cdrl_loss/<name>``.
+  its own loss; each term is logged as ``cdrl/loss_<name>``.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class CDRLTrainer(GRPOTrainer):  # type: ignore[misc]
         for name in CONFIDENCE_TERMS:
             if name in terms:
                 loss = loss + weights[name] * terms[name] / scale
-                self._metrics[mode][f"cdrl_loss/{name}"].append(
+                self._metrics[mode][f"cdrl/loss_{name}"].append(
                     self.accelerator.gather(terms[name].detach()).mean().item()
                 )
         return loss

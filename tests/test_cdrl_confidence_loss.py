@@ -106,25 +106,24 @@ def test_confidence_terms_match_a_plain_loop() -> None:
 
 
 def test_only_active_terms_are_computed_and_brier_needs_correctness() -> None:
-    entropies, logprobs = torch.ones(2, 3), -torch.ones(2, 3)
-    mask, noised = torch.ones(2, 3), torch.tensor([True, False])
-    assert confidence_terms(
-        ConfidenceLossConfig(clean_entropy=1.0),
-        entropies=entropies,
-        logprobs=logprobs,
-        mask=mask,
-        noised=noised,
-        correct=None,
-    ).keys() == {"clean_entropy"}
-    with pytest.raises(ValueError, match="brier"):
-        confidence_terms(
-            ConfidenceLossConfig(brier=1.0),
-            entropies=entropies,
-            logprobs=logprobs,
-            mask=mask,
-            noised=noised,
+    def terms(config: ConfidenceLossConfig) -> dict[str, torch.Tensor]:
+        ones = torch.ones(2, 3)
+        return confidence_terms(
+            config,
+            entropies=ones,
+            logprobs=-ones,
+            mask=ones,
+            noised=torch.tensor([True, False]),
             correct=None,
         )
+
+    assert terms(ConfidenceLossConfig(clean_entropy=1.0)).keys() == {"clean_entropy"}
+    assert terms(ConfidenceLossConfig(noised_nmlp=1.0, noised_entropy=2.0)).keys() == {
+        "noised_nmlp",
+        "noised_entropy",
+    }
+    with pytest.raises(ValueError, match="brier"):
+        terms(ConfidenceLossConfig(brier=1.0))
 
 
 @pytest.mark.parametrize(

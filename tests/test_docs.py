@@ -35,7 +35,7 @@ def test_the_organism_document_shows_the_committed_run() -> None:
     begin, end = "<!-- results: begin -->\n", "<!-- results: end -->"
     quoted = document[document.index(begin) + len(begin) : document.index(end)]
     assert quoted.strip() == (ROOT / "docs" / "organism" / "results.md").read_text().strip()
-    for name in ("steps60", "steps240"):  # the CDRL settings chosen on validation (tune-cdrl)
+    for name in ("validation-seed0", "test-seed0", "test-seed1"):  # the CDRL variants (tune-cdrl)
         begin, end = f"<!-- cdrl-tuning {name}: begin -->\n", f"<!-- cdrl-tuning {name}: end -->"
         quoted = document[document.index(begin) + len(begin) : document.index(end)]
         assert (

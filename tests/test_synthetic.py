@@ -233,6 +233,10 @@ def test_the_hard_level_is_deterministic_and_its_own_stream() -> None:
     assert make_question("test", 3, level=HARD_LEVEL) == make_question("test", 3, level=HARD_LEVEL)
     with pytest.raises(ValueError, match="level 5"):
         load_synthetic("test", limit=2, level=5)
+    with pytest.raises(ValueError, match="the hard level: level=4"):
+        load_synthetic("test", limit=2, levels=[HARD_LEVEL])
+    with pytest.raises(ValueError, match="filters the mix"):
+        load_synthetic("test", limit=2, levels=[3], level=HARD_LEVEL)
 
 
 def test_the_hard_level_has_more_smaller_objects_close_counts_and_clutter() -> None:

@@ -475,8 +475,9 @@ def load_synthetic(
     ``level`` asks every question at that level (``make_question(..., level=level)``: another
     stream than the mixed one, so its item ids are ``"{split}-{index}-level{level}"``); without
     it the levels are drawn from :data:`MIXED_LEVELS` and the ids are ``"{split}-{index}"``.
-    ``kinds`` / ``levels`` keep only those kinds / levels (the stream is filtered, so item ids stay
-    those of the full split). ``category`` is the kind; ``metadata`` holds the level and the scene.
+    ``kinds`` / ``levels`` keep only those kinds / levels of the mix (the stream is filtered, so
+    item ids stay those of the full split). ``category`` is the kind; ``metadata`` holds the level
+    and the scene.
     """
     from catts_graph.task import Item
 
@@ -486,9 +487,13 @@ def load_synthetic(
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     if level is not None and level not in LEVELS:
         raise ValueError(f"level {level!r} is not one of {LEVELS}")
-    bad = [k for k in kinds or () if k not in KINDS] + [lv for lv in levels or () if lv not in LEVELS]
+    if level is not None and levels:
+        raise ValueError(f"levels={list(levels)!r} filters the mix; level={level} asks every question at one")
+    bad = [k for k in kinds or () if k not in KINDS] + [lv for lv in levels or () if lv not in MIXED_LEVELS]
     if bad:
-        raise ValueError(f"kinds / levels: {bad} not among {KINDS} / {LEVELS}")
+        raise ValueError(
+            f"kinds / levels: {bad} not among {KINDS} / the mix's {MIXED_LEVELS} (the hard level: level=4)"
+        )
     size = limit or DEFAULT_SIZES[split]
     items = []
     index = 0

@@ -12,8 +12,10 @@ random model stops at random places):
 Also measured: prefix positions the language model prefills per question (a forward hook), memory
 kept by the log-prob capture, and the visual self-check's cost as a fraction of one N=8 call: two
 batched calls (original and noised image) of 16 continuations, 4 candidates boxed in 4 frames (each
-a sample's text), by ``score`` over the whole continuations and by ``score_answers``, which the
-self-check uses (each continuation cut after its answer's closing token, a frame's text encoded once).
+a reply like the organisms', as long as a sample), by ``score`` over the whole continuations and by
+``score_answers``, which the self-check uses (each continuation cut after its answer's closing
+token, a frame's text encoded once), beside the two prompt prefills (vision tower and prompt, once
+per image) that any scoring needs.
 Prints measured numbers only.
 
     python benchmarks/sampling.py                 # tiny model, then a ~125M-parameter one (152k vocab)
@@ -37,7 +39,7 @@ from PIL import Image, ImageFilter
 
 from catts_graph.eval.synthetic import describe_scene, make_question
 from catts_graph.models.tiny import build_tiny_qwen25vl
-from catts_graph.models.transformers_vlm import TransformersVLM
+from catts_graph.models.transformers_vlm import TransformersVLM, prefill
 
 N = 8
 PROMPT = "How many shapes are in the picture? Answer with a number."
@@ -184,12 +186,18 @@ def run(name: str, vlm: TransformersVLM, image: Image.Image, tokens: int, top_k:
         vlm.score_answers([image], PROMPT, texts, spans)
         vlm.score_answers([noised], PROMPT, texts, spans)
 
-    for label, fn in (("score, whole continuations", whole), ("score_answers (the self-check's)", answers)):
+    def prefills() -> None:  # what any scoring of both images must do: the floor
+        with torch.inference_mode():
+            prefill(model, vlm._encode([image], PROMPT))
+            prefill(model, vlm._encode([noised], PROMPT))
+
+    for label, fn in (
+        ("2 x score, 16 whole continuations", whole),
+        ("2 x score_answers, the same 16 (the self-check's)", answers),
+        ("the 2 prompt prefills alone", prefills),
+    ):
         check = median_seconds(fn, repeats)
-        print(
-            f"self-check, 2 calls of 16 continuations ({label}): {check:.3f} s = "
-            f"{check / base:.2f} of one sample(n=8) call"
-        )
+        print(f"self-check, {label}: {check:.3f} s = {check / base:.2f} of one sample(n=8) call")
 
 
 def reply_frame(vlm: TransformersVLM, index: int, tokens: int) -> str:

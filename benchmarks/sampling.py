@@ -10,8 +10,12 @@ random model stops at random places):
   code's), which prefills the prefix 8 times and keeps a full-vocabulary score row per token.
 
 Also measured: prefix positions the language model prefills per question (a forward hook), memory
-kept by the log-prob capture, and the visual self-check's cost (two batched ``score`` calls of 16
-continuations, 4 candidates in 4 frames, original and noised image) as a fraction of one N=8 call.
+kept by the log-prob capture, and the visual self-check's cost as a fraction of one N=8 call: two
+batched calls (original and noised image) of 16 continuations, 4 candidates boxed in 4 frames (each
+a reply like the organisms', as long as a sample), by ``score`` over the whole continuations and by
+``score_answers``, which the self-check uses (each continuation cut after its answer's closing
+token, a frame's text encoded once), beside the two prompt prefills (vision tower and prompt, once
+per image) that any scoring needs.
 Prints measured numbers only.
 
     python benchmarks/sampling.py                 # tiny model, then a ~125M-parameter one (152k vocab)
@@ -33,8 +37,9 @@ from typing import Any
 import torch
 from PIL import Image, ImageFilter
 
+from catts_graph.eval.synthetic import describe_scene, make_question
 from catts_graph.models.tiny import build_tiny_qwen25vl
-from catts_graph.models.transformers_vlm import TransformersVLM
+from catts_graph.models.transformers_vlm import TransformersVLM, prefill
 
 N = 8
 PROMPT = "How many shapes are in the picture? Answer with a number."
@@ -142,9 +147,10 @@ def run(name: str, vlm: TransformersVLM, image: Image.Image, tokens: int, top_k:
 
     # Memory the log-prob statistics keep once the call returns.
     tracemalloc.start()
-    samples = batched()
+    kept = batched()
     ours = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
+    del kept
     out = generate()
     naive = sum(s.nbytes for s in out.scores)
     print(
@@ -161,19 +167,47 @@ def run(name: str, vlm: TransformersVLM, image: Image.Image, tokens: int, top_k:
             peak = torch.cuda.max_memory_allocated() - start
             print(f"CUDA peak above the weights, {label}: {peak / 2**20:.1f} MiB")
 
-    # 4 candidates written into 4 frames: 16 continuations about as long as the responses.
-    continuations = [sample for sample in list(samples)[:4] for _ in range(4)]  # type: ignore[call-overload]
+    # 4 candidates written into 4 frames (a response with its boxed answer cut out): 16
+    # continuations about as long as the responses, differing only in the answer.
+    frames = [reply_frame(vlm, index, tokens) for index in range(4)]
+    texts = [frame + answer + "}." for answer in ("A", "12", "red", "top left") for frame in frames]
+    spans = [
+        (len(frame), len(frame) + len(answer))
+        for answer in ("A", "12", "red", "top left")
+        for frame in frames
+    ]
     noised = image.filter(ImageFilter.GaussianBlur(4))
 
-    def self_check() -> None:
-        vlm.score([image], PROMPT, continuations)
-        vlm.score([noised], PROMPT, continuations)
+    def whole() -> None:
+        vlm.score([image], PROMPT, texts)
+        vlm.score([noised], PROMPT, texts)
 
-    check = median_seconds(self_check, repeats)
-    print(
-        f"self-check (2 score calls, 16 continuations of {tokens} tokens): {check:.3f} s = "
-        f"{check / base:.2f} of one sample(n=8) call"
+    def answers() -> None:
+        vlm.score_answers([image], PROMPT, texts, spans)
+        vlm.score_answers([noised], PROMPT, texts, spans)
+
+    def prefills() -> None:  # what any scoring of both images must do: the floor
+        with torch.inference_mode():
+            prefill(model, vlm._encode([image], PROMPT))
+            prefill(model, vlm._encode([noised], PROMPT))
+
+    for label, fn in (
+        ("2 x score, 16 whole continuations", whole),
+        ("2 x score_answers, the same 16 (the self-check's)", answers),
+        ("the 2 prompt prefills alone", prefills),
+    ):
+        check = median_seconds(fn, repeats)
+        print(f"self-check, {label}: {check:.3f} s = {check / base:.2f} of one sample(n=8) call")
+
+
+def reply_frame(vlm: TransformersVLM, index: int, tokens: int) -> str:
+    """A reply like the organisms' (test scene ``index`` described), cut to ``tokens`` tokens, then
+    the opening of its boxed answer: the text before the answer in a self-check frame."""
+    description = " ".join(
+        describe_scene(make_question("test", i, level=3).scene) for i in range(index, index + 4)
     )
+    ids = vlm.tokenizer(description, add_special_tokens=False)["input_ids"][:tokens]
+    return vlm.tokenizer.decode(ids) + " \\boxed{"
 
 
 def shapes_image(side: int) -> Image.Image:

@@ -40,6 +40,7 @@ __all__ = [
     "VCDLogitsProcessor",
     "answer_contrast",
     "answer_logprob",
+    "answer_tokens",
     "contrastive_logits",
     "contrastive_score",
     "grounding_score",
@@ -279,17 +280,40 @@ def contrastive_score(mean_lp_orig: float, mean_lp_noised: float, alpha: float) 
     return (1.0 + _check_alpha(alpha)) * mean_lp_orig - alpha * mean_lp_noised
 
 
+def answer_tokens(tokens: Sequence[str], start: int, end: int) -> range:
+    """The tokens that write the answer at characters ``[start, end)`` of ``"".join(tokens)``, and
+    the token that closes it: those that write a character of ``[start, end]`` (the rule of
+    :func:`answer_logprob`), always a run of consecutive tokens.
+
+    A token counts when its characters overlap the range, so a token that also writes part of the
+    frame around the answer counts too; an empty piece (a character split across tokens, see
+    :func:`catts_graph.models.base.align_tokens`) counts with the character after it. Nothing after
+    the range's last token bears on the answer's log-prob, which is why a scorer may stop there.
+    """
+    if not 0 <= start < end:
+        raise ValueError(f"start={start}, end={end}: expected 0 <= start < end (a non-empty answer)")
+    length = sum(len(token) for token in tokens)
+    selected: list[int] = []
+    position = 0
+    for t, token in enumerate(tokens):
+        # An empty piece (part of a character split across tokens) belongs to the next character.
+        last = position + max(len(token), 1)
+        if last > start and position <= end and position < length:
+            selected.append(t)
+        position += len(token)
+    if not selected:
+        raise ValueError(f"tokens: none writes the characters [{start}, {end}) of a {length}-character text")
+    return range(selected[0], selected[-1] + 1)
+
+
 def answer_logprob(tokens: Sequence[str], logprobs: Sequence[float], start: int, end: int) -> float:
     """Log-probability of the answer written at characters ``[start, end)`` of ``"".join(tokens)``.
 
-    ``sum(logprobs[t])`` over the tokens t that write a character of ``[start, end]``: the answer's
-    own and the token that writes character ``end``, the one that closes the answer (``}`` of a
-    box, the period after "the answer is X"), when there is one. The closing token makes this the
-    probability of the answer *ending there*: without it "1" would always score at least as well
-    as "12", whose first token it shares. A token counts when its characters overlap the range, so
-    a token that also writes part of the frame around the answer counts too; an empty piece (a
-    character split across tokens, see :func:`catts_graph.models.base.align_tokens`) counts with
-    the character after it.
+    ``sum(logprobs[t])`` over the tokens t that write a character of ``[start, end]``
+    (:func:`answer_tokens`): the answer's own and the token that writes character ``end``, the one
+    that closes the answer (``}`` of a box, the period after "the answer is X"), when there is one.
+    The closing token makes this the probability of the answer *ending there*: without it "1" would
+    always score at least as well as "12", whose first token it shares.
 
     A sum, not a mean: it is the log-probability of writing this answer, comparable between answers
     of different token lengths (a mean per token would let an answer with near-certain later tokens,
@@ -300,20 +324,7 @@ def answer_logprob(tokens: Sequence[str], logprobs: Sequence[float], start: int,
         raise ValueError(
             f"logprobs: has {len(logprobs)} entries but tokens has {len(tokens)}; expected one each"
         )
-    if not 0 <= start < end:
-        raise ValueError(f"start={start}, end={end}: expected 0 <= start < end (a non-empty answer)")
-    length = sum(len(token) for token in tokens)
-    total, selected, position = 0.0, 0, 0
-    for token, logprob in zip(tokens, logprobs, strict=True):
-        # An empty piece (part of a character split across tokens) belongs to the next character.
-        last = position + max(len(token), 1)
-        if last > start and position <= end and position < length:
-            total += logprob
-            selected += 1
-        position += len(token)
-    if selected == 0:
-        raise ValueError(f"tokens: none writes the characters [{start}, {end}) of a {length}-character text")
-    return total
+    return sum(logprobs[t] for t in answer_tokens(tokens, start, end))
 
 
 class AnswerContrast(NamedTuple):

@@ -213,7 +213,7 @@ def test_the_markdown_report_shows_every_section() -> None:
         in text
     )
     assert "| catts_paper | 60.0 [40.0, 80.0] | 100 | 1.00 |" in text
-    assert "| base | 0.500 | 0.100 | n/a | 2 |" in text  # a missing AUROC reads n/a
+    assert "| base | 0.500 | n/a | 0.100 | n/a | 2 |" in text  # a missing clean NMLP, AUROC read n/a
     assert "Chosen: fast_path_share = 0.8, fast_path_confidence = 0.5" in text
     assert "Logged during training (means over steps): cdrl/confidence_drop -0.125" in text
     assert "\n".join(cdrl_section(results)) in text  # `catts organism cdrl` prints the same tables

@@ -80,6 +80,18 @@ def test_scores_are_remembered_per_continuation_list() -> None:
     assert len(calls) == 4
 
 
+def test_answer_scores_are_remembered_and_come_from_the_inner_model() -> None:
+    inner, calls = counting_model()
+    memo = ReplayVLM(inner, memo_max_n=1)
+    texts, spans = ["x \\boxed{1}", "x \\boxed{2}"], [(9, 10), (9, 10)]
+    first = memo.score_answers(RED, "Q", texts, spans)
+    # The scripted tokeniser writes "\\boxed{1}" as one token, scored -1: the answer's log-prob.
+    assert first == [-1.0, -1.0] and len(calls) == 2
+    assert memo.score_answers(RED, "Q", texts, spans) == first and len(calls) == 2
+    memo.score_answers(RED, "Q", texts, [(8, 10), (9, 10)])  # other spans: computed
+    assert len(calls) == 4
+
+
 def test_declared_prompts_and_other_attributes_pass_through() -> None:
     inner, _ = counting_model()
     inner.answer_prompt = "answer_short"
@@ -249,6 +261,8 @@ def test_without_an_inner_model_only_recorded_calls_are_answered(tmp_path: Path)
             replay.sample(RED, "Q", 1, temperature=0.0)  # greedy is never served from samples
     with pytest.raises(NotRecordedError, match="score\\(\\) needs the model"):
         replay.score(RED, "Q", ["r0"])
+    with pytest.raises(NotRecordedError, match="score_answers\\(\\) needs the model"):
+        replay.score_answers(RED, "Q", ["\\boxed{r0}"], [(7, 9)])
 
 
 def test_an_inner_model_scores_and_answers_what_the_file_cannot(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -13,9 +14,11 @@ import pytest
 from catts_graph.eval.datasets import BENCHMARKS, Item, load_benchmark
 from catts_graph.eval.synthetic import (
     COLOURS,
+    HARD_LEVEL,
     IMAGE_SIZE,
     KINDS,
     LEVELS,
+    MIXED_LEVELS,
     POSITIONS,
     Digit,
     Scene,
@@ -59,14 +62,17 @@ def test_every_kind_and_level_is_present_and_balanced() -> None:
     questions = [make_question("test", i) for i in range(300)]
     kinds = Counter(q.kind for q in questions)
     assert set(kinds) == set(KINDS) and set(kinds.values()) == {60}
-    assert {(q.kind, q.level) for q in questions} == {(k, lv) for k in KINDS for lv in LEVELS}
+    # The mix draws levels 1-3; the hard level is only ever asked for.
+    assert {(q.kind, q.level) for q in questions} == {(k, lv) for k in KINDS for lv in MIXED_LEVELS}
+    assert (*MIXED_LEVELS, HARD_LEVEL) == LEVELS
     assert {q.options is None for q in questions} == {True, False}  # numeric and multiple choice
 
 
-def test_answers_are_right_by_construction() -> None:
+@pytest.mark.parametrize("level", [None, HARD_LEVEL])
+def test_answers_are_right_by_construction(level: int | None) -> None:
     """Recount each answer from the scene description, independently of the generator."""
     for index in range(250):
-        q = make_question("train", index)
+        q = make_question("train", index, level=level)
         shapes = q.scene.shapes
         if q.kind == "colour":
             (only,) = [s for s in shapes if s.shape == q.question.split()[-1].rstrip("?")]
@@ -193,3 +199,61 @@ def test_the_focus_line_ends_on_the_answer_for_counts_and_comparisons() -> None:
         question = make_question("test", index, kind="compare")
         sizes = [len(re.findall(r"(?:: |; )(\d+) ", part)) for part in describe_focus(question).split(". ")]
         assert ("yes" if sizes[0] > sizes[1] else "no") == question.options["AB".index(question.answer)]
+
+
+def test_levels_1_to_3_are_those_the_organisms_were_measured_on() -> None:
+    """The mixed regime and every explicit level 1-3, in every split and two seeds, exactly as the
+    generator drew them before the hard level existed (the hash of main's questions, commit e08a117):
+    the organisms' documented numbers depend on these scenes."""
+    questions = [
+        make_question(split, i, seed=seed, level=level)
+        for split in ("train", "validation", "test")
+        for seed in (0, 1)
+        for level in (None, 1, 2, 3)
+        for i in range(25)
+    ]
+    digest = hashlib.sha256(repr(questions).encode()).hexdigest()
+    assert digest == "51b22af37b78f9c144287fe5e246c700eeefda11ffa1c85b48731987148e4363"
+
+
+def test_the_hard_level_is_deterministic_and_its_own_stream() -> None:
+    items = load_synthetic("validation", limit=10, level=HARD_LEVEL)
+    assert load_synthetic("validation", limit=10, level=HARD_LEVEL) == items
+    assert [i.id for i in items[:2]] == ["validation-0-level4", "validation-1-level4"]
+    assert {i.metadata["level"] for i in items} == {HARD_LEVEL}
+    assert {i.category for i in items} == set(KINDS)
+    code = (
+        "from catts_graph.eval.synthetic import load_synthetic;"
+        "print(repr([(i.question, i.answer, i.images[0][-40:]) for i in load_synthetic('validation', "
+        "limit=10, level=4)]))"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == repr([(i.question, i.answer, i.images[0][-40:]) for i in items])
+    assert load_synthetic("validation", limit=10, level=HARD_LEVEL, seed=1) != items
+    assert make_question("test", 3, level=HARD_LEVEL) == make_question("test", 3, level=HARD_LEVEL)
+    with pytest.raises(ValueError, match="level 5"):
+        load_synthetic("test", limit=2, level=5)
+    with pytest.raises(ValueError, match="the hard level: level=4"):
+        load_synthetic("test", limit=2, levels=[HARD_LEVEL])
+    with pytest.raises(ValueError, match="filters the mix"):
+        load_synthetic("test", limit=2, levels=[3], level=HARD_LEVEL)
+
+
+def test_the_hard_level_has_more_smaller_objects_close_counts_and_clutter() -> None:
+    questions = [make_question("test", i, level=HARD_LEVEL) for i in range(200)]
+    level_3 = [make_question("test", i, level=3) for i in range(200)]
+    for q in questions:
+        if q.kind == "digits":
+            assert len(q.scene.digits) == 2 and all(0 <= d.value <= 9 for d in q.scene.digits)
+            assert len(q.scene.lines) == 6
+            continue
+        assert len(q.scene.shapes) == 8 and len(q.scene.lines) == 6
+        assert all(10 <= s.r <= 14 for s in q.scene.shapes)
+        if q.kind == "compare":
+            first, second = (sum(s.colour == c for s in q.scene.shapes) for c in q.target["colours"])
+            assert abs(first - second) == 1
+    radii = [s.r for q in questions for s in q.scene.shapes]
+    radii_3 = [s.r for q in level_3 for s in q.scene.shapes]
+    assert max(radii) < sum(radii_3) / len(radii_3)
+    answers = Counter(q.answer for q in questions if q.kind == "compare")
+    assert set(answers) == {"A", "B"} and min(answers.values()) >= 15

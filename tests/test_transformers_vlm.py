@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from catts_graph.models.base import BaseVLM, Sample, SamplingParams
+from catts_graph.models.base import BaseVLM, Sample, SamplingParams, answer_scorer_of
 from catts_graph.models.transformers_vlm import TransformersVLM
+from catts_graph.vcd import answer_logprob, answer_tokens
 from tests.conftest_models import *  # noqa: F403  (fixtures, until tests/conftest.py imports them)
 
 PROMPT = "What colour is the square?"
@@ -441,3 +442,46 @@ def test_continuation_logprobs_equal_teacher_forcing_the_whole_text(
     assert empty.token_ids == plain.token_ids and _close(empty.logprobs, plain.logprobs)
     with pytest.raises(TypeError, match="prefix: got float"):
         tiny_vlm.continue_reply([tiny_image], PROMPT, 3.5, 1)  # type: ignore[arg-type]
+
+
+def test_score_answers_equals_the_uncut_score_and_an_uncached_forward(
+    tiny_vlm: TransformersVLM, tiny_image: Image.Image
+) -> None:
+    """The self-check's answers in common frames: cut after the closing token, frames' shared text
+    encoded once, the output layer at the answers only; the same sums as scoring every continuation
+    whole (``score`` + ``answer_logprob``) and as one plain forward per continuation."""
+    frames = [
+        ("The square is red. \\boxed{", "}. And a tail the cut never reads."),
+        ("I see \\boxed{", "}"),
+        ("", " is it."),  # the answer first: its first token from the prefill's last position
+        ("Answer: ", ""),  # nothing closes it
+    ]
+    answers = ["red", "12", "B", "blue-green"]
+    texts = [prefix + answer + suffix for answer in answers for prefix, suffix in frames]
+    spans = [(len(prefix), len(prefix) + len(answer)) for answer in answers for prefix, _ in frames]
+    fast = tiny_vlm.score_answers([tiny_image], PROMPT, texts, spans)
+    whole = tiny_vlm.score([tiny_image], PROMPT, texts)
+    for text, span, value, scored in zip(texts, spans, fast, whole, strict=True):
+        run = answer_tokens(scored.tokens or [], *span)
+        assert value == pytest.approx(answer_logprob(scored.tokens or [], scored.logprobs, *span), abs=1e-5)
+        reference = _uncached_logprobs(tiny_vlm, tiny_image, PROMPT, scored.token_ids)
+        assert value == pytest.approx(sum(reference[t] for t in run), abs=ATOL), text
+    # Through the accessor the node uses, and with a plain backend (score only) the same numbers.
+    plain = answer_scorer_of(ScoreOnly(tiny_vlm))([tiny_image], PROMPT, texts, spans)
+    assert answer_scorer_of(tiny_vlm) == tiny_vlm.score_answers
+    assert plain == pytest.approx(fast, abs=1e-5)
+    assert tiny_vlm.score_answers([tiny_image], PROMPT, [], []) == []
+    with pytest.raises(ValueError, match=r"spans\[1\]"):
+        tiny_vlm.score_answers([tiny_image], PROMPT, ["ab", "cd"], [(0, 1), (1, 3)])
+    with pytest.raises(ValueError, match="spans: got 1 for 2"):
+        tiny_vlm.score_answers([tiny_image], PROMPT, ["ab", "cd"], [(0, 1)])
+
+
+class ScoreOnly:
+    """A backend with ``score`` alone (a server, a wrapper): the self-check scores through it."""
+
+    def __init__(self, inner: TransformersVLM) -> None:
+        self.inner = inner
+
+    def score(self, images: Any, prompt: str, continuations: Any) -> Any:
+        return self.inner.score(images, prompt, continuations)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from catts_graph.eval.synthetic import HARD_LEVEL, LEVELS
 from catts_graph.organism.clip import load_clip_organism
 from catts_graph.organism.reproduce import Plan, reproduce
 from catts_graph.organism.train import CONFIGS, SHIPPED, organism_path, train_organism
@@ -53,7 +54,22 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--seed", type=int, default=0, help="the generator's seed (other than 0: fresh scenes of every split)"
     )
+    evaluate.add_argument(
+        "--level", type=int, choices=LEVELS, help="every question at this generator level (default: the mix)"
+    )
+    evaluate.add_argument("--threads", type=int, default=2, help="CPU threads")
     evaluate.set_defaults(func=_eval_command)
+
+    level = commands.add_parser(
+        "level",
+        help="base and expert greedy accuracy at one generator level, per kind with intervals, on "
+        "validation, test and a fresh seed",
+    )
+    level.add_argument("--level", type=int, choices=LEVELS, default=HARD_LEVEL)
+    level.add_argument("--items", type=int, default=200, help="items per set")
+    level.add_argument("--out", help="write <out>.json and <out>.md")
+    level.add_argument("--threads", type=int, default=1, help="CPU threads")
+    level.set_defaults(func=_level_command)
 
     clip = commands.add_parser("train-clip", help="train the CLIP organism (relevance maps) from scratch")
     clip.add_argument("--out", help="checkpoint folder (default: the shipped one, replaced)")
@@ -262,10 +278,24 @@ def _eval_command(args: argparse.Namespace) -> int:
 
     from catts_graph.organism.evaluate import evaluate_organism, format_report
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = Path(args.model) if args.model else organism_path(args.which)
-    report = evaluate_organism(model, split=args.split, limit=args.limit, noise=args.noise, seed=args.seed)
+    report = evaluate_organism(
+        model, split=args.split, limit=args.limit, noise=args.noise, seed=args.seed, level=args.level
+    )
     print(format_report(report))
+    return 0
+
+
+def _level_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from catts_graph.organism.evaluate import level_accuracy, level_table
+
+    torch.set_num_threads(args.threads)
+    models = {which: organism_path(which) for which in ("base", "expert")}
+    result = level_accuracy(models, level=args.level, items=args.items, log=print)
+    _write(args.out, result, level_table(result))
     return 0
 
 

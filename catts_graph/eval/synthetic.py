@@ -10,15 +10,19 @@ lines) that :func:`render` draws at 224x224 on white, like ``examples/images/sha
 gold answer is computed from the scene by :func:`answer_of`, never from the generator's intent.
 
 Question kinds (:data:`KINDS`), each at difficulty level 1-3 (more objects, smaller and more
-similar shapes, then clutter lines):
+similar shapes, then clutter lines), drawn uniformly by default (:data:`MIXED_LEVELS`, the regime the
+organisms trained on), and the hard level 4 (:data:`HARD_LEVEL`), asked for by name: always 8
+shapes, smaller than any at level 3 (radius 10-14), 6 clutter lines among the shapes and across the
+digits, and comparisons whose counts are one apart. It is where the base organism is unsure and the
+expert still reads (docs/organism.md, "The hard regime"); it was chosen on validation scenes.
 
 - ``colour``  "What colour is the triangle?" (the only triangle): four colour options, a letter.
 - ``count``   "How many red circles are there?": an integer, 0-4.
 - ``compare`` "Are there more red shapes than blue shapes?": options yes / no.
 - ``position`` "Where is the green square?" (the only one): top left / top right / bottom left /
   bottom right, a letter.
-- ``digits``  level 1 "What digit is written in the image?"; levels 2-3 "What is the sum of the
-  two digits?" (digits 0-4 at level 2, 0-9 at level 3): an integer.
+- ``digits``  level 1 "What digit is written in the image?"; levels 2-4 "What is the sum of the
+  two digits?" (digits 0-4 at level 2, 0-9 at levels 3-4): an integer.
 
 Items carry their image as a PNG data URI (about 3 kB), so loading needs no cache folder.
 """
@@ -37,8 +41,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "COLOURS",
+    "HARD_LEVEL",
     "KINDS",
     "LEVELS",
+    "MIXED_LEVELS",
     "POSITIONS",
     "SHAPES",
     "SPLITS",
@@ -58,7 +64,11 @@ __all__ = [
 
 IMAGE_SIZE = 224
 KINDS: tuple[str, ...] = ("colour", "count", "compare", "position", "digits")
-LEVELS: tuple[int, ...] = (1, 2, 3)
+LEVELS: tuple[int, ...] = (1, 2, 3, 4)
+MIXED_LEVELS: tuple[int, ...] = (1, 2, 3)
+"""The levels a question draws from when none is asked: the mixed regime the organisms trained on."""
+HARD_LEVEL = 4
+"""The hard regime: asked for by name (``level=HARD_LEVEL``), never drawn in the mix."""
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -75,9 +85,13 @@ DEFAULT_SIZES: dict[str, int] = {"train": 100_000, "validation": 500, "test": 50
 """Items per split when no ``limit`` is given (train is a stream: ask for as many as needed)."""
 
 # Radius (half the side for squares and triangles) by level: big flat shapes first, then smaller.
-_RADII: dict[int, tuple[int, int]] = {1: (22, 28), 2: (16, 26), 3: (13, 24)}
-_OBJECTS: dict[int, tuple[int, int]] = {1: (2, 4), 2: (4, 6), 3: (6, 8)}
+_RADII: dict[int, tuple[int, int]] = {1: (22, 28), 2: (16, 26), 3: (13, 24), 4: (10, 14)}
+_OBJECTS: dict[int, tuple[int, int]] = {1: (2, 4), 2: (4, 6), 3: (6, 8), 4: (8, 8)}
+# Clutter lines among the shapes, and across the digits.
+_SCENE_LINES: dict[int, int] = {1: 0, 2: 0, 3: 4, 4: 6}
+_DIGIT_LINES: dict[int, int] = {1: 0, 2: 0, 3: 3, 4: 6}
 _MAX_COUNT = 4
+_ONE_APART = tuple((a, b) for a in range(_MAX_COUNT + 1) for b in range(_MAX_COUNT + 1) if abs(a - b) == 1)
 _DIGIT_SIZE = 84
 
 
@@ -175,7 +189,7 @@ def make_question(
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
     rng = random.Random(f"{split}:{seed}:{index}:{kind}:{level}")
-    level = level or rng.choice(LEVELS)
+    level = level or rng.choice(MIXED_LEVELS)
     if level not in LEVELS:
         raise ValueError(f"level {level!r} is not one of {LEVELS}")
     return _BUILDERS[kind](rng, level)
@@ -218,7 +232,11 @@ def _count_question(rng: random.Random, level: int) -> Question:
 def _compare_question(rng: random.Random, level: int) -> Question:
     first, second = rng.sample(list(COLOURS), 2)
     low, high = _OBJECTS[level]
-    n_first, n_second = rng.sample(range(0, min(_MAX_COUNT, high) + 1), 2)
+    if level == HARD_LEVEL:
+        # Counts one apart: the answer needs both colours counted exactly.
+        n_first, n_second = rng.choice(_ONE_APART)
+    else:
+        n_first, n_second = rng.sample(range(0, min(_MAX_COUNT, high) + 1), 2)
     wanted = [Shape(rng.choice(SHAPES), first, 0, 0, 0) for _ in range(n_first)]
     wanted += [Shape(rng.choice(SHAPES), second, 0, 0, 0) for _ in range(n_second)]
     rest = [c for c in COLOURS if c not in (first, second)]
@@ -275,8 +293,7 @@ def _digits_question(rng: random.Random, level: int) -> Question:
             Digit(values[0], half // 2 + rng.randint(-12, 12), y + rng.randint(-10, 10)),
             Digit(values[1], half + half // 2 + rng.randint(-12, 12), y + rng.randint(-10, 10)),
         )
-    lines = _lines(rng, 3) if level == 3 else ()
-    scene = Scene(digits=digits, lines=lines)
+    scene = Scene(digits=digits, lines=_lines(rng, _DIGIT_LINES[level]))
     return Question("digits", level, text, None, answer_of("digits", scene, {}, None), scene, {})
 
 
@@ -299,7 +316,7 @@ def _scene(
     placed: bool = False,
 ) -> Scene:
     """Place ``wanted`` (already placed when ``placed``) plus distractors up to ``total`` shapes,
-    without overlaps; level 3 adds clutter lines."""
+    without overlaps; levels 3-4 add clutter lines."""
     low, high = _OBJECTS[level]
     total = max(len(wanted), total if total is not None else rng.randint(low, high))
     kinds = [(s.shape, s.colour) for s in wanted] + [distractor() for _ in range(total - len(wanted))]
@@ -308,7 +325,7 @@ def _scene(
         shapes.append(_place(rng, level, shape, colour, shapes))
     order = list(shapes)
     rng.shuffle(order)
-    return Scene(shapes=tuple(order), lines=_lines(rng, 4) if level == 3 else ())
+    return Scene(shapes=tuple(order), lines=_lines(rng, _SCENE_LINES[level]))
 
 
 def _place(rng: random.Random, level: int, shape: str, colour: str, taken: list[Shape]) -> Shape:
@@ -450,13 +467,17 @@ def load_synthetic(
     seed: int = 0,
     kinds: Sequence[str] | None = None,
     levels: Sequence[int] | None = None,
+    level: int | None = None,
 ) -> list[Any]:
     """The first ``limit`` items of ``split`` (default sizes: :data:`DEFAULT_SIZES`) as
     :class:`~catts_graph.eval.datasets.Item` objects of benchmark ``"synthetic"``.
 
-    ``kinds`` / ``levels`` keep only those kinds / levels (the stream is filtered, so item ids,
-    ``"{split}-{index}"``, stay those of the full split). ``category`` is the kind; ``metadata``
-    holds the level and the scene.
+    ``level`` asks every question at that level (``make_question(..., level=level)``: another
+    stream than the mixed one, so its item ids are ``"{split}-{index}-level{level}"``); without
+    it the levels are drawn from :data:`MIXED_LEVELS` and the ids are ``"{split}-{index}"``.
+    ``kinds`` / ``levels`` keep only those kinds / levels of the mix (the stream is filtered, so
+    item ids stay those of the full split). ``category`` is the kind; ``metadata`` holds the level
+    and the scene.
     """
     from catts_graph.task import Item
 
@@ -464,20 +485,26 @@ def load_synthetic(
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    bad = [k for k in kinds or () if k not in KINDS] + [lv for lv in levels or () if lv not in LEVELS]
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"level {level!r} is not one of {LEVELS}")
+    if level is not None and levels:
+        raise ValueError(f"levels={list(levels)!r} filters the mix; level={level} asks every question at one")
+    bad = [k for k in kinds or () if k not in KINDS] + [lv for lv in levels or () if lv not in MIXED_LEVELS]
     if bad:
-        raise ValueError(f"kinds / levels: {bad} not among {KINDS} / {LEVELS}")
+        raise ValueError(
+            f"kinds / levels: {bad} not among {KINDS} / the mix's {MIXED_LEVELS} (the hard level: level=4)"
+        )
     size = limit or DEFAULT_SIZES[split]
     items = []
     index = 0
     while len(items) < size and index < DEFAULT_SIZES[split] * 10:
-        question = make_question(split, index, seed=seed)
+        question = make_question(split, index, seed=seed, level=level)
         index += 1
         if (kinds and question.kind not in kinds) or (levels and question.level not in levels):
             continue
         items.append(
             Item(
-                id=f"{split}-{index - 1}",
+                id=f"{split}-{index - 1}" + (f"-level{level}" if level is not None else ""),
                 benchmark="synthetic",
                 images=[image_data_uri(render(question.scene))],
                 question=question.question,

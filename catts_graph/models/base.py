@@ -18,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
+from catts_graph.vcd import answer_logprob
+
 
 @dataclass(frozen=True)
 class TokenLogprobs:
@@ -258,6 +260,59 @@ def continuation_of(model: Any) -> Continue | None:
     """
     function = getattr(model, "continue_reply", None)
     return function if callable(function) else None
+
+
+AnswerScorer = Callable[
+    [Sequence[Image.Image], str, Sequence[str], Sequence[tuple[int, int]]], list[float | None]
+]
+"""``score_answers(images, prompt, continuations, spans)``: each continuation's answer log-prob."""
+
+
+def answer_scorer_of(model: Any) -> AnswerScorer:
+    """The backend's ``score_answers``, or the same numbers from its ``score`` when it declares none.
+
+    ``score_answers(images, prompt, continuations, spans)`` returns, for each continuation (text)
+    and its answer's characters ``spans[i] = (start, end)``, the answer's log-probability
+    teacher-forced as the assistant's reply under the user turn (:func:`catts_graph.vcd.answer_logprob`:
+    the answer's tokens and the token that closes it), or None when the backend gave no token
+    strings to find the answer by. It is optional: what the visual self-check needs of
+    :meth:`BaseVLM.score`, which a backend can compute for less (:class:`~catts_graph.models.TransformersVLM`
+    stops each continuation after its answer's closing token and encodes a shared prefix once).
+    """
+    function = getattr(model, "score_answers", None)
+    if callable(function):
+        return function  # type: ignore[no-any-return]
+
+    def from_score(
+        images: Sequence[Image.Image],
+        prompt: str,
+        continuations: Sequence[str],
+        spans: Sequence[tuple[int, int]],
+    ) -> list[float | None]:
+        check_spans(continuations, spans)
+        scored = model.score(images, prompt, continuations)
+        return [
+            None
+            if not s.logprobs or s.tokens is None
+            else answer_logprob(align_tokens(s.tokens, text), s.logprobs, *span)
+            for s, text, span in zip(scored, continuations, spans, strict=True)
+        ]
+
+    return from_score
+
+
+def check_spans(continuations: Sequence[str], spans: Sequence[tuple[int, int]]) -> None:
+    """Raise unless ``spans`` holds one non-empty ``(start, end)`` inside each continuation."""
+    if len(spans) != len(continuations):
+        raise ValueError(f"spans: got {len(spans)} for {len(continuations)} continuations; expected one each")
+    for i, (text, span) in enumerate(zip(continuations, spans, strict=True)):
+        if not isinstance(text, str):
+            raise TypeError(f"continuations[{i}]: got {type(text).__name__}, expected str")
+        start, end = span
+        if not (_is_int(start) and _is_int(end) and 0 <= start < end <= len(text)):
+            raise ValueError(
+                f"spans[{i}]={span!r}: expected 0 <= start < end <= {len(text)} (a non-empty answer)"
+            )
 
 
 def check_n(n: Any) -> int:

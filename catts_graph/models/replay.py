@@ -14,10 +14,10 @@ model (if any) when it cannot. What it holds comes three ways:
   by the item's id; :meth:`ReplayVLM.responses` gives an item's in file order, to be served as a pool.
   CA-TTS voting, DeepConf and the self-check's scoring then run on them without generating anything.
 - *Memory* (``memo_max_n > 0``): a repeated seeded or greedy ``sample`` with ``n <= memo_max_n``, and a
-  repeated ``score``, is answered with what the inner model answered the first time. A seeded backend
-  gives such a call one answer, and evaluations ask the same thing at every N and method. Unseeded
-  sampling is never remembered (it is meant to differ), nor are big calls (pools with top-k
-  log-probs are large).
+  repeated ``score`` or ``score_answers``, is answered with what the inner model answered the first
+  time. A seeded backend gives such a call one answer, and evaluations ask the same thing at every N
+  and method. Unseeded sampling is never remembered (it is meant to differ), nor are big calls
+  (pools with top-k log-probs are large).
 
 ``score`` can never come from a file: it needs the model. Without an inner model, a call that nothing
 recorded answers raises :class:`NotRecordedError`; the evaluation runner turns the modules that need
@@ -46,6 +46,7 @@ from catts_graph.models.base import (
     SamplingParams,
     TokenLogprobs,
     align_tokens,
+    answer_scorer_of,
     check_n,
     check_spelling,
     checked_logprob,
@@ -209,6 +210,27 @@ class ReplayVLM:
             key = ("score", images_key(images), prompt, tuple(_hashable(c) for c in continuations))
             return self._remembered(key, lambda: self._inner("score").score(images, prompt, continuations))
         return self._inner("score").score(images, prompt, continuations)
+
+    def score_answers(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        continuations: Sequence[str],
+        spans: Sequence[tuple[int, int]],
+    ) -> list[float | None]:
+        """The inner model's answer log-probs (:func:`~catts_graph.models.base.answer_scorer_of`),
+        remembered like ``score``."""
+        score_answers = answer_scorer_of(self._inner("score_answers"))
+        if self.memo_max_n:
+            key = (
+                "score_answers",
+                images_key(images),
+                prompt,
+                tuple(continuations),
+                tuple(map(tuple, spans)),
+            )
+            return self._remembered(key, lambda: score_answers(images, prompt, continuations, spans))
+        return score_answers(images, prompt, continuations, spans)
 
     def __getattr__(self, name: str) -> Any:
         # Anything else (generate_vcd, detokenize, the processor, ...) is the inner model's.

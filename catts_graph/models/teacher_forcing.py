@@ -11,7 +11,13 @@ import torch
 
 from catts_graph.vcd import cache_kwargs, output_cache
 
-__all__ = ["append_tokens", "prefill", "teacher_forced_logprobs", "teacher_forced_statistics"]
+__all__ = [
+    "answer_logprobs",
+    "append_tokens",
+    "prefill",
+    "teacher_forced_logprobs",
+    "teacher_forced_statistics",
+]
 
 
 def append_tokens(inputs: dict[str, torch.Tensor], ids: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -119,3 +125,115 @@ def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
     """Row-wise ``-sum p log p`` of log-probabilities (``exp(-inf) * -inf`` counted as 0; rounding
     can make it a hair below 0, hence the clamp), as the decode loop computes it."""
     return (-torch.where(logprobs > float("-inf"), logprobs.exp() * logprobs, 0.0).sum(-1)).clamp_min(0.0)
+
+
+def answer_logprobs(
+    model: Any,
+    prefix: Mapping[str, torch.Tensor],
+    targets: Sequence[Sequence[int]],
+    needed: Sequence[range],
+    *,
+    pad_token_id: int,
+) -> list[float]:
+    """``sum(lp[r][t] for t in needed[r])`` for each target r after one shared prefix: the sums of
+    :func:`teacher_forced_logprobs`'s log-probs over a run of each target's tokens, in three passes.
+
+    Row r is read only up to its last needed token, and split into a *key* (its tokens before the
+    one that predicts its first needed token) and a *tail* (the rest up to its last needed token's
+    predecessor). Rows with the same key share it (the self-check's candidates in one frame):
+
+    1. the prefix is prefilled once (:func:`prefill`);
+    2. the G distinct keys run through the decoder as one right-padded batch over the prefix's
+       cache expanded to G rows, with no output layer;
+    3. the tails run through the decoder as one batch over their keys' cache rows, with an attention
+       mask that hides each key's padding and each position given as it would be without it
+       (Qwen2-VL's multimodal rope offsets added); the output layer runs at the needed positions
+       only (with a large vocabulary it is most of a short pass's cost).
+
+    Needed token 0 takes its log-prob from the prefill's last position, as in
+    :func:`teacher_forced_statistics`; the others from the tail position before them.
+    """
+    if len(needed) != len(targets):
+        raise ValueError(f"needed: got {len(needed)} ranges for {len(targets)} targets")
+    for r, (target, run) in enumerate(zip(targets, needed, strict=True)):
+        if not 0 <= run.start < run.stop <= len(target) or run.step != 1:
+            raise ValueError(
+                f"needed[{r}]={run!r}: expected a non-empty run of target {r}'s {len(target)} tokens"
+            )
+    cache, first_logits = prefill(model, prefix)
+    first = torch.log_softmax(first_logits.float(), dim=-1)[0]
+    device = first.device
+    keys: dict[tuple[int, ...], int] = {}
+    group = [
+        keys.setdefault(tuple(t[: max(run.start - 1, 0)]), len(keys))
+        for t, run in zip(targets, needed, strict=True)
+    ]
+    key_lengths = [len(key) for key in keys]
+    width = max(key_lengths)
+    if width:
+        batch = torch.full((len(keys), width), pad_token_id, dtype=torch.long)
+        for g, key in enumerate(keys):
+            batch[g, : len(key)] = torch.tensor(key, dtype=torch.long)
+        cache.batch_repeat_interleave(len(keys))
+        cache = output_cache(
+            model.model(input_ids=batch.to(device), use_cache=True, **cache_kwargs(model.model, cache))
+        )
+        cache.batch_select_indices(torch.tensor(group, device=device))
+    else:
+        cache.batch_repeat_interleave(len(targets))
+    lengths = [key_lengths[g] for g in group]
+    # Row r's tail position p holds token lengths[r] + p and predicts the token after it.
+    tails = [list(t[k : run.stop - 1]) for t, run, k in zip(targets, needed, lengths, strict=True)]
+    tail_width = max(len(tail) for tail in tails)
+    # (row, tail position) of every needed token after the first, in row order.
+    where = [
+        (r, t - 1 - k)
+        for r, (run, k) in enumerate(zip(needed, lengths, strict=True))
+        for t in range(max(run.start, 1), run.stop)
+    ]
+    later = torch.empty(0, device=device)
+    if where:
+        prompt_length = prefix["input_ids"].shape[1]
+        batch = torch.full((len(targets), tail_width), pad_token_id, dtype=torch.long)
+        mask = torch.ones((len(targets), prompt_length + width + tail_width), dtype=torch.long)
+        for r, (tail, k) in enumerate(zip(tails, lengths, strict=True)):
+            batch[r, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+            mask[r, prompt_length + k : prompt_length + width] = 0
+        positions = prompt_length + torch.tensor(lengths)[:, None] + torch.arange(tail_width)[None, :]
+        rope = _rope_deltas(model)
+        if rope is not None:
+            positions = (positions + rope.cpu()).expand(3, -1, -1)
+        hidden = model.model(
+            input_ids=batch.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            **cache_kwargs(model.model, cache),
+        ).last_hidden_state
+        rows, columns = (torch.tensor(axis, device=device) for axis in zip(*where, strict=True))
+        logits = model.get_output_embeddings()(hidden[rows, columns])
+        tokens = torch.tensor(
+            [
+                t
+                for target, run in zip(targets, needed, strict=True)
+                for t in target[max(run.start, 1) : run.stop]
+            ],
+            device=device,
+        )
+        later = torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
+    values = later.tolist()
+    sums, at = [], 0
+    for target, run in zip(targets, needed, strict=True):
+        count = run.stop - max(run.start, 1)
+        sums.append(sum(([float(first[target[0]])] if run.start == 0 else []) + values[at : at + count]))
+        at += count
+    return sums
+
+
+def _rope_deltas(model: Any) -> torch.Tensor | None:
+    """The multimodal rope offsets the last prefill left on a Qwen2-VL-family model (None: none)."""
+    for module in model.modules():
+        deltas = getattr(module, "rope_deltas", None)
+        if deltas is not None:
+            return deltas
+    return None

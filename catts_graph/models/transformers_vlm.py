@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, check_n
+from catts_graph.models.base import Sample, SamplingParams, TokenLogprobs, align_tokens, check_n
 from catts_graph.models.draws import Uniforms, draw_tokens
 from catts_graph.models.loading import (
     checkpoint_settings,
@@ -49,6 +49,7 @@ from catts_graph.models.loading import (
     resolve_dtype,
 )
 from catts_graph.models.teacher_forcing import (
+    answer_logprobs,
     append_tokens,
     prefill,
     teacher_forced_logprobs,
@@ -351,6 +352,42 @@ class TransformersVLM:
             TokenLogprobs(token_ids=list(target), logprobs=lps, tokens=self.detokenize(target)[1])
             for target, lps in zip(targets, values, strict=True)
         ]
+
+    def score_answers(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        continuations: Sequence[str],
+        spans: Sequence[tuple[int, int]],
+    ) -> list[float | None]:
+        """Each continuation's answer log-prob (:func:`catts_graph.vcd.answer_logprob` of the
+        characters ``spans[i]``): what :meth:`score` gives, for a fraction of its cost.
+
+        The visual self-check writes each candidate into the same frames, so its continuations share
+        their text up to the answer and need log-probs only from there. Each continuation is cut
+        after its answer's closing token (:func:`catts_graph.vcd.answer_tokens`), the tokens before
+        it that continuations share are encoded once, and the output layer runs only where an
+        answer's token is predicted (:func:`answer_logprobs`).
+        """
+        from catts_graph.models.base import check_spans
+        from catts_graph.vcd import answer_tokens
+
+        check_spans(continuations, spans)
+        targets = [
+            self._continuation_ids(text, f"continuations[{i}]") for i, text in enumerate(continuations)
+        ]
+        needed = [
+            answer_tokens(align_tokens(self.detokenize(ids)[1], text), *span)
+            for ids, text, span in zip(targets, continuations, spans, strict=True)
+        ]
+        if not targets:
+            return []
+        with self._lock, torch.inference_mode():
+            return list(
+                answer_logprobs(
+                    self.model, self._encode(images, prompt), targets, needed, pad_token_id=self.pad_token_id
+                )
+            )
 
     def generate_vcd(
         self,

@@ -6,12 +6,15 @@ most confident supporting response of one top candidate with its final answer cu
 before the answer span and after it); each candidate is written into every frame in its own words
 (the answer span of its own most confident response: an option letter, an option's text, a number as
 the model wrote it), so the k candidates x F frames continuations differ only in the answer. They go
-in one batched ``score`` call per image set. Only the answer counts: candidate c's log-prob is the
-mean over the frames of its answer's log-prob (:func:`catts_graph.vcd.answer_logprob`: the sum over
-the answer's tokens and the token that closes it). An answer grounded in the image loses support
-when the image is noised: grounding ``g = lp_orig - lp_noised``. The winner has the best contrastive
-score ``(1 + alpha) * lp_orig - alpha * lp_noised`` (:func:`catts_graph.vcd.answer_contrast`) and
-gets the tau3 boost.
+in one batched call per image set (the backend's ``score_answers``, or its ``score``:
+:func:`catts_graph.models.base.answer_scorer_of`). Only the answer counts: candidate c's log-prob is
+the mean over the frames of its answer's log-prob (:func:`catts_graph.vcd.answer_logprob`: the sum
+over the answer's tokens and the token that closes it), so a local model reads each continuation
+only up to that closing token, and a frame's text before the answer once for all candidates. An
+answer grounded in the image loses support when the image is noised: grounding
+``g = lp_orig - lp_noised``. The winner has the best contrastive score
+``(1 + alpha) * lp_orig - alpha * lp_noised`` (:func:`catts_graph.vcd.answer_contrast`) and gets
+the tau3 boost.
 
 Why common frames: scoring each candidate's own best response let its reasoning tokens, which
 outnumber the answer's, decide; and the best of more members is the most confident of more draws,
@@ -34,12 +37,12 @@ from catts_graph import scoring
 from catts_graph.answers import answer_span
 from catts_graph.config import CATTSConfig
 from catts_graph.images import load_images
-from catts_graph.models.base import TokenLogprobs, align_tokens, input_size_of
+from catts_graph.models.base import answer_scorer_of, input_size_of
 from catts_graph.nodes.common import Deps, progress, run_config, timed, trace_entry
 from catts_graph.nodes.voter import best_supporting
 from catts_graph.perturb import DIFFUSION_STEPS, perturbed_views
 from catts_graph.state import CATTSState
-from catts_graph.vcd import answer_contrast, answer_logprob
+from catts_graph.vcd import answer_contrast
 
 TIE = 1e-9
 
@@ -116,35 +119,23 @@ def common_frames(
     return written, frames
 
 
-def frame_logprob(scored: TokenLogprobs, frame: Frame, answer_text: str) -> float | None:
-    """The answer's log-prob in one scored continuation (:func:`catts_graph.vcd.answer_logprob`), or
-    None when the backend returned no tokens or no token strings to find the answer by."""
-    if not scored.logprobs or scored.tokens is None:
-        return None
-    continuation = frame.around(answer_text)
-    start = len(frame.prefix)
-    tokens = align_tokens(scored.tokens, continuation)
-    return answer_logprob(tokens, scored.logprobs, start, start + len(answer_text))
-
-
 def contrast_rows(
     candidates: Sequence[str],
     written: Sequence[str],
     frames: Sequence[Frame],
-    original: Sequence[TokenLogprobs],
-    perturbed: Sequence[TokenLogprobs],
+    original: Sequence[float | None],
+    perturbed: Sequence[float | None],
     alpha: float,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Each candidate's contrast over the frames every candidate could be scored in, and the trace's
-    inputs: those frames, and per candidate its numbers and its answer's log-prob in each frame."""
+    inputs: those frames, and per candidate its numbers and its answer's log-prob in each frame.
+    ``original`` and ``perturbed`` hold the answers' log-probs candidate-major (candidate c in frame
+    f at ``c * len(frames) + f``), None where the backend could not find the answer."""
 
-    def answer_logprobs(scored: Sequence[TokenLogprobs]) -> list[list[float | None]]:
-        return [
-            [frame_logprob(scored[c * len(frames) + f], frame, text) for f, frame in enumerate(frames)]
-            for c, text in enumerate(written)
-        ]
+    def by_candidate(scored: Sequence[float | None]) -> list[list[float | None]]:
+        return [[scored[c * len(frames) + f] for f in range(len(frames))] for c in range(len(written))]
 
-    by_frame = {"lp_orig": answer_logprobs(original), "lp_noised": answer_logprobs(perturbed)}
+    by_frame = {"lp_orig": by_candidate(original), "lp_noised": by_candidate(perturbed)}
     # A frame counts only when every candidate was scored in it, so that all see the same frames.
     usable = [
         f for f in range(len(frames)) if all(row[f] is not None for m in by_frame.values() for row in m)
@@ -183,6 +174,7 @@ def make_visual_self_check(deps: Deps) -> Callable[..., dict[str, Any]]:
         written, frames = common_frames(samples, tally.members, ranked, state.get("options"))
         # Candidate-major: continuation c * F + f is candidate c written into frame f.
         texts = [frame.around(text) for text in written for frame in frames]
+        spans = [(len(frame.prefix), len(frame.prefix) + len(text)) for text in written for frame in frames]
         images = load_images(state["image_refs"], config)
         # At the model's input size, so a noise step means the same for every image size.
         views, noised = perturbed_views(
@@ -193,15 +185,12 @@ def make_visual_self_check(deps: Deps) -> Callable[..., dict[str, Any]]:
             input_size=input_size_of(deps.base_model),
         )
         progress(runtime, "visual_self_check", "scoring", candidates=len(ranked))
+        score_answers = answer_scorer_of(deps.base_model)
         with timed() as timer:
-            original = deps.base_model.score(views, state["prompt"], texts)
-            perturbed = deps.base_model.score(noised, state["prompt"], texts)
+            original = score_answers(views, state["prompt"], texts, spans)
+            perturbed = score_answers(noised, state["prompt"], texts, spans)
         rows, inputs = contrast_rows(ranked, written, frames, original, perturbed, config.vcd_alpha)
-        usage = {
-            "score_calls": 2,
-            "scored_tokens": sum(len(t.logprobs) for t in (*original, *perturbed)),
-            "base_model_seconds": timer.seconds,
-        }
+        usage = {"score_calls": 2, "base_model_seconds": timer.seconds}
         winner, decision, reason = pick_winner(rows, frames=len(inputs["frames"]))
         if winner is not None:
             reason += (

@@ -40,7 +40,7 @@ def organism_words(items_per_kind_and_level: int = 200) -> list[str]:
     """
     from tokenizers import pre_tokenizers
 
-    from catts_graph.eval.synthetic import KINDS, LEVELS, make_question
+    from catts_graph.eval.synthetic import KINDS, MIXED_LEVELS, make_question
 
     split = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     counts: Counter[str] = Counter()
@@ -51,7 +51,7 @@ def organism_words(items_per_kind_and_level: int = 200) -> list[str]:
 
     index = 0
     for kind in KINDS:
-        for level in LEVELS:
+        for level in MIXED_LEVELS:
             for _ in range(items_per_kind_and_level):
                 question = make_question("train", index, kind=kind, level=level)
                 index += 1

@@ -189,26 +189,43 @@ TRAINING_MIX: tuple[dict[str, Any], ...] = (
 """The perturbations CDRL's pairs are dealt from (``noise.mix``); the probe adds ``blur``, which
 training never shows, to measure transfer to an unseen kind."""
 
+TOP_QUARTER = 0.25
+"""``noise.top_fraction`` of every variant but the whole-image one: the quarter of the patches the
+CLIP organism ranks most relevant, as the paper steers its noise."""
+
 ENTROPY_TERMS: dict[str, float] = {"noised_entropy": 1.0, "clean_entropy": 1.0, "entropy_target": 0.5}
 
 CDRL_VARIANTS: dict[str, dict[str, Any]] = {
-    "reward_only": {"noise": {"kind": "gaussian", "strength": 1.0, "mix": []}, "confidence_loss": None},
-    "reward_only+mix": {"noise": {"mix": list(TRAINING_MIX)}, "confidence_loss": None},
-    "entropy+mix": {"noise": {"mix": list(TRAINING_MIX)}, "confidence_loss": ENTROPY_TERMS},
+    "reward_only": {
+        "noise": {"kind": "gaussian", "strength": 1.0, "mix": [], "top_fraction": TOP_QUARTER},
+        "confidence_loss": None,
+    },
+    "reward_only+mix": {
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
+        "confidence_loss": None,
+    },
+    "entropy+mix": {
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
+        "confidence_loss": ENTROPY_TERMS,
+    },
     "entropy+mix-clean": {
-        "noise": {"mix": list(TRAINING_MIX)},
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {"noised_entropy": 1.0, "entropy_target": 0.5},
     },
     "nmlp+mix": {
-        "noise": {"mix": list(TRAINING_MIX)},
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {"noised_nmlp": 1.0, "clean_entropy": 1.0, "nmlp_target": 1.0},
     },
     "entropy+mix+target1": {
-        "noise": {"mix": list(TRAINING_MIX)},
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
+        "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
+    },
+    "entropy+mix+target1+whole": {
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
     },
     "entropy+mix+brier": {
-        "noise": {"mix": list(TRAINING_MIX)},
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {**ENTROPY_TERMS, "brier": 1.0},
     },
 }

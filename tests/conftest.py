@@ -23,6 +23,22 @@ def scripted_chat() -> Callable[..., ScriptedExpert]:
     return make
 
 
+def make_item(**fields: Any) -> Any:
+    """A scoring test's benchmark item: a MathVista integer question answered 5, ``fields`` replaced."""
+    from catts_graph.task import Item
+
+    base: dict[str, Any] = {
+        "id": "1",
+        "benchmark": "mathvista",
+        "images": ["a.png"],
+        "question": "Q?",
+        "options": None,
+        "answer": "5",
+        "answer_type": "integer",
+    }
+    return Item(**{**base, **fields})
+
+
 def png_bytes(size: tuple[int, int] = (32, 32), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format="PNG")

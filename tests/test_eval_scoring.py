@@ -22,6 +22,7 @@ from catts_graph.eval.scoring import (
 from catts_graph.experts.base import MalformedAnswer
 from catts_graph.prompts import load_prompt
 from catts_graph.task import is_correct
+from tests.conftest import make_item
 
 
 class ScriptedJudge(BaseChatModel):
@@ -44,19 +45,6 @@ class ScriptedJudge(BaseChatModel):
         if isinstance(reply, Exception):
             raise reply
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=reply))])
-
-
-def make_item(**fields: Any) -> Item:
-    base: dict[str, Any] = {
-        "id": "1",
-        "benchmark": "mathvista",
-        "images": ["a.png"],
-        "question": "Q?",
-        "options": None,
-        "answer": "5",
-        "answer_type": "integer",
-    }
-    return Item(**{**base, **fields})
 
 
 CHOICE = make_item(options=["larger than", "equal to", "smaller than"], answer="B", answer_type="choice")

@@ -8,7 +8,6 @@ import ast
 import importlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,19 +23,7 @@ from catts_graph.eval.official import (
     strict,
 )
 from catts_graph.task import Item
-
-
-def item(**fields: Any) -> Item:
-    base: dict[str, Any] = {
-        "id": "1",
-        "benchmark": "mathvista",
-        "images": ["a.png"],
-        "question": "Q?",
-        "options": None,
-        "answer": "5",
-        "answer_type": "integer",
-    }
-    return Item(**{**base, **fields})
+from tests.conftest import make_item
 
 
 def test_levenshtein_by_hand() -> None:
@@ -47,8 +34,8 @@ def test_levenshtein_by_hand() -> None:
 
 # --- MathVista ---------------------------------------------------------------------------------
 
-YES_NO = item(options=["Yes", "No"], answer="B", answer_type="choice")
-REPEATED = item(id="781", options=["9", "12", "18", "18"], answer="C", answer_type="choice")
+YES_NO = make_item(options=["Yes", "No"], answer="B", answer_type="choice")
+REPEATED = make_item(id="781", options=["9", "12", "18", "18"], answer="C", answer_type="choice")
 
 
 @pytest.mark.parametrize(
@@ -61,14 +48,14 @@ REPEATED = item(id="781", options=["9", "12", "18", "18"], answer="C", answer_ty
         (REPEATED, "18.", True, False),  # nearest text: "18" at distance 1; strict wants a letter
         (YES_NO, None, True, False),  # no answer: nearest to "" is the shortest choice, "No"
         (YES_NO, "Yes", False, False),
-        (item(answer="4"), "4.9", True, False),  # str(int(float("4.9"))) == "4": truncation
-        (item(answer="1000"), "1,000", True, True),  # cleaned to 1000 before int(float(.))
-        (item(answer="1000"), "999.99", False, False),
-        (item(answer="1.45", answer_type="float", precision=2), "1.449", True, True),
-        (item(answer="1.45", answer_type="float", precision=2), "1.4", False, False),
-        (item(answer="1.2", answer_type="float", precision=1), "$1.2", True, True),
+        (make_item(answer="4"), "4.9", True, False),  # str(int(float("4.9"))) == "4": truncation
+        (make_item(answer="1000"), "1,000", True, True),  # cleaned to 1000 before int(float(.))
+        (make_item(answer="1000"), "999.99", False, False),
+        (make_item(answer="1.45", answer_type="float", precision=2), "1.449", True, True),
+        (make_item(answer="1.45", answer_type="float", precision=2), "1.4", False, False),
+        (make_item(answer="1.2", answer_type="float", precision=1), "$1.2", True, True),
         (
-            item(answer="[1, 2]", answer_type="text", metadata={"source_answer_type": "list"}),
+            make_item(answer="[1, 2]", answer_type="text", metadata={"source_answer_type": "list"}),
             "[1, 2]",
             True,
             True,
@@ -104,11 +91,13 @@ def test_mathvision_is_equal(answer: str, gold: str, equal: bool) -> None:
 
 
 def test_mathvision_official_takes_the_letter_or_the_option_text() -> None:
-    choice = item(benchmark="mathvision", options=["3", "4", "5", "6", "7"], answer="D", answer_type="choice")
+    choice = make_item(
+        benchmark="mathvision", options=["3", "4", "5", "6", "7"], answer="D", answer_type="choice"
+    )
     assert mathvision_official(choice, "D") and mathvision_official(choice, "d")
     assert mathvision_official(choice, "6") and mathvision_official(choice, "6.0")
     assert not mathvision_official(choice, "E") and not mathvision_official(choice, None)
-    fraction = item(benchmark="mathvision", answer="\\frac{2}{3}", answer_type="text")
+    fraction = make_item(benchmark="mathvision", answer="\\frac{2}{3}", answer_type="text")
     assert mathvision_official(fraction, "0.67") and not strict(fraction, "0.67")
 
 
@@ -135,19 +124,21 @@ def test_mmmu_open_candidates_by_hand() -> None:
     ],
 )
 def test_mmmu_open(gold: str, response: str, official: bool, strict_verdict: bool | None) -> None:
-    case = item(benchmark="mmmu", answer=gold, answer_type="text")
+    case = make_item(benchmark="mmmu", answer=gold, answer_type="text")
     assert mmmu_official(case, None, response) is official
     if strict_verdict is not None:
         assert strict(case, response) is strict_verdict
 
 
 def test_mmmu_open_list_golds() -> None:
-    case = item(benchmark="mmmu", answer="1.5", answer_type="float", metadata={"accepted_answers": ["3/2"]})
+    case = make_item(
+        benchmark="mmmu", answer="1.5", answer_type="float", metadata={"accepted_answers": ["3/2"]}
+    )
     assert mmmu_official(case, None, "it is 3/2")
     assert mmmu_official(case, None, "v = 1.5 m/s")
 
 
-ANIMALS = item(
+ANIMALS = make_item(
     benchmark="mmmu",
     id="validation_Biology_1",
     options=["cat", "dog", "bird", "fish"],
@@ -178,7 +169,7 @@ def test_mmmu_choice(answer: str | None, response: str, official: bool | None) -
 def test_mmmu_random_fallback_is_seeded_per_item_and_uniform() -> None:
     picks = Counter()
     for k in range(400):
-        case = item(
+        case = make_item(
             benchmark="mmmu", id=f"validation_Art_{k}", options=list("wxyz"), answer="A", answer_type="choice"
         )
         picks[mmmu_official(case, None, "")] += 1

@@ -224,6 +224,15 @@ CDRL_VARIANTS: dict[str, dict[str, Any]] = {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
     },
+    "entropy+nmlp+mix+target1+whole": {
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
+        "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0, "noised_nmlp": 1.0, "nmlp_target": 1.0},
+    },
+    "entropy+mix+target1+whole+240": {
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
+        "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
+        "grpo": {"max_steps": 240},
+    },
     "entropy+mix+brier": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {**ENTROPY_TERMS, "brier": 1.0},

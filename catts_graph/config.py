@@ -71,7 +71,8 @@ class ConfigError(ValueError):
 class CATTSConfig(BaseModel):
     """Configuration of one CA-TTS run."""
 
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+    # Built on first use, not at import: `catts --help` imports this module and never validates.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid", defer_build=True)
 
     policy: Policy = Field("adaptive", description="How the planner routes: 'adaptive', 'paper' or 'expert'.")
     n_samples: Count = Field(8, description="Samples drawn in the first wave (the paper's N).")

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from catts_graph.commands import add_threads_argument, print_error, set_threads
-from catts_graph.config import CATTSConfig, ConfigError
+from catts_graph.config import CATTSConfig, ConfigError, FieldDoc
 from catts_graph.images import InputError
 from catts_graph.redaction import redact
 
@@ -307,10 +307,10 @@ def _show(result: dict[str, Any], console: Console) -> None:
 
 def _show_config(console: Console) -> None:
     table = Table(title="CATTSConfig (environment: CATTS_<FIELD>)")
-    for column in ("field", "default", "description"):
-        table.add_column(column)
-    for name, default, description in CATTSConfig.describe():
-        table.add_row(name, default, description)
+    for column in FieldDoc._fields:
+        table.add_column(column, no_wrap=column == "name")
+    for row in CATTSConfig.field_docs():
+        table.add_row(*row)
     console.print(table)
 
 

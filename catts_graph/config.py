@@ -1,466 +1,515 @@
 """CATTSConfig: every knob of the CA-TTS graph, documented, with defaults.
 
-It is the graph's LangGraph *context schema*: pass ``context=CATTSConfig(...)`` to ``invoke`` to
-override the defaults the graph was built with. Every field can also be set from an environment
-variable ``CATTS_<FIELD>`` (upper case) through :meth:`CATTSConfig.from_env`, which is how LangGraph
-Studio configures the module-level graph.
+One declaration per field, a pydantic field: its type, its bounds (``Count`` is an integer >= 1,
+``Fraction`` a number in [0, 1], ...), its default and its description. Everything else comes from
+it: validation (strict types, bounds, and the few rules between fields, as model validators), the
+environment variables ``CATTS_<FIELD>`` (:meth:`CATTSConfig.from_env`, which is how LangGraph Studio
+configures the module-level graph), ``catts config``'s table (:meth:`CATTSConfig.field_docs`) and the
+graph's context schema (:data:`CATTSContext`, the configuration panel Studio shows).
+
+Pass ``context=CATTSConfig(...)`` to ``invoke`` to replace the config the graph was built with, or a
+mapping of some fields (Studio's panel sends one) to override just those. A value out of its type or
+range is a :class:`ConfigError` naming the field (and the variable it came from), before any model
+call.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import difflib
+import functools
 import os
-import types
 import typing
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, NamedTuple, Self
 
+import pydantic
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from typing_extensions import TypedDict
 
 Policy = Literal["adaptive", "paper", "expert"]
 Weighting = Literal["nmlp", "majority", "mean", "tail", "bottom_percent", "lowest_group", "step_min"]
 ScoreScale = Literal["normalised", "literal"]
 ConfidenceSpan = Literal["response", "answer"]
 StepSignal = Literal["fused", "expressed", "nmlp"]
+Module = Literal["self_consistency", "self_reflection", "visual_self_check", "step_repair"]
 
 MODULES = ("self_consistency", "self_reflection", "visual_self_check")
 """The paper's three modules (the ``paper`` policy runs each once)."""
 STEP_REPAIR = "step_repair"
 """MMBoundary's step repair: not one of the paper's modules, routed by ``step_floor`` or a Planner."""
 
+# The bounds fields share. Types are strict (the model's config): an integer field takes an int, not
+# a bool, a float or a string; a number field an int or a finite float (NaN would pass every range
+# check and fail after the model calls).
+Count = Annotated[int, Field(ge=1)]
+"""An integer >= 1."""
+NonNegative = Annotated[int, Field(ge=0)]
+"""An integer >= 0."""
+Fraction = Annotated[float, Field(ge=0, le=1)]
+"""A number in [0, 1]."""
+NonNegativeNumber = Annotated[float, Field(ge=0)]
+"""A number >= 0."""
+NonBlank = Annotated[str, Field(pattern=r"\S")]
+"""A string with a character other than white space (a path)."""
+
+DEEPCONF_WEIGHTINGS = ("mean", "tail", "bottom_percent", "lowest_group")
+"""The weightings that read token confidence, so need ``top_logprobs``."""
+
 
 class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the field."""
+    """A configuration value is out of range; the message names the field (and the environment
+    variable it came from). ``fields``: the fields it is about."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
-@dataclass(kw_only=True)
-class CATTSConfig:
+class CATTSConfig(BaseModel):
     """Configuration of one CA-TTS run."""
 
-    policy: Policy = field(
-        default="adaptive",
-        metadata={"description": "How the planner routes: 'adaptive', 'paper' or 'expert'."},
-    )
-    n_samples: int = field(
-        default=8, metadata={"description": "Samples drawn in the first wave (the paper's N)."}
-    )
-    max_samples: int = field(
-        default=32,
-        metadata={"description": "Sample budget per question across waves (adaptive policy)."},
-    )
-    wave_size: int = field(
-        default=8, metadata={"description": "Samples drawn by each extra wave (adaptive policy)."}
-    )
-    temperature: float = field(default=1.0, metadata={"description": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"description": "Nucleus sampling mass."})
-    top_k: int = field(default=0, metadata={"description": "Top-k sampling cut (0 = off)."})
-    max_new_tokens: int = field(
-        default=1024, metadata={"description": "Longest response the base model may write."}
-    )
-    top_logprobs: int = field(
-        default=0,
-        metadata={"description": "Top-k log-probs kept per step (DeepConf weightings need 20)."},
-    )
-    seed: int = field(default=0, metadata={"description": "Seed of the first wave; waves add 1."})
+    # Built on first use, not at import: `catts --help` imports this module and never validates.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid", defer_build=True)
 
-    weighting: Weighting = field(
-        default="nmlp",
-        metadata={
-            "description": "Vote weight per sample: 'nmlp' (paper, 1/NMLP), 'majority' (1), a "
-            "DeepConf confidence: 'mean', 'tail', 'bottom_percent', 'lowest_group', or 'step_min' "
-            "(the fused confidence of the sample's weakest step)."
-        },
+    policy: Policy = Field("adaptive", description="How the planner routes: 'adaptive', 'paper' or 'expert'.")
+    n_samples: Count = Field(8, description="Samples drawn in the first wave (the paper's N).")
+    max_samples: Count = Field(32, description="Sample budget per question across waves (adaptive policy).")
+    wave_size: Count = Field(8, description="Samples drawn by each extra wave (adaptive policy).")
+    temperature: NonNegativeNumber = Field(1.0, description="Sampling temperature.")
+    # 0 would keep no token.
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: NonNegative = Field(0, description="Top-k sampling cut (0 = off).")
+    max_new_tokens: Count = Field(1024, description="Longest response the base model may write.")
+    top_logprobs: NonNegative = Field(
+        0, description="Top-k log-probs kept per step (DeepConf weightings need 20)."
     )
-    confidence_span: ConfidenceSpan = field(
-        default="response",
-        metadata={"description": "NMLP over the whole response or only the final-answer tokens."},
+    seed: NonNegative = Field(0, description="Seed of the first wave; waves add 1.")
+
+    weighting: Weighting = Field(
+        "nmlp",
+        description="Vote weight per sample: 'nmlp' (paper, 1/NMLP), 'majority' (1), a "
+        "DeepConf confidence: 'mean', 'tail', 'bottom_percent', 'lowest_group', or 'step_min' "
+        "(the fused confidence of the sample's weakest step).",
     )
-    top_eta: float | None = field(
-        default=None,
-        metadata={
-            "description": "DeepConf filter: keep the samples whose confidence is at or above the "
-            "(1 - eta) quantile before voting (None = keep all)."
-        },
+    confidence_span: ConfidenceSpan = Field(
+        "response", description="NMLP over the whole response or only the final-answer tokens."
     )
-    deepconf_window: int = field(
-        default=32,
-        metadata={
-            "description": "Sliding window of DeepConf group confidence, in tokens (a trace no longer "
-            "than it is one group); also the window online early stopping watches. DeepConf's 2048 "
-            "is for 10k-token traces; the CA-TTS baselines use 20-50."
-        },
+    top_eta: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="DeepConf filter: keep the samples whose confidence is at or above the "
+        "(1 - eta) quantile before voting (None = keep all).",
     )
-    deepconf_tail: int = field(
-        default=32,
-        metadata={
-            "description": "DeepConf tail confidence: mean token confidence of the last this many "
-            "tokens (DeepConf: 2048)."
-        },
+    deepconf_window: Count = Field(
+        32,
+        description="Sliding window of DeepConf group confidence, in tokens (a trace no longer "
+        "than it is one group); also the window online early stopping watches. DeepConf's 2048 "
+        "is for 10k-token traces; the CA-TTS baselines use 20-50.",
     )
-    nmlp_floor: float | None = field(
-        default=None,
-        metadata={
-            "description": "Floor of the NMLP in the 'nmlp' weight: w = 1 / max(NMLP, floor), so one "
-            "near-certain sample cannot outvote many; None = the paper's 1 / (NMLP + 1e-8)."
-        },
+    deepconf_tail: Count = Field(
+        32,
+        description="DeepConf tail confidence: mean token confidence of the last this many "
+        "tokens (DeepConf: 2048).",
     )
-    tau1: float = field(default=0.5, metadata={"description": "Weight of the Voter's probability."})
-    tau2: float = field(default=0.5, metadata={"description": "Boost of the reflected answer."})
-    tau3: float = field(default=0.5, metadata={"description": "Boost of the visual self-check winner."})
-    score_scale: ScoreScale = field(
-        default="normalised",
-        metadata={
-            "description": "'normalised': S(a) = V(a)/sum V + tau boosts (one scale). 'literal': the "
-            "official code's unnormalised sum with boosts of int(tau * N) votes."
-        },
+    nmlp_floor: float | None = Field(
+        None,
+        gt=0,
+        description="Floor of the NMLP in the 'nmlp' weight: w = 1 / max(NMLP, floor), so one "
+        "near-certain sample cannot outvote many; None = the paper's 1 / (NMLP + 1e-8).",
+    )
+    tau1: Fraction = Field(0.5, description="Weight of the Voter's probability.")
+    tau2: Fraction = Field(0.5, description="Boost of the reflected answer.")
+    tau3: Fraction = Field(0.5, description="Boost of the visual self-check winner.")
+    score_scale: ScoreScale = Field(
+        "normalised",
+        description="'normalised': S(a) = V(a)/sum V + tau boosts (one scale). 'literal': the "
+        "official code's unnormalised sum with boosts of int(tau * N) votes.",
     )
 
-    step_calibrator: str | None = field(
-        default=None,
-        metadata={
-            "description": "JSON file of a fitted StepCalibrator (its to_dict): step signals fused "
-            "with its weights and cut into five levels. None = a step's fused confidence is its "
-            "probability exp(-NMLP) and it has no level (or build_graph(step_calibrator=...))."
-        },
+    step_calibrator: NonBlank | None = Field(
+        None,
+        description="JSON file of a fitted StepCalibrator (its to_dict): step signals fused "
+        "with its weights and cut into five levels. None = a step's fused confidence is its "
+        "probability exp(-NMLP) and it has no level (or build_graph(step_calibrator=...)).",
     )
-    critic_step_signal: StepSignal = field(
-        default="fused",
-        metadata={
-            "description": "Which step of the criticised sample the Critic is pointed at: the lowest "
-            "'fused' confidence, the lowest 'expressed' level (the model's own statement; fused "
-            "when it states none) or the highest 'nmlp'."
-        },
+    critic_step_signal: StepSignal = Field(
+        "fused",
+        description="Which step of the criticised sample the Critic is pointed at: the lowest "
+        "'fused' confidence, the lowest 'expressed' level (the model's own statement; fused "
+        "when it states none) or the highest 'nmlp'.",
     )
-    step_floor: float | None = field(
-        default=None,
-        metadata={
-            "description": "Adaptive: the fast path also needs every leader sample's weakest step at "
-            "this fused confidence or above, and below it step_repair runs while the budget "
-            "allows (None = off)."
-        },
+    step_floor: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Adaptive: the fast path also needs every leader sample's weakest step at "
+        "this fused confidence or above, and below it step_repair runs while the budget "
+        "allows (None = off).",
     )
-    repair_samples: int = field(
-        default=4,
-        metadata={
-            "description": "Most samples step_repair repairs, the weakest steps first, one "
-            "continuation each, within the sample budget."
-        },
+    repair_samples: Count = Field(
+        4,
+        description="Most samples step_repair repairs, the weakest steps first, one "
+        "continuation each, within the sample budget.",
     )
-    disabled_modules: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "description": "Modules never run, for ablations: any of 'self_consistency', "
-            "'self_reflection', 'visual_self_check', 'step_repair' (env: comma-separated)."
-        },
+    # Not strict: a list is a tuple here, since JSON (Studio's context, the server's) has no tuples.
+    disabled_modules: tuple[Module, ...] = Field(
+        (),
+        strict=False,
+        description="Modules never run, for ablations: any of 'self_consistency', "
+        "'self_reflection', 'visual_self_check', 'step_repair' (env: comma-separated).",
     )
-    fast_path_share: float = field(
-        default=0.7,
-        metadata={"description": "Adaptive fast path: the top answer's weighted vote share must reach this."},
+    fast_path_share: Fraction = Field(
+        0.7, description="Adaptive fast path: the top answer's weighted vote share must reach this."
     )
-    fast_path_confidence: float = field(
-        default=0.5,
-        metadata={
-            "description": "Adaptive fast path: mean exp(-NMLP) of the top answer's samples must "
-            "reach this. No expert is called on the fast path."
-        },
+    fast_path_confidence: Fraction = Field(
+        0.5,
+        description="Adaptive fast path: mean exp(-NMLP) of the top answer's samples must "
+        "reach this. No expert is called on the fast path.",
     )
-    contested_share: float = field(
-        default=0.6,
-        metadata={
-            "description": "Adaptive: below this top vote share the vote is contested and another "
-            "wave is drawn while the budget allows."
-        },
+    contested_share: Fraction = Field(
+        0.6,
+        description="Adaptive: below this top vote share the vote is contested and another "
+        "wave is drawn while the budget allows.",
     )
-    close_margin: float = field(
-        default=0.15,
-        metadata={
-            "description": "Adaptive: run the visual self-check when the top two final scores, "
-            "normalised to sum 1, are closer than this."
-        },
+    close_margin: Fraction = Field(
+        0.15,
+        description="Adaptive: run the visual self-check when the top two final scores, "
+        "normalised to sum 1, are closer than this.",
     )
-    max_voter_candidates: int = field(
-        default=8, metadata={"description": "Most candidates shown to the Voter."}
-    )
-    self_check_candidates: int = field(
-        default=4, metadata={"description": "Most candidates the visual self-check contrasts."}
-    )
-    vcd_alpha: float = field(default=1.0, metadata={"description": "VCD contrast strength alpha."})
-    noise_step: int = field(
-        default=500,
-        metadata={"description": "Diffusion step (of 1000) of the self-check's noised image."},
+    max_voter_candidates: Count = Field(8, description="Most candidates shown to the Voter.")
+    self_check_candidates: Count = Field(4, description="Most candidates the visual self-check contrasts.")
+    vcd_alpha: NonNegativeNumber = Field(1.0, description="VCD contrast strength alpha.")
+    noise_step: int = Field(
+        500, ge=0, lt=1000, description="Diffusion step (of 1000) of the self-check's noised image."
     )
 
-    expert_retries: int = field(
-        default=2, metadata={"description": "Retries of a failed or malformed expert answer."}
+    expert_retries: NonNegative = Field(2, description="Retries of a failed or malformed expert answer.")
+    expert_backoff: NonNegativeNumber = Field(
+        0.5, description="First retry delay in seconds; doubles each retry."
     )
-    expert_backoff: float = field(
-        default=0.5, metadata={"description": "First retry delay in seconds; doubles each retry."}
+    expert_timeout: NonNegativeNumber = Field(120.0, description="Seconds one expert call may take.")
+    max_expert_reply_chars: Count = Field(
+        50_000,
+        description="Longest expert reply parsed; a longer one is a malformed answer (retried, "
+        "then the module is skipped).",
     )
-    expert_timeout: float = field(
-        default=120.0, metadata={"description": "Seconds one expert call may take."}
-    )
-    max_expert_reply_chars: int = field(
-        default=50_000,
-        metadata={
-            "description": "Longest expert reply parsed; a longer one is a malformed answer (retried, "
-            "then the module is skipped)."
-        },
-    )
-    max_expert_text_chars: int = field(
-        default=8_000,
-        metadata={
-            "description": "Longest expert text kept (the critique self-reflection reads, the "
-            "planner's reason); longer text is cut in the middle, with a note in the trace."
-        },
+    max_expert_text_chars: Count = Field(
+        8_000,
+        description="Longest expert text kept (the critique self-reflection reads, the "
+        "planner's reason); longer text is cut in the middle, with a note in the trace.",
     )
 
-    max_question_chars: int = field(
-        default=20_000,
-        metadata={
-            "description": "Longest question accepted, in characters (a longer one is an input error, "
-            "before any model call; so is one longer than the model's context)."
-        },
+    max_question_chars: Count = Field(
+        20_000,
+        description="Longest question accepted, in characters (a longer one is an input error, "
+        "before any model call; so is one longer than the model's context).",
     )
-    max_option_chars: int = field(
-        default=2_000, metadata={"description": "Longest multiple-choice option accepted, in characters."}
+    max_option_chars: Count = Field(
+        2_000, description="Longest multiple-choice option accepted, in characters."
     )
 
-    allow_url_fetch: bool = field(
-        default=False, metadata={"description": "Allow http(s) image URLs to be downloaded."}
+    allow_url_fetch: bool = Field(False, description="Allow http(s) image URLs to be downloaded.")
+    allow_private_urls: bool = Field(
+        False,
+        description="Allow image URLs on private, loopback and link-local addresses (checked "
+        "after every redirect; off guards against server-side request forgery).",
     )
-    allow_private_urls: bool = field(
-        default=False,
-        metadata={
-            "description": "Allow image URLs on private, loopback and link-local addresses (checked "
-            "after every redirect; off guards against server-side request forgery)."
-        },
+    url_max_bytes: Count = Field(20_000_000, description="Largest image download, in bytes.")
+    url_timeout: float = Field(
+        10.0, gt=0, description="Seconds a whole image download may take, redirects included."
     )
-    url_max_bytes: int = field(
-        default=20_000_000, metadata={"description": "Largest image download, in bytes."}
+    max_image_bytes: Count = Field(
+        100_000_000,
+        description="Largest image file, data URI or bytes input, in bytes (a file's size is "
+        "checked before it is read).",
     )
-    url_timeout: float = field(
-        default=10.0,
-        metadata={"description": "Seconds a whole image download may take, redirects included."},
+    max_image_pixels: Count = Field(
+        40_000_000,
+        description="Largest image (width * height) accepted; guards against bombs. At most "
+        "PIL's own limit, 2 * PIL.Image.MAX_IMAGE_PIXELS.",
     )
-    max_image_bytes: int = field(
-        default=100_000_000,
-        metadata={
-            "description": "Largest image file, data URI or bytes input, in bytes (a file's size is "
-            "checked before it is read)."
-        },
+    max_aspect_ratio: float = Field(
+        200.0,
+        ge=1,
+        description="Longest side over shortest side accepted (Qwen2.5-VL's processor refuses "
+        "more than 200).",
     )
-    max_image_pixels: int = field(
-        default=40_000_000,
-        metadata={
-            "description": "Largest image (width * height) accepted; guards against bombs. At most "
-            "PIL's own limit, 2 * PIL.Image.MAX_IMAGE_PIXELS."
-        },
-    )
-    max_aspect_ratio: float = field(
-        default=200.0,
-        metadata={
-            "description": "Longest side over shortest side accepted (Qwen2.5-VL's processor refuses "
-            "more than 200)."
-        },
-    )
-    image_cache_bytes: int = field(
-        default=256_000_000,
-        metadata={
-            "description": "Decoded images kept for reuse across nodes and runs, in bytes of pixels "
-            "plus their PNG encodings for the expert (keyed by the image's content; 0 = no cache)."
-        },
+    image_cache_bytes: NonNegative = Field(
+        256_000_000,
+        description="Decoded images kept for reuse across nodes and runs, in bytes of pixels "
+        "plus their PNG encodings for the expert (keyed by the image's content; 0 = no cache).",
     )
 
-    def __post_init__(self) -> None:
-        self.validate()
+    # -- rules between fields (they run once every field has its type and range) ------------------
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first field of the wrong type or out of range.
-
-        Types first: an int field takes an int (not a bool), a float field a finite number (NaN
-        would pass every range check below and fail after the model calls).
-        """
-        _check_types(self)
-        if self.policy not in typing.get_args(Policy):
-            raise ConfigError(f"policy must be one of {typing.get_args(Policy)}, got {self.policy!r}")
-        if self.weighting not in typing.get_args(Weighting):
-            raise ConfigError(
-                f"weighting must be one of {typing.get_args(Weighting)}, got {self.weighting!r}"
-            )
-        if self.score_scale not in typing.get_args(ScoreScale):
-            raise ConfigError(
-                f"score_scale must be one of {typing.get_args(ScoreScale)}, got {self.score_scale!r}"
-            )
-        if self.critic_step_signal not in typing.get_args(StepSignal):
-            raise ConfigError(
-                f"critic_step_signal must be one of {typing.get_args(StepSignal)}, "
-                f"got {self.critic_step_signal!r}"
-            )
-        if self.confidence_span not in typing.get_args(ConfidenceSpan):
-            raise ConfigError(
-                f"confidence_span must be one of {typing.get_args(ConfidenceSpan)}, "
-                f"got {self.confidence_span!r}"
-            )
-        for name in (
-            "n_samples",
-            "max_samples",
-            "wave_size",
-            "max_new_tokens",
-            "deepconf_window",
-            "deepconf_tail",
-            "max_voter_candidates",
-            "self_check_candidates",
-            "max_expert_reply_chars",
-            "max_expert_text_chars",
-            "max_question_chars",
-            "max_option_chars",
-            "url_max_bytes",
-            "max_image_bytes",
-            "max_image_pixels",
-            "repair_samples",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+    @model_validator(mode="after")
+    def _budget_holds_the_first_wave(self) -> Self:
         if self.max_samples < self.n_samples:
-            raise ConfigError(f"max_samples ({self.max_samples}) must be >= n_samples ({self.n_samples})")
-        for name in (
-            "tau1",
-            "tau2",
-            "tau3",
-            "fast_path_share",
-            "fast_path_confidence",
-            "contested_share",
-            "close_margin",
-        ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1] (0 would keep no token), got {self.top_p!r}")
-        if self.nmlp_floor is not None and not self.nmlp_floor > 0.0:
-            raise ConfigError(f"nmlp_floor must be > 0 or None (off), got {self.nmlp_floor!r}")
-        if self.top_eta is not None and not 0.0 < self.top_eta <= 1.0:
-            raise ConfigError(f"top_eta must be in (0, 1] or None, got {self.top_eta!r}")
-        if self.step_floor is not None and not 0.0 <= self.step_floor <= 1.0:
-            raise ConfigError(f"step_floor must be in [0, 1] or None (off), got {self.step_floor!r}")
-        if self.step_calibrator is not None and not self.step_calibrator.strip():
-            raise ConfigError("step_calibrator must be the path of a JSON file or None, got ''")
-        known = (*MODULES, STEP_REPAIR)
-        unknown = [m for m in self.disabled_modules if m not in known]
-        if unknown:
-            raise ConfigError(f"disabled_modules must be a tuple of {known}, got {self.disabled_modules!r}")
-        for name in ("top_k", "top_logprobs", "expert_retries", "seed", "image_cache_bytes"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.noise_step < 1000:
-            raise ConfigError(f"noise_step must be in [0, 999], got {self.noise_step!r}")
-        for name in ("temperature", "vcd_alpha", "expert_backoff", "expert_timeout"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.url_timeout <= 0:
-            raise ConfigError(f"url_timeout must be > 0 seconds, got {self.url_timeout!r}")
-        if self.max_aspect_ratio < 1:
-            raise ConfigError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio!r}")
-        # PIL refuses an image over twice its own limit before our check can let it through.
-        if Image.MAX_IMAGE_PIXELS is not None and self.max_image_pixels > 2 * Image.MAX_IMAGE_PIXELS:
-            raise ConfigError(
-                f"max_image_pixels must be at most {2 * Image.MAX_IMAGE_PIXELS} (PIL's own limit, "
-                f"2 * PIL.Image.MAX_IMAGE_PIXELS), got {self.max_image_pixels}; raise "
-                "PIL.Image.MAX_IMAGE_PIXELS first"
+            raise _Rule(
+                ("max_samples", "n_samples"),
+                f"max_samples ({self.max_samples}) must be >= n_samples ({self.n_samples})",
             )
-        if self.weighting in ("mean", "tail", "bottom_percent", "lowest_group") and not self.top_logprobs:
-            raise ConfigError(
-                f"weighting={self.weighting!r} needs token confidence: set top_logprobs (e.g. 20)"
-            )
+        return self
 
-    def replace(self, **changes: Any) -> CATTSConfig:
+    @model_validator(mode="after")
+    def _deepconf_has_token_confidence(self) -> Self:
+        if self.weighting in DEEPCONF_WEIGHTINGS and not self.top_logprobs:
+            raise _Rule(
+                ("weighting", "top_logprobs"),
+                f"weighting={self.weighting!r} needs token confidence: set top_logprobs (e.g. 20)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pixels_within_pil(self) -> Self:
+        # PIL refuses an image over twice its own limit before our check can let it through; its
+        # limit is a setting of the running process, so this bound is checked here, not declared.
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and self.max_image_pixels > 2 * limit:
+            raise _Rule(
+                ("max_image_pixels",),
+                f"max_image_pixels must be at most {2 * limit} (PIL's own limit, "
+                f"2 * PIL.Image.MAX_IMAGE_PIXELS), got {self.max_image_pixels}; raise "
+                "PIL.Image.MAX_IMAGE_PIXELS first",
+            )
+        return self
+
+    # -- construction -------------------------------------------------------------------------------
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except pydantic.ValidationError as error:
+            raise _config_error(error) from None
+
+    def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied and validated."""
-        return dataclasses.replace(self, **changes)
+        return type(self)(**{**self.__dict__, **changes})
+
+    def validate(self) -> None:  # type: ignore[override]  # pydantic v1's classmethod, deprecated
+        """Raise :class:`ConfigError` naming the first field of the wrong type or out of range
+        (construction does it; this checks a config whose fields were assigned since)."""
+        self.replace()
 
     @classmethod
-    def from_env(
-        cls, environ: typing.Mapping[str, str] | None = None, *, base: CATTSConfig | None = None
-    ) -> CATTSConfig:
-        """``base`` (or the defaults) with every ``CATTS_<FIELD>`` variable of ``environ`` applied."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, base: CATTSConfig | None = None) -> Self:
+        """``base`` (or the defaults) with every ``CATTS_<FIELD>`` variable of ``environ`` applied.
+
+        Each value is read by pydantic from its string (``16``, ``0.25``, ``yes``/``no``,
+        ``paper``) against the field's type and bounds; two spellings are the environment's own:
+        ``none``, ``null`` or nothing turn off a field that takes None, and a tuple is
+        comma-separated. An error names the variable and the field.
+        """
         environ = os.environ if environ is None else environ
-        base = base or cls()
-        hints = typing.get_type_hints(cls)
-        changes: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f"CATTS_{f.name.upper()}")
-            if raw is not None:
-                changes[f.name] = _parse_env(f.name, raw, hints[f.name])
-        return dataclasses.replace(base, **changes)
+        given = {
+            name: environ[env_variable(name)] for name in cls.model_fields if env_variable(name) in environ
+        }
+        try:
+            # Lax, unlike construction: a string is read as the field's type.
+            changes = _context_reader().validate_python(
+                {name: _from_env_string(cls.model_fields[name], raw) for name, raw in given.items()},
+                strict=False,
+            )
+            return (base or cls()).replace(**changes)
+        except pydantic.ValidationError as error:
+            raise _config_error(error, given) from None
+        except ConfigError as error:  # a rule between fields, or a bound only construction checks
+            raise _config_error(error, given) from None
+
+    # -- documentation ------------------------------------------------------------------------------
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """(name, default, description) of every field, for the README and ``catts config``."""
-        return [(f.name, repr(f.default), str(f.metadata.get("description", ""))) for f in fields(cls)]
+        return [(doc.name, doc.default, doc.description) for doc in cls.field_docs()]
+
+    @classmethod
+    def field_docs(cls) -> list[FieldDoc]:
+        """Every field as ``catts config`` prints it, its type and bounds read from the model's
+        JSON schema (the one Studio shows)."""
+        properties = _json_schema(cls)["properties"]
+        return [
+            FieldDoc(
+                name,
+                _schema_type(properties[name]),
+                repr(field.default),
+                _bounds(properties[name]),
+                field.description or "",
+            )
+            for name, field in cls.model_fields.items()
+        ]
 
 
-def _check_types(config: CATTSConfig) -> None:
-    """Raise :class:`ConfigError` naming the first field whose value is not of the field's type."""
-    for name, hint in typing.get_type_hints(CATTSConfig).items():
-        value = getattr(config, name)
-        args = typing.get_args(hint)
-        if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
-            if value is None:
-                continue
-            hint = next(a for a in args if a is not type(None))
-        if hint is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name} must be True or False, got {value!r}")
-        elif hint is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-        elif hint is str and not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        elif hint is float and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-        ):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        # A list is a tuple here: JSON (Studio's context, the server's) has no tuples.
-        elif typing.get_origin(hint) is tuple and (
-            not isinstance(value, (tuple, list)) or not all(isinstance(item, str) for item in value)
-        ):
-            raise ConfigError(f"{name} must be a tuple of strings, got {value!r}")
+class FieldDoc(NamedTuple):
+    """One field of :class:`CATTSConfig`, written out: ``type`` and ``bounds`` as its JSON schema
+    gives them (``integer``, ``>= 1``; ``number | null``, ``(0, 1]``; ``string``, ``'a' | 'b'``)."""
+
+    name: str
+    type: str
+    default: str
+    bounds: str
+    description: str
 
 
-def _parse_env(name: str, raw: str, hint: Any) -> Any:
-    """Parse one environment value by the field's type; errors name the variable."""
-    var = f"CATTS_{name.upper()}"
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if raw.strip().lower() in ("", "none", "null"):
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(hint)
-    try:
-        if hint is bool:
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if hint is int:
-            return int(raw)
-        if hint is float:
-            return float(raw)
-        if origin is Literal:
-            return raw.strip()
-        if origin is tuple:
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        return raw
-    except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+def env_variable(name: str) -> str:
+    """The environment variable of the field ``name``: ``CATTS_<NAME>``."""
+    return f"CATTS_{name.upper()}"
+
+
+def _from_env_string(field: FieldInfo, raw: str) -> Any:
+    """The environment's spellings pydantic does not read from a string: None and a tuple."""
+    text = raw.strip()
+    args = typing.get_args(field.annotation)
+    if type(None) in args and text.lower() in ("", "none", "null"):
+        return None
+    if typing.get_origin(field.annotation) is tuple:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+class _Rule(ValueError):
+    """A rule between fields is broken (raised in a model validator): ``fields`` are the ones it
+    reads, named in the message; an environment error also names their variables."""
+
+    def __init__(self, fields: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+# -- errors, in the words of the field ---------------------------------------------------------------
+
+_TYPES = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a finite number",
+    "float_parsing": "a finite number",
+    "finite_number": "a finite number",
+    "bool_type": "True or False",
+    "bool_parsing": "True or False",
+    "string_type": "a string",
+    "string_pattern_mismatch": "a non-blank string",  # NonBlank, the one pattern
+    "tuple_type": "a list of strings",
+}
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _config_error(
+    error: pydantic.ValidationError | ConfigError, env: Mapping[str, str] | None = None
+) -> ConfigError:
+    """A :class:`ConfigError` for the first error of ``error``: ``FIELD must be EXPECTED, got VALUE``,
+    prefixed by ``CATTS_FIELD='raw'`` for the fields ``env`` (raw variables by field) gave."""
+    if isinstance(error, ConfigError):
+        text, fields = str(error), error.fields
+    else:
+        errors = error.errors()
+        cause = (errors[0].get("ctx") or {}).get("error")
+        if isinstance(cause, _Rule):
+            text, fields = str(cause), cause.fields
+        else:
+            text, fields = _field_message(errors[0]), (str(errors[0]["loc"][0]),)
+        if len(errors) > 1:
+            text += f" (and {len(errors) - 1} more)"
+    named = [f"{env_variable(name)}={env[name]!r}" for name in fields if env and name in env]
+    return ConfigError(", ".join(named) + (": " if named else "") + text, fields)
+
+
+def _field_message(error: ErrorDetails) -> str:
+    name, *inner = (str(part) for part in error["loc"])
+    where = name + "".join(f"[{part}]" for part in inner)
+    kind = error["type"]
+    got = f", got {error['input']!r}"
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(CATTSConfig.model_fields), n=1)
+        return f"{name} is not a CATTSConfig field" + (f" (did you mean {close[0]}?)" if close else "")
+    if kind == "literal_error":
+        return f"{where} must be one of {(error.get('ctx') or {}).get('expected')}{got}"
+    if kind in _BOUNDS:
+        return f"{where} must be {_range(name)}{got}"
+    if kind in _TYPES:
+        return f"{where} must be {_TYPES[kind]}{got}"
+    return f"{where}: {error['msg']}{got}"
+
+
+def _range(name: str) -> str:
+    """What the field ``name`` accepts, from its schema: ``an integer >= 1``, ``in (0, 1]``,
+    ``> 0 or None (off)``."""
+    schema = _json_schema(CATTSConfig)["properties"][name]
+    number = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
+    bounds = _bounds(number)
+    text = ("an integer " if number.get("type") == "integer" else "") + (
+        f"in {bounds}" if bounds.startswith(("[", "(")) else bounds
+    )
+    return text + (" or None (off)" if "anyOf" in schema else "")
+
+
+def _bounds(schema: Mapping[str, Any]) -> str:
+    """The bounds in a JSON schema: ``[0, 1]``, ``>= 1`` (from ``minimum``, ``exclusiveMaximum``,
+    ...), ``'a' | 'b'`` (an ``enum``), or ``""``; of an array, its items'; in an ``anyOf``, those of
+    its member that has them."""
+    for member in schema.get("anyOf", []):
+        if bounds := _bounds(member):
+            return bounds
+    if "enum" in schema:
+        return " | ".join(repr(choice) for choice in schema["enum"])
+    if "items" in schema:
+        return _bounds(schema["items"])
+    low = (f"[{schema['minimum']:g}", ">=") if "minimum" in schema else None
+    if "exclusiveMinimum" in schema:
+        low = (f"({schema['exclusiveMinimum']:g}", ">")
+    high = (f"{schema['maximum']:g}]", "<=") if "maximum" in schema else None
+    if "exclusiveMaximum" in schema:
+        high = (f"{schema['exclusiveMaximum']:g})", "<")
+    if low and high:
+        return f"{low[0]}, {high[0]}"
+    if low:
+        return f"{low[1]} {low[0][1:]}"
+    if high:
+        return f"{high[1]} {high[0][:-1]}"
+    return ""
+
+
+def _schema_type(schema: Mapping[str, Any]) -> str:
+    """A JSON schema's type written out: ``integer``, ``number | null``, ``list of string``."""
+    if "anyOf" in schema:
+        return " | ".join(_schema_type(member) for member in schema["anyOf"])
+    if schema.get("type") == "array":
+        return f"list of {_schema_type(schema.get('items', {}))}"
+    return str(schema.get("type", "any"))
+
+
+@functools.cache
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
 
 
 # The graph's context schema: any subset of CATTSConfig's fields, applied over the config the graph
-# was built with. (A dataclass context would be rebuilt by LangGraph from a dict with the *class*
-# defaults, silently dropping the graph's own config; a TypedDict of overrides keeps it.)
+# was built with, each field with the type, bounds and description declared above (LangGraph makes
+# Studio's configuration panel from it). Not CATTSConfig itself: LangGraph would build a model from a
+# context mapping with the *class* defaults, dropping the graph's own config (an env-configured
+# Studio graph's, say), and check rules between fields against them. No defaults either, for the
+# same reason: a field left empty keeps the graph's value. A mapping is checked, over the graph's
+# config, when a node reads it (``nodes.common.run_config``).
 CATTSContext = TypedDict(  # type: ignore[misc]  # noqa: UP013 (fields come from CATTSConfig)
-    "CATTSContext", dict(typing.get_type_hints(CATTSConfig)), total=False
+    "CATTSContext",
+    {
+        name: Annotated[
+            field.annotation,
+            *field.metadata,
+            Field(description=field.description),
+        ]
+        for name, field in CATTSConfig.model_fields.items()
+    },
+    total=False,
 )
+CATTSContext.__pydantic_config__ = ConfigDict(allow_inf_nan=False, extra="forbid")  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _context_reader() -> pydantic.TypeAdapter[CATTSContext]:
+    """Validates some fields, each by its type and bounds (the rules between fields are the model's)."""
+    return pydantic.TypeAdapter(CATTSContext)

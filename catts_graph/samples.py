@@ -14,7 +14,6 @@ with an encoder; CLIPScore one batched image-text call per response, only with a
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from catts_graph.step_confidence import SIGNALS, Similarity, StepCalibrator, ste
 from catts_graph.task import SampleRecord, StepFusion, StepRecord
 
 DEEPCONF_K = 20
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CATTSConfig)}
+_DEFAULTS = {name: field.default for name, field in CATTSConfig.model_fields.items()}
 _DIGITS = 6
 """Decimals the step numbers of a record keep (a record stays small; 1e-6 is below any threshold)."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import http.server
 import io
 import os
@@ -146,7 +145,7 @@ def test_config_out_of_range(changes, message):
         CATTSConfig(**changes)
 
 
-@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(CATTSConfig)])
+@pytest.mark.parametrize("name", list(CATTSConfig.model_fields))
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1", None, [1]])
 def test_every_field_refuses_a_value_of_the_wrong_type(name, bad):
     """The class: any field, any value outside its type, is a ConfigError naming the field."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from catts_graph.config import CATTSConfig
 from catts_graph.graph import NODES
 from tests.conftest import png_bytes
 
@@ -148,6 +149,13 @@ def test_langgraph_dev_serves_the_configured_graph(tmp_path: Path) -> None:
         client = langgraph_sdk.get_sync_client(url=url, timeout=30.0)
         assistants = client.assistants.search(graph_id="catts")
         assert assistants, f"no assistant for graph 'catts':\n{server_errors(log)}"
+
+        # Studio's configuration panel: CATTSConfig's fields, each with its description and bounds.
+        panel = client.assistants.get_schemas(assistants[0]["assistant_id"])["context_schema"]
+        assert list(panel["properties"]) == list(CATTSConfig.model_fields), server_errors(log)
+        n_samples = panel["properties"]["n_samples"]
+        assert n_samples["description"] == CATTSConfig.model_fields["n_samples"].description
+        assert (n_samples["type"], n_samples["minimum"]) == ("integer", 1)
 
         drawing = client.assistants.get_graph(assistants[0]["assistant_id"])
         drawn = {node["id"] for node in drawing["nodes"]}

@@ -48,7 +48,7 @@ import numpy as np
 
 from catts_graph import confidence as conf
 from catts_graph import scoring
-from catts_graph.config import MODULES, CATTSConfig
+from catts_graph.config import DEEPCONF_WEIGHTINGS, MODULES, CATTSConfig
 from catts_graph.experts import resolve_experts
 from catts_graph.graph import build_graph
 from catts_graph.models.base import BaseVLM, Sample, SamplingParams
@@ -80,7 +80,6 @@ __all__ = [
     "run_offline",
 ]
 
-DEEPCONF_WEIGHTINGS = ("mean", "tail", "bottom_percent", "lowest_group")
 POLICIES = ("adaptive", "paper", "expert")
 MODULE_ABLATIONS = {f"no_{module}": module for module in MODULES}
 BOOST_ABLATIONS = {"no_voter_boost": "tau1", "no_reflection_boost": "tau2", "no_self_check_boost": "tau3"}

@@ -207,7 +207,7 @@ def run_eval(
                 "seed": seed,
                 "ns": ns,
                 "methods": [s.name for s in specs],
-                "config": dataclasses.asdict(config),
+                "config": config.model_dump(),
                 # The recorded samples' bytes: a file changed since is another run, not a resume.
                 "samples": _recorded_file(base_model),
             }

@@ -9,9 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-
 from catts_graph.commands.organism import add_organism_command
-from catts_graph.organism import organism_model, organism_path
 from catts_graph.organism.evaluate import evaluate_organism
 from catts_graph.organism.train import (
     CDRL_ORGANISM,
@@ -22,6 +20,8 @@ from catts_graph.organism.train import (
     weights_checksum,
 )
 from catts_graph.organism.tune import CDRL_VARIANTS, ship_cdrl
+
+from catts_graph.organism import organism_model, organism_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT / "examples" / "images" / "shapes.png"
@@ -100,8 +100,9 @@ def test_ship_cdrl_copies_the_checkpoint_and_records_its_origin(tmp_path: Path) 
 def test_the_hard_level_separates_the_organisms(base_model) -> None:
     """On the first 30 validation items of level 4 the shipped base answered 0.733, the expert 0.900
     (docs/organism/hard-level.md has 200 items per set); the table has a row per model and set."""
-    from catts_graph.eval.synthetic import HARD_LEVEL
     from catts_graph.organism.evaluate import level_accuracy, level_table
+
+    from catts_graph.eval.synthetic import HARD_LEVEL
 
     models = {"base": base_model, "expert": organism_model("expert")}
     result = level_accuracy(models, level=HARD_LEVEL, items=30, sets=[("validation", 0)])

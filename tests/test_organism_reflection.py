@@ -7,9 +7,6 @@ import json
 import random
 
 import pytest
-
-from catts_graph.eval.synthetic import COLOURS, POSITIONS, SHAPES, describe_scene, make_question
-from catts_graph.organism.language import reply_text
 from catts_graph.organism.reflection import (
     REFLECTION_PROMPT,
     ReflectionBatches,
@@ -22,6 +19,9 @@ from catts_graph.organism.reflection import (
     reflection_prompt_text,
     reply_steps,
 )
+
+from catts_graph.eval.synthetic import COLOURS, POSITIONS, SHAPES, describe_scene, make_question
+from catts_graph.organism.language import reply_text
 from catts_graph.organism.steps import reference_steps
 
 

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from catts_graph.organism.reproduce import (
     CDRL_CONFIG,
     MMBOUNDARY_CONFIG,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from catts_graph.organism.tune import FLOORS, WINDOWS, tune_voting, voting_table
+
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
 
 

@@ -34,7 +34,8 @@ CHECKPOINT_SETTINGS = {
     "reflection_prompt": ANSWER_PROMPT,
     "answer_format": "option_text",
 }
-"""``catts.json`` of an organism checkpoint as :func:`~catts_experiments.train.train_organism` writes it. An organism
+"""``catts.json`` of an organism checkpoint as :func:`~catts_experiments.train.train_organism` writes
+it. An organism
 trained from scratch never learned to read a critique, so its self-reflection is answering again,
 greedily, under its own prompt (re-reading the image): the reflection template gets only the
 question and options it asks for. The shipped base organism was then taught to read one

@@ -102,9 +102,7 @@ def load_clip_organism(path: str | Path | None = None) -> tuple[Any, Any]:
     folder = Path(path) if path is not None else clip_organism_path()
     manifest = folder / "clip_organism.json"
     if not manifest.is_file():
-        raise FileNotFoundError(
-            f"no CLIP organism at {str(folder)!r}; build it with `catts train clip`"
-        )
+        raise FileNotFoundError(f"no CLIP organism at {str(folder)!r}; build it with `catts train clip`")
     config = ClipOrganismConfig(**json.loads(manifest.read_text())["config"])
     model = build_clip_organism(config)
     state = {key: value.to(torch.float32) for key, value in load_file(folder / "model.safetensors").items()}

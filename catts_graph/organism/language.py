@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ANSWER_PROMPT",
     "MAX_NEW_TOKENS",
-    "answer_text", "organism_prompt", "organism_words",
+    "answer_text",
+    "organism_prompt",
+    "organism_words",
     "reply_text",
     "spoken_answer",
 ]

@@ -34,6 +34,7 @@ __all__ = [
 NO_STEP = "none"
 """What the critique names when it finds no wrong step."""
 
+
 def normalise_step(step: str) -> str:
     """A step's content for matching: without a trailing statement, closing punctuation and case."""
     content, _ = split_statement(step)

@@ -1,215 +1,46 @@
-"""``catts organism train | eval | reproduce``: the model organism on the command line."""
+"""The organism's commands: ``catts train organism | clip | reflection``, ``catts measure organism |
+level | steps | reflection | cdrl``, ``catts tune voting | cdrl``, ``catts ship cdrl`` and ``catts
+reproduce``.
+
+Each ``add_*`` function adds one command's arguments to the parser
+:mod:`catts_graph.commands.registry` made for it, and its ``func``. A command's flags are named for
+the keyword arguments of the function it runs (``--save-every`` fills ``save_every_minutes``), so the
+command passes the parsed namespace on whole (:func:`keywords_of`), not argument by argument.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from catts_graph.eval.synthetic import HARD_LEVEL, LEVELS
-from catts_graph.organism.clip import load_clip_organism
-from catts_graph.organism.reproduce import Plan, reproduce
-from catts_graph.organism.train import CONFIGS, SHIPPED, organism_path, train_organism
+from catts_graph.organism import SHIPPED, organism_path
+
+TRAINED = ("base", "expert")
+"""The organisms ``catts train organism`` builds from scratch (the CDRL one comes from ``tune cdrl``)."""
 
 
-def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts organism train | eval``."""
-    parser = subparsers.add_parser("organism", help="train or evaluate the organism models")
-    commands = parser.add_subparsers(dest="organism_command", required=True)
-
-    train = commands.add_parser("train", help="train an organism model from scratch (CPU, seeded)")
-    train.add_argument("--which", choices=sorted(CONFIGS), default="base")
-    train.add_argument("--out", help="checkpoint folder (default: the shipped one, replaced)")
-    train.add_argument(
-        "--minutes", type=float, help="fit the step counts to this wall-clock budget (not bit-reproducible)"
-    )
-    train.add_argument("--steps-scale", type=float, default=1.0, help="multiply the configured steps")
-    train.add_argument("--threads", type=int, default=2, help="CPU threads")
-    train.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
-    train.add_argument(
-        "--validate-every", type=int, default=0, help="log validation accuracy every this many steps"
-    )
-    train.add_argument(
-        "--state-dir",
-        help="resumable run: save the training state here every --save-every minutes, and continue "
-        "from it when it exists",
-    )
-    train.add_argument("--save-every", type=float, default=10.0, help="minutes between saved states")
-    train.add_argument(
-        "--stop-after", type=float, help="minutes: save the state and stop (resume later with --state-dir)"
-    )
-    train.add_argument(
-        "--stop-at-step",
-        type=int,
-        help="end the run at this step of its schedule and save the checkpoint (resumable to the end)",
-    )
-    train.set_defaults(func=_train_command)
-
-    evaluate = commands.add_parser("eval", help="accuracy and confidence per question kind")
-    evaluate.add_argument("--which", choices=SHIPPED, default="base")
-    evaluate.add_argument("--model", help="checkpoint folder (default: the shipped one)")
-    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    evaluate.add_argument("--limit", type=int, default=250)
-    evaluate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise strength in [0, 1]")
-    evaluate.add_argument(
-        "--seed", type=int, default=0, help="the generator's seed (other than 0: fresh scenes of every split)"
-    )
-    evaluate.add_argument(
-        "--level", type=int, choices=LEVELS, help="every question at this generator level (default: the mix)"
-    )
-    evaluate.add_argument("--threads", type=int, default=2, help="CPU threads")
-    evaluate.set_defaults(func=_eval_command)
-
-    level = commands.add_parser(
-        "level",
-        help="base and expert greedy accuracy at one generator level, per kind with intervals, on "
-        "validation, test and a fresh seed",
-    )
-    level.add_argument("--level", type=int, choices=LEVELS, default=HARD_LEVEL)
-    level.add_argument("--items", type=int, default=200, help="items per set")
-    level.add_argument("--out", help="write <out>.json and <out>.md")
-    level.add_argument("--threads", type=int, default=1, help="CPU threads")
-    level.set_defaults(func=_level_command)
-
-    clip = commands.add_parser("train-clip", help="train the CLIP organism (relevance maps) from scratch")
-    clip.add_argument("--out", help="checkpoint folder (default: the shipped one, replaced)")
-    clip.add_argument("--threads", type=int, default=2, help="CPU threads")
-    clip.set_defaults(func=_train_clip_command)
-
-    tune = commands.add_parser(
-        "tune", help="choose DeepConf's window and check nmlp_floor on validation, report on test"
-    )
-    steps = commands.add_parser(
-        "steps", help="step-level calibration (MMBoundary's signals) against step truth"
-    )
-    for sub in (tune, steps):
-        sub.add_argument("--which", choices=sorted(CONFIGS), default="base")
-        sub.add_argument("--model", help="checkpoint folder (default: the shipped one)")
-        sub.add_argument("--validation", type=int, default=100, help="validation items")
-        sub.add_argument("--test", type=int, default=100, help="test items")
-        sub.add_argument("--out", help="write <out>.json and <out>.md")
-        sub.add_argument("--threads", type=int, default=1, help="CPU threads")
-    tune.add_argument("--n", type=int, default=16, help="samples per item")
-    tune.set_defaults(func=_tune_command)
-    steps.add_argument("--no-tokensar", action="store_true", help="skip TokenSAR (no sentence encoder)")
-    steps.set_defaults(func=_steps_command)
-
-    tune_cdrl = commands.add_parser(
-        "tune-cdrl",
-        help="train each CDRL variant (reward-only, confidence terms, perturbation mix), probe it against "
-        "the base; choose on validation, measure on test or a fresh seed with the same checkpoints",
-    )
-    tune_cdrl.add_argument("--out", default="runs/organism-cdrl-tuning", help="run folder (resumed)")
-    tune_cdrl.add_argument("--items", type=int, default=200, help="scenes probed")
-    tune_cdrl.add_argument(
-        "--split", choices=("validation", "test"), default="validation", help="split of the probed scenes"
-    )
-    tune_cdrl.add_argument("--seed", type=int, default=0, help="generator seed of the probed scenes")
-    tune_cdrl.add_argument(
-        "--variants",
-        help="comma-separated variants (default: all of catts_graph.organism.tune.CDRL_VARIANTS)",
-    )
-    tune_cdrl.add_argument("--steps", type=int, help="GRPO steps per run (default: the config's)")
-    tune_cdrl.add_argument("--threads", type=int, default=2, help="CPU threads")
-    tune_cdrl.set_defaults(func=_tune_cdrl_command)
-
-    ship = commands.add_parser(
-        "ship-cdrl", help="copy a tune-cdrl variant's checkpoint to the shipped base-cdrl organism"
-    )
-    ship.add_argument("--out", default="runs/organism-cdrl-tuning", help="the tune-cdrl run folder")
-    ship.add_argument("--variant", required=True, help="the variant to ship (the one validation chose)")
-    ship.add_argument("--target", help="checkpoint folder (default: the shipped base-cdrl, replaced)")
-    ship.set_defaults(func=_ship_cdrl_command)
-
-    reflect = commands.add_parser(
-        "train-reflection",
-        help="fine-tune the base organism to answer again after a critique naming its wrong step",
-    )
-    reflect.add_argument("--model", help="the organism to fine-tune (default: the shipped base)")
-    reflect.add_argument("--out", required=True, help="checkpoint folder to write")
-    reflect.add_argument("--steps", type=int, default=800, help="optimiser steps")
-    reflect.add_argument("--pool-items", type=int, default=1500, help="fresh scenes of the own-error pool")
-    reflect.add_argument("--threads", type=int, default=2, help="CPU threads")
-    reflect.set_defaults(func=_train_reflection_command)
-
-    effect = commands.add_parser(
-        "reflection", help="what the base's reflection on the expert organism's critique adds"
-    )
-    effect.add_argument("--model", help="the reflection-trained base (default: the shipped base)")
-    effect.add_argument("--split", default="test", choices=["validation", "test"])
-    effect.add_argument("--limit", type=int, default=500)
-    effect.add_argument("--out", help="write <out>.json")
-    effect.add_argument("--threads", type=int, default=2, help="CPU threads")
-    effect.set_defaults(func=_reflection_command)
-
-    add_reproduce_command(commands)
-    return parser
+def keywords_of(function: Callable[..., Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The entries of ``args`` that ``function`` takes as keyword arguments."""
+    accepted = inspect.signature(function).parameters
+    return {name: value for name, value in vars(args).items() if name in accepted}
 
 
-def _train_reflection_command(args: argparse.Namespace) -> int:
-    from catts_graph.organism.reflection import ReflectionConfig, train_reflection
-
-    config = ReflectionConfig(steps=args.steps, pool_items=args.pool_items)
-    train_reflection(args.model or organism_path("base"), args.out, config, threads=args.threads)
-    return 0
+def _threads(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--threads", type=int, default=default, help="CPU threads")
 
 
-def _reflection_command(args: argparse.Namespace) -> int:
-    import json
-
+def _set_threads(args: argparse.Namespace) -> None:
     import torch
 
-    from catts_graph.models import TransformersVLM
-    from catts_graph.organism.reflection import reflection_effect
-
     torch.set_num_threads(args.threads)
-    base = TransformersVLM.from_pretrained(Path(args.model) if args.model else organism_path("base"))
-    expert = TransformersVLM.from_pretrained(organism_path("expert"))
-    result = reflection_effect(base, expert, split=args.split, limit=args.limit, log=print)
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
-    return 0
-
-
-def _tune_cdrl_command(args: argparse.Namespace) -> int:
-    import torch
-
-    from catts_graph.organism.tune import tune_cdrl
-
-    torch.set_num_threads(args.threads)
-    from catts_graph.organism.tune import CDRL_VARIANTS
-
-    variants = (
-        [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(CDRL_VARIANTS)
-    )
-    result = tune_cdrl(
-        args.out, variants=variants, items=args.items, split=args.split, seed=args.seed, steps=args.steps
-    )
-    print((Path(args.out) / f"tuning-{args.split}-seed{args.seed}.md").read_text())
-    return 0 if result["chosen"] is not None else 1
-
-
-def _ship_cdrl_command(args: argparse.Namespace) -> int:
-    from catts_graph.organism.tune import ship_cdrl
-
-    print(f"shipped {args.variant} -> {ship_cdrl(args.out, args.variant, args.target)}")
-    return 0
-
-
-def _measured_model(args: argparse.Namespace) -> Any:
-    import torch
-
-    from catts_graph.models import TransformersVLM
-
-    torch.set_num_threads(args.threads)
-    return TransformersVLM.from_pretrained(Path(args.model) if args.model else organism_path(args.which))
 
 
 def _write(out: str | None, result: dict[str, Any], table: str) -> None:
-    import json
-
     print(table)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -217,16 +48,173 @@ def _write(out: str | None, result: dict[str, Any], table: str) -> None:
         Path(f"{out}.md").write_text(table + "\n")
 
 
-def _tune_command(args: argparse.Namespace) -> int:
-    from catts_graph.organism.tune import tune_voting, voting_table
+# -- train ----------------------------------------------------------------------------------------
 
-    result = tune_voting(_measured_model(args), validation=args.validation, test=args.test, n=args.n)
-    _write(args.out, result, voting_table(result))
+
+def add_train_organism(parser: argparse.ArgumentParser) -> None:
+    """``catts train organism``: :func:`~catts_experiments.train.train_organism`."""
+    parser.add_argument("--which", choices=TRAINED, default="base")
+    parser.add_argument("--out", help="checkpoint folder (default: the shipped one, replaced)")
+    parser.add_argument(
+        "--minutes", type=float, help="fit the step counts to this wall-clock budget (not bit-reproducible)"
+    )
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply the configured steps")
+    _threads(parser, 2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    parser.add_argument(
+        "--validate-every", type=int, default=0, help="log validation accuracy every this many steps"
+    )
+    parser.add_argument(
+        "--state-dir",
+        help="resumable run: save the training state here every --save-every minutes, and continue "
+        "from it when it exists",
+    )
+    parser.add_argument(
+        "--save-every",
+        dest="save_every_minutes",
+        type=float,
+        default=10.0,
+        help="minutes between saved states",
+    )
+    parser.add_argument(
+        "--stop-after",
+        dest="stop_after_minutes",
+        type=float,
+        help="minutes: save the state and stop (resume later with --state-dir)",
+    )
+    parser.add_argument(
+        "--stop-at-step",
+        type=int,
+        help="end the run at this step of its schedule and save the checkpoint (resumable to the end)",
+    )
+    parser.set_defaults(func=_train_organism)
+
+
+def _train_organism(args: argparse.Namespace) -> int:
+    from catts_experiments.train import train_organism
+
+    if args.steps_scale <= 0:
+        raise ValueError(f"--steps-scale must be positive, got {args.steps_scale}")
+    if args.minutes is not None and args.state_dir is not None:
+        raise ValueError(
+            "--minutes fits the step count to one invocation's speed: it cannot resume; use --steps-scale"
+        )
+    train_organism(**keywords_of(train_organism, args))
     return 0
 
 
-def _steps_command(args: argparse.Namespace) -> int:
-    from catts_graph.organism.steps import measure_step_calibration, step_table
+def add_train_clip(parser: argparse.ArgumentParser) -> None:
+    """``catts train clip``: :func:`~catts_experiments.clip.train_clip_organism`."""
+    parser.add_argument("--out", help="checkpoint folder (default: the shipped one, replaced)")
+    _threads(parser, 2)
+    parser.set_defaults(func=_train_clip)
+
+
+def _train_clip(args: argparse.Namespace) -> int:
+    from catts_experiments.clip import relevance_lift, train_clip_organism
+    from catts_graph.organism.clip import clip_organism
+
+    path = train_clip_organism(**keywords_of(train_clip_organism, args))
+    print(f"relevance on the named object (test split): {relevance_lift(clip_organism(path))}")
+    return 0
+
+
+def add_train_reflection(parser: argparse.ArgumentParser) -> None:
+    """``catts train reflection``: :func:`~catts_experiments.reflection.train_reflection`."""
+    parser.add_argument("--model", help="the organism to fine-tune (default: the shipped base)")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write")
+    parser.add_argument("--steps", type=int, default=800, help="optimiser steps")
+    parser.add_argument("--pool-items", type=int, default=1500, help="fresh scenes of the own-error pool")
+    _threads(parser, 2)
+    parser.set_defaults(func=_train_reflection)
+
+
+def _train_reflection(args: argparse.Namespace) -> int:
+    from catts_experiments.reflection import ReflectionConfig, train_reflection
+
+    config = ReflectionConfig(**keywords_of(ReflectionConfig, args))
+    train_reflection(args.model or organism_path("base"), args.out, config, threads=args.threads)
+    return 0
+
+
+# -- measure --------------------------------------------------------------------------------------
+
+
+def _measured(args: argparse.Namespace) -> Any:
+    """The organism ``--model`` names (default: the shipped ``--which``), on ``--threads`` threads."""
+    from catts_graph.models import TransformersVLM
+
+    _set_threads(args)
+    return TransformersVLM.from_pretrained(
+        Path(args.checkpoint) if args.checkpoint else organism_path(args.which)
+    )
+
+
+def add_measure_organism(parser: argparse.ArgumentParser) -> None:
+    """``catts measure organism``: :func:`~catts_experiments.evaluate.evaluate_organism`."""
+    parser.add_argument("--which", choices=SHIPPED, default="base")
+    parser.add_argument("--model", dest="checkpoint", help="checkpoint folder (default: the shipped one)")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--limit", type=int, default=250)
+    parser.add_argument("--noise", type=float, default=0.0, help="Gaussian noise strength in [0, 1]")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the generator's seed (other than 0: fresh scenes of every split)"
+    )
+    parser.add_argument(
+        "--level", type=int, choices=LEVELS, help="every question at this generator level (default: the mix)"
+    )
+    _threads(parser, 2)
+    parser.set_defaults(func=_measure_organism)
+
+
+def _measure_organism(args: argparse.Namespace) -> int:
+    from catts_experiments.evaluate import evaluate_organism, format_report
+
+    report = evaluate_organism(_measured(args), **keywords_of(evaluate_organism, args))
+    print(format_report(report))
+    return 0
+
+
+def add_measure_level(parser: argparse.ArgumentParser) -> None:
+    """``catts measure level``: :func:`~catts_experiments.evaluate.level_accuracy`."""
+    parser.add_argument("--level", type=int, choices=LEVELS, default=HARD_LEVEL)
+    parser.add_argument("--items", type=int, default=200, help="items per set")
+    parser.add_argument("--out", help="write <out>.json and <out>.md")
+    _threads(parser, 1)
+    parser.set_defaults(func=_measure_level)
+
+
+def _measure_level(args: argparse.Namespace) -> int:
+    from catts_experiments.evaluate import level_accuracy, level_table
+
+    _set_threads(args)
+    models = {which: organism_path(which) for which in TRAINED}
+    result = level_accuracy(models, **keywords_of(level_accuracy, args), log=print)
+    _write(args.out, result, level_table(result))
+    return 0
+
+
+def _validation_and_test(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--which", choices=SHIPPED, default="base")
+    parser.add_argument("--model", dest="checkpoint", help="checkpoint folder (default: the shipped one)")
+    parser.add_argument("--validation", type=int, default=100, help="validation items")
+    parser.add_argument("--test", type=int, default=100, help="test items")
+    parser.add_argument("--out", help="write <out>.json and <out>.md")
+    _threads(parser, 1)
+
+
+def add_measure_steps(parser: argparse.ArgumentParser) -> None:
+    """``catts measure steps``: :func:`~catts_experiments.step_calibration.measure_step_calibration`."""
+    _validation_and_test(parser)
+    parser.add_argument(
+        "--level", type=int, choices=LEVELS, help="every question at this generator level (default: the mix)"
+    )
+    parser.add_argument("--no-tokensar", action="store_true", help="skip TokenSAR (no sentence encoder)")
+    parser.set_defaults(func=_measure_steps)
+
+
+def _measure_steps(args: argparse.Namespace) -> int:
+    from catts_experiments.step_calibration import measure_step_calibration, step_table
 
     similarity = None
     if not args.no_tokensar:
@@ -234,103 +222,141 @@ def _steps_command(args: argparse.Namespace) -> int:
 
         similarity = MiniLMEncoder().similarity
     result = measure_step_calibration(
-        _measured_model(args), validation=args.validation, test=args.test, similarity=similarity
+        _measured(args), **keywords_of(measure_step_calibration, args), similarity=similarity
     )
     _write(args.out, result, step_table(result))
     return 0
 
 
-def _train_clip_command(args: argparse.Namespace) -> int:
-    from catts_graph.organism.clip import relevance_lift, train_clip_organism
-    from catts_graph.relevance import ClipRelevance
-
-    path = train_clip_organism(args.out, threads=args.threads)
-    model, tokenizer = load_clip_organism(path)
-    print(f"relevance on the named object (test split): {relevance_lift(ClipRelevance(model, tokenizer))}")
-    return 0
-
-
-def _train_command(args: argparse.Namespace) -> int:
-    if args.steps_scale <= 0:
-        raise ValueError(f"--steps-scale must be positive, got {args.steps_scale}")
-    if args.minutes is not None and args.state_dir is not None:
-        raise ValueError(
-            "--minutes fits the step count to one invocation's speed: it cannot resume; use --steps-scale"
-        )
-    train_organism(
-        args.which,
-        args.out,
-        steps_scale=args.steps_scale,
-        minutes=args.minutes,
-        threads=args.threads,
-        device=args.device,
-        validate_every=args.validate_every,
-        state_dir=args.state_dir,
-        save_every_minutes=args.save_every,
-        stop_after_minutes=args.stop_after,
-        stop_at_step=args.stop_at_step,
+def add_measure_reflection(parser: argparse.ArgumentParser) -> None:
+    """``catts measure reflection``: :func:`~catts_experiments.reflection.reflection_effect`."""
+    parser.add_argument(
+        "--model", dest="checkpoint", help="the reflection-trained base (default: the shipped base)"
     )
-    return 0
-
-
-def _eval_command(args: argparse.Namespace) -> int:
-    import torch
-
-    from catts_graph.organism.evaluate import evaluate_organism, format_report
-
-    torch.set_num_threads(args.threads)
-    model = Path(args.model) if args.model else organism_path(args.which)
-    report = evaluate_organism(
-        model, split=args.split, limit=args.limit, noise=args.noise, seed=args.seed, level=args.level
+    parser.add_argument("--split", default="test", choices=["validation", "test"])
+    parser.add_argument("--limit", type=int, default=500)
+    parser.add_argument(
+        "--level", type=int, choices=LEVELS, help="every question at this generator level (default: the mix)"
     )
-    print(format_report(report))
+    parser.add_argument("--out", help="write <out>.json")
+    _threads(parser, 2)
+    parser.set_defaults(func=_measure_reflection, which="base")
+
+
+def _measure_reflection(args: argparse.Namespace) -> int:
+    from catts_experiments.reflection import reflection_effect
+    from catts_graph.models import TransformersVLM
+
+    base = _measured(args)
+    expert = TransformersVLM.from_pretrained(organism_path("expert"))
+    result = reflection_effect(base, expert, **keywords_of(reflection_effect, args), log=print)
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
-def _level_command(args: argparse.Namespace) -> int:
-    import torch
+def add_measure_cdrl(parser: argparse.ArgumentParser) -> None:
+    """``catts measure cdrl``: :func:`~catts_experiments.reproduce.cdrl_effect`."""
+    parser.add_argument("--out", default="runs/organism-cdrl", help="run folder (resumed when it exists)")
+    parser.add_argument("--items", type=int, default=100, help="test items probed")
+    parser.add_argument("--perturb", default="gaussian,occlusion", help="comma-separated perturbations")
+    _threads(parser, 1)
+    parser.set_defaults(func=_measure_cdrl)
 
-    from catts_graph.organism.evaluate import level_accuracy, level_table
 
-    torch.set_num_threads(args.threads)
-    models = {which: organism_path(which) for which in ("base", "expert")}
-    result = level_accuracy(models, level=args.level, items=args.items, log=print)
-    _write(args.out, result, level_table(result))
+def _measure_cdrl(args: argparse.Namespace) -> int:
+    from catts_experiments.reproduce import Plan, cdrl_effect
+
+    _set_threads(args)
+    cdrl_effect(args.out, Plan(probe_items=args.items, perturbs=tuple(args.perturb.split(","))))
     return 0
 
 
-def add_reproduce_command(commands: Any) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        "reproduce", help="regenerate every number and figure of docs/organism.md (CPU, < 1 hour)"
+# -- tune, ship, reproduce -------------------------------------------------------------------------
+
+
+def add_tune_voting(parser: argparse.ArgumentParser) -> None:
+    """``catts tune voting``: :func:`~catts_experiments.tune.tune_voting`."""
+    _validation_and_test(parser)
+    parser.add_argument("--n", type=int, default=16, help="samples per item")
+    parser.set_defaults(func=_tune_voting)
+
+
+def _tune_voting(args: argparse.Namespace) -> int:
+    from catts_experiments.tune import tune_voting, voting_table
+
+    result = tune_voting(_measured(args), **keywords_of(tune_voting, args))
+    _write(args.out, result, voting_table(result))
+    return 0
+
+
+def add_tune_cdrl(parser: argparse.ArgumentParser) -> None:
+    """``catts tune cdrl``: :func:`~catts_experiments.tune.tune_cdrl`."""
+    parser.add_argument("--out", default="runs/organism-cdrl-tuning", help="run folder (resumed)")
+    parser.add_argument("--items", type=int, default=200, help="scenes probed")
+    parser.add_argument(
+        "--split", choices=("validation", "test"), default="validation", help="split of the probed scenes"
     )
+    parser.add_argument("--seed", type=int, default=0, help="generator seed of the probed scenes")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+        help="comma-separated variants (default: all of catts_experiments.tune.CDRL_VARIANTS)",
+    )
+    parser.add_argument("--steps", type=int, help="GRPO steps per run (default: the config's)")
+    _threads(parser, 2)
+    parser.set_defaults(func=_tune_cdrl)
+
+
+def _tune_cdrl(args: argparse.Namespace) -> int:
+    from catts_experiments.tune import CDRL_VARIANTS, tune_cdrl
+
+    _set_threads(args)
+    keywords = keywords_of(tune_cdrl, args)
+    keywords["variants"] = args.variants or list(CDRL_VARIANTS)
+    result = tune_cdrl(**keywords)
+    print((Path(args.out) / f"tuning-{args.split}-seed{args.seed}.md").read_text())
+    return 0 if result["chosen"] is not None else 1
+
+
+def add_ship_cdrl(parser: argparse.ArgumentParser) -> None:
+    """``catts ship cdrl``: :func:`~catts_experiments.tune.ship_cdrl`."""
+    parser.add_argument("--out", default="runs/organism-cdrl-tuning", help="the `tune cdrl` run folder")
+    parser.add_argument("--variant", required=True, help="the variant to ship (the one validation chose)")
+    parser.add_argument("--target", help="checkpoint folder (default: the shipped base-cdrl, replaced)")
+    parser.set_defaults(func=_ship_cdrl)
+
+
+def _ship_cdrl(args: argparse.Namespace) -> int:
+    from catts_experiments.tune import ship_cdrl
+
+    print(f"shipped {args.variant} -> {ship_cdrl(**keywords_of(ship_cdrl, args))}")
+    return 0
+
+
+def add_reproduce(parser: argparse.ArgumentParser) -> None:
+    """``catts reproduce``: :func:`~catts_experiments.reproduce.reproduce`."""
     parser.add_argument("--out", default="runs/organism", help="run folder (resumed when it exists)")
     parser.add_argument("--quick", action="store_true", help="a smoke-sized run of every step")
-    parser.set_defaults(func=_reproduce_command)
-    cdrl = commands.add_parser(
-        "cdrl", help="CDRL on the base organism alone: the probe before and after, drop ratios, calibration"
+    parser.add_argument(
+        "--level",
+        type=int,
+        choices=LEVELS,
+        help="ask every item at this generator level (default: the mix the organisms trained on)",
     )
-    cdrl.add_argument("--out", default="runs/organism-cdrl", help="run folder (resumed when it exists)")
-    cdrl.add_argument("--items", type=int, default=100, help="test items probed")
-    cdrl.add_argument("--perturb", default="gaussian,occlusion", help="comma-separated perturbations")
-    cdrl.add_argument("--threads", type=int, default=1, help="CPU threads")
-    cdrl.set_defaults(func=_cdrl_command)
-    return parser
+    parser.set_defaults(func=_reproduce)
 
 
-def _cdrl_command(args: argparse.Namespace) -> int:
+def _reproduce(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
-    from catts_graph.organism.reproduce import Plan, cdrl_effect
-
-    torch.set_num_threads(args.threads)
-    plan = Plan(probe_items=args.items, perturbs=tuple(args.perturb.split(",")))
-    cdrl_effect(args.out, plan)
-    return 0
-
-
-def _reproduce_command(args: argparse.Namespace) -> int:
-    import torch
+    from catts_experiments.reproduce import Plan, reproduce
 
     torch.set_num_threads(2)
-    reproduce(args.out, Plan.quick() if args.quick else Plan())
+    plan = dataclasses.replace(Plan.quick() if args.quick else Plan(), level=args.level)
+    reproduce(args.out, plan)
     return 0

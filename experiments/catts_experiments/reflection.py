@@ -1,4 +1,5 @@
-"""Self-reflection the organism can do (``catts train reflection``, ``catts measure reflection``): answering again after a critique that names its wrong step.
+"""Self-reflection the organism can do (``catts train reflection``, ``catts measure reflection``):
+answering again after a critique that names its wrong step.
 
 The organisms were trained on one prompt (the question and its options), so CA-TTS's
 self-reflection was a greedy re-reading: the same reply again. Here the base organism learns a

@@ -1,4 +1,5 @@
-"""Train the organism models (``catts train organism``): small Qwen2.5-VLs learned from scratch on the synthetic benchmark.
+"""Train the organism models (``catts train organism``): small Qwen2.5-VLs learned from scratch on
+the synthetic benchmark.
 
 Plain supervised fine-tuning on CPU, seeded. A model is built random with
 :func:`~catts_graph.models.tiny.build_tiny_qwen25vl` (the same offline tokenizer, processor and chat
@@ -56,6 +57,7 @@ from typing import Any
 
 from catts_graph.organism.checkpoint import encode_examples, organism_path, save_checkpoint
 from catts_graph.organism.language import ANSWER_PROMPT, organism_prompt, reply_text
+
 
 @dataclass(frozen=True)
 class OrganismConfig:
@@ -346,8 +348,8 @@ def _initial_model(config: OrganismConfig) -> tuple[Any, Any]:
 
 def _validate(model: Any, processor: Any, limit: int) -> dict[str, float]:
     """Greedy accuracy per question kind (and ``all``) on the first ``limit`` validation items."""
-    from catts_graph.models import TransformersVLM
     from catts_experiments.evaluate import evaluate_organism
+    from catts_graph.models import TransformersVLM
 
     vlm = TransformersVLM(model, processor, answer_prompt=ANSWER_PROMPT)  # puts the model in eval mode
     report = evaluate_organism(vlm, split="validation", limit=limit)

@@ -68,10 +68,10 @@ def test_estimated_levels_by_hand() -> None:
 def test_teacher_forcing_reads_what_the_sampler_recorded() -> None:
     """The levels of the pre-training come from the same log-probs and entropies the data stage
     reads off the organism's own greedy reply."""
-    from catts_graph.organism.train import encode_examples
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from catts_graph.models import TransformersVLM
+    from catts_graph.organism.checkpoint import encode_examples
     from catts_graph.organism.language import organism_prompt
     from catts_graph.task import base_prompt
 

@@ -30,10 +30,10 @@ def extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_statement_costs_one_token_per_word_and_nothing_else_changes(extended: Path) -> None:
     import torch
-    from catts_graph.organism.train import reply_text
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from catts_graph.eval.synthetic import make_question
+    from catts_graph.organism.language import reply_text
 
     before = AutoProcessor.from_pretrained(organism_path("base")).tokenizer
     after = AutoProcessor.from_pretrained(extended).tokenizer

@@ -186,7 +186,6 @@ def test_probe_command_end_to_end(tmp_path, tiny_model_dir, tiny_image, capsys):
     assert len(probe_rows(run_dir / "results.sqlite")) == 2 * (1 + 2)
     bad = parser.parse_args(
         [
-            "probe",
             "--benchmark",
             "mathvision",
             "--source",

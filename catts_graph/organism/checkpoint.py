@@ -35,10 +35,9 @@ CHECKPOINT_SETTINGS = {
     "answer_format": "option_text",
 }
 """``catts.json`` of an organism checkpoint as :func:`~catts_experiments.train.train_organism` writes
-it. An organism
-trained from scratch never learned to read a critique, so its self-reflection is answering again,
-greedily, under its own prompt (re-reading the image): the reflection template gets only the
-question and options it asks for. The shipped base organism was then taught to read one
+it. An organism trained from scratch never learned to read a critique, so its self-reflection is
+answering again, greedily, under its own prompt (re-reading the image): the reflection template
+gets only the question and options it asks for. The shipped base organism was then taught to read one
 (:mod:`catts_experiments.reflection`) and declares ``reflection_prompt: reflection_short``.
 ``answer_format: option_text``: a multiple-choice answer is boxed as the option's text (checkpoints
 trained before box the letter; :func:`~catts_graph.organism.expert.organism_expert` reads which)."""

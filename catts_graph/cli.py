@@ -2,15 +2,15 @@
 
 ``catts run --image IMG --question TEXT`` answers one question through the CA-TTS graph and shows
 the answer, its confidence, the candidates and the modules that ran with their reasons.
-``catts config`` lists every configuration field.
+``catts config`` lists every configuration field. Every other command (``catts eval``, ``catts train
+cdrl``, ``catts reproduce``, ...) lives beside its code and is registered in one table,
+:mod:`catts_graph.commands.registry`, which imports only the command being run.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import math
 import os
 import sys
 import traceback
@@ -22,7 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from catts_graph.commands import add_threads_argument, print_error, set_threads
+from catts_graph.commands.registry import add_commands, resolve_alias
 from catts_graph.config import CATTSConfig, ConfigError, FieldDoc
+from catts_graph.formatting import json_ready
 from catts_graph.images import InputError
 from catts_graph.redaction import redact
 
@@ -70,50 +72,8 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     add_threads_argument(run)
 
     commands.add_parser("config", help="list every configuration field with its default")
-    chosen = next((word for word in argv if not word.startswith("-")), None)
-    for name, (help_text, target) in SUBCOMMANDS.items():
-        if name == chosen:
-            _registrar(name, target)(commands)
-        else:  # listed in `catts --help`, its module left unimported
-            commands.add_parser(name, help=help_text)
+    add_commands(commands, argv)
     return parser
-
-
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "eval": ("evaluate methods on a benchmark (resumable)", "catts_graph.commands.evaluate:add_eval_command"),
-    "probe": (
-        "accuracy and confidence as the image is degraded",
-        "catts_graph.commands.evaluate:add_probe_command",
-    ),
-    "report": (
-        "write the Markdown report of a run directory",
-        "catts_graph.commands.evaluate:add_report_command",
-    ),
-    "organism": (
-        "train, evaluate or reproduce with the organism models",
-        "catts_graph.commands.organism:add_organism_command",
-    ),
-    "train": ("train with CDRL (TRL GRPO)", "catts_training.cdrl.train:add_train_command"),
-    "mmboundary": (
-        "MMBoundary: step-level confidence statements (data, SFT, RL, probe)",
-        "catts_training.mmboundary.train:add_mmboundary_command",
-    ),
-}
-"""The sub-commands that live with their subsystems: ``name: (help, "module:function")``. Only the
-module of the command being run is imported, so ``catts --help`` and ``catts config`` load neither
-torch nor the evaluation harness. ``catts_training`` (``training/catts_training/`` in a source
-checkout, a package of its own in the wheel) sits above the library: the library never imports it,
-the command line finds it by name."""
-
-
-def _registrar(name: str, target: str) -> Any:
-    module, _, function = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), function)
-    except ImportError as err:
-        raise SystemExit(
-            f"catts {name}: cannot load {module} ({err}); is the package installed whole?"
-        ) from err
 
 
 def _config(args: argparse.Namespace) -> CATTSConfig:
@@ -203,17 +163,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 def json_text(result: Any) -> str:
     """``result`` as JSON text: a float that is no JSON number (NaN, an infinity) is written as null,
     and anything else JSON has no type for as its string."""
-    return json.dumps(_finite(result), indent=2, default=str, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
+    return json.dumps(json_ready(result), indent=2, default=str, allow_nan=False)
 
 
 def _warn_if_every_expert_call_failed(result: dict[str, Any], console: Console) -> None:
@@ -315,7 +265,7 @@ def _show_config(console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = resolve_alias(sys.argv[1:] if argv is None else argv)
     args = _parser(argv).parse_args(argv)
     console = Console()
     errors = Console(stderr=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["markdown_table", "number", "with_interval"]
+__all__ = ["json_ready", "markdown_table", "number", "with_interval"]
 
 
 def number(value: float | None, digits: int = 3) -> str:
@@ -24,6 +24,23 @@ def with_interval(value: float | None, interval: Sequence[float | None] | None, 
         return number(value, digits)
     low, high = interval
     return f"{number(value, digits)} [{number(low, digits)}, {number(high, digits)}]"
+
+
+def json_ready(value: object) -> object:
+    """``value`` as strict JSON holds it: a float that is no JSON number (NaN: an undefined metric;
+    an infinity) becomes None (``null``), a mapping's keys strings, a tuple a list; so a result
+    written and read back is the same.
+
+    >>> json_ready({1: (0.5, float("nan"))})
+    {'1': [0.5, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
 
 
 def _cell(text: object) -> str:

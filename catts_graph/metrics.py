@@ -1,7 +1,15 @@
-"""Evaluation metrics: accuracy, calibration, discrimination, perturbation drop, scaling slope.
+"""Evaluation metrics: accuracy, calibration, discrimination, perturbation drop, scaling slope, and
+the bootstrap intervals around them (paired differences, drop ratios).
 
 Pure functions of plain sequences (numpy only). Each validates its input and raises ValueError
 naming the argument that is wrong: empty, of mismatched length, not finite, out of range.
+
+An *undefined* metric is NaN, decided here once, inside the metric (as scikit-learn's
+``zero_division=``), never by a guard in the caller: an AUROC over items of one class
+(:func:`auroc`), a drop ratio with no drop before (:func:`drop_ratio`). NaN propagates through
+means and is skipped by ``bootstrap_rows(..., skip_undefined=True)``; a report writes it as ``n/a``
+(:func:`~catts_graph.formatting.number`) and JSON as ``null``
+(:func:`~catts_graph.formatting.json_ready`).
 
 Notation: ``c_i`` is the confidence of item i, ``y_i`` is 1 if the item was answered correctly and
 0 otherwise, ``n`` the number of items.
@@ -24,8 +32,11 @@ __all__ = [
     "bootstrap_rows",
     "brier_score",
     "confidence_drop",
+    "drop_ratio",
+    "drop_ratio_interval",
     "expected_calibration_error",
     "maximum_calibration_error",
+    "paired_difference",
     "reliability_bins",
     "scaling_slope",
 ]
@@ -173,7 +184,12 @@ def auroc(confidences: Sequence[float], correct: Sequence[bool]) -> float:
     computed with the Mann-Whitney rank sum: ``(R_+ - n_+ (n_+ + 1) / 2) / (n_+ * n_-)``, where
     ``R_+`` sums the (tie-averaged) ranks of the correct items. Only the order of confidences matters,
     so any real-valued score works (exp(-NMLP), -NMLP, ...). 0.5 is chance, 1.0 perfect.
-    Undefined, and a ValueError, when every item is correct or every item is wrong.
+    Undefined, and NaN, when every item is correct or every item is wrong (no pair to rank).
+
+    >>> auroc([0.9, 0.8, 0.3], [True, False, False])
+    1.0
+    >>> auroc([0.9, 0.8], [True, True])
+    nan
     """
     scores = _values(confidences, "confidences")
     hits = _correct(correct)
@@ -181,10 +197,7 @@ def auroc(confidences: Sequence[float], correct: Sequence[bool]) -> float:
     n_pos = int(hits.sum())
     n_neg = hits.size - n_pos
     if n_pos == 0 or n_neg == 0:
-        which = "correct" if n_neg == 0 else "wrong"
-        raise ValueError(
-            f"correct: all {hits.size} items are {which}; AUROC needs at least one correct and one wrong item"
-        )
+        return math.nan
     rank_sum = float(_average_ranks(scores)[hits == 1].sum())
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
@@ -201,6 +214,90 @@ def confidence_drop(clean: Sequence[float], perturbed: Sequence[float]) -> float
     after = _values(perturbed, "perturbed")
     _same_length(before, after, "clean", "perturbed")
     return float(np.mean(after) - np.mean(before))
+
+
+def drop_ratio(
+    clean_before: Sequence[float],
+    perturbed_before: Sequence[float],
+    clean_after: Sequence[float],
+    perturbed_after: Sequence[float],
+) -> float:
+    """How much further confidence falls under perturbation after training than before it:
+    ``confidence_drop(clean_after, perturbed_after) / confidence_drop(clean_before, perturbed_before)``
+    (the paper's CDRL figure, 4.3x for noise). Above 1: the drop grew. Each pair of sequences holds
+    the same items in the same order; the unit is the caller's, as in :func:`confidence_drop` (pass
+    -NMLP for the drop in NMLP units). Undefined, and NaN, when there was no drop before.
+
+    >>> round(drop_ratio([0.9, 0.9], [0.8, 0.8], [0.9, 0.9], [0.6, 0.6]), 6)
+    3.0
+    >>> drop_ratio([0.9], [0.9], [0.9], [0.5])
+    nan
+    """
+    return _ratio_of_drops(_drop_columns(clean_before, perturbed_before, clean_after, perturbed_after))
+
+
+def drop_ratio_interval(
+    clean_before: Sequence[float],
+    perturbed_before: Sequence[float],
+    clean_after: Sequence[float],
+    perturbed_after: Sequence[float],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`drop_ratio`, the items resampled jointly: an item's
+    clean and perturbed confidences before training and after it stay together, and every resample
+    recomputes both drops and their ratio (:func:`bootstrap_rows`; the four sequences hold the same
+    items in the same order).
+
+    >>> low, high = drop_ratio_interval([0.9] * 4, [0.8, 0.7, 0.8, 0.7], [0.9] * 4, [0.6, 0.5, 0.6, 0.5])
+    >>> bool(low <= 2.7 <= high)
+    True
+    """
+    rows = _drop_columns(clean_before, perturbed_before, clean_after, perturbed_after)
+    return bootstrap_rows(rows, _ratio_of_drops, n_boot=n_boot, level=level, seed=seed)
+
+
+def _drop_columns(*columns: Sequence[float]) -> np.ndarray:
+    """The four sequences of a drop ratio, validated, as the columns of one array."""
+    names = ("clean_before", "perturbed_before", "clean_after", "perturbed_after")
+    arrays = [_values(values, name) for values, name in zip(columns, names, strict=True)]
+    for array, name in zip(arrays[1:], names[1:], strict=True):
+        _same_length(arrays[0], array, names[0], name)
+    return np.column_stack(arrays)
+
+
+def _ratio_of_drops(rows: np.ndarray) -> float:
+    drop_before = rows[:, 1].mean() - rows[:, 0].mean()
+    drop_after = rows[:, 3].mean() - rows[:, 2].mean()
+    return float(drop_after / drop_before) if drop_before else math.nan
+
+
+def paired_difference(
+    values: Sequence[float],
+    other: Sequence[float],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """``mean(values - other)`` over the same items (in the same order), with its paired percentile
+    bootstrap interval: a resample draws items, and each drawn item keeps both its values, so what
+    the two sides share (an item that is easy for both) cancels (:func:`bootstrap_rows`).
+
+    >>> difference, (low, high) = paired_difference([1, 1, 1, 0], [1, 0, 1, 0], n_boot=200)
+    >>> difference, bool(low <= difference <= high)
+    (0.25, True)
+    """
+    ours = _values(values, "values")
+    theirs = _values(other, "other")
+    _same_length(ours, theirs, "values", "other")
+    rows = np.column_stack([ours, theirs])
+    interval = bootstrap_rows(
+        rows, lambda r: float(np.mean(r[:, 0] - r[:, 1])), n_boot=n_boot, level=level, seed=seed
+    )
+    return float(np.mean(ours - theirs)), interval
 
 
 def scaling_slope(ns: Sequence[int], accuracies: Sequence[float]) -> float:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
+from catts_graph.commands.registry import parser_for
 from catts_graph.eval.datasets import Item
 from catts_graph.models.transformers_vlm import processor_input_size
 from catts_graph.perturb import perturbed_views, region_weights
@@ -30,7 +31,7 @@ from catts_training.cdrl.data import (
     to_grpo_dataset,
     training_prompt,
 )
-from catts_training.cdrl.train import add_train_command
+from catts_training.cdrl.train import add_pairs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -254,13 +255,10 @@ def test_item_file_errors(tmp_path: Path) -> None:
 
 
 def test_pairs_command_writes_the_contact_sheet(tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_train_command(parser.add_subparsers(dest="command"))
+    parser = parser_for(add_pairs, "catts train pairs")
     out = tmp_path / "smoke-pairs"
     args = parser.parse_args(
         [
-            "train",
-            "pairs",
             "--config",
             str(CONFIGS / "smoke_cpu.yaml"),
             "--out",
@@ -281,7 +279,8 @@ def test_relevance_spec() -> None:
 
 
 def test_the_organism_relevance_spec_loads_the_clip_organism(tmp_path: Path) -> None:
-    from catts_graph.organism.clip import ClipOrganismConfig, train_clip_organism
+    from catts_experiments.clip import train_clip_organism
+    from catts_graph.organism.clip import ClipOrganismConfig
     from catts_training.cdrl.config import RelevanceSection
     from catts_training.cdrl.train import relevance_model
 

@@ -43,4 +43,4 @@ def test_a_subcommand_is_loaded_only_when_it_runs() -> None:
         "from catts_graph.cli import main\ntry:\n    main(['report', '--help'])\nexcept SystemExit:\n    pass"
     )
     assert "catts_graph.commands.evaluate" in modules
-    assert "catts_graph.commands.organism" not in modules and "catts_training" not in modules
+    assert "catts_experiments" not in modules and "catts_training" not in modules

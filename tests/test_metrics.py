@@ -15,8 +15,11 @@ from catts_graph.metrics import (
     bootstrap_rows,
     brier_score,
     confidence_drop,
+    drop_ratio,
+    drop_ratio_interval,
     expected_calibration_error,
     maximum_calibration_error,
+    paired_difference,
     reliability_bins,
     scaling_slope,
 )
@@ -128,9 +131,33 @@ def test_auroc_accepts_any_real_score():
 
 
 @pytest.mark.parametrize("hits", [[True, True], [False, False]])
-def test_auroc_needs_both_classes(hits):
-    with pytest.raises(ValueError, match="AUROC needs at least one correct and one wrong"):
-        auroc([0.2, 0.8], hits)
+def test_an_auroc_over_one_class_is_undefined_nan(hits):
+    """The one rule for an undefined AUROC, decided inside the metric: NaN (no pair to rank), which
+    every report writes as n/a and every JSON result as null."""
+    assert math.isnan(auroc([0.2, 0.8], hits))
+
+
+def test_paired_difference_resamples_items_with_both_values():
+    difference, (low, high) = paired_difference([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0], n_boot=500)
+    assert difference == 0.25 and 0.0 <= low <= 0.25 <= high <= 1.0
+    # Equal on every item: every resample's difference is 0.
+    assert paired_difference([0.3, 0.9], [0.3, 0.9], n_boot=50) == (0.0, (0.0, 0.0))
+    # The same pairing as bootstrap_rows over the two columns (an independent spelling of it).
+    rows = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [1.0, 1.0]])
+    expected = bootstrap_rows(rows, lambda r: float(np.mean(r[:, 0] - r[:, 1])), n_boot=200, seed=3)
+    assert paired_difference(rows[:, 0], rows[:, 1], n_boot=200, seed=3)[1] == expected
+    with pytest.raises(ValueError, match="values has 2 values but other has 1"):
+        paired_difference([1.0, 0.0], [1.0])
+
+
+def test_drop_ratio_by_hand_and_its_joint_interval():
+    # Every item falls by 0.1 before and 0.3 after: 3 in every resample.
+    clean, before, after = [0.9, 0.8, 0.7], [0.8, 0.7, 0.6], [0.6, 0.5, 0.4]
+    assert drop_ratio(clean, before, clean, after) == pytest.approx(3.0)
+    assert drop_ratio_interval(clean, before, clean, after, n_boot=100) == pytest.approx((3.0, 3.0))
+    assert math.isnan(drop_ratio([0.9], [0.9], [0.9], [0.5]))  # no drop before: undefined
+    with pytest.raises(ValueError, match="clean_before has 3 values but clean_after has 2"):
+        drop_ratio(clean, before, [0.9, 0.8], after[:2])
 
 
 def test_confidence_drop():

@@ -71,8 +71,8 @@ def test_teacher_forcing_reads_what_the_sampler_recorded() -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from catts_graph.models import TransformersVLM
+    from catts_graph.organism.checkpoint import encode_examples
     from catts_graph.organism.language import organism_prompt
-    from catts_graph.organism.train import encode_examples
     from catts_graph.task import base_prompt
 
     path = organism_path("base")

@@ -33,7 +33,7 @@ def test_a_statement_costs_one_token_per_word_and_nothing_else_changes(extended:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from catts_graph.eval.synthetic import make_question
-    from catts_graph.organism.train import reply_text
+    from catts_graph.organism.language import reply_text
 
     before = AutoProcessor.from_pretrained(organism_path("base")).tokenizer
     after = AutoProcessor.from_pretrained(extended).tokenizer

@@ -10,18 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from catts_graph.commands.organism import add_organism_command
+from catts_experiments.evaluate import evaluate_organism
+from catts_experiments.train import CONFIGS, train_organism
+from catts_experiments.tune import CDRL_VARIANTS, ship_cdrl
+from catts_graph.cli import _parser
+from catts_graph.commands.registry import resolve_alias
 from catts_graph.organism import organism_model, organism_path
-from catts_graph.organism.evaluate import evaluate_organism
-from catts_graph.organism.train import (
-    CDRL_ORGANISM,
-    CHECKPOINT_SETTINGS,
-    CONFIGS,
-    reply_text,
-    train_organism,
-    weights_checksum,
-)
-from catts_graph.organism.tune import CDRL_VARIANTS, ship_cdrl
+from catts_graph.organism.checkpoint import CDRL_ORGANISM, CHECKPOINT_SETTINGS, weights_checksum
+from catts_graph.organism.language import reply_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT / "examples" / "images" / "shapes.png"
@@ -45,7 +41,7 @@ def test_the_checkpoints_are_small_and_declare_their_prompts(which: str) -> None
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 25_000_000
     declared = json.loads((folder / "catts.json").read_text())
     assert declared["answer_prompt"] == CHECKPOINT_SETTINGS["answer_prompt"]
-    # The base organism was taught to read a critique (catts_graph.organism.reflection); the expert
+    # The base organism was taught to read a critique (catts_experiments.reflection); the expert
     # re-answers under its own prompt.
     reflection = "reflection_short" if which == "base" else CHECKPOINT_SETTINGS["reflection_prompt"]
     assert declared["reflection_prompt"] == reflection
@@ -66,7 +62,7 @@ def test_the_cdrl_organism_says_what_it_is_and_started_from_the_shipped_base() -
     assert (folder / "model.safetensors").is_file() and (folder / "catts.json").is_file()
     record = json.loads((folder / "organism.json").read_text())
     assert record["base_checksum"] == weights_checksum(organism_path("base")), (
-        "the base organism was retrained: rerun CDRL from it (catts organism tune-cdrl, then ship-cdrl)"
+        "the base organism was retrained: rerun CDRL from it (catts tune cdrl, then catts ship cdrl)"
     )
     assert record["variant"] in CDRL_VARIANTS
     assert record["training"]["steps"] == record["cdrl_config"]["grpo"]["max_steps"]
@@ -100,8 +96,8 @@ def test_ship_cdrl_copies_the_checkpoint_and_records_its_origin(tmp_path: Path) 
 def test_the_hard_level_separates_the_organisms(base_model) -> None:
     """On the first 30 validation items of level 4 the shipped base answered 0.733, the expert 0.900
     (docs/organism/hard-level.md has 200 items per set); the table has a row per model and set."""
+    from catts_experiments.evaluate import level_accuracy, level_table
     from catts_graph.eval.synthetic import HARD_LEVEL
-    from catts_graph.organism.evaluate import level_accuracy, level_table
 
     models = {"base": base_model, "expert": organism_model("expert")}
     result = level_accuracy(models, level=HARD_LEVEL, items=30, sets=[("validation", 0)])
@@ -177,20 +173,27 @@ def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert vlm.answer_prompt == "answer_short"
 
 
-def test_the_organism_command_parses() -> None:
-    parser = argparse.ArgumentParser()
-    add_organism_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["organism", "train", "--which", "expert", "--minutes", "5"])
-    assert (args.which, args.minutes) == ("expert", 5.0)
-    args = parser.parse_args(["organism", "eval", "--noise", "0.5", "--limit", "10"])
-    assert (args.which, args.noise, args.limit) == ("base", 0.5, 10)
-    args = parser.parse_args(["organism", "reproduce", "--quick", "--out", "x"])
-    assert (args.quick, args.out) == (True, "x")
+def _parse(*argv: str) -> argparse.Namespace:
+    words = resolve_alias(argv)
+    return _parser(words).parse_args(words)
+
+
+def test_the_organism_commands_parse_under_their_names_and_their_old_ones() -> None:
+    for argv in (("train", "organism"), ("organism", "train")):
+        args = _parse(*argv, "--which", "expert", "--minutes", "5")
+        assert (args.which, args.minutes) == ("expert", 5.0)
+    for argv in (("measure", "organism"), ("organism", "eval")):
+        args = _parse(*argv, "--noise", "0.5", "--limit", "10")
+        assert (args.which, args.noise, args.limit) == ("base", 0.5, 10)
+    for argv in (("reproduce",), ("organism", "reproduce")):
+        args = _parse(*argv, "--quick", "--out", "x", "--level", "4")
+        assert (args.quick, args.out, args.level) == (True, "x", 4)
 
 
 @pytest.mark.slow
 def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> None:
-    from catts_graph.organism.reproduce import EXPERT_METHODS, SCALING_METHODS, Plan, reproduce
+    from catts_experiments.reproduce import Plan, reproduce
+    from catts_experiments.reproduce.plan import EXPERT_METHODS, SCALING_METHODS
 
     out = tmp_path / "run"
     lines: list[str] = []
@@ -198,37 +201,38 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     assert (out / "cdrl" / "model.safetensors").is_file()
     exported = json.loads((out / "cdrl" / "catts.json").read_text())
     assert exported == json.loads((organism_path("base") / "catts.json").read_text())
-    assert results["cdrl"]["steps"] == 1
-    assert {(row["perturb"], row["level"]) for row in results["probe"]["after"]} == {
+    assert results.cdrl.steps == 1
+    assert {(row.perturb, row.level) for row in results.probe.after} == {
         ("gaussian", 0.0),
         ("gaussian", 1.0),
     }
-    assert set(results["scaling"]["self"]) == set(SCALING_METHODS)
-    assert set(results["scaling"]["expert"]) == set(EXPERT_METHODS)
-    assert set(results["scaling"]["self"]["majority"]) == {"1", "2"}
-    assert len(results["ablations"]) == 7
-    assert results["reflection"]["items"] == 3 and 0 <= results["reflection"]["accuracy_after"] <= 1
-    assert set(results["step_repair"]["rows"]) == {
+    assert set(results.scaling["self"]) == set(SCALING_METHODS)
+    assert set(results.scaling["expert"]) == set(EXPERT_METHODS)
+    assert set(results.scaling["self"]["majority"]) == {"1", "2"}
+    assert len(results.ablations) == 7
+    assert results.reflection.items == 3 and 0 <= results.reflection.accuracy_after <= 1
+    assert set(results.step_repair.rows) == {
         "adaptive",
         "adaptive + step floor, no repair",
         "adaptive + step_repair",
     }
-    assert {"probability", "entropy", "tokensar", "clipscore"} <= set(results["step_signals"]["signals"])
-    assert "fused_without_clip" in results["step_signals"]
-    mmb = results["mmboundary"]
-    assert set(mmb["probe"]) == {"base", "pretrained", "sft", "rl"}
-    assert mmb["pretrain"]["steps"] == mmb["sft"]["steps"] == mmb["rl"]["steps"] == 1
+    assert {"probability", "entropy", "tokensar", "clipscore"} <= set(results.step_signals.signals)
+    assert results.step_signals.fused_without_clip is not None
+    mmb = results.mmboundary
+    assert set(mmb.probe) == {"base", "pretrained", "sft", "rl"}
+    assert mmb.pretrain["steps"] == mmb.sft["steps"] == mmb.rl["steps"] == 1
     assert (out / "mmboundary" / "rl" / "model.safetensors").is_file()
     for name in ("probe_before", "probe_after", "scaling", "accuracy_vs_tokens"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000
     assert (out / "results.md").read_text() == lines[-2]  # the tables are what it printed
     # A second run resumes from the stores: nothing is recomputed, the tables are the same.
     again = reproduce(out, Plan.quick(), log=lambda line: None)
-    assert again["scaling"] == results["scaling"] and again["probe"] == results["probe"]
-    assert again["mmboundary"] == results["mmboundary"] and again["reflection"] == results["reflection"]
+    assert again.to_json()["scaling"] == results.to_json()["scaling"] and again.probe == results.probe
+    assert again.to_json()["mmboundary"] == results.to_json()["mmboundary"]
+    assert again.reflection == results.reflection
     # The timings add up over runs; the resumed run added little (nothing was recomputed).
-    assert again["total_seconds"] - results["total_seconds"] < 0.25 * results["total_seconds"]
-    assert again["seconds"]["cdrl"] == pytest.approx(results["seconds"]["cdrl"], abs=1.0)
+    assert again.total_seconds - results.total_seconds < 0.25 * results.total_seconds
+    assert again.seconds["cdrl"] == pytest.approx(results.seconds["cdrl"], abs=1.0)
 
 
 def test_the_trained_reply_is_scored_correct_for_every_kind() -> None:
@@ -313,12 +317,8 @@ def test_the_clip_organism_trains_saves_and_measures_its_map(tmp_path: Path) -> 
     measurement reads a lift for every asked-about object (1 = a map that ignores the question)."""
     import torch
 
-    from catts_graph.organism.clip import (
-        ClipOrganismConfig,
-        load_clip_organism,
-        relevance_lift,
-        train_clip_organism,
-    )
+    from catts_experiments.clip import relevance_lift, train_clip_organism
+    from catts_graph.organism.clip import ClipOrganismConfig, load_clip_organism
     from catts_graph.relevance import ClipRelevance
 
     config = ClipOrganismConfig(steps=2, batch_size=8, warmup_steps=1)
@@ -331,14 +331,14 @@ def test_the_clip_organism_trains_saves_and_measures_its_map(tmp_path: Path) -> 
     )
     measured = relevance_lift(ClipRelevance(model, tokenizer), limit=6)
     assert measured["n"] == 6 and 0 < measured["area"] < 0.2 and measured["lift"] > 0
-    with pytest.raises(FileNotFoundError, match="catts organism train-clip"):
+    with pytest.raises(FileNotFoundError, match="catts train clip"):
         load_clip_organism(tmp_path / "missing")
 
 
 def test_the_grounding_loss_is_minus_log_the_softmax_mass_on_the_named_patches() -> None:
     import torch
 
-    from catts_graph.organism.clip import grounding_loss
+    from catts_experiments.clip import grounding_loss
 
     # Two patches, 2-d: patch 0 along the text, patch 1 orthogonal; cosines 1 and 0.
     patches = torch.tensor([[[2.0, 0.0], [0.0, 3.0]]])
@@ -365,7 +365,7 @@ def test_the_clip_batches_know_which_patches_the_phrase_names() -> None:
     """The shares come from the scene: each image's named objects cover a few patches, partly."""
     import random
 
-    from catts_graph.organism.clip import _batch
+    from catts_experiments.clip import _batch
 
     images, positives, negatives, mask, shares = _batch(random.Random(0), 0, 6, 0, 14)
     assert len(images) == len(positives) == len(negatives) == 6 and tuple(shares.shape) == (6, 196)
@@ -377,7 +377,8 @@ def test_the_clip_batches_know_which_patches_the_phrase_names() -> None:
 def test_the_shipped_clip_organism_points_at_the_named_object() -> None:
     """The shipped CLIP organism's map puts several times its area's share of relevance on the
     object the question names (16.5 on 200 items; random tiny CLIPs 0.92-1.63; docs/organism.md)."""
-    from catts_graph.organism.clip import load_clip_organism, relevance_lift
+    from catts_experiments.clip import relevance_lift
+    from catts_graph.organism.clip import load_clip_organism
     from catts_graph.relevance import ClipRelevance
 
     model, tokenizer = load_clip_organism()

@@ -8,21 +8,18 @@ import random
 
 import pytest
 
-from catts_graph.eval.synthetic import COLOURS, POSITIONS, SHAPES, describe_scene, make_question
-from catts_graph.organism.language import reply_text
-from catts_graph.organism.reflection import (
+from catts_experiments.reflection import (
     REFLECTION_PROMPT,
     ReflectionBatches,
     ReflectionConfig,
     corrupted_step,
     critique_message,
-    critique_text,
-    first_wrong_step,
     named_step,
     reflection_prompt_text,
-    reply_steps,
 )
-from catts_graph.organism.steps import reference_steps
+from catts_graph.eval.synthetic import COLOURS, POSITIONS, SHAPES, describe_scene, make_question
+from catts_graph.organism.language import reply_text
+from catts_graph.organism.steps import critique_text, first_wrong_step, reference_steps, reply_steps
 
 
 def test_a_critique_names_one_step_and_reads_back() -> None:

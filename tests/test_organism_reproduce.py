@@ -1,4 +1,5 @@
-"""The organism reproduction's arithmetic and report, by hand (the full run is in test_organism)."""
+"""The organism reproduction's arithmetic and report, by hand (the full run is in test_organism), and
+the committed results: their tables render from their stored JSON byte for byte."""
 
 from __future__ import annotations
 
@@ -8,21 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from catts_graph.organism.reproduce import (
-    CDRL_CONFIG,
-    MMBOUNDARY_CONFIG,
-    Plan,
-    cdrl_section,
+from catts_experiments.reproduce import CDRLEffect, Plan, Results
+from catts_experiments.reproduce.plan import CDRL_CONFIG, MMBOUNDARY_CONFIG, check_plan
+from catts_experiments.reproduce.render import cdrl_section, render_markdown
+from catts_experiments.reproduce.statistics import (
     drop_ratios,
-    mmboundary_section,
+    paired_accuracy,
     pooled_calibration,
     probe_intervals,
     ratio_intervals,
-    render_markdown,
     savings,
     slopes,
-    training_config,
 )
+from catts_experiments.reproduce.training import training_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +151,8 @@ def test_pooled_calibration_reads_every_probe_row(tmp_path: Path) -> None:
     assert result["ece"] == pytest.approx((0.1 + 0.6 + 0.2 + 0.7) / 4)
 
 
-def test_the_markdown_report_shows_every_section() -> None:
+def minimal_results() -> dict:
+    """A results.json with every required section, small."""
     kinds = {
         "all": {"accuracy": 0.6, "confidence": 0.9, "answer_confidence": 0.7, "n": 10, "ci": [0.3, 0.9]},
         "count": {"accuracy": 0.5, "confidence": 0.8, "answer_confidence": 0.6, "n": 5, "ci": [0.1, 0.9]},
@@ -195,6 +195,11 @@ def test_the_markdown_report_shows_every_section() -> None:
         "savings": [],
         "ablations": {"catts_paper": {**cell, "ci": [40.0, 80.0]}},
     }
+    return results
+
+
+def test_the_markdown_report_shows_every_section() -> None:
+    results = Results.from_json(minimal_results())
     text = render_markdown(results)
     for heading in (
         "The organisms",
@@ -216,7 +221,8 @@ def test_the_markdown_report_shows_every_section() -> None:
     assert "| base | 0.500 | n/a | 0.100 | n/a | 2 |" in text  # a missing clean NMLP, AUROC read n/a
     assert "Chosen: fast_path_share = 0.8, fast_path_confidence = 0.5" in text
     assert "Logged during training (means over steps): cdrl/confidence_drop -0.125" in text
-    assert "\n".join(cdrl_section(results)) in text  # `catts organism cdrl` prints the same tables
+    assert "\n".join(cdrl_section(results)) in text  # `catts measure cdrl` prints the same tables
+    assert "MMBoundary" not in text and "Step repair" not in text  # an older run without these steps
 
 
 def test_the_quick_plan_is_small_everywhere() -> None:
@@ -285,8 +291,6 @@ def test_mmboundary_intervals_resample_whole_items() -> None:
 
 
 def test_paired_accuracy_against_the_base_by_hand() -> None:
-    from catts_graph.organism.reproduce import paired_accuracy
-
     base = {"a": True, "b": True, "c": False, "d": True}
     model = {"a": True, "b": False, "c": True, "d": False}  # one fixed, two broken: -1/4
     paired = paired_accuracy(model, base, Plan(n_boot=200))
@@ -312,10 +316,14 @@ def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
         "internal_ece": 0.02,
         "internal_auroc": 0.95,
         "intervals": {"answer_accuracy": [0.85, 0.95]},
+        "items": 10,
+        "steps": 12,
+        "level_gap": 0.5,
+        "labelled_steps": 10,
     }
     base = {**figures, "parsed_share": 0.0, "expressed_counts": [0, 0, 0, 0, 0], "expressed_ece": None}
     results = {
-        "plan": {"probe_items": 10, "probe_split": "test", "test_items": 10},
+        **minimal_results(),
         "step_signals": {
             "signals": {"probability": {"ece": 0.05, "auroc": 0.9}},
             "fused": {"ece": 0.02, "auroc": 0.95},
@@ -333,20 +341,40 @@ def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
                 "base": base,
                 "pretrained": {**figures, "answer_accuracy": 0.8},
                 "sft": figures,
-                "rl": {**figures, "accuracy_vs_base": {"difference": -1.25, "ci": [-3.0, 0.5]}},
+                "rl": {
+                    **figures,
+                    "accuracy_vs_base": {"difference": -1.25, "ci": [-3.0, 0.5], "fixed": 1, "broken": 2},
+                },
             },
         },
         "step_repair": {
-            "grid": [{"step_floor": None, "accuracy": 90.0}, {"step_floor": 0.8, "accuracy": 91.0}],
+            "grid": [
+                {
+                    "step_floor": floor,
+                    "accuracy": accuracy,
+                    "tokens": 1.0,
+                    "expert_calls": 0.0,
+                    "seconds": 1.0,
+                    "items": 9,
+                }
+                for floor, accuracy in ((None, 90.0), (0.8, 91.0))
+            ],
             "chosen": 0.8,
             "n": 8,
             "rows": {
-                "adaptive": {"accuracy": 90.0, "ci": [88.0, 92.0], "tokens": 300.0, "expert_calls": 0.1},
+                "adaptive": {
+                    "accuracy": 90.0,
+                    "ci": [88.0, 92.0],
+                    "tokens": 300.0,
+                    "expert_calls": 0.1,
+                    "items": 9,
+                },
                 "adaptive + step_repair": {
                     "accuracy": 91.0,
                     "ci": [89.0, 93.0],
                     "tokens": 320.0,
                     "expert_calls": 0.1,
+                    "items": 9,
                 },
             },
             "difference": 1.0,
@@ -355,7 +383,7 @@ def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
             "repair_difference_ci": [-0.2, 1.2],
         },
     }
-    text = "\n".join(mmboundary_section(results))
+    text = render_markdown(Results.from_json(results))
     assert "| adaptive + step_repair | 91.0 [89.0, 93.0] | 320 | 0.10 |" in text
     assert (
         "(accuracy by floor: off 90.0, 0.80 91.0); step_repair minus adaptive: 1.0 [-0.5, 2.5] points" in text
@@ -374,26 +402,23 @@ def test_the_mmboundary_section_shows_signals_and_each_stage() -> None:
         "statement pre-training 800 steps (600 s, levels 1..5 stated 5 / 4 / 3 / 2 / 1), 40 stated "
         "replies; SFT 200 steps (60 s), RL 100 steps (240 s)" in text
     )
-    assert mmboundary_section({"plan": {}}) == []  # an older run without these steps
 
 
 def test_a_run_is_resumed_only_under_its_own_plan(tmp_path: Path) -> None:
     import dataclasses
 
-    from catts_graph.organism.reproduce import _check_plan
-
     plan = Plan.quick()
-    _check_plan(tmp_path, plan)
-    _check_plan(tmp_path, plan)  # the same plan resumes
+    check_plan(tmp_path, plan)
+    check_plan(tmp_path, plan)  # the same plan resumes
     stored = json.loads((tmp_path / "plan.json").read_text())
     # A run started before a field was added to Plan: the field reads as its default there.
     del stored["mmboundary_pretrain_steps"]
     (tmp_path / "plan.json").write_text(json.dumps(stored))
-    _check_plan(tmp_path, dataclasses.replace(plan, mmboundary_pretrain_steps=None))
+    check_plan(tmp_path, dataclasses.replace(plan, mmboundary_pretrain_steps=None))
     with pytest.raises(ValueError, match=r"differs in \['mmboundary_pretrain_steps'\]"):
-        _check_plan(tmp_path, plan)  # quick() sets it to 1, not the default
+        check_plan(tmp_path, plan)  # quick() sets it to 1, not the default
     with pytest.raises(ValueError, match=r"differs in \['test_items'\]"):
-        _check_plan(tmp_path, dataclasses.replace(plan, mmboundary_pretrain_steps=None, test_items=4))
+        check_plan(tmp_path, dataclasses.replace(plan, mmboundary_pretrain_steps=None, test_items=4))
 
 
 def test_the_plan_s_training_configs_are_found_beside_the_training_package(tmp_path: Path) -> None:
@@ -405,3 +430,47 @@ def test_the_plan_s_training_configs_are_found_beside_the_training_package(tmp_p
     assert training_config("configs/mine.yaml") == Path("configs/mine.yaml")
     with pytest.raises(FileNotFoundError, match=r"training/configs/nope.yaml: not among the configs"):
         training_config("training/configs/nope.yaml")
+
+
+DOCS = ROOT / "docs" / "organism"
+
+
+def test_the_committed_results_render_from_their_json_byte_for_byte() -> None:
+    """docs/organism/results.md and cdrl.md are what the renderer writes from the stored results.json
+    and cdrl.json (docs/organism.md and docs/mechanics.md quote them, tests/test_docs.py)."""
+    results = Results.from_json(json.loads((DOCS / "results.json").read_text()))
+    assert render_markdown(results) == (DOCS / "results.md").read_text()
+    effect = CDRLEffect.from_json(json.loads((DOCS / "cdrl.json").read_text()))
+    assert "\n".join(cdrl_section(effect)) + "\n" == (DOCS / "cdrl.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["results", "cdrl"])
+def test_the_stored_results_round_trip(name: str) -> None:
+    """Every stored field is read (a typed result keeps it), and what is written reads back the same."""
+    stored = json.loads((DOCS / f"{name}.json").read_text())
+    kind = Results if name == "results" else CDRLEffect
+    written = kind.from_json(stored).to_json()
+    _assert_holds(written, stored)
+    assert kind.from_json(written).to_json() == written
+
+
+def _assert_holds(full: object, part: object, path: str = "") -> None:
+    """``full`` holds every key and value of ``part`` (and may hold fields added since)."""
+    if isinstance(part, dict):
+        assert isinstance(full, dict), path
+        for key, value in part.items():
+            assert key in full, f"{path}.{key} dropped"
+            _assert_holds(full[key], value, f"{path}.{key}")
+    elif isinstance(part, list):
+        assert isinstance(full, list) and len(full) == len(part), path
+        for i, (a, b) in enumerate(zip(full, part, strict=True)):
+            _assert_holds(a, b, f"{path}[{i}]")
+    else:
+        assert full == part, f"{path}: {full!r} != {part!r}"
+
+
+def test_a_result_of_another_shape_fails_on_load_at_its_field() -> None:
+    stored = minimal_results()
+    del stored["thresholds"]["chosen"]
+    with pytest.raises(ValueError, match="thresholds.chosen"):
+        Results.from_json(stored)

@@ -7,9 +7,10 @@ import math
 
 import pytest
 
+from catts_experiments.step_calibration import sample_steps
 from catts_graph.eval.synthetic import load_synthetic, make_question
 from catts_graph.organism.language import reply_text
-from catts_graph.organism.steps import label_steps, reference_steps, sample_steps
+from catts_graph.organism.steps import label_steps, reference_steps
 from catts_graph.step_confidence import StepCalibrator
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from catts_graph.organism.tune import FLOORS, WINDOWS, tune_voting, voting_table
+from catts_experiments.tune import FLOORS, WINDOWS, tune_voting, voting_table
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
 
 
@@ -48,7 +48,7 @@ def _row(variant: str, before: float, after: float, goal: float) -> dict:
 
 
 def test_cdrl_choice_takes_the_highest_smallest_goal_ratio_that_keeps_clean_accuracy():
-    from catts_graph.organism.tune import cdrl_choice
+    from catts_experiments.tune import cdrl_choice
 
     rows = [
         _row("a", 0.90, 0.85, 3.0),  # the best ratio, but loses 5 points: not eligible
@@ -63,7 +63,7 @@ def test_cdrl_choice_takes_the_highest_smallest_goal_ratio_that_keeps_clean_accu
 
 
 def test_cdrl_row_reads_nmlp_ratios_and_the_goal_cells():
-    from catts_graph.organism.tune import cdrl_row
+    from catts_experiments.tune import cdrl_row
 
     def cell(perturb: str, level: float, ratio: float) -> dict:
         return {
@@ -91,7 +91,7 @@ def test_cdrl_row_reads_nmlp_ratios_and_the_goal_cells():
 
 
 def test_the_cdrl_tuning_table_names_every_variant_and_the_choice():
-    from catts_graph.organism.tune import cdrl_tuning_table
+    from catts_experiments.tune import cdrl_tuning_table
 
     row = {
         **_row("entropy+mix", 0.9, 0.88, 1.5),

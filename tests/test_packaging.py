@@ -1,5 +1,5 @@
-"""The wheel installs only project-named packages, carries what they need (the prompts, the training
-configs), and works installed, from any directory."""
+"""The wheel installs only project-named packages (the library and its two applications), carries what
+they need (the prompts, the training configs), and works installed, from any directory."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_the_wheel_installs_only_project_named_top_level_packages(wheel: Path) -
     top_level = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     metadata = {name for name in top_level if name.endswith(".dist-info")}
     assert len(metadata) == 1
-    assert top_level - metadata == {"catts_graph", "catts_training"}
+    assert top_level - metadata == {"catts_graph", "catts_training", "catts_experiments"}
 
 
 def test_the_wheel_ships_prompts_training_code_and_configs(wheel: Path) -> None:
@@ -73,6 +73,9 @@ def test_the_wheel_ships_prompts_training_code_and_configs(wheel: Path) -> None:
         "catts_graph/cli.py",
         "catts_training/cdrl/train.py",
         "catts_training/mmboundary/train.py",
+        "catts_experiments/commands.py",
+        "catts_experiments/reproduce/render.py",
+        "catts_graph/organism/checkpoints/base/model.safetensors",
     } <= names
 
 
@@ -98,21 +101,28 @@ def test_installed_commands_run_from_any_directory(installed: Path, tmp_path: Pa
         installed,
         tmp_path,
         "-c",
-        "import catts_graph, catts_training\n"
-        "from catts_graph.organism.reproduce import CDRL_CONFIG, MMBOUNDARY_CONFIG, training_config\n"
-        "print(catts_graph.__file__, catts_training.__file__)\n"
+        "import catts_graph, catts_training, catts_experiments\n"
+        "from catts_experiments.reproduce.plan import CDRL_CONFIG, MMBOUNDARY_CONFIG\n"
+        "from catts_experiments.reproduce.training import training_config\n"
+        "print(catts_graph.__file__, catts_training.__file__, catts_experiments.__file__)\n"
         "print(training_config(CDRL_CONFIG), training_config(MMBOUNDARY_CONFIG))",
     )
     assert where.returncode == 0, where.stderr[-3000:]
     paths = [Path(word) for word in where.stdout.split()]
     assert all(path.is_relative_to(installed) for path in paths), where.stdout
-    assert paths[2:] == [
+    assert paths[3:] == [
         installed / "catts_training/configs/organism_cdrl.yaml",
         installed / "catts_training/configs/mmboundary_organism.yaml",
     ]
-    for command in (["train", "cdrl", "--help"], ["mmboundary", "all", "--help"]):
+    for command, flag in (
+        (["train", "cdrl", "--help"], "--config"),
+        (["train", "mmboundary", "all", "--help"], "--config"),
+        (["mmboundary", "all", "--help"], "--config"),  # the earlier spelling
+        (["train", "organism", "--help"], "--state-dir"),
+        (["reproduce", "--help"], "--level"),
+    ):
         helped = _run_installed(installed, tmp_path, "-m", "catts_graph.cli", *command)
-        assert helped.returncode == 0 and "--config" in helped.stdout, helped.stderr[-3000:]
+        assert helped.returncode == 0 and flag in helped.stdout, helped.stderr[-3000:]
     arguments = readme_run_arguments()
     image = arguments.index("--image") + 1
     arguments[image] = str(ROOT / arguments[image])

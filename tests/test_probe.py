@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -15,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catts_graph.commands.evaluate import add_probe_command
+from catts_graph.commands.evaluate import add_probe
+from catts_graph.commands.registry import parser_for
 from catts_graph.eval.datasets import Item
 from catts_graph.eval.probe import parse_levels, parse_perturbs, probe_model, probe_summary, run_probe
 from catts_graph.eval.store import ResultStore
@@ -154,12 +154,10 @@ def test_probe_command_end_to_end(tmp_path, tiny_model_dir, tiny_image, capsys):
     ]
     source = tmp_path / "mathvision.jsonl"
     source.write_text("\n".join(json.dumps(r) for r in rows))
-    parser = argparse.ArgumentParser(prog="catts")
-    add_probe_command(parser.add_subparsers(dest="command"))
+    parser = parser_for(add_probe, "catts probe")
     run_dir = tmp_path / "run"
     args = parser.parse_args(
         [
-            "probe",
             "--benchmark",
             "mathvision",
             "--source",
@@ -188,7 +186,6 @@ def test_probe_command_end_to_end(tmp_path, tiny_model_dir, tiny_image, capsys):
     assert len(probe_rows(run_dir / "results.sqlite")) == 2 * (1 + 2)
     bad = parser.parse_args(
         [
-            "probe",
             "--benchmark",
             "mathvision",
             "--source",

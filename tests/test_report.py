@@ -6,7 +6,6 @@ the runner; every number in the report is recomputed here with SQL or plain Pyth
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -19,7 +18,8 @@ import pytest
 from PIL import Image
 
 from catts_graph import metrics
-from catts_graph.commands.evaluate import add_report_command
+from catts_graph.commands.evaluate import add_report
+from catts_graph.commands.registry import parser_for
 from catts_graph.eval import plots
 from catts_graph.eval.report import write_report
 from catts_graph.eval.store import ResultStore
@@ -305,9 +305,8 @@ def test_auroc_is_na_when_every_answer_is_right(tmp_path):
 
 def test_report_command(tmp_path, capsys):
     build_run(tmp_path)
-    parser = argparse.ArgumentParser(prog="catts")
-    add_report_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(tmp_path)])
+    parser = parser_for(add_report, "catts report")
+    args = parser.parse_args([str(tmp_path)])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "report.md" in out and "catts_adaptive" in out
@@ -319,7 +318,7 @@ def test_report_command(tmp_path, capsys):
         ).fetchone()
     greedy = next(line for line in out.splitlines() if "greedy" in line)
     assert f"{official:.1f}" in greedy and f"{strict:.1f}" in greedy and official != strict
-    missing = parser.parse_args(["report", str(tmp_path / "nowhere")])
+    missing = parser.parse_args([str(tmp_path / "nowhere")])
     assert missing.func(missing) == 2
     printed = capsys.readouterr()
     assert "no results.sqlite" in printed.err and not printed.out

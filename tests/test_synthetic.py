@@ -257,3 +257,27 @@ def test_the_hard_level_has_more_smaller_objects_close_counts_and_clutter() -> N
     assert max(radii) < sum(radii_3) / len(radii_3)
     answers = Counter(q.answer for q in questions if q.kind == "compare")
     assert set(answers) == {"A", "B"} and min(answers.values()) >= 15
+
+
+@pytest.mark.parametrize("level", [None, 1, HARD_LEVEL])
+def test_an_item_id_names_its_question_at_its_level(level: int | None) -> None:
+    """The reproduction rebuilds a question from its item's id: mixed ids and level ids alike."""
+    from catts_graph.eval.synthetic import item_id, item_question, parse_item_id
+
+    for item in load_synthetic("validation", limit=3, seed=2, level=level):
+        split, index, parsed = parse_item_id(item.id)
+        assert (split, parsed) == ("validation", level) and item_id(split, index, parsed) == item.id
+        question = item_question(item.id, seed=2)
+        assert (question.question, question.answer, question.level) == (
+            item.question,
+            item.answer,
+            item.metadata["level"],
+        )
+
+
+@pytest.mark.parametrize("text", ["test", "test-x", "dev-3", "test-3-level9", "test-3-levelx", "test-3-4"])
+def test_a_malformed_item_id_is_refused_by_name(text: str) -> None:
+    from catts_graph.eval.synthetic import parse_item_id
+
+    with pytest.raises(ValueError, match=f"item id {text!r}"):
+        parse_item_id(text)

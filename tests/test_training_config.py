@@ -263,8 +263,11 @@ def test_every_shipped_config_loads_unchanged(path: Path) -> None:
             ["train", "pairs", "--config", "{file}", "--out", "x"],
             "{file}: rewards.weights: expected a mapping",
         ),
-        (["mmboundary", "data", "--config", "{mm}"], "{mm}: sft.max_steps: expected int, got 'three'"),
-        (["mmboundary", "probe", "--config", "{mm}"], "{mm}: sft.max_steps"),
+        (
+            ["train", "mmboundary", "data", "--config", "{mm}"],
+            "{mm}: sft.max_steps: expected int, got 'three'",
+        ),
+        (["train", "mmboundary", "probe", "--config", "{mm}"], "{mm}: sft.max_steps"),
         (["train", "cdrl", "--config", "{none}"], "{none}: no such config file"),
     ],
 )
@@ -285,10 +288,10 @@ def test_the_command_line_prints_one_line_and_exits_2(
     "argv",
     [
         ["train", "cdrl", "--config", "c.yaml", "--max-steps"],
-        ["mmboundary", "sft", "--config", "c.yaml", "--max-steps"],
-        ["mmboundary", "all", "--config", "c.yaml", "--rl-steps"],
-        ["mmboundary", "all", "--config", "c.yaml", "--pretrain-steps"],
-        ["mmboundary", "data", "--config", "c.yaml", "--threads"],
+        ["train", "mmboundary", "sft", "--config", "c.yaml", "--max-steps"],
+        ["train", "mmboundary", "all", "--config", "c.yaml", "--rl-steps"],
+        ["train", "mmboundary", "all", "--config", "c.yaml", "--pretrain-steps"],
+        ["train", "mmboundary", "data", "--config", "c.yaml", "--threads"],
     ],
 )
 def test_step_counts_below_one_are_refused(
@@ -306,7 +309,15 @@ def test_a_missing_model_to_start_from_or_to_probe_is_one_line(
 ) -> None:
     for stage in ("rl", "probe"):
         code = main(
-            ["mmboundary", stage, "--config", str(CONFIGS / "mmboundary_smoke_cpu.yaml"), "--model", "/nope"]
+            [
+                "train",
+                "mmboundary",
+                stage,
+                "--config",
+                str(CONFIGS / "mmboundary_smoke_cpu.yaml"),
+                "--model",
+                "/nope",
+            ]
         )
         assert code == 2
         err = capsys.readouterr().err

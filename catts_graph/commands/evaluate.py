@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -33,14 +32,12 @@ from catts_graph.formatting import number
 from catts_graph.perturb import PERTURBATIONS
 
 
-def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts eval`` on the ``catts`` parser's sub-commands."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate methods on a benchmark at several N (resumable)",
-        description="Draw each item's samples once at the largest N, run every method at every N on "
+def add_eval(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``catts eval``."""
+    parser.description = (
+        "Draw each item's samples once at the largest N, run every method at every N on "
         "them, and store the results in RUN_DIR/results.sqlite, item by item. Rerun the same command "
-        "to resume an interrupted run.",
+        "to resume an interrupted run."
     )
     parser.add_argument("--benchmark", required=True, help=BENCHMARK_HELP)
     parser.add_argument(
@@ -91,7 +88,6 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_threads_argument(parser)
     parser.set_defaults(func=eval_command)
-    return parser
 
 
 def eval_command(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -181,13 +177,11 @@ def writable_run_dir(run_dir: str) -> Path:
     return path
 
 
-def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts probe`` on the ``catts`` parser's sub-parsers."""
-    parser = subparsers.add_parser(
-        "probe",
-        help="accuracy and confidence of the base model as perturbations take the image away",
-        description="Answer each item clean and under each perturbation kind and level; store the rows "
-        "in RUN_DIR/results.sqlite (resumable) and print accuracy, confidence, drops, ECE and AUROC.",
+def add_probe(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``catts probe``."""
+    parser.description = (
+        "Answer each item clean and under each perturbation kind and level; store the rows "
+        "in RUN_DIR/results.sqlite (resumable) and print accuracy, confidence, drops, ECE and AUROC."
     )
     parser.add_argument("--benchmark", required=True, help=BENCHMARK_HELP)
     parser.add_argument("--source", help="a local export (JSON, JSONL, parquet); default: the hub dataset")
@@ -217,7 +211,6 @@ def add_probe_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_threads_argument(parser)
     parser.set_defaults(func=_probe_command)
-    return parser
 
 
 def _probe_command(args: argparse.Namespace) -> int:
@@ -297,15 +290,11 @@ def _probe_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts report RUN_DIR`` on the ``catts`` parser's sub-parsers."""
-    parser = subparsers.add_parser(
-        "report",
-        help="write RUN_DIR/report.md with tables and PNG plots from RUN_DIR/results.sqlite",
-    )
+def add_report(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``catts report RUN_DIR``: write RUN_DIR/report.md with tables and PNG plots
+    from RUN_DIR/results.sqlite."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by catts eval / catts probe")
     parser.set_defaults(func=_report_command)
-    return parser
 
 
 def _report_command(args: argparse.Namespace) -> int:

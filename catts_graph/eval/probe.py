@@ -350,10 +350,7 @@ def _summarise(
         )
     else:
         drop_nmlp = math.nan
-    try:
-        auroc = metrics.auroc(confidences, correct)
-    except ValueError:
-        auroc = math.nan
+    auroc = metrics.auroc(confidences, correct)
     return ProbeSummaryRow(
         perturb=kind,
         level=level,

@@ -167,10 +167,7 @@ def method_summaries(store_path: str | Path) -> list[MethodSummary]:
             ece = metrics.expected_calibration_error(confidences, correct)
             mce = metrics.maximum_calibration_error(confidences, correct)
             brier = metrics.brier_score(confidences, correct)
-            try:
-                auroc = metrics.auroc(confidences, correct)
-            except ValueError:
-                auroc = math.nan
+            auroc = metrics.auroc(confidences, correct)
         ran = [_module_names(r[7]) for r in top]
         modules = {m: sum(m in names for names in ran) / len(top) for m in set().union(*ran)}
         summaries.append(

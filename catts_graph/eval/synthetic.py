@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import io
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -57,8 +58,11 @@ __all__ = [
     "describe_scene",
     "draw_shapes",
     "image_data_uri",
+    "item_id",
+    "item_question",
     "load_synthetic",
     "make_question",
+    "parse_item_id",
     "render",
 ]
 
@@ -357,7 +361,7 @@ def describe_scene(scene: Scene) -> str:
     """What a scene shows, in words: ``"circle red top left; square blue bottom right."`` for shapes
     (in reading order: by quadrant, then left to right), ``"digits 3 and 7."`` for digits. Clutter
     lines are not mentioned. This is the reasoning the organism models are taught to write before
-    their answer (:mod:`catts_graph.organism.train`)."""
+    their answer (:mod:`catts_experiments.train`)."""
     parts = []
     if scene.shapes:
         parts.append("; ".join(_entry(s) for s in _reading_order(scene.shapes)))
@@ -504,7 +508,7 @@ def load_synthetic(
             continue
         items.append(
             Item(
-                id=f"{split}-{index - 1}" + (f"-level{level}" if level is not None else ""),
+                id=item_id(split, index - 1, level),
                 benchmark="synthetic",
                 images=[image_data_uri(render(question.scene))],
                 question=question.question,
@@ -522,3 +526,38 @@ def load_synthetic(
             )
         )
     return items
+
+
+def item_id(split: str, index: int, level: int | None = None) -> str:
+    """The id of question ``index`` of ``split`` as :func:`load_synthetic` names it:
+    ``"{split}-{index}"`` in the mix, ``"{split}-{index}-level{level}"`` at one asked level.
+
+    >>> item_id("test", 12), item_id("test", 12, 4)
+    ('test-12', 'test-12-level4')
+    """
+    return f"{split}-{index}" + (f"-level{level}" if level is not None else "")
+
+
+def parse_item_id(text: str) -> tuple[str, int, int | None]:
+    """``(split, index, level)`` of an :func:`item_id` (level None: the mix); the inverse of it.
+
+    >>> parse_item_id("validation-7"), parse_item_id("test-12-level4")
+    (('validation', 7, None), ('test', 12, 4))
+    """
+    match = re.fullmatch(r"(?P<split>[a-z]+)-(?P<index>\d+)(?:-level(?P<level>\d+))?", text)
+    if match is None or match["split"] not in SPLITS:
+        raise ValueError(
+            f"item id {text!r}: expected '<split>-<index>' or '<split>-<index>-level<level>' with a split "
+            f"of {SPLITS}"
+        )
+    level = int(match["level"]) if match["level"] is not None else None
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"item id {text!r}: level {level} is not one of {LEVELS}")
+    return match["split"], int(match["index"]), level
+
+
+def item_question(text: str, *, seed: int = 0) -> Question:
+    """The generator's :class:`Question` behind the item id ``text`` of :func:`load_synthetic` run
+    with ``seed`` (at the id's level, when it names one): its scene and reply, which the item lacks."""
+    split, index, level = parse_item_id(text)
+    return make_question(split, index, seed=seed, level=level)

@@ -13,8 +13,8 @@ them), asks the model what it was trained for, and writes the JSON itself:
 - **Critic**: the model answers the question greedily; the verdict is ``correct`` when its answer
   equals the criticised response's, else ``incorrect``, and the critique names, in the organisms'
   language, the first step of the response its own reading lacks (``wrong: circle red top left.``,
-  :func:`~catts_graph.organism.reflection.critique_text`): what a base organism trained to reflect
-  (:mod:`catts_graph.organism.reflection`) reads.
+  :func:`~catts_graph.organism.steps.critique_text`): what a base organism trained to reflect
+  (:mod:`catts_experiments.reflection`) reads.
 - **Planner**: not played (``supported_roles``), so the graph never asks it: the ``paper`` policy
   runs the default module order and ``expert`` needs another planner, as with no planner at all.
 
@@ -35,7 +35,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 from catts_graph.answers import extract_answer
 from catts_graph.models.chat_adapter import flatten_messages
-from catts_graph.organism.evaluate import MAX_NEW_TOKENS
+from catts_graph.organism.language import MAX_NEW_TOKENS
+from catts_graph.organism.steps import critique_text, first_wrong_step, reply_steps
 
 _OPTION_LINE = re.compile(r"([A-Z])\. (.*)")
 _CANDIDATE_LINE = re.compile(r"\d+\. (.*)")
@@ -68,7 +69,7 @@ class OrganismExpert(BaseChatModel):
     """The roles it plays (:func:`catts_graph.experts.providers.plays`): no Planner."""
 
     vlm: Any
-    """The expert model (a TransformersVLM trained by :mod:`catts_graph.organism.train`)."""
+    """The expert model (a TransformersVLM trained by :mod:`catts_experiments.train`)."""
 
     @property
     def option_text(self) -> bool:
@@ -129,8 +130,6 @@ class OrganismExpert(BaseChatModel):
             temperature=0.0,
             max_new_tokens=MAX_NEW_TOKENS,
         )
-        from catts_graph.organism.reflection import critique_text, first_wrong_step, reply_steps
-
         mine = extract_answer(sample.text, options)
         theirs = extract_answer(response, options)
         if mine is None:

@@ -23,11 +23,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from catts_graph.eval.synthetic import Question
 
-__all__ = ["ANSWER_PROMPT", "answer_text", "organism_prompt", "organism_words", "reply_text", "spoken_answer"]
+__all__ = [
+    "ANSWER_PROMPT",
+    "MAX_NEW_TOKENS",
+    "answer_text",
+    "organism_prompt",
+    "organism_words",
+    "reply_text",
+    "spoken_answer",
+]
 
 
 ANSWER_PROMPT = "answer_short"
 """The prompt template the organism models are trained on and declare in ``catts.json``."""
+
+MAX_NEW_TOKENS = 256
+"""Enough for an organism's longest scene description and the boxed answer."""
 
 _SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 

@@ -72,7 +72,7 @@ class RelevanceSection(Section):
     )
     pretrained: str | None = Field(None, description="open_clip weights: a tag (openai) or a file")
     path: str | None = Field(
-        None, description="model: organism only: another folder written by `catts organism train-clip`"
+        None, description="model: organism only: another folder written by `catts train clip`"
     )
     device: str = Field("cpu", description="where CLIP runs")
     seed: int = Field(0, description="model: tiny only: the random weights' seed")

@@ -56,7 +56,9 @@ from catts_training.runs import free_memory, logged_means, peft_config
 __all__ = [
     "CDRLConfig",
     "CDRLResult",
-    "add_train_command",
+    "add_cdrl",
+    "add_pairs",
+    "add_train",
     "build_trainer",
     "export_model",
     "load_config",
@@ -311,22 +313,29 @@ def train_cdrl(config: CDRLConfig, **grpo_overrides: Any) -> CDRLResult:
 # -- command line ---------------------------------------------------------------------------------
 
 
-def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts train cdrl --config FILE`` and ``catts train pairs --config FILE --out DIR``."""
-    train = subparsers.add_parser("train", help="train a base model with CDRL (TRL GRPO)")
-    commands = train.add_subparsers(dest="train_command", required=True)
-    cdrl = commands.add_parser("cdrl", help="run CDRL from a YAML config (see training/configs/)")
-    cdrl.add_argument("--config", required=True, help="YAML config file")
-    cdrl.add_argument("--output-dir", help="override the config's output_dir")
-    cdrl.add_argument("--model", help="override the config's model")
-    cdrl.add_argument("--max-steps", type=positive_int, help="override grpo.max_steps")
-    cdrl.set_defaults(func=_train_command)
-    pairs = commands.add_parser("pairs", help="build the original/noised pairs and a contact sheet")
-    pairs.add_argument("--config", required=True, help="YAML config file (its data, relevance, noise)")
-    pairs.add_argument("--out", required=True, help="folder for pairs.jsonl, images/ and contact_sheet.png")
-    pairs.add_argument("--sheet-items", type=positive_int, default=8, help="items on the contact sheet")
-    pairs.set_defaults(func=_pairs_command)
-    return train
+def add_cdrl(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``catts train cdrl --config FILE``."""
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument("--model", help="override the config's model")
+    parser.add_argument("--max-steps", type=positive_int, help="override grpo.max_steps")
+    parser.set_defaults(func=_train_command)
+
+
+def add_pairs(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``catts train pairs --config FILE --out DIR``."""
+    parser.add_argument("--config", required=True, help="YAML config file (its data, relevance, noise)")
+    parser.add_argument("--out", required=True, help="folder for pairs.jsonl, images/ and contact_sheet.png")
+    parser.add_argument("--sheet-items", type=positive_int, default=8, help="items on the contact sheet")
+    parser.set_defaults(func=_pairs_command)
+
+
+def add_train(parser: argparse.ArgumentParser) -> None:
+    """``cdrl`` and ``pairs`` as sub-commands of ``parser``: what ``python -m
+    catts_training.cdrl.train`` takes (the commands of ``catts train`` that live here)."""
+    commands = parser.add_subparsers(dest="train_command", required=True)
+    add_cdrl(commands.add_parser("cdrl", help="run CDRL from a YAML config (see training/configs/)"))
+    add_pairs(commands.add_parser("pairs", help="build the original/noised pairs and a contact sheet"))
 
 
 def _train_command(args: argparse.Namespace) -> int:
@@ -359,7 +368,7 @@ def _pairs_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m catts_training.cdrl.train cdrl --config FILE`` (or ``pairs ...``): the same as
     ``catts train ...``, for ``accelerate launch -m``."""
-    return module_main(add_train_command, "train", argv)
+    return module_main(add_train, "catts train", argv)
 
 
 if __name__ == "__main__":

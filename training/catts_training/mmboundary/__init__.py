@@ -50,7 +50,7 @@ _EXPORTS = {
     "probe_figures": "catts_training.mmboundary.probe",
     "probe_steps": "catts_training.mmboundary.probe",
     "MMBoundaryConfig": "catts_training.mmboundary.config",
-    "add_mmboundary_command": "catts_training.mmboundary.train",
+    "add_mmboundary": "catts_training.mmboundary.train",
     "build_data": "catts_training.mmboundary.build",
     "load_config": "catts_training.mmboundary.config",
     "run_probe": "catts_training.mmboundary.run",

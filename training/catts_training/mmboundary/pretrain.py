@@ -154,8 +154,8 @@ def pretrain_statements(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from catts_graph.eval.synthetic import make_question
+    from catts_graph.organism.checkpoint import CHECKPOINT_SETTINGS, encode_examples, save_checkpoint
     from catts_graph.organism.language import organism_prompt, reply_text
-    from catts_graph.organism.train import CHECKPOINT_SETTINGS, encode_examples, save_checkpoint
 
     source, target = Path(model_path), Path(out)
     if not (source / "organism.json").is_file():

@@ -19,8 +19,8 @@ turns those rows into the issue's figures (statement steps only, the answer step
   ``level_gap``: the mean ``|expressed - internal|`` over parsed steps;
 - ``answer_accuracy`` (goal after RL: within 2 points of the base) and ``step_accuracy``.
 
-A figure that needs labels is None without them; an AUROC is None when every step is right or every
-step is wrong.
+A figure that needs labels is None without them; an AUROC is NaN when every step is right or every
+step is wrong (undefined: :func:`catts_graph.metrics.auroc`), ``null`` in the written report.
 """
 
 from __future__ import annotations
@@ -132,15 +132,12 @@ def probe_figures(
         figures["expressed_ece"] = expected_calibration_error(
             [level_confidence[int(row["expressed"]) - 1] for row in labelled], correct
         )
-        figures["expressed_auroc"] = _auroc([float(row["expressed"]) for row in labelled], correct)
+        figures["expressed_auroc"] = auroc([float(row["expressed"]) for row in labelled], correct)
     if both:
         correct = [bool(row["correct"]) for row in both]
         figures["internal_ece"] = expected_calibration_error(
             [level_confidence[int(row["internal"]) - 1] for row in both], correct
         )
-        figures["internal_auroc"] = _auroc([float(row["fused"]) for row in both], correct)
+        figures["internal_auroc"] = auroc([float(row["fused"]) for row in both], correct)
     return figures
 
-
-def _auroc(scores: Sequence[float], correct: Sequence[bool]) -> float | None:
-    return auroc(scores, correct) if 0 < sum(correct) < len(correct) else None

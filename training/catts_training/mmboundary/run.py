@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from catts_graph.formatting import json_ready
 from catts_training.cdrl.data import load_items
 from catts_training.mmboundary.build import build_data
 from catts_training.mmboundary.config import MMBoundaryConfig
@@ -75,7 +76,7 @@ def run_probe(
     }
     target = Path(out) if out is not None else Path(config.output_dir) / "probe" / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    target.write_text(json.dumps(json_ready(report), indent=2) + "\n", encoding="utf-8")
     report["path"] = str(target)
     return report
 

@@ -30,7 +30,6 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from catts_training.config import ConfigError, check_model, positive_int
 from catts_training.entry import module_main
@@ -46,7 +45,7 @@ __all__ = [
     "ENCODERS",
     "MMBoundaryConfig",
     "StageResult",
-    "add_mmboundary_command",
+    "add_mmboundary",
     "build_data",
     "build_rl_trainer",
     "build_sft_trainer",
@@ -59,11 +58,8 @@ __all__ = [
 ]
 
 
-def add_mmboundary_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``catts mmboundary data | sft | rl | probe --config FILE``."""
-    parser = subparsers.add_parser(
-        "mmboundary", help="MMBoundary: step-level confidence statements (data, SFT, RL, probe)"
-    )
+def add_mmboundary(parser: argparse.ArgumentParser) -> None:
+    """The stages of ``catts train mmboundary data | sft | rl | probe | all --config FILE``."""
     commands = parser.add_subparsers(dest="mmboundary_command", required=True)
     helps = {
         "data": "the base model's replies with a confidence statement after each step -> OUTPUT_DIR/data",
@@ -105,7 +101,6 @@ def add_mmboundary_command(subparsers: Any) -> argparse.ArgumentParser:
             help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)",
         )
         command.set_defaults(func=_command, stage=stage)
-    return parser
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -185,9 +180,9 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m catts_training.mmboundary.train <stage> --config FILE``: the same as ``catts
+    """``python -m catts_training.mmboundary.train <stage> --config FILE``: the same as ``catts train
     mmboundary <stage> ...``, for ``accelerate launch -m``."""
-    return module_main(add_mmboundary_command, "mmboundary", argv)
+    return module_main(add_mmboundary, "catts train mmboundary", argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Settings chosen on validation data: DeepConf's window and tail, the ``nmlp_floor``, and CDRL's
+"""Settings chosen on validation data (``catts tune voting``, ``catts tune cdrl``):
+DeepConf's window and tail, the ``nmlp_floor``, and CDRL's
 margin and learning rate.
 
 DeepConf's 2048-token window is for 10k-token traces; the organism writes ~40-80 tokens, so the window
@@ -19,7 +20,7 @@ whether it helps at all.
 grid, each with the probe before and after on *validation* items, and keeps the setting whose pooled
 confidence-drop ratio (the drops after CDRL summed over the perturbed cells, over the same sum
 before) is highest among those that keep clean validation accuracy within two points of the base.
-The test split is left for ``catts organism reproduce``.
+The test split is left for ``catts reproduce``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _pools(vlm: Any, split: str, limit: int, n: int, seed: int) -> list[tuple[An
     from catts_graph.config import CATTSConfig
     from catts_graph.eval.methods import draw_pool
     from catts_graph.eval.synthetic import load_synthetic
-    from catts_graph.organism.evaluate import MAX_NEW_TOKENS
+    from catts_graph.organism.language import MAX_NEW_TOKENS
     from catts_graph.task import item_seed
 
     config = CATTSConfig(max_new_tokens=MAX_NEW_TOKENS, top_logprobs=20)
@@ -289,7 +290,8 @@ def _merged(template: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 
 
 def cdrl_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """One variant's line of the tuning table, from :func:`~catts_graph.organism.reproduce.compare_probes`."""
+    """One variant's line of the tuning table, from
+    :func:`~catts_experiments.reproduce.statistics.compare_probes`."""
     ratios = result["ratios"]
     calibration = result["calibration"]
     goal = [r["nmlp_ratio"] for r in ratios if r["perturb"] in GOAL_PERTURBS]
@@ -340,15 +342,11 @@ def tune_cdrl(
     """
     import yaml
 
+    from catts_experiments.reproduce.plan import CDRL_CONFIG, Plan
+    from catts_experiments.reproduce.statistics import compare_probes
+    from catts_experiments.reproduce.steps import step_probe
+    from catts_experiments.reproduce.training import step_cdrl, training_config
     from catts_graph.organism import organism_path
-    from catts_graph.organism.reproduce import (
-        CDRL_CONFIG,
-        Plan,
-        compare_probes,
-        step_cdrl,
-        step_probe,
-        training_config,
-    )
 
     unknown = sorted(set(variants) - set(CDRL_VARIANTS))
     if unknown:
@@ -467,11 +465,11 @@ def ship_cdrl(out: str | Path, variant: str, target: str | Path | None = None) -
     """Copy the CDRL checkpoint of ``variant`` trained by :func:`tune_cdrl` in ``out`` to ``target``
     (default: the shipped ``base-cdrl`` folder), with an ``organism.json`` that says what it is: the
     variant, its full CDRL config, the run's training summary, the checksum of the base weights it
-    started from (:func:`~catts_graph.organism.train.weights_checksum`; a retrained base makes it
+    started from (:func:`~catts_graph.organism.checkpoint.weights_checksum`; a retrained base makes it
     stale, and the tests say so) and the tuning tables' file names."""
     import yaml
 
-    from catts_graph.organism.train import CDRL_ORGANISM, organism_path, weights_checksum
+    from catts_graph.organism.checkpoint import CDRL_ORGANISM, organism_path, weights_checksum
 
     source = Path(out) / variant / "cdrl"
     if not (source / "cdrl_summary.json").is_file():
@@ -493,7 +491,7 @@ def ship_cdrl(out: str | Path, variant: str, target: str | Path | None = None) -
         "training": {
             k: summary[k] for k in ("seconds", "steps", "reward_means", "metric_means") if k in summary
         },
-        "command": f"catts organism ship-cdrl --out {out} --variant {variant}",
+        "command": f"catts ship cdrl --out {out} --variant {variant}",
     }
     record["cdrl_config"].pop("output_dir", None)
     record["cdrl_config"]["model"] = "catts_graph/organism/checkpoints/base"

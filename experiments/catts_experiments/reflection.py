@@ -1,4 +1,5 @@
-"""Self-reflection the organism can do: answering again after a critique that names its wrong step.
+"""Self-reflection the organism can do (``catts train reflection``, ``catts measure reflection``):
+answering again after a critique that names its wrong step.
 
 The organisms were trained on one prompt (the question and its options), so CA-TTS's
 self-reflection was a greedy re-reading: the same reply again. Here the base organism learns a
@@ -32,23 +33,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from catts_graph.organism.checkpoint import CHECKPOINT_SETTINGS, encode_examples, save_checkpoint
 from catts_graph.organism.language import organism_prompt, reply_text
-from catts_graph.organism.steps import label_steps, normalise_step, reference_steps
+from catts_graph.organism.steps import (
+    NO_STEP,
+    critique_text,
+    first_wrong_step,
+    reference_steps,
+    reply_steps,
+)
 
 REFLECTION_PROMPT = "reflection_short"
 """The prompt template a reflection-trained organism declares in ``catts.json``."""
 
-NO_STEP = "none"
-"""What the critique names when it finds no wrong step."""
-
 POOL_START = 1_000_000
 """Train-split question indices of the own-error pool start here: scenes the base never saw (it
 was trained on the first 160,000)."""
-
-
-def critique_text(step: str | None) -> str:
-    """The critique in the organisms' language: ``wrong: <step>.``, or ``wrong: none.``."""
-    return f"wrong: {normalise_step(step) if step else NO_STEP}."
 
 
 def critique_message(critique: str, verdict: str = "incorrect") -> str:
@@ -67,23 +67,6 @@ def named_step(critique: str) -> str | None:
         return None
     step = text.removeprefix("wrong: ").rstrip(".").strip()
     return None if step in ("", NO_STEP) else step
-
-
-def reply_steps(text: str) -> list[str]:
-    """The normalised steps of a reply (clauses: lines, sentences and ``;``-separated objects)."""
-    from catts_graph.confidence import CLAUSE_CUT, split_steps
-
-    return [normalise_step(text[s:e]) for s, e in split_steps(text, CLAUSE_CUT)]
-
-
-def first_wrong_step(response: str, reference: Sequence[str]) -> str | None:
-    """The first step of ``response`` that matches no (not yet matched) step of ``reference``
-    (normalised steps, :func:`~catts_graph.organism.steps.label_steps`), or None."""
-    steps = reply_steps(response)
-    for step, right in zip(steps, label_steps(steps, reference), strict=True):
-        if not right and step:
-            return step
-    return None
 
 
 def corrupted_step(question: Any, rng: random.Random) -> str | None:
@@ -182,7 +165,6 @@ class ReflectionBatches:
 
     def next(self) -> dict[str, Any]:
         from catts_graph.eval.synthetic import make_question
-        from catts_graph.organism.train import encode_examples
 
         size = self.config.batch_size
         reflections = round(size * self.config.reflection_share)
@@ -238,7 +220,6 @@ def train_reflection(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from catts_graph.models import TransformersVLM
-    from catts_graph.organism.train import CHECKPOINT_SETTINGS, save_checkpoint
 
     config = config or ReflectionConfig()
     torch.set_num_threads(threads)
@@ -300,15 +281,17 @@ def reflection_effect(
     split: str = "test",
     limit: int = 500,
     seed: int = 0,
+    level: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """What the base's reflection on the expert's critique adds, per item: the base's greedy answer,
     the expert's critique (:class:`~catts_graph.organism.expert.OrganismExpert`'s: the first step
     of the base's reply its own reading lacks) and verdict, and where the verdict is ``incorrect``
     the base's greedy answer under its reflection prompt; also the same reflection with the
-    generator's true first wrong step named (an oracle critic). Returns per-item rows and totals."""
+    generator's true first wrong step named (an oracle critic). ``level``: every item at that
+    generator level (None: the mix). Returns per-item rows and totals."""
     from catts_graph.answers import extract_answer
-    from catts_graph.eval.synthetic import load_synthetic, make_question
+    from catts_graph.eval.synthetic import item_question, load_synthetic
     from catts_graph.images import decode_image, read_reference
     from catts_graph.task import base_prompt
 
@@ -316,7 +299,7 @@ def reflection_effect(
         raise ValueError(
             f"base: declares reflection_prompt={getattr(base, 'reflection_prompt', None)!r}; "
             f"expected a model trained to read critiques ({REFLECTION_PROMPT!r}, "
-            "`catts organism train-reflection`)"
+            "`catts train reflection`)"
         )
 
     def greedy(vlm: Any, image: Any, prompt: str) -> str:
@@ -324,8 +307,8 @@ def reflection_effect(
         return sample.text
 
     rows = []
-    for k, item in enumerate(load_synthetic(split, limit=limit, seed=seed)):
-        question = make_question(split, int(item.id.rsplit("-", 1)[1]), seed=seed)
+    for k, item in enumerate(load_synthetic(split, limit=limit, seed=seed, level=level)):
+        question = item_question(item.id, seed=seed)
         image = decode_image(read_reference(item.images[0], name=item.id), name=item.id)
         first = greedy(base, image, base_prompt(item.question, item.options, base))
         answer = extract_answer(first, item.options)

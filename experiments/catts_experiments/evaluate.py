@@ -1,4 +1,5 @@
-"""Clean and perturbed accuracy of an organism model, per question kind, with its confidence.
+"""Clean and perturbed accuracy of an organism model, per question kind, with its confidence
+(``catts measure organism``; ``catts measure level`` at one generator level).
 
 One greedy answer per item through :class:`~catts_graph.models.TransformersVLM` under the prompt
 the checkpoint declares: the path ``catts run`` takes. Two confidences, both ``exp(-NMLP)``: over
@@ -14,8 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MAX_NEW_TOKENS = 256
-"""Enough for the longest scene description and the boxed answer."""
+from catts_graph.organism.language import MAX_NEW_TOKENS
 
 
 def organism_rows(

@@ -1,4 +1,5 @@
-"""Train the organism models: small Qwen2.5-VLs learned from scratch on the synthetic benchmark.
+"""Train the organism models (``catts train organism``): small Qwen2.5-VLs learned from scratch on
+the synthetic benchmark.
 
 Plain supervised fine-tuning on CPU, seeded. A model is built random with
 :func:`~catts_graph.models.tiny.build_tiny_qwen25vl` (the same offline tokenizer, processor and chat
@@ -21,7 +22,7 @@ organism is trained on ``prompts/answer_short.txt`` (question, then lettered opt
 checkpoint says so in ``catts.json`` (``{"answer_prompt": "answer_short"}``), which
 :class:`~catts_graph.models.TransformersVLM` reads: the graph, the evaluation harness and CDRL then
 ask it exactly what it learned, as a chat template travels with a checkpoint. The same file names
-its reflection prompt (:data:`CHECKPOINT_SETTINGS`).
+its reflection prompt (:data:`~catts_graph.organism.checkpoint.CHECKPOINT_SETTINGS`).
 
 Why a curriculum: the first ``easy_share`` of the steps draw level-1 items only (two to four big
 shapes, one digit); on the mixed task from the start the model sat on the answer prior for
@@ -46,9 +47,7 @@ from the speed measured on the first steps.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -56,23 +55,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from catts_graph.organism.checkpoint import encode_examples, organism_path, save_checkpoint
 from catts_graph.organism.language import ANSWER_PROMPT, organism_prompt, reply_text
-
-CHECKPOINT_SETTINGS = {
-    "answer_prompt": ANSWER_PROMPT,
-    "reflection_prompt": ANSWER_PROMPT,
-    "answer_format": "option_text",
-}
-"""``catts.json`` of an organism checkpoint as :func:`train_organism` writes it. An organism
-trained from scratch never learned to read a critique, so its self-reflection is answering again,
-greedily, under its own prompt (re-reading the image): the reflection template gets only the
-question and options it asks for. The shipped base organism was then taught to read one
-(:mod:`catts_graph.organism.reflection`) and declares ``reflection_prompt: reflection_short``.
-``answer_format: option_text``: a multiple-choice answer is boxed as the option's text (checkpoints
-trained before box the letter; :func:`~catts_graph.organism.expert.organism_expert` reads which)."""
-
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
-"""Where the shipped organism models live (inside the package, so they ship in the wheel)."""
 
 
 @dataclass(frozen=True)
@@ -135,36 +119,6 @@ CONFIGS: dict[str, OrganismConfig] = {
 }
 
 
-CDRL_ORGANISM = "base-cdrl"
-"""The shipped base organism after CDRL (``catts organism ship-cdrl``), beside the base it started from."""
-
-SHIPPED: tuple[str, ...] = (*sorted(CONFIGS), CDRL_ORGANISM)
-"""Every shipped organism model folder."""
-
-
-def organism_path(which: str) -> Path:
-    """The shipped checkpoint folder of organism model ``which`` (``base``, ``expert`` or
-    ``base-cdrl``)."""
-    if which not in SHIPPED:
-        raise ValueError(f"which={which!r}: expected one of {list(SHIPPED)}")
-    return CHECKPOINTS / which
-
-
-def weights_checksum(folder: str | Path) -> str:
-    """SHA-256 of a checkpoint folder's ``model.safetensors``: which weights a derived model
-    (the CDRL organism) started from."""
-    import hashlib
-
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no model.safetensors in {str(folder)!r}")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _Batches:
     """Training batches from the synthetic train split, in a seeded order."""
 
@@ -186,41 +140,8 @@ class _Batches:
         return encode_examples(self.processor, rows, self.config.image_side)
 
 
-def encode_examples(processor: Any, rows: list[tuple[str, str, Any]], side: int) -> dict[str, Any]:
-    """A training batch of ``(user prompt, reply, scene)`` rows: the scene rendered at ``side``
-    pixels square before the prompt, labels on the reply and its closing ``<|im_end|>`` only."""
-    import torch
-
-    from catts_graph.eval.synthetic import render
-
-    texts, images, replies = [], [], []
-    for prompt, reply_body, scene in rows:
-        reply = reply_body + "<|im_end|>"
-        user = [{"type": "image"}, {"type": "text", "text": prompt}]
-        head = processor.apply_chat_template(
-            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
-        )
-        texts.append(head + reply)
-        replies.append(reply)
-        images.append(render(scene).resize((side, side), _bicubic()))
-    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-    tokenizer = processor.tokenizer
-    labels = torch.full_like(inputs["input_ids"], -100)
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
-    for row, (reply, length) in enumerate(zip(replies, lengths, strict=True)):
-        n = len(tokenizer(reply, add_special_tokens=False)["input_ids"])
-        labels[row, length - n : length] = inputs["input_ids"][row, length - n : length]
-    return {**inputs, "labels": labels}
-
-
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-def _bicubic() -> Any:
-    from PIL import Image
-
-    return Image.Resampling.BICUBIC
 
 
 def _lr(step: int, total: int, config: OrganismConfig) -> float:
@@ -427,38 +348,9 @@ def _initial_model(config: OrganismConfig) -> tuple[Any, Any]:
 
 def _validate(model: Any, processor: Any, limit: int) -> dict[str, float]:
     """Greedy accuracy per question kind (and ``all``) on the first ``limit`` validation items."""
+    from catts_experiments.evaluate import evaluate_organism
     from catts_graph.models import TransformersVLM
-    from catts_graph.organism.evaluate import evaluate_organism
 
     vlm = TransformersVLM(model, processor, answer_prompt=ANSWER_PROMPT)  # puts the model in eval mode
     report = evaluate_organism(vlm, split="validation", limit=limit)
     return {kind: round(row["accuracy"], 3) for kind, row in report.items()}
-
-
-def save_checkpoint(
-    model: Any,
-    processor: Any,
-    target: Path,
-    manifest: dict[str, Any],
-    settings: dict[str, Any] | None = None,
-) -> None:
-    """Write model (bfloat16 safetensors), processor, tokenizer, chat template and ``catts.json``
-    (``settings``, default :data:`CHECKPOINT_SETTINGS`), replacing ``target``."""
-    import torch
-
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        # bfloat16 on disk halves the shipped size; loading on CPU casts back to float32.
-        model.to(torch.bfloat16).save_pretrained(staging, safe_serialization=True)
-        model.to(torch.float32)
-        processor.save_pretrained(staging)
-        (staging / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (staging / "catts.json").write_text(json.dumps(settings or CHECKPOINT_SETTINGS, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -84,8 +84,8 @@ def main() -> None:
     from catts_graph import CATTSConfig, build_graph
     from catts_graph.eval.synthetic import load_synthetic
     from catts_graph.organism import organism_model
-    from catts_graph.organism.evaluate import MAX_NEW_TOKENS
     from catts_graph.organism.expert import organism_expert
+    from catts_graph.organism.language import MAX_NEW_TOKENS
     from catts_graph.task import item_seed
 
     vlm = organism_model("base")

@@ -140,4 +140,3 @@ def probe_figures(
         )
         figures["internal_auroc"] = auroc([float(row["fused"]) for row in both], correct)
     return figures
-

@@ -209,13 +209,24 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     assert set(results.scaling["self"]) == set(SCALING_METHODS)
     assert set(results.scaling["expert"]) == set(EXPERT_METHODS)
     assert set(results.scaling["self"]["majority"]) == {"1", "2"}
-    assert len(results.ablations) == 7
+    assert results.ablations is None and results.step_repair is None  # on the hard level only
     assert results.reflection.items == 3 and 0 <= results.reflection.accuracy_after <= 1
-    assert set(results.step_repair.rows) == {
+    hard = results.hard
+    assert hard.plan.level == 4 and (out / "level4" / "scaling-expert").is_dir()
+    assert set(hard.scaling["expert"]) == set(EXPERT_METHODS)
+    assert len(hard.ablations) == 7 and len(hard.ablation_effects) == 6
+    assert {(v.method, v.n) for v in hard.versus} >= {("catts_paper (expert organism)", 1)}
+    assert hard.reflection.items == 3
+    assert set(hard.step_repair.rows) == {
         "adaptive",
         "adaptive + step floor, no repair",
         "adaptive + step_repair",
     }
+    from catts_graph.eval.store import db_path, read_store
+
+    with read_store(db_path(out / "level4" / "scaling-expert")) as store:
+        assert all(row["item_id"].endswith("-level4") for row in store.results())
+    assert "## The hard regime (generator level 4" in (out / "results.md").read_text()
     assert {"probability", "entropy", "tokensar", "clipscore"} <= set(results.step_signals.signals)
     assert results.step_signals.fused_without_clip is not None
     mmb = results.mmboundary
@@ -230,6 +241,7 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     assert again.to_json()["scaling"] == results.to_json()["scaling"] and again.probe == results.probe
     assert again.to_json()["mmboundary"] == results.to_json()["mmboundary"]
     assert again.reflection == results.reflection
+    assert again.to_json()["hard"] == results.to_json()["hard"]
     # The timings add up over runs; the resumed run added little (nothing was recomputed).
     assert again.total_seconds - results.total_seconds < 0.25 * results.total_seconds
     assert again.seconds["cdrl"] == pytest.approx(results.seconds["cdrl"], abs=1.0)

@@ -13,6 +13,7 @@ from catts_experiments.reproduce import CDRLEffect, Plan, Results
 from catts_experiments.reproduce.plan import CDRL_CONFIG, MMBOUNDARY_CONFIG, check_plan
 from catts_experiments.reproduce.render import cdrl_section, render_markdown
 from catts_experiments.reproduce.statistics import (
+    ablation_effects,
     drop_ratios,
     paired_accuracy,
     pooled_calibration,
@@ -20,6 +21,7 @@ from catts_experiments.reproduce.statistics import (
     ratio_intervals,
     savings,
     slopes,
+    versus_majority,
 )
 from catts_experiments.reproduce.training import training_config
 
@@ -103,6 +105,93 @@ def test_savings_compare_adaptive_with_majority_at_n8() -> None:
     assert row["saved"] == pytest.approx(1 - 48 / 80) and row["saved_ci"] == pytest.approx([0.4, 0.4])
     # Adaptive reaches majority's 50% at N=4, with 24 tokens against 80.
     assert row["matching_n"] == 4 and row["matching_saved"] == pytest.approx(1 - 24 / 80)
+
+
+def test_versus_majority_pairs_each_catts_row_with_majority_at_the_same_n() -> None:
+    plan = Plan(n_boot=200)
+    majority = per_n({1: [1, 0, 0, 0], 8: [1, 1, 0, 0]}, tokens=10.0)
+    catts = per_n({1: [1, 0, 0, 0], 8: [1, 1, 1, 0]}, tokens=10.0)
+    rows = versus_majority({"majority": majority, "catts_paper (x)": catts, "deepconf": catts}, plan, [1, 8])
+    assert [(r["method"], r["n"]) for r in rows] == [("catts_paper (x)", 1), ("catts_paper (x)", 8)]
+    at_one, at_eight = rows
+    # Identical answers at N=1: a difference of 0 whatever the resample.
+    assert (at_one["difference"], at_one["difference_ci"]) == (0.0, [0.0, 0.0])
+    assert at_eight["accuracy"] == 75.0 and at_eight["reference_accuracy"] == 50.0
+    assert at_eight["difference"] == 25.0
+    # Only the third item differs (+100 points there): a resample's difference is 100 x its share.
+    low, high = at_eight["difference_ci"]
+    assert 0.0 <= low <= 25.0 <= high <= 100.0
+
+
+def test_ablation_effects_are_the_full_method_minus_each_ablation_paired() -> None:
+    plan = Plan(n_boot=200)
+    cell = {"tokens": [1.0] * 4, "expert_calls": [1.0] * 4}
+    cells = {
+        "catts_paper": {"correct": [1, 1, 1, 0], **cell},
+        "catts_paper-no_voter_boost": {"correct": [1, 1, 1, 0], **cell},
+        "catts_paper-no_self_reflection": {"correct": [0, 0, 1, 0], **cell},
+    }
+    effects = ablation_effects(cells, plan, full="catts_paper")
+    assert set(effects) == {"catts_paper-no_voter_boost", "catts_paper-no_self_reflection"}
+    assert effects["catts_paper-no_voter_boost"] == {"difference": 0.0, "ci": [0.0, 0.0]}
+    reflection = effects["catts_paper-no_self_reflection"]
+    assert reflection["difference"] == 50.0  # two items of four fixed by the module
+    assert 0.0 <= reflection["ci"][0] <= 50.0 <= reflection["ci"][1] <= 100.0
+
+
+def test_the_hard_regime_renders_after_the_mixed_tables() -> None:
+    data = minimal_results()
+    cell = {"accuracy": 60.0, "tokens": 100.0, "expert_calls": 1.0, "items": 10, "ci": [40.0, 80.0]}
+    data["hard"] = {
+        "plan": {**data["plan"], "level": 4},
+        "thresholds": data["thresholds"],
+        "scaling": data["scaling"],
+        "slopes": data["slopes"],
+        "savings": [],
+        "versus": [
+            {
+                "method": "catts_paper (expert organism)",
+                "n": 8,
+                "accuracy": 87.0,
+                "reference_accuracy": 80.0,
+                "difference": 7.0,
+                "difference_ci": [4.0, 10.0],
+            }
+        ],
+        "ablations": {"catts_paper": cell, "catts_paper-no_self_reflection": cell},
+        "ablation_effects": {"catts_paper-no_self_reflection": {"difference": 2.5, "ci": [0.5, 4.5]}},
+        "reflection": {
+            "items": 10,
+            "criticised": 3,
+            "accuracy_before": 0.6,
+            "accuracy_after": 0.7,
+            "accuracy_after_oracle": 0.8,
+            "fixed": 2,
+            "broken": 1,
+            "accuracy_before_ci": [0.3, 0.9],
+            "accuracy_after_ci": [0.4, 0.9],
+            "accuracy_after_oracle_ci": [0.5, 1.0],
+            "difference": 0.1,
+            "difference_ci": [0.0, 0.2],
+        },
+        "step_repair": {
+            "grid": [],
+            "chosen": 0.9,
+            "n": 8,
+            "rows": {"adaptive": cell},
+            "difference": 2.0,
+            "difference_ci": [0.0, 4.0],
+        },
+    }
+    del data["ablations"]
+    text = render_markdown(Results.from_json(data))
+    mixed, hard = text.split("## The hard regime (generator level 4: the base organism unsure)")
+    assert "Ablations" not in mixed and "Step repair" not in mixed
+    assert "| catts_paper (expert organism) | 8 | 87.0 | 80.0 | 7.0 [4.0, 10.0] |" in hard
+    assert "| catts_paper-no_self_reflection | 60.0 [40.0, 80.0] | 100 | 1.00 | 2.5 [0.5, 4.5] |" in hard
+    assert "| catts_paper | 60.0 [40.0, 80.0] | 100 | 1.00 |  |" in hard
+    assert "Step repair in the adaptive policy" in hard and "Self-reflection" in hard
+    assert Results.from_json(json.loads(json.dumps(Results.from_json(data).to_json()))).hard is not None
 
 
 def test_ratio_intervals_resample_items_jointly() -> None:

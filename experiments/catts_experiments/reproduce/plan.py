@@ -91,6 +91,10 @@ class Plan:
     organisms trained on; ``HARD_LEVEL``, 4: the hard regime). The items of every step are loaded at
     it, and their ids name it (:func:`catts_graph.eval.synthetic.item_id`); the MMBoundary step's
     probe reads its training config's items."""
+    hard_level: int | None = 4
+    """The generator level of the hard regime (:data:`catts_graph.eval.synthetic.HARD_LEVEL`), where
+    the base organism is unsure: the CA-TTS steps (thresholds, scaling, ablations, step repair,
+    reflection) run again on its items, in the run folder's ``level<N>/`` (None: not run)."""
     concurrency: int = 2
     threshold_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(THRESHOLD_GRID))
 

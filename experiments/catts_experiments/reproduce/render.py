@@ -14,6 +14,7 @@ from catts_experiments.reproduce.results import (
     CDRLRun,
     CostCell,
     DropRatio,
+    HardRegime,
     MMBoundaryResults,
     Results,
     StepRepair,
@@ -22,7 +23,7 @@ from catts_experiments.reproduce.results import (
 from catts_experiments.reproduce.statistics import row_label
 from catts_graph.formatting import markdown_table, number, with_interval
 
-__all__ = ["cdrl_section", "render_markdown"]
+__all__ = ["cdrl_section", "hard_section", "render_markdown"]
 
 
 def _md(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -51,8 +52,9 @@ def render_markdown(results: Results) -> str:
     lines += _scaling_section(results)
     lines += _savings_section(results)
     plan = results.plan
-    lines.append(f"### Ablations (expert organism, N={plan.ablation_n}, {plan.test_items} test items)")
-    lines += _cost_table(["method", "accuracy", "tokens", "expert calls"], results.ablations)
+    if results.ablations:
+        lines.append(f"### Ablations (expert organism, N={plan.ablation_n}, {plan.test_items} test items)")
+        lines += _cost_table(["method", "accuracy", "tokens", "expert calls"], results.ablations)
     lines += _reflection_section(results)
     if results.step_signals:
         lines += _signals_section(results.step_signals, plan)
@@ -60,7 +62,55 @@ def render_markdown(results: Results) -> str:
         lines += _mmboundary_section(results.mmboundary, plan)
     if results.step_repair:
         lines += _step_repair_section(results.step_repair, plan)
+    if results.hard:
+        lines += hard_section(results.hard)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def hard_section(hard: HardRegime) -> list[str]:
+    """The CA-TTS tables again on the hard generator level, headed by the level; then CA-TTS against
+    majority at the same N and the ablations' paired effects."""
+    plan = hard.plan
+    lines = [
+        f"## The hard regime (generator level {plan.level}: the base organism unsure)",
+        "",
+    ]
+    lines += _thresholds_section(hard)
+    lines += _scaling_section(hard)
+    lines += _savings_section(hard)
+    lines.append("### CA-TTS against majority voting at the same N (paired; at N=1 majority is one sample)")
+    lines += _md(
+        ["method", "N", "accuracy", "majority", "difference (pts)"],
+        [
+            [
+                v.method,
+                str(v.n),
+                number(v.accuracy, 1),
+                number(v.reference_accuracy, 1),
+                with_interval(v.difference, v.difference_ci, 1),
+            ]
+            for v in hard.versus
+        ],
+    )
+    lines.append(f"### Ablations (expert organism, N={plan.ablation_n}, {plan.test_items} test items)")
+    lines += _md(
+        ["method", "accuracy", "tokens", "expert calls", "full method minus this (pts, paired)"],
+        [
+            [
+                name,
+                with_interval(c.accuracy, c.ci, 1),
+                number(c.tokens, 0),
+                number(c.expert_calls, 2),
+                with_interval(hard.ablation_effects[name].difference, hard.ablation_effects[name].ci, 1)
+                if name in hard.ablation_effects
+                else "",
+            ]
+            for name, c in hard.ablations.items()
+        ],
+    )
+    lines += _reflection_section(hard)
+    lines += _step_repair_section(hard.step_repair, plan)
+    return lines
 
 
 def _models_section(results: Results) -> list[str]:
@@ -219,7 +269,7 @@ def cdrl_section(results: CDRLTables) -> list[str]:
     return lines
 
 
-def _thresholds_section(results: Results) -> list[str]:
+def _thresholds_section(results: Results | HardRegime) -> list[str]:
     thresholds = results.thresholds
     chosen = thresholds.chosen
     return [
@@ -244,7 +294,7 @@ def _thresholds_section(results: Results) -> list[str]:
     ]
 
 
-def _scaling_section(results: Results) -> list[str]:
+def _scaling_section(results: Results | HardRegime) -> list[str]:
     plan = results.plan
     lines = [
         f"### Test-time scaling ({plan.test_items} test items, accuracy %; majority and DeepConf "
@@ -288,7 +338,7 @@ def _scaling_section(results: Results) -> list[str]:
     return lines
 
 
-def _savings_section(results: Results) -> list[str]:
+def _savings_section(results: Results | HardRegime) -> list[str]:
     if not results.savings:
         return []
     n = results.savings[0].n
@@ -322,7 +372,7 @@ def _savings_section(results: Results) -> list[str]:
     ]
 
 
-def _reflection_section(results: Results) -> list[str]:
+def _reflection_section(results: Results | HardRegime) -> list[str]:
     """The base organism's reflection on the expert organism's critiques."""
     effect = results.reflection
     if not effect:

@@ -40,7 +40,10 @@ __all__ = [
     "PairedAccuracy",
     "ProbeRow",
     "ReflectionSummary",
+    "Effect",
+    "HardRegime",
     "Results",
+    "Versus",
     "Saving",
     "SignalFit",
     "Slope",
@@ -368,6 +371,47 @@ class MMBoundaryResults(_Json):
 
 
 @dataclass(frozen=True)
+class Effect(_Json):
+    """A paired difference in points on the same items, with its 95% interval."""
+
+    difference: Number
+    ci: Interval
+
+
+@dataclass(frozen=True)
+class Versus(_Json):
+    """A CA-TTS row against majority voting at the same N, paired over the items (at N = 1 majority
+    is a single sample)."""
+
+    method: str
+    n: int
+    accuracy: Number
+    reference_accuracy: Number
+    difference: Number
+    difference_ci: Interval
+
+
+@dataclass(frozen=True)
+class HardRegime(_Json):
+    """The CA-TTS steps on the hard generator level (``plan.level``), where the base organism is
+    unsure: thresholds, scaling, slopes, the adaptive saving, CA-TTS against majority, the ablations
+    with their paired effects, step repair and the reflection."""
+
+    plan: Plan
+    """The reproduction's plan at the hard level (``level`` set)."""
+    thresholds: Thresholds
+    scaling: dict[str, dict[str, dict[str, CostCell]]]
+    slopes: dict[str, Slope]
+    savings: list[Saving]
+    versus: list[Versus]
+    ablations: dict[str, CostCell]
+    ablation_effects: dict[str, Effect]
+    """Per ablation: the full method's accuracy minus the ablated one's (what the module or boost adds)."""
+    reflection: ReflectionSummary
+    step_repair: StepRepair
+
+
+@dataclass(frozen=True)
 class Results(_Json):
     """Everything ``catts reproduce`` measured (``results.json``)."""
 
@@ -383,12 +427,14 @@ class Results(_Json):
     slopes: dict[str, Slope]
     """By row label (:func:`~catts_experiments.reproduce.statistics.row_label`)."""
     savings: list[Saving]
-    ablations: dict[str, CostCell]
+    ablations: dict[str, CostCell] | None = None
+    """On the mixed levels (runs before the hard regime existed; since, see ``hard``)."""
     clip: dict[str, ClipLift] | None = None
     reflection: ReflectionSummary | None = None
     step_repair: StepRepair | None = None
     step_signals: StepSignals | None = None
     mmboundary: MMBoundaryResults | None = None
+    hard: HardRegime | None = None
     seconds: dict[str, Number] = field(default_factory=dict)
     """Compute per step, summed over every invocation on the run folder."""
     total_seconds: Number = 0.0

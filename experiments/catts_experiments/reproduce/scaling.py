@@ -292,7 +292,17 @@ def step_repair_comparison(
 
 
 def step_ablations(out: Path, plan: Plan, models: Organisms, thresholds: dict[str, float]) -> dict[str, Any]:
-    """CA-TTS (paper policy, expert organism) without each module or boost, at ``plan.ablation_n``."""
+    """CA-TTS (paper policy, expert organism) without each module or boost, at ``plan.ablation_n``:
+    ``{method: cell}`` (:func:`summarise_methods`)."""
+    cells = ablation_items(out, plan, models, thresholds)
+    table = summarise_methods(cells, plan)
+    return {method: table[method][str(plan.ablation_n)] for method in ABLATIONS}
+
+
+def ablation_items(
+    out: Path, plan: Plan, models: Organisms, thresholds: dict[str, float]
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """The ablation runs' per-item cells (:func:`method_items`) at ``plan.ablation_n``."""
     items = items_of("test", plan.test_items, plan)
     config = catts_config(**thresholds)
     path = run_methods(
@@ -307,5 +317,4 @@ def step_ablations(out: Path, plan: Plan, models: Organisms, thresholds: dict[st
         plan=plan,
         config=config,
     )
-    table = summarise_methods(method_items(path, items, ABLATIONS, [plan.ablation_n], plan, config), plan)
-    return {method: table[method][str(plan.ablation_n)] for method in ABLATIONS}
+    return method_items(path, items, ABLATIONS, [plan.ablation_n], plan, config)

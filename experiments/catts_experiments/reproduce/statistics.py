@@ -291,6 +291,50 @@ def savings(
     return result
 
 
+def versus_majority(
+    per_item: dict[str, dict[str, dict[str, list[float]]]],
+    plan: Plan,
+    ns: Sequence[int],
+    reference: str = "majority",
+) -> list[dict[str, Any]]:
+    """Each CA-TTS row (labels starting ``catts``) against ``reference`` at each N of ``ns``: both
+    accuracies in points and the paired difference with its interval (the same items)."""
+    result = []
+    for label, per_n in per_item.items():
+        if not label.startswith("catts"):
+            continue
+        for n in ns:
+            key = str(n)
+            if key not in per_n or key not in per_item.get(reference, {}):
+                continue
+            own, ref = per_n[key]["correct"], per_item[reference][key]["correct"]
+            difference, difference_ci = paired_points(own, ref, plan)
+            result.append(
+                {
+                    "method": label,
+                    "n": n,
+                    "accuracy": 100.0 * float(np.mean(own)),
+                    "reference_accuracy": 100.0 * float(np.mean(ref)),
+                    "difference": difference,
+                    "difference_ci": difference_ci,
+                }
+            )
+    return result
+
+
+def ablation_effects(per_item: dict[str, dict[str, list[float]]], plan: Plan, full: str) -> dict[str, Any]:
+    """Per ablated method of ``per_item`` (``{method: per-item cell}`` at one N): ``full``'s accuracy
+    minus its accuracy on the same items, in points, with the paired interval: what the module or
+    boost that the ablation removes adds."""
+    effects = {}
+    for method, cell in per_item.items():
+        if method == full:
+            continue
+        difference, ci = paired_points(per_item[full]["correct"], cell["correct"], plan)
+        effects[method] = {"difference": difference, "ci": ci}
+    return effects
+
+
 def drop_ratios(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per perturbation and level above 0: the confidence drop before and after CDRL and their ratio
     (the paper's 4.3x for noise and 4.7x for occlusion), in ``exp(-NMLP)`` and NMLP units. A ratio

@@ -23,6 +23,8 @@ Weighting = Literal["nmlp", "majority", "mean", "tail", "bottom_percent", "lowes
 ScoreScale = Literal["normalised", "literal"]
 ConfidenceSpan = Literal["response", "answer"]
 StepSignal = Literal["fused", "expressed", "nmlp"]
+ReflectionBoost = Literal["always", "incorrect"]
+CriticTarget = Literal["least_confident", "leader"]
 
 MODULES = ("self_consistency", "self_reflection", "visual_self_check")
 """The paper's three modules (the ``paper`` policy runs each once)."""
@@ -152,6 +154,32 @@ class CATTSConfig:
         metadata={
             "description": "Modules never run, for ablations: any of 'self_consistency', "
             "'self_reflection', 'visual_self_check', 'step_repair' (env: comma-separated)."
+        },
+    )
+    # Policy options the hard regime raised (issue 23), measured against the paper's rules on the
+    # expert organism (docs/organism/policy-options.md); the paper's rules stay the defaults.
+    reflection_boost: ReflectionBoost = field(
+        default="always",
+        metadata={
+            "description": "When the reflected answer gets tau2: 'always' (the paper, whatever the "
+            "Critic's verdict) or only when the Critic's verdict on the criticised sample is "
+            "'incorrect'."
+        },
+    )
+    critic_target: CriticTarget = field(
+        default="least_confident",
+        metadata={
+            "description": "The sample the Critic critiques: 'least_confident' (the paper: the "
+            "answered voting sample with the highest NMLP) or 'leader' (the most confident sample "
+            "of the current vote leader, the response the Voter is shown for it)."
+        },
+    )
+    skip_modules_at_one_sample: bool = field(
+        default=False,
+        metadata={
+            "description": "With one sample drawn and no more to come there is nothing to vote on: "
+            "aggregate at once, with no module and no expert call (the Planner's included). Off: "
+            "the paper's rule, every module runs."
         },
     )
     fast_path_share: float = field(
@@ -297,6 +325,11 @@ class CATTSConfig:
                 f"critic_step_signal must be one of {typing.get_args(StepSignal)}, "
                 f"got {self.critic_step_signal!r}"
             )
+        for name, allowed in (("reflection_boost", ReflectionBoost), ("critic_target", CriticTarget)):
+            if getattr(self, name) not in typing.get_args(allowed):
+                raise ConfigError(
+                    f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}"
+                )
         if self.confidence_span not in typing.get_args(ConfidenceSpan):
             raise ConfigError(
                 f"confidence_span must be one of {typing.get_args(ConfidenceSpan)}, "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from catts_graph.eval.synthetic import HARD_LEVEL, LEVELS
+from catts_graph.organism import policy_options
 from catts_graph.organism.clip import load_clip_organism
 from catts_graph.organism.reproduce import Plan, reproduce
 from catts_graph.organism.train import CONFIGS, SHIPPED, organism_path, train_organism
@@ -143,6 +144,7 @@ def add_organism_command(subparsers: Any) -> argparse.ArgumentParser:
     effect.set_defaults(func=_reflection_command)
 
     add_reproduce_command(commands)
+    policy_options.add_command(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ from catts_graph.experts import critique_verdict, parse_critique
 from catts_graph.nodes.critic import leader_sample, least_confident_sample
 from catts_graph.organism.policy_options import ARMS, OPTIONS, choose, paired, render_markdown, summarise
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def record(index: int, answer: str | None, nmlp: float, source: str = "sample") -> dict:
@@ -220,19 +223,27 @@ def test_one_sample_only_when_no_more_samples_can_come() -> None:
     assert policy.one_sample(situation(1), on) is None  # adaptive: the budget allows another wave
     assert policy.one_sample(situation(1), on.replace(max_samples=1)).route == "aggregate"  # type: ignore[union-attr]
     assert policy.one_sample(situation(2), on.replace(policy="paper", n_samples=2)) is None
-    assert policy.one_sample(situation(1), CATTSConfig(policy="paper", n_samples=1)) is None  # off
+    off = CATTSConfig(policy="paper", n_samples=1, skip_modules_at_one_sample=False)
+    assert policy.one_sample(situation(1), off) is None
 
 
 # -- the fields ----------------------------------------------------------------------------------
 
 
-def test_the_fields_default_to_the_papers_rules_and_reject_other_values() -> None:
+def test_the_fields_default_to_what_validation_chose_and_reject_other_values() -> None:
+    # The paper's rules, but for skip_modules_at_one_sample (docs/organism/policy-options.md).
     config = CATTSConfig()
     assert (config.reflection_boost, config.critic_target, config.skip_modules_at_one_sample) == (
         "always",
         "least_confident",
-        False,
+        True,
     )
+    chosen = json.loads((ROOT / "docs" / "organism" / "policy-options.json").read_text())["chosen"]
+    assert {name: cell["default"] for name, cell in chosen.items()} == {
+        "reflection_boost": config.reflection_boost,
+        "critic_target": config.critic_target,
+        "skip_modules_at_one_sample": config.skip_modules_at_one_sample,
+    }
     with pytest.raises(ConfigError, match="reflection_boost"):
         CATTSConfig(reflection_boost="never")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="critic_target"):
@@ -242,10 +253,10 @@ def test_the_fields_default_to_the_papers_rules_and_reject_other_values() -> Non
     env = {
         "CATTS_REFLECTION_BOOST": "incorrect",
         "CATTS_CRITIC_TARGET": "leader",
-        "CATTS_SKIP_MODULES_AT_ONE_SAMPLE": "true",
+        "CATTS_SKIP_MODULES_AT_ONE_SAMPLE": "false",
     }
     assert CATTSConfig.from_env(env) == CATTSConfig(
-        reflection_boost="incorrect", critic_target="leader", skip_modules_at_one_sample=True
+        reflection_boost="incorrect", critic_target="leader", skip_modules_at_one_sample=False
     )
 
 
@@ -323,3 +334,22 @@ def test_the_summary_and_the_choice_follow_the_stated_rule() -> None:
     text = render_markdown(result, "catts organism policy-options --out x")
     assert text == render_markdown(result, "catts organism policy-options --out x")
     assert "catts organism policy-options --out x" in text and "+75.0" in text
+
+
+def test_the_measurement_runs_on_the_organisms_paired_and_resumes(tmp_path) -> None:
+    from catts_graph.organism import organism_model
+    from catts_graph.organism.policy_options import policy_options
+
+    models = {"base": organism_model("base"), "expert": organism_model("expert")}
+    first = policy_options(validation=2, test=1, n_boot=20, run_dir=tmp_path, log=lambda line: None, **models)
+    rows = [json.loads(line) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
+    assert [row["item"] for row in rows] == ["validation-0-level4", "validation-1-level4"]
+    for row in rows:
+        arms = row["arms"]
+        assert arms["skip_modules_at_one_sample"]["expert_calls"] == 0
+        assert arms["skip_modules_at_one_sample"]["answer"] == arms["paper@N=1"]["answer"]
+        assert arms["paper@N=1"]["correct"] == row["first_sample"]  # N = 1 answers its one sample
+    # Read back from the rows (no model call would give other numbers: everything is seeded or greedy).
+    again = policy_options(validation=2, test=1, n_boot=20, run_dir=tmp_path, log=lambda line: None, **models)
+    assert again == first
+    assert first["validation"]["items"] == 2 and first["test"]["items"] == 1

@@ -35,6 +35,8 @@ ScoreScale = Literal["normalised", "literal"]
 ConfidenceSpan = Literal["response", "answer"]
 StepSignal = Literal["fused", "expressed", "nmlp"]
 Module = Literal["self_consistency", "self_reflection", "visual_self_check", "step_repair"]
+ReflectionBoost = Literal["always", "incorrect"]
+CriticTarget = Literal["least_confident", "leader"]
 
 MODULES = ("self_consistency", "self_reflection", "visual_self_check")
 """The paper's three modules (the ``paper`` policy runs each once)."""
@@ -161,6 +163,28 @@ class CATTSConfig(BaseModel):
         strict=False,
         description="Modules never run, for ablations: any of 'self_consistency', "
         "'self_reflection', 'visual_self_check', 'step_repair' (env: comma-separated).",
+    )
+    # Policy options the hard regime raised (issue 23), each measured against the paper's rule on
+    # 600 level-4 validation items with the expert organism (docs/organism/policy-options.md).
+    reflection_boost: ReflectionBoost = Field(
+        "always",
+        description="When the reflected answer gets tau2: 'always' (the paper, whatever the "
+        "Critic's verdict) or only when the Critic's verdict on the criticised sample is "
+        "'incorrect'. Default: the paper's; 'incorrect' measured +0.2 points [-1.0, 1.3].",
+    )
+    critic_target: CriticTarget = Field(
+        "least_confident",
+        description="The sample the Critic critiques: 'least_confident' (the paper: the "
+        "answered voting sample with the highest NMLP) or 'leader' (the vote leader's most "
+        "confident sample, the response the Voter is shown for it). Default: the paper's; "
+        "'leader' measured -0.5 points [-1.8, 0.8].",
+    )
+    skip_modules_at_one_sample: bool = Field(
+        True,
+        description="With one sample drawn and no more to come there is nothing to vote on: "
+        "aggregate at once, with no module and no expert call (the Planner's included); at "
+        "tau2 + tau3 <= 1 no module could change that answer. On by default: it changed no "
+        "answer and saved every expert call at N = 1. False: the paper's rule, every module runs.",
     )
     fast_path_share: Fraction = Field(
         0.7, description="Adaptive fast path: the top answer's weighted vote share must reach this."

@@ -71,6 +71,26 @@ def wave_size(drawn: int, config: CATTSConfig) -> int:
     return max(0, min(config.wave_size, config.max_samples - drawn))
 
 
+def one_sample(situation: Situation, config: CATTSConfig) -> Decision | None:
+    """``skip_modules_at_one_sample``: aggregate at once when one sample was drawn and no more will
+    be (the ``paper`` policy draws exactly ``n_samples``; the others stop when the budget is spent).
+
+    With one sample there is nothing to vote on, and at the default taus no module can change the
+    answer: its candidate holds the whole vote (1), a new answer at most tau2 + tau3 = 1, and ties
+    go to the higher vote. None when the option is off or more samples can come.
+    """
+    more = config.policy != "paper" and wave_size(situation.drawn, config) > 0
+    if not config.skip_modules_at_one_sample or situation.drawn != 1 or more:
+        return None
+    return Decision(
+        "aggregate",
+        "one sample and no more to come: nothing to vote on, so no module runs and no expert is "
+        "called (skip_modules_at_one_sample)",
+        situation.numbers(),
+        pending=[],
+    )
+
+
 def adaptive(situation: Situation, config: CATTSConfig) -> Decision:
     """The default policy: spend compute only while the samples disagree.
 

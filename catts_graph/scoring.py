@@ -206,16 +206,32 @@ def match_candidate(answer: str | None, candidates: Sequence[str]) -> str | None
     return canonicalize([*candidates, answer])[-1]
 
 
+def verdict_boosts(verdict: str | None, config: CATTSConfig) -> bool:
+    """Whether a reflection after the Critic's ``verdict`` earns tau2: always
+    (``reflection_boost='always'``, the paper), or only after ``incorrect``
+    (``reflection_boost='incorrect'``)."""
+    return config.reflection_boost == "always" or verdict == "incorrect"
+
+
+def reflection_boosted(state: Mapping[str, Any], config: CATTSConfig) -> bool:
+    """Whether the run's reflected answer gets tau2 (:func:`verdict_boosts` of the Critic's
+    verdict); False when nothing was reflected."""
+    verdict = (state.get("critique") or {}).get("verdict")
+    return state.get("reflected") is not None and verdict_boosts(verdict, config)
+
+
 def final_scores(
     state: Mapping[str, Any], config: CATTSConfig, result: Tally | None = None
 ) -> dict[str, float]:
-    """S(a) for every candidate from the votes and whatever modules have run so far."""
+    """S(a) for every candidate from the votes and whatever modules have run so far (the reflected
+    answer only when :func:`reflection_boosted`)."""
     result = result or run_tally(state, config)
     candidates = list(result.votes)
+    reflected = state.get("reflected") if reflection_boosted(state, config) else None
     return voting.final_scores(
         result.votes,
         voter_probs=state.get("voter_probs"),
-        reflected=match_candidate(state.get("reflected"), candidates),
+        reflected=match_candidate(reflected, candidates),
         self_check_winner=match_candidate(state.get("self_check_winner"), candidates),
         tau1=config.tau1,
         tau2=config.tau2,

@@ -67,6 +67,8 @@ class CATTSState(InputState, OutputState, total=False):
     of counted again."""
     voter_probs: dict[str, float] | None
     critique: dict[str, Any] | None
+    """The Critic's critique: ``text``, the criticised ``sample``'s index, the ``step`` it was
+    pointed at and its ``verdict`` (``correct``, ``incorrect`` or ``unsure``)."""
     reflected: str | None
     self_check_winner: str | None
     done: Annotated[list[str], operator.add]

@@ -7,6 +7,7 @@
 | ``train`` | ``cdrl``, ``pairs``, ``mmboundary`` | ``catts_training`` |
 | ``train`` | ``organism``, ``clip``, ``reflection`` | ``catts_experiments`` |
 | ``measure`` | ``organism``, ``level``, ``steps``, ``reflection``, ``cdrl`` | ``catts_experiments`` |
+| ``measure`` | ``policy-options`` | ``catts_experiments`` |
 | ``tune`` | ``voting``, ``cdrl`` | ``catts_experiments`` |
 | ``ship`` | ``cdrl`` | ``catts_experiments`` |
 | ``reproduce`` | ``docs/organism.md`` | ``catts_experiments`` |
@@ -81,6 +82,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "CDRL on the base organism alone: the probe before and after, drop ratios, calibration",
         "catts_experiments.commands:add_measure_cdrl",
     ),
+    "measure policy-options": (
+        "the policy options (reflection boost, critic target, N = 1) against the paper's rules on "
+        "level 4: chosen on validation, reported on test",
+        "catts_experiments.policy_options:add_measure_policy_options",
+    ),
     "tune voting": (
         "choose DeepConf's window and check nmlp_floor on validation, report on test",
         "catts_experiments.commands:add_tune_voting",
@@ -119,6 +125,7 @@ ALIASES: dict[str, str] = {
     "organism steps": "measure steps",
     "organism reflection": "measure reflection",
     "organism cdrl": "measure cdrl",
+    "organism policy-options": "measure policy-options",
     "organism tune": "tune voting",
     "organism tune-cdrl": "tune cdrl",
     "organism ship-cdrl": "ship cdrl",

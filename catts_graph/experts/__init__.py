@@ -14,7 +14,7 @@ from catts_graph.experts.base import (
     structured_asker,
     user_message,
 )
-from catts_graph.experts.critic import VERDICTS, Critic, CriticAnswer, parse_critique
+from catts_graph.experts.critic import VERDICTS, Critic, CriticAnswer, critique_verdict, parse_critique
 from catts_graph.experts.planner import MODULE_DESCRIPTIONS, Plan, Planner, PlannerAnswer, parse_plan
 from catts_graph.experts.providers import (
     ROLES,
@@ -43,6 +43,7 @@ __all__ = [
     "acall_expert",
     "bound_text",
     "call_expert",
+    "critique_verdict",
     "finite_number",
     "image_blocks",
     "make_chat_model",

@@ -44,6 +44,19 @@ def parse_critique(text: str) -> str:
     return f"{critique.strip()}\nVerdict: {verdict.strip().lower()}"
 
 
+def critique_verdict(critique: str) -> str:
+    """The verdict of a critique :func:`parse_critique` wrote (its last line, ``Verdict: ...``);
+    ``unsure`` when the text ends in no verdict line of :data:`VERDICTS`.
+
+    >>> critique_verdict("Step 1 misreads the colour.\\nVerdict: incorrect")
+    'incorrect'
+    """
+    last = critique.rstrip().rpartition("\n")[2].strip()
+    prefix, _, verdict = last.partition(":")
+    verdict = verdict.strip().lower()
+    return verdict if prefix.strip().lower() == "verdict" and verdict in VERDICTS else "unsure"
+
+
 class Critic(ExpertRole):
     """Critiques one response; ``value`` is the critique text ending in a ``Verdict:`` line."""
 

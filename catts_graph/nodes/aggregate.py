@@ -24,6 +24,7 @@ def make_aggregate(deps: Deps) -> Callable[..., dict[str, Any]]:
         boosts = {
             "voter": state.get("voter_probs") is not None,
             "reflected": state.get("reflected"),
+            "reflection_boosted": scoring.reflection_boosted(state, config),
             "self_check_winner": state.get("self_check_winner"),
         }
         return {

@@ -1,9 +1,12 @@
-"""``critic``: the Critic expert critiques the least confident sample at its weakest step.
+"""``critic``: the Critic expert critiques one sample at its weakest step.
 
-The sample is the answered voting sample with the highest NMLP (the paper's choice). Its weakest
+The sample is chosen by ``critic_target``: the answered voting sample with the highest NMLP (the
+paper's choice, default), or the vote leader's most confident sample (``leader``). Its weakest
 step is chosen by ``critic_step_signal``: the lowest fused step confidence (default), the highest
 step NMLP, or the lowest level the model states (falling back to fused when it states none). The
-Critic's prompt quotes the step and names it with its numbers (:func:`step_note`).
+Critic's prompt quotes the step and names it with its numbers (:func:`step_note`). The Critic's
+verdict is kept with the critique: ``reflection_boost='incorrect'`` boosts the reflected answer only
+when it is ``incorrect`` (:func:`catts_graph.scoring.reflection_boosted`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from langchain_core.runnables import RunnableLambda
 from langgraph.runtime import Runtime
 
 from catts_graph.config import CATTSConfig
-from catts_graph.experts import Critic, bound_text
+from catts_graph.experts import Critic, bound_text, critique_verdict
 from catts_graph.images import load_images
 from catts_graph.nodes.common import (
     Deps,
@@ -27,10 +30,10 @@ from catts_graph.nodes.common import (
     timed,
     trace_entry,
 )
-from catts_graph.scoring import voting_samples
+from catts_graph.scoring import Tally, run_tally, voting_samples
 from catts_graph.state import CATTSState
 from catts_graph.step_confidence import LEVELS
-from catts_graph.task import least_confident, weakest_step
+from catts_graph.task import least_confident, most_confident, weakest_step
 
 _SIGNAL_NAMES = {
     "probability": "probability {:.3f}",
@@ -43,6 +46,16 @@ _SIGNAL_NAMES = {
 def least_confident_sample(samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The answered voting sample with the highest NMLP (ties: the first); None if no sample answered."""
     return least_confident([s for s in voting_samples(samples) if s.get("answer") is not None])
+
+
+def leader_sample(samples: Sequence[Mapping[str, Any]], tally: Tally) -> Mapping[str, Any] | None:
+    """The vote leader's most confident sample (lowest NMLP; ties: the first): the response the
+    Voter is shown for the leading answer. None when no sample answered."""
+    leader = next(iter(tally.votes), None)
+    return None if leader is None else most_confident([samples[i] for i in tally.members[leader]])
+
+
+_TARGETS = {"least_confident": "least confident sample", "leader": "the vote leader's most confident sample"}
 
 
 def step_note(step: Mapping[str, Any], count: int, by: str, *, calibrated: bool) -> str:
@@ -75,7 +88,11 @@ def make_critic(deps: Deps) -> RunnableLambda:
     def critic(state: CATTSState, runtime: Runtime[CATTSConfig]) -> ExpertSteps:
         config = run_config(runtime, deps)
         assert deps.critic is not None, "the critic node is only routed to when a critic expert exists"
-        target = least_confident_sample(state.get("samples", []))
+        samples = state.get("samples", [])
+        if config.critic_target == "leader":
+            target = leader_sample(samples, run_tally(state, config))
+        else:
+            target = least_confident_sample(samples)
         if target is None:
             return {
                 "critique": None,
@@ -108,7 +125,9 @@ def make_critic(deps: Deps) -> RunnableLambda:
                 step_note=note,
             )
         inputs = {
+            "target": config.critic_target,
             "sample": target["index"],
+            "sample_answer": target["answer"],
             "sample_nmlp": round(target["nmlp"], 4),
             "step": step.get("index"),
             "step_signal": by,
@@ -121,12 +140,19 @@ def make_critic(deps: Deps) -> RunnableLambda:
         if result.ok and result.value:
             # The critique goes into the base model's reflection prompt: bounded, like any expert text.
             text, cut = bound_text(result.value, config.max_expert_text_chars, "critique")
-            update["critique"] = {"text": text, "sample": target["index"], "step": step.get("text")}
+            verdict = critique_verdict(result.value)
+            inputs["verdict"] = verdict
+            update["critique"] = {
+                "text": text,
+                "sample": target["index"],
+                "step": step.get("text"),
+                "verdict": verdict,
+            }
             update["route"] = ["self_reflection"]
             entry = trace_entry(
                 "critic",
-                f"critiqued sample {target['index']}",
-                "least confident sample"
+                f"critiqued sample {target['index']}: verdict {verdict}",
+                _TARGETS[config.critic_target]
                 + (f", weakest step {step['index']} by {by}" if step else "")
                 + "".join(f"; {n}" for n in notes)
                 + (f"; {cut} (max_expert_text_chars)" if cut else ""),

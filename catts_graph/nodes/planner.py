@@ -53,15 +53,17 @@ def make_planner(deps: Deps) -> RunnableLambda:
             now, tally = situation(state, config, deps)
             plan_source = state.get("plan_source")
             pending = state.get("pending")
-            if config.policy != "adaptive" and plan_source is None:
+            # Decided before the first plan, so that the Planner expert is not asked either.
+            decision = None if state.get("done") else policy.one_sample(now, config)
+            if decision is None and config.policy != "adaptive" and plan_source is None:
                 pending, plan_source, entry, usage = yield from _first_plan(
                     state, config, deps, tally, now.drawn
                 )
                 update["usage"] = usage
                 entries.append(entry)
-            if plan_source in ("expert", "default"):
+            if decision is None and plan_source in ("expert", "default"):
                 decision = policy.follow_plan(now, pending or [], config, source=plan_source)
-            else:
+            elif decision is None:
                 decision = policy.adaptive(now, config)
         update.update({"route": [decision.route], "plan_source": plan_source})
         if decision.pending is not None:

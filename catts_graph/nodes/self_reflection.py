@@ -12,6 +12,7 @@ from catts_graph.images import load_images
 from catts_graph.nodes.common import Deps, progress, run_config, step_assessor, timed, trace_entry
 from catts_graph.prompts import format_options, prompt_fields, render_prompt
 from catts_graph.samples import describe_sample
+from catts_graph.scoring import verdict_boosts
 from catts_graph.state import CATTSState
 from catts_graph.task import reflection_template
 
@@ -56,6 +57,11 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
             steps=step_assessor(config, deps, images),
         )
         changed = record["answer"] != criticised["answer"]
+        verdict = critique.get("verdict", "unsure")
+        if verdict_boosts(verdict, config):
+            boost = f"boost tau2 = {config.tau2}"
+        else:
+            boost = f"no boost: the Critic's verdict is {verdict!r} (reflection_boost='incorrect')"
         return {
             "samples": [record],
             "reflected": record["answer"],
@@ -70,8 +76,12 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
                     "self_reflection",
                     f"reflected answer {record['answer']!r}",
                     (f"changed from {criticised['answer']!r}" if changed else "kept the criticised answer")
-                    + f"; boost tau2 = {config.tau2}",
-                    inputs={"criticised_sample": criticised["index"], "nmlp": record["nmlp"]},
+                    + f"; {boost}",
+                    inputs={
+                        "criticised_sample": criticised["index"],
+                        "nmlp": record["nmlp"],
+                        "verdict": verdict,
+                    },
                     duration_s=timer.seconds,
                 )
             ],

@@ -1,0 +1,450 @@
+"""The policy options of issue 23 against the paper's rules: ``catts measure policy-options``.
+
+Three :class:`~catts_graph.config.CATTSConfig` fields each change one rule of the ``paper`` policy;
+each is measured alone against the paper's rule, with the expert organism as Voter and Critic, on
+the hard regime (generator level 4):
+
+- ``reflection_boost='incorrect'``: the reflected answer gets tau2 only when the Critic's verdict
+  is ``incorrect`` (the paper boosts it whatever the verdict), at N = 8;
+- ``critic_target='leader'``: the Critic criticises the vote leader's most confident sample (the
+  paper: the least confident sample), at N = 8;
+- ``skip_modules_at_one_sample``: at N = 1 no module runs and no expert is called, at N = 1.
+
+Pairing. Each item's 8 samples are drawn once (:func:`~catts_graph.eval.methods.draw_pool`, seeded
+by the item), and every arm replays them through the real graph
+(:class:`~catts_graph.eval.methods.CATTSGraphs`); every other call (the base's greedy reflection,
+the self-check's scoring, the expert's greedy reading and scoring) is deterministic and remembered
+(:class:`~catts_graph.models.ReplayVLM` with ``memo_max_n=1``), so two arms differ only where the
+option leads them apart. :func:`measure_split` checks it: every N = 8 arm must see the same vote.
+
+Choice (:func:`choose`, on validation only; the test split reports): an accuracy option
+(``reflection_boost``, ``critic_target``) becomes the default when its paired difference's 95%
+interval lies above 0; ``skip_modules_at_one_sample`` when it changes no validation item's answer
+and calls the expert less. Otherwise the paper's rule stays. Every number is deterministic (seeded
+samples, greedy calls, seeded bootstrap); wall time is printed, never written to the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catts_graph.formatting import markdown_table, number, with_interval
+
+__all__ = [
+    "ARMS",
+    "OPTIONS",
+    "Arm",
+    "arm_row",
+    "choose",
+    "measure_split",
+    "paired",
+    "policy_options",
+    "render_markdown",
+    "summarise",
+]
+
+LEVEL = 4
+"""The hard regime of issue 23 (:data:`catts_graph.eval.synthetic.HARD_LEVEL`)."""
+POOL_N = 8
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The paper policy at budget ``n`` with ``changes`` to its config."""
+
+    n: int
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+PAPER_RULES: dict[str, Any] = {
+    "reflection_boost": "always",
+    "critic_target": "least_confident",
+    "skip_modules_at_one_sample": False,
+}
+"""The paper's rule for each option, set explicitly: the baseline stays the paper's whatever the
+library's defaults become."""
+
+ARMS: dict[str, Arm] = {
+    "paper": Arm(POOL_N),
+    "reflection_boost=incorrect": Arm(POOL_N, {"reflection_boost": "incorrect"}),
+    "critic_target=leader": Arm(POOL_N, {"critic_target": "leader"}),
+    "paper@N=1": Arm(1),
+    "skip_modules_at_one_sample": Arm(1, {"skip_modules_at_one_sample": True}),
+}
+OPTIONS: dict[str, tuple[str, str]] = {
+    "reflection_boost": ("reflection_boost=incorrect", "paper"),
+    "critic_target": ("critic_target=leader", "paper"),
+    "skip_modules_at_one_sample": ("skip_modules_at_one_sample", "paper@N=1"),
+}
+"""Each option: (its arm, the paper arm it is paired with)."""
+OPTION_VALUES: dict[str, Any] = {
+    "reflection_boost": "incorrect",
+    "critic_target": "leader",
+    "skip_modules_at_one_sample": True,
+}
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+class _Pools:
+    """The organisms behind remembering replays, and each arm's compiled graph."""
+
+    def __init__(self, base: Any, expert: Any, config: Any) -> None:
+        from catts_graph.eval.methods import CATTSGraphs
+        from catts_graph.models.replay import ReplayVLM
+        from catts_graph.organism.expert import OrganismExpert
+
+        self.base = ReplayVLM(base, memo_max_n=1)
+        self.config = config
+        critic = OrganismExpert(vlm=ReplayVLM(expert, memo_max_n=1))
+        self.graphs = {
+            name: CATTSGraphs(self.base, critic, config.replace(**arm.changes)) for name, arm in ARMS.items()
+        }
+
+
+def _trace_input(trace: Sequence[Mapping[str, Any]], module: str, key: str) -> Any:
+    found = [entry.get("inputs", {}).get(key) for entry in trace if entry.get("module") == module]
+    return found[-1] if found else None
+
+
+def arm_row(result: Any, item: Any) -> dict[str, Any]:
+    """What one arm did on one item: its answer and whether it is right, expert calls, base tokens,
+    the modules that ran, the Critic's verdict and criticised sample, the reflected answer and
+    whether it was boosted, and the vote (the pairing check)."""
+    from catts_graph.task import is_correct
+
+    trace = result.trace or []
+    return {
+        "answer": result.answer,
+        "correct": bool(is_correct(item, result.answer)),
+        "expert_calls": result.expert_calls,
+        "tokens": result.tokens,
+        "modules": result.modules,
+        "verdict": _trace_input(trace, "critic", "verdict"),
+        "criticised": _trace_input(trace, "critic", "sample"),
+        "reflected": _trace_input(trace, "aggregate", "reflected"),
+        "boosted": _trace_input(trace, "aggregate", "reflection_boosted"),
+        "votes": _trace_input(trace, "self_consistency", "votes"),
+    }
+
+
+def measure_item(pools: _Pools, item: Any, seed: int) -> dict[str, Any]:
+    """Every arm on one item's pool, with the references: majority at N = 8, the pool's first
+    sample (the one N = 1 sees) and the mean accuracy of its samples."""
+    from catts_graph.eval.methods import draw_pool, majority
+    from catts_graph.task import is_correct, item_seed
+
+    graph_input = {"images": list(item.images), "question": item.question, "options": item.options}
+    pool = draw_pool(
+        pools.base, graph_input, n=POOL_N, config=pools.config, seed=item_seed(seed, item.id), greedy=False
+    )
+    arms = {
+        name: arm_row(pools.graphs[name].run(pool, arm.n, graph_input, policy="paper"), item)
+        for name, arm in ARMS.items()
+    }
+    votes = {json.dumps(row["votes"], sort_keys=True) for name, row in arms.items() if ARMS[name].n == POOL_N}
+    if len(votes) != 1:
+        raise RuntimeError(f"item {item.id}: the N = {POOL_N} arms saw different votes {votes}; not paired")
+    return {
+        "item": item.id,
+        "kind": item.category,
+        "arms": arms,
+        "majority": bool(is_correct(item, majority(pool, POOL_N).answer)),
+        "first_sample": bool(is_correct(item, pool.records[0]["answer"])),
+        "sample_mean": float(np.mean([is_correct(item, r["answer"]) for r in pool.records])),
+    }
+
+
+def measure_split(
+    pools: _Pools,
+    split: str,
+    items: int,
+    *,
+    seed: int = 0,
+    rows_path: Path | None = None,
+    log: Callable[[str], None] = _log,
+) -> list[dict[str, Any]]:
+    """Per-item rows of ``items`` level-4 items of ``split``; with ``rows_path`` each row is appended
+    to that JSON-lines file as it is measured, and rows already there are read back (resumed)."""
+    from catts_graph.eval.synthetic import load_synthetic
+
+    done: dict[str, dict[str, Any]] = {}
+    if rows_path is not None and rows_path.is_file():
+        for line in rows_path.read_text().splitlines():
+            row = json.loads(line)
+            done[row["item"]] = row
+    rows = []
+    start = time.perf_counter()
+    for k, item in enumerate(load_synthetic(split, limit=items, seed=seed, level=LEVEL)):
+        row = done.get(item.id)
+        if row is None:
+            row = measure_item(pools, item, seed)
+            if rows_path is not None:
+                with rows_path.open("a") as file:
+                    file.write(json.dumps(row, sort_keys=True) + "\n")
+        rows.append(row)
+        if (k + 1) % 50 == 0:
+            log(f"{split}: {k + 1}/{items} items, {time.perf_counter() - start:.0f} s")
+    return rows
+
+
+def paired(option: Sequence[bool], paper: Sequence[bool], n_boot: int = 1000) -> dict[str, Any]:
+    """Accuracy of ``option`` minus ``paper`` on the same items, in points, with a paired bootstrap
+    95% interval (the items resampled, seed 0), and the items each alone answers right."""
+    from catts_graph.metrics import bootstrap_rows
+
+    rows = np.column_stack([option, paper]).astype(float)
+    low, high = bootstrap_rows(rows, lambda r: 100.0 * float(np.mean(r[:, 0] - r[:, 1])), n_boot=n_boot)
+    return {
+        "difference": 100.0 * float(np.mean(rows[:, 0] - rows[:, 1])),
+        "ci": [low, high],
+        "fixed": int(sum(a and not b for a, b in zip(option, paper, strict=True))),
+        "broken": int(sum(b and not a for a, b in zip(option, paper, strict=True))),
+    }
+
+
+def _accuracy(values: Sequence[float], n_boot: int) -> dict[str, Any]:
+    from catts_graph.metrics import bootstrap_interval
+
+    low, high = bootstrap_interval(values, n_boot=n_boot, seed=0)
+    return {"accuracy": 100.0 * float(np.mean(values)), "ci": [100.0 * low, 100.0 * high]}
+
+
+def summarise(rows: Sequence[Mapping[str, Any]], n_boot: int = 1000) -> dict[str, Any]:
+    """Each arm's accuracy (points, 95% interval), expert calls and base tokens per item; each
+    option's paired difference against its paper arm; the references; what the Critic said."""
+    arms = {}
+    for name, arm in ARMS.items():
+        cells = [row["arms"][name] for row in rows]
+        arms[name] = {
+            "n": arm.n,
+            **_accuracy([float(c["correct"]) for c in cells], n_boot),
+            "expert_calls": float(np.mean([c["expert_calls"] for c in cells])),
+            "tokens": float(np.mean([c["tokens"] for c in cells])),
+        }
+    options = {}
+    for option, (name, paper) in OPTIONS.items():
+        ours = [bool(row["arms"][name]["correct"]) for row in rows]
+        theirs = [bool(row["arms"][paper]["correct"]) for row in rows]
+        changed = sum(row["arms"][name]["answer"] != row["arms"][paper]["answer"] for row in rows)
+        options[option] = {
+            "arm": name,
+            "paper_arm": paper,
+            "answers_changed": changed,
+            **paired(ours, theirs, n_boot),
+        }
+    references = {
+        f"majority@N={POOL_N}": _accuracy([float(row["majority"]) for row in rows], n_boot),
+        "first sample": _accuracy([float(row["first_sample"]) for row in rows], n_boot),
+        "mean of the 8 samples": _accuracy([row["sample_mean"] for row in rows], n_boot),
+    }
+    paper = [row["arms"]["paper"] for row in rows]
+    verdicts = {}
+    for verdict in ("correct", "incorrect", "unsure", None):
+        cells = [c for c in paper if c["verdict"] == verdict]
+        verdicts["none" if verdict is None else verdict] = {
+            "items": len(cells),
+            "answer_right": sum(c["correct"] for c in cells),
+        }
+    leader_is_least = sum(
+        row["arms"]["paper"]["criticised"] == row["arms"]["critic_target=leader"]["criticised"]
+        for row in rows
+    )
+    return {
+        "items": len(rows),
+        "arms": arms,
+        "options": options,
+        "references": references,
+        "critic_verdicts": verdicts,
+        "same_criticised_sample": leader_is_least,
+    }
+
+
+def choose(validation: Mapping[str, Any]) -> dict[str, Any]:
+    """The default of each option from the validation summary (the rule in the module docstring)."""
+    chosen = {}
+    for option, comparison in validation["options"].items():
+        arm, paper = validation["arms"][comparison["arm"]], validation["arms"][comparison["paper_arm"]]
+        if option == "skip_modules_at_one_sample":
+            adopt = comparison["answers_changed"] == 0 and arm["expert_calls"] < paper["expert_calls"]
+            why = (
+                f"changes {comparison['answers_changed']} answers; expert calls per item "
+                f"{arm['expert_calls']:.2f} against {paper['expert_calls']:.2f}"
+            )
+        else:
+            adopt = comparison["ci"][0] > 0.0
+            low, high = comparison["ci"]
+            why = f"{comparison['difference']:+.1f} points [{low:+.1f}, {high:+.1f}]"
+        chosen[option] = {
+            "default": OPTION_VALUES[option] if adopt else PAPER_RULES[option],
+            "adopted": adopt,
+            "why": why,
+        }
+    return chosen
+
+
+def policy_options(
+    *,
+    validation: int = 300,
+    test: int = 600,
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    n_boot: int = 1000,
+    base: Any = None,
+    expert: Any = None,
+    log: Callable[[str], None] = _log,
+) -> dict[str, Any]:
+    """Measure every arm on ``validation`` and ``test`` level-4 items, choose on validation.
+
+    ``base`` / ``expert``: the models (default: the shipped base and expert organisms).
+    ``run_dir``: per-item rows kept there (``validation.jsonl``, ``test.jsonl``), so a run resumes.
+    """
+    from catts_graph.config import CATTSConfig
+    from catts_graph.organism import organism_model
+    from catts_graph.organism.language import MAX_NEW_TOKENS
+
+    config = CATTSConfig(expert_retries=0, max_new_tokens=MAX_NEW_TOKENS, **PAPER_RULES)
+    pools = _Pools(base or organism_model("base"), expert or organism_model("expert"), config)
+    folder = None if run_dir is None else Path(run_dir)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"level": LEVEL, "seed": seed, "pool_n": POOL_N, "n_boot": n_boot}
+    for split, items in (("validation", validation), ("test", test)):
+        rows_path = None if folder is None else folder / f"{split}.jsonl"
+        start = time.perf_counter()
+        rows = measure_split(pools, split, items, seed=seed, rows_path=rows_path, log=log)
+        log(f"{split}: {len(rows)} items in {time.perf_counter() - start:.0f} s")
+        result[split] = summarise(rows, n_boot)
+    result["chosen"] = choose(result["validation"])
+    return result
+
+
+_ARM_LABELS = {
+    "paper": "paper policy",
+    "reflection_boost=incorrect": "reflection_boost='incorrect'",
+    "critic_target=leader": "critic_target='leader'",
+    "paper@N=1": "paper policy",
+    "skip_modules_at_one_sample": "skip_modules_at_one_sample=True",
+}
+
+
+def render_markdown(result: Mapping[str, Any], command: str) -> str:
+    """The tables of :func:`policy_options`' result, with the command that regenerates them."""
+
+    def points(cell: Mapping[str, Any]) -> str:
+        return with_interval(cell["accuracy"], cell["ci"], 1)
+
+    lines = [
+        "# Policy options against the paper's rules (hard regime, expert organism)",
+        "",
+        "Regenerated exactly (deterministic: seeded samples, greedy expert, seeded bootstrap) by",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"CA-TTS, `paper` policy, with the expert organism as Voter and Critic, on generator level "
+        f"{result['level']} (seed {result['seed']}). Each item's {result['pool_n']} samples are drawn "
+        "once and replayed in every arm, so two arms differ only by the option. Accuracy in %, 95% "
+        f"bootstrap intervals over items ({result['n_boot']} resamples); differences are paired.",
+        "",
+    ]
+    for split in ("validation", "test"):
+        summary = result[split]
+        lines += [f"## {split.capitalize()} ({summary['items']} items)", ""]
+        rows = []
+        for name, cell in summary["arms"].items():
+            rows.append(
+                [
+                    _ARM_LABELS[name],
+                    cell["n"],
+                    points(cell),
+                    number(cell["expert_calls"], 2),
+                    number(cell["tokens"], 0),
+                ]
+            )
+        lines += [
+            markdown_table(["arm", "N", "accuracy", "expert calls / item", "base tokens / item"], rows),
+            "",
+        ]
+        rows = []
+        for cell in summary["options"].values():
+            rows.append(
+                [
+                    f"{_ARM_LABELS[cell['arm']]} (N = {summary['arms'][cell['arm']]['n']})",
+                    with_interval(cell["difference"], cell["ci"], 1),
+                    cell["fixed"],
+                    cell["broken"],
+                    cell["answers_changed"],
+                ]
+            )
+        lines += [
+            markdown_table(
+                ["option", "difference (points)", "items fixed", "items broken", "answers changed"], rows
+            ),
+            "",
+        ]
+        refs = [[name, points(cell)] for name, cell in summary["references"].items()]
+        lines += [markdown_table(["reference (same samples)", "accuracy"], refs), ""]
+        verdicts = summary["critic_verdicts"]
+        lines += [
+            "The Critic's verdicts in the paper arm (N = 8; the paper arm's final answer right / items): "
+            + ", ".join(f"{v} {c['answer_right']}/{c['items']}" for v, c in verdicts.items() if c["items"])
+            + ". The leader's sample is the least confident one on "
+            + f"{summary['same_criticised_sample']} items.",
+            "",
+        ]
+    lines += ["## Defaults (chosen on validation)", ""]
+    rows = [
+        [option, repr(cell["default"]), "option" if cell["adopted"] else "paper's rule", cell["why"]]
+        for option, cell in result["chosen"].items()
+    ]
+    lines += [markdown_table(["field", "default", "from", "validation"], rows), ""]
+    return "\n".join(lines)
+
+
+def write(result: Mapping[str, Any], out: str | Path, command: str) -> None:
+    """``<out>.json`` (sorted keys) and ``<out>.md``."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{path}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    Path(f"{path}.md").write_text(render_markdown(result, command))
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_measure_policy_options(parser: Any) -> None:
+    """``catts measure policy-options``: :func:`policy_options` on level 4, written as a table."""
+    parser.add_argument("--validation", type=int, default=300, help="validation items (level 4)")
+    parser.add_argument("--test", type=int, default=600, help="test items (level 4)")
+    parser.add_argument("--seed", type=int, default=0, help="generator and sampling seed")
+    parser.add_argument("--run-dir", help="keep per-item rows here and resume from them")
+    parser.add_argument("--out", help="write <out>.json and <out>.md")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.set_defaults(func=_command)
+
+
+def _command(args: Any) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    result = policy_options(validation=args.validation, test=args.test, seed=args.seed, run_dir=args.run_dir)
+    command = f"catts measure policy-options --validation {args.validation} --test {args.test}"
+    command += (f" --seed {args.seed}" if args.seed else "") + f" --threads {args.threads}"
+    command += f" --out {args.out}" if args.out else ""
+    if args.out:
+        write(result, args.out, command)
+    print(render_markdown(result, command))
+    print(f"wall time: {time.perf_counter() - start:.0f} s", flush=True)
+    return 0

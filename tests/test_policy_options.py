@@ -1,0 +1,355 @@
+"""The policy options of issue 23 (reflection boost by verdict, the Critic's target, no modules at
+one sample): the rules on hand-built states, in the graph with counted expert calls, and the
+measurement's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from catts_experiments.policy_options import ARMS, OPTIONS, choose, paired, render_markdown, summarise
+from catts_graph import CATTSConfig, build_graph, policy, scoring
+from catts_graph.config import ConfigError
+from catts_graph.experts import critique_verdict, parse_critique
+from catts_graph.nodes.critic import leader_sample, least_confident_sample
+from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def record(index: int, answer: str | None, nmlp: float, source: str = "sample") -> dict:
+    return {
+        "index": index,
+        "text": f"reply {index} \\boxed{{{answer}}}",
+        "answer": answer,
+        "nmlp": nmlp,
+        "confidence": math.exp(-nmlp),
+        "source": source,
+    }
+
+
+def boxed(answer: str, nmlp: float) -> Reply:
+    return Reply(f"\\boxed{{{answer}}}", -nmlp)
+
+
+def scripted_model(samples: list[Reply], reflection: Reply) -> ScriptedVLM:
+    def script(call: ScriptCall) -> list[Reply]:
+        if "<critique>" in call.prompt:
+            return [reflection]
+        assert call.n == len(samples), f"asked for {call.n} samples, scripted {len(samples)}"
+        return list(samples)
+
+    return ScriptedVLM(script)
+
+
+def entries(result: dict, module: str) -> list[dict]:
+    return [entry for entry in result["trace"] if entry["module"] == module]
+
+
+# -- 1. the reflection boost by the Critic's verdict ----------------------------------------------
+
+# Weights 1/NMLP: A 2 + 2 = 4, B 4, C 1 (sum 9); C's sample (index 3) is the least confident.
+SAMPLES = [record(0, "A", 0.5), record(1, "A", 0.5), record(2, "B", 0.25), record(3, "C", 1.0)]
+
+
+def reflected_state(verdict: str, reflected: str = "C") -> dict:
+    samples = [*SAMPLES, record(4, reflected, 0.1, source="reflection")]
+    critique = {"text": f"Looks at C.\nVerdict: {verdict}", "sample": 3, "step": None, "verdict": verdict}
+    return {"samples": samples, "critique": critique, "reflected": reflected}
+
+
+@pytest.mark.parametrize("tau2", [0.5, 0.3])
+def test_the_verdict_changes_the_reflected_answers_score_by_exactly_the_boost(tau2: float) -> None:
+    config = CATTSConfig(reflection_boost="incorrect", tau2=tau2)
+    after_incorrect = scoring.final_scores(reflected_state("incorrect"), config)
+    after_correct = scoring.final_scores(reflected_state("correct"), config)
+    after_unsure = scoring.final_scores(reflected_state("unsure"), config)
+    assert after_incorrect["C"] - after_correct["C"] == pytest.approx(tau2)
+    assert after_correct == after_unsure == pytest.approx({"A": 4 / 9, "B": 4 / 9, "C": 1 / 9})
+    assert {a: s for a, s in after_incorrect.items() if a != "C"} == pytest.approx({"A": 4 / 9, "B": 4 / 9})
+
+
+def test_the_papers_rule_boosts_whatever_the_verdict() -> None:
+    config = CATTSConfig()
+    assert config.reflection_boost == "always"
+    scores = {v: scoring.final_scores(reflected_state(v), config) for v in ("correct", "incorrect", "unsure")}
+    assert scores["correct"] == scores["incorrect"] == scores["unsure"]
+    assert scores["correct"]["C"] == pytest.approx(1 / 9 + 0.5)
+
+
+def test_an_unboosted_new_answer_is_no_candidate() -> None:
+    config = CATTSConfig(reflection_boost="incorrect")
+    assert "D" not in scoring.final_scores(reflected_state("correct", reflected="D"), config)
+    assert scoring.final_scores(reflected_state("incorrect", reflected="D"), config)["D"] == 0.5
+    assert not scoring.reflection_boosted({"samples": SAMPLES}, config)  # nothing reflected
+
+
+def test_the_critique_keeps_its_verdict() -> None:
+    for verdict in ("correct", "incorrect", "unsure"):
+        text = parse_critique(
+            json.dumps({"critique": "Step 2 reads red.\nVerdict: correct", "verdict": verdict})
+        )
+        assert critique_verdict(text) == verdict
+    assert critique_verdict("no verdict line") == "unsure"
+    assert critique_verdict("Verdict: wrong") == "unsure"
+
+
+@pytest.mark.parametrize(("verdict", "boost", "answer"), [("incorrect", True, "C"), ("correct", False, "A")])
+def test_the_graph_boosts_the_reflection_only_after_an_incorrect_verdict(
+    image_path, scripted_chat, verdict: str, boost: bool, answer: str
+) -> None:
+    model = scripted_model(
+        [boxed("A", 0.5), boxed("A", 0.5), boxed("B", 0.25), boxed("C", 1.0)], boxed("C", 0.1)
+    )
+    expert = scripted_chat(
+        voter=json.dumps({"probabilities": [0.4, 0.4, 0.2]}),
+        critic=json.dumps({"critique": "Check the colour.", "verdict": verdict}),
+    )
+    config = CATTSConfig(policy="paper", n_samples=4, max_samples=4, reflection_boost="incorrect")
+    result = build_graph(model, expert=expert, config=config).invoke(
+        {"image": image_path, "question": "Which?"}
+    )
+    # S(A) = 4/9 + 0.5 * 0.4; S(C) = 1/9 + 0.5 * 0.2 (+ 0.5 when boosted).
+    expected_c = 1 / 9 + 0.1 + (0.5 if boost else 0.0)
+    assert result["scores"]["C"] == pytest.approx(expected_c)
+    assert result["scores"]["A"] == pytest.approx(4 / 9 + 0.2)
+    assert result["answer"] == answer
+    critic = entries(result, "critic")[0]
+    assert critic["inputs"]["verdict"] == verdict and critic["decision"].endswith(f"verdict {verdict}")
+    reflection = entries(result, "self_reflection")[0]
+    assert ("no boost" in reflection["reason"]) is not boost
+    assert entries(result, "aggregate")[0]["inputs"]["reflection_boosted"] is boost
+
+
+# -- 2. the Critic's target ----------------------------------------------------------------------
+
+
+def test_the_leader_sample_is_the_leading_answers_most_confident() -> None:
+    # A: 1/0.5 + 1/0.2 = 7 leads B (4) and C (1); A's most confident sample is index 1.
+    samples = [record(0, "A", 0.5), record(1, "A", 0.2), record(2, "B", 0.25), record(3, "C", 1.0)]
+    tally = scoring.tally(samples, CATTSConfig())
+    assert next(iter(tally.votes)) == "A"
+    assert leader_sample(samples, tally)["index"] == 1
+    assert least_confident_sample(samples)["index"] == 3
+    assert leader_sample([], scoring.tally([], CATTSConfig())) is None
+
+
+@pytest.mark.parametrize(("target", "criticised"), [("least_confident", 3), ("leader", 1)])
+def test_the_critic_criticises_the_target_sample(
+    image_path, scripted_chat, target: str, criticised: int
+) -> None:
+    model = scripted_model(
+        [boxed("A", 0.5), boxed("A", 0.2), boxed("B", 0.25), boxed("C", 1.0)], boxed("A", 0.1)
+    )
+    expert = scripted_chat(
+        voter=json.dumps({"probabilities": [0.5, 0.3, 0.2]}),
+        critic=json.dumps({"critique": "Fine.", "verdict": "correct"}),
+    )
+    config = CATTSConfig(policy="paper", n_samples=4, max_samples=4, critic_target=target)
+    result = build_graph(model, expert=expert, config=config).invoke(
+        {"image": image_path, "question": "Which?"}
+    )
+    critic = entries(result, "critic")[0]
+    assert critic["inputs"]["sample"] == criticised and critic["inputs"]["target"] == target
+    answer = "A" if target == "leader" else "C"
+    assert critic["inputs"]["sample_answer"] == answer
+    (call,) = [c for c in expert.calls if c["role"] == "critic"]
+    prompt = call["messages"][0].content
+    text = (
+        prompt
+        if isinstance(prompt, str)
+        else " ".join(b.get("text", "") for b in prompt if isinstance(b, dict))
+    )
+    assert f"<response>\n\\boxed{{{answer}}}\n</response>" in text
+    (reflection,) = [c for c in model.calls if "<critique>" in c[1]]
+    assert f"<previous_response>\n\\boxed{{{answer}}}" in reflection[1]
+
+
+# -- 3. no modules at one sample -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy_name", ["paper", "adaptive"])
+def test_one_sample_calls_no_expert_with_the_option(image_path, scripted_chat, policy_name: str) -> None:
+    def run(skip: bool) -> tuple[dict, list[str], int]:
+        # Unsure enough that the adaptive fast path does not take it (confidence exp(-2) < 0.5).
+        model = scripted_model([boxed("B", 2.0)], boxed("A", 0.1))
+        expert = scripted_chat(
+            planner=json.dumps({"modules": ["self_consistency", "self_reflection", "visual_self_check"]}),
+            voter=json.dumps({"probabilities": [1.0]}),
+            critic=json.dumps({"critique": "It is A.", "verdict": "incorrect"}),
+        )
+        config = CATTSConfig(
+            policy=policy_name,
+            n_samples=1,
+            max_samples=1,
+            skip_modules_at_one_sample=skip,  # type: ignore[arg-type]
+        )
+        result = build_graph(model, expert=expert, config=config).invoke(
+            {"image": image_path, "question": "Which?"}
+        )
+        return result, expert.roles_called(), len(model.calls)  # samples, reflections, scorings
+
+    skipped, skipped_roles, skipped_base_calls = run(True)
+    ran, ran_roles, ran_base_calls = run(False)
+    assert skipped_roles == [] and "expert_calls" not in skipped["usage"]
+    assert skipped_base_calls == 1  # the one sample; no reflection, no self-check
+    assert "critic" in ran_roles and ran["usage"]["expert_calls"] == len(ran_roles) >= 1
+    assert ran_base_calls > 1
+    # Nothing to vote on: the modules cannot move the answer (S(B) = 1 + 0, S(A) = 0.5 + 0.5 at most).
+    assert skipped["answer"] == ran["answer"] == "B"
+    assert [e["module"] for e in skipped["trace"]] == ["prepare", "base_model", "planner", "aggregate"]
+    assert "skip_modules_at_one_sample" in entries(skipped, "planner")[0]["reason"]
+
+
+def situation(drawn: int) -> policy.Situation:
+    tally = scoring.tally([record(i, "A", 0.5) for i in range(drawn)], CATTSConfig())
+    return policy.Situation(
+        tally=tally,
+        drawn=drawn,
+        done=frozenset(),
+        disabled=frozenset(),
+        score_margin=1.0,
+        n_candidates=1,
+        has_critic=True,
+    )
+
+
+def test_one_sample_only_when_no_more_samples_can_come() -> None:
+    on = CATTSConfig(skip_modules_at_one_sample=True, n_samples=1)
+    assert policy.one_sample(situation(1), on.replace(policy="paper")) is not None  # paper draws N only
+    assert policy.one_sample(situation(1), on) is None  # adaptive: the budget allows another wave
+    assert policy.one_sample(situation(1), on.replace(max_samples=1)).route == "aggregate"  # type: ignore[union-attr]
+    assert policy.one_sample(situation(2), on.replace(policy="paper", n_samples=2)) is None
+    off = CATTSConfig(policy="paper", n_samples=1, skip_modules_at_one_sample=False)
+    assert policy.one_sample(situation(1), off) is None
+
+
+# -- the fields ----------------------------------------------------------------------------------
+
+
+def test_the_fields_default_to_what_validation_chose_and_reject_other_values() -> None:
+    # The paper's rules, but for skip_modules_at_one_sample (docs/organism/policy-options.md).
+    config = CATTSConfig()
+    assert (config.reflection_boost, config.critic_target, config.skip_modules_at_one_sample) == (
+        "always",
+        "least_confident",
+        True,
+    )
+    chosen = json.loads((ROOT / "docs" / "organism" / "policy-options.json").read_text())["chosen"]
+    assert {name: cell["default"] for name, cell in chosen.items()} == {
+        "reflection_boost": config.reflection_boost,
+        "critic_target": config.critic_target,
+        "skip_modules_at_one_sample": config.skip_modules_at_one_sample,
+    }
+    with pytest.raises(ConfigError, match="reflection_boost"):
+        CATTSConfig(reflection_boost="never")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="critic_target"):
+        CATTSConfig(critic_target="random")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="skip_modules_at_one_sample"):
+        CATTSConfig(skip_modules_at_one_sample=1)  # type: ignore[arg-type]
+    env = {
+        "CATTS_REFLECTION_BOOST": "incorrect",
+        "CATTS_CRITIC_TARGET": "leader",
+        "CATTS_SKIP_MODULES_AT_ONE_SAMPLE": "false",
+    }
+    assert CATTSConfig.from_env(env) == CATTSConfig(
+        reflection_boost="incorrect", critic_target="leader", skip_modules_at_one_sample=False
+    )
+
+
+# -- the measurement's arithmetic ----------------------------------------------------------------
+
+
+def item_row(k: int, correct: dict[str, bool], calls: dict[str, int] | None = None) -> dict:
+    arms = {}
+    for name in ARMS:
+        right = correct.get(name, correct["paper"])
+        arms[name] = {
+            "answer": "x" if right else "y",
+            "correct": right,
+            "expert_calls": (calls or {}).get(name, 2),
+            "tokens": 100,
+            "verdict": "correct" if k % 2 else "incorrect",
+            "criticised": k % 3,
+            "reflected": "x",
+            "boosted": True,
+        }
+    return {
+        "item": f"i{k}",
+        "kind": "count",
+        "arms": arms,
+        "majority": True,
+        "first_sample": k % 2 == 0,
+        "sample_mean": 0.5,
+    }
+
+
+def test_paired_difference_counts_fixed_and_broken_items() -> None:
+    result = paired([True, True, False, True], [True, False, False, False], n_boot=200)
+    assert result["difference"] == pytest.approx(50.0)
+    assert (result["fixed"], result["broken"]) == (2, 0)
+    assert result["ci"][0] <= 50.0 <= result["ci"][1]
+    assert paired([True] * 5, [True] * 5, n_boot=50)["ci"] == [0.0, 0.0]
+
+
+def test_the_summary_and_the_choice_follow_the_stated_rule() -> None:
+    # The leader option fixes 30 of 40 items the paper misses; the verdict option changes nothing;
+    # skipping at one sample changes no answer and saves the calls.
+    rows = [
+        item_row(
+            k,
+            {
+                "paper": k >= 30,
+                "critic_target=leader": True,
+                "paper@N=1": k % 2 == 0,
+                "skip_modules_at_one_sample": k % 2 == 0,
+            },
+            calls={"skip_modules_at_one_sample": 0, "paper@N=1": 1},
+        )
+        for k in range(40)
+    ]
+    summary = summarise(rows, n_boot=200)
+    assert summary["items"] == 40
+    assert summary["arms"]["paper"]["accuracy"] == pytest.approx(25.0)
+    assert summary["options"]["critic_target"]["difference"] == pytest.approx(75.0)
+    assert summary["options"]["critic_target"]["fixed"] == 30
+    assert summary["options"]["reflection_boost"]["difference"] == 0.0
+    assert summary["options"]["skip_modules_at_one_sample"]["answers_changed"] == 0
+    assert summary["arms"]["skip_modules_at_one_sample"]["expert_calls"] == 0.0
+    assert summary["critic_verdicts"]["correct"]["items"] == 20
+    assert set(OPTIONS) == set(summary["options"])
+    chosen = choose(summary)
+    assert chosen["critic_target"] == {
+        "default": "leader",
+        "adopted": True,
+        "why": chosen["critic_target"]["why"],
+    }
+    assert chosen["reflection_boost"]["default"] == "always" and not chosen["reflection_boost"]["adopted"]
+    assert chosen["skip_modules_at_one_sample"]["default"] is True
+    result = {"level": 4, "seed": 0, "pool_n": 8, "n_boot": 200, "validation": summary, "test": summary}
+    result["chosen"] = chosen
+    text = render_markdown(result, "catts measure policy-options --out x")
+    assert text == render_markdown(result, "catts measure policy-options --out x")
+    assert "catts measure policy-options --out x" in text and "+75.0" in text
+
+
+def test_the_measurement_runs_on_the_organisms_paired_and_resumes(tmp_path) -> None:
+    from catts_experiments.policy_options import policy_options
+    from catts_graph.organism import organism_model
+
+    models = {"base": organism_model("base"), "expert": organism_model("expert")}
+    first = policy_options(validation=2, test=1, n_boot=20, run_dir=tmp_path, log=lambda line: None, **models)
+    rows = [json.loads(line) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
+    assert [row["item"] for row in rows] == ["validation-0-level4", "validation-1-level4"]
+    for row in rows:
+        arms = row["arms"]
+        assert arms["skip_modules_at_one_sample"]["expert_calls"] == 0
+        assert arms["skip_modules_at_one_sample"]["answer"] == arms["paper@N=1"]["answer"]
+        assert arms["paper@N=1"]["correct"] == row["first_sample"]  # N = 1 answers its one sample
+    # Read back from the rows (no model call would give other numbers: everything is seeded or greedy).
+    again = policy_options(validation=2, test=1, n_boot=20, run_dir=tmp_path, log=lambda line: None, **models)
+    assert again == first
+    assert first["validation"]["items"] == 2 and first["test"]["items"] == 1

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,10 +23,12 @@ from rich.table import Table
 
 from catts_graph.commands import add_threads_argument, print_error, set_threads
 from catts_graph.commands.registry import add_commands, resolve_alias
-from catts_graph.config import CATTSConfig, ConfigError, FieldDoc
 from catts_graph.formatting import json_ready
 from catts_graph.images import InputError
 from catts_graph.redaction import redact
+
+if TYPE_CHECKING:  # the config (pydantic) is imported by the commands that use it: `catts --help` is faster
+    from catts_graph.config import CATTSConfig
 
 
 def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -92,6 +94,8 @@ def _config(args: argparse.Namespace) -> CATTSConfig:
         changes["allow_url_fetch"] = True
     if args.allow_private_urls:
         changes["allow_private_urls"] = True
+    from catts_graph.config import CATTSConfig
+
     base = CATTSConfig.from_env()
     if "n_samples" in changes and "max_samples" not in changes:
         changes["max_samples"] = max(base.max_samples, changes["n_samples"])
@@ -256,6 +260,8 @@ def _show(result: dict[str, Any], console: Console) -> None:
 
 
 def _show_config(console: Console) -> None:
+    from catts_graph.config import CATTSConfig, FieldDoc
+
     table = Table(title="CATTSConfig (environment: CATTS_<FIELD>)")
     for column in FieldDoc._fields:
         table.add_column(column, no_wrap=column == "name")
@@ -276,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _show_config(console)
             return 0
         return int(args.func(args))
-    except (InputError, ConfigError, ValueError) as err:
+    except (InputError, ValueError) as err:  # a ConfigError is a ValueError
         return print_error(err)
     except Exception as err:  # a provider or server error: its text may echo a credential
         errors.print(escape(redact("".join(traceback.format_exception(err)))))

@@ -196,51 +196,60 @@ CLIP organism ranks most relevant, as the paper steers its noise."""
 
 ENTROPY_TERMS: dict[str, float] = {"noised_entropy": 1.0, "clean_entropy": 1.0, "entropy_target": 0.5}
 
+VARIANT_STEPS = 120
+"""GRPO steps of every variant but the one that says otherwise (``+240``): each states its own, so a
+change of the template's ``max_steps`` (the chosen variant's) retrains none of them."""
+
 CDRL_VARIANTS: dict[str, dict[str, Any]] = {
     "reward_only": {
         "noise": {"kind": "gaussian", "strength": 1.0, "mix": [], "top_fraction": TOP_QUARTER},
         "confidence_loss": None,
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "reward_only+mix": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": None,
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "entropy+mix": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": ENTROPY_TERMS,
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "entropy+mix-clean": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {"noised_entropy": 1.0, "entropy_target": 0.5},
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "nmlp+mix": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {"noised_nmlp": 1.0, "clean_entropy": 1.0, "nmlp_target": 1.0},
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "entropy+mix+target1": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "entropy+mix+target1+whole": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "entropy+nmlp+mix+target1+whole": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0, "noised_nmlp": 1.0, "nmlp_target": 1.0},
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
     "entropy+mix+target1+whole+240": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
         "grpo": {"max_steps": 240},
     },
-    "entropy+mix+target1.5+whole": {
-        "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
-        "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.5},
-    },
     "entropy+mix+brier": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {**ENTROPY_TERMS, "brier": 1.0},
+        "grpo": {"max_steps": VARIANT_STEPS},
     },
 }
 """The CDRL variants :func:`tune_cdrl` trains, as overrides of the organism's CDRL config (sections
@@ -321,6 +330,7 @@ def cdrl_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
             for r in ratios
         },
         "seconds": result["cdrl"]["seconds"],
+        "steps": result["cdrl"].get("steps"),
     }
 
 
@@ -430,9 +440,15 @@ def cdrl_tuning_table(result: dict[str, Any]) -> str:
     ]
     drops = [f"{c} {number(result['rows'][0]['cells'][c]['nmlp_drop_before'])}" for c in cells]
     where = f"{result['items']} {result['split']} scenes of generator seed {result['seed']}"
+    counts = sorted({r.get("steps") or result["steps"] for r in result["rows"]})
+    steps = (
+        f"{counts[0]} GRPO steps each"
+        if len(counts) == 1
+        else f"{counts[0]} GRPO steps each, {counts[-1]} where the name ends in +{counts[-1]}"
+    )
     return "\n".join(
         [
-            f"CDRL variants, {result['steps']} GRPO steps each, probed on {where}: NMLP drop ratio (drop "
+            f"CDRL variants ({steps}), probed on {where}: NMLP drop ratio (drop "
             "after CDRL / drop before, NMLP units, on the model's own answers; 95% bootstrap interval "
             "over items). `blur` is a kind training never shows.",
             "",

@@ -10,9 +10,11 @@ whoever wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,32 @@ def _bicubic() -> Any:
     return Image.Resampling.BICUBIC
 
 
+@contextlib.contextmanager
+def replaced_folder(target: str | Path) -> Iterator[Path]:
+    """A fresh staging folder beside ``target`` to write into; when the block ends without an
+    error it replaces ``target`` whole (a reader never sees half a checkpoint), else it is removed
+    and ``target`` is left as it was.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> with replaced_folder(root / "ckpt") as staging:
+    ...     _ = (staging / "a.txt").write_text("new")
+    >>> sorted(p.name for p in (root / "ckpt").iterdir()), sorted(p.name for p in root.iterdir())
+    (['a.txt'], ['ckpt'])
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_checkpoint(
     model: Any,
     processor: Any,
@@ -120,19 +148,10 @@ def save_checkpoint(
     (``settings``, default :data:`CHECKPOINT_SETTINGS`), replacing ``target``."""
     import torch
 
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with replaced_folder(target) as staging:
         # bfloat16 on disk halves the shipped size; loading on CPU casts back to float32.
         model.to(torch.bfloat16).save_pretrained(staging, safe_serialization=True)
         model.to(torch.float32)
         processor.save_pretrained(staging)
         (staging / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "catts.json").write_text(json.dumps(settings or CHECKPOINT_SETTINGS, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -34,8 +34,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -44,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from catts_graph.organism.checkpoint import replaced_folder
 from catts_graph.organism.clip import TOKENIZER, ClipOrganismConfig, build_clip_organism, clip_organism_path
 
 __all__ = ["grounding_loss", "object_phrase", "relevance_lift", "train_clip_organism"]
@@ -232,9 +231,7 @@ def train_clip_organism(
     wall = time.monotonic() - started
     model.eval()
     target = Path(out) if out is not None else clip_organism_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with replaced_folder(target) as staging:
         state = {
             key: value.detach().to(torch.bfloat16).contiguous() for key, value in model.state_dict().items()
         }
@@ -246,12 +243,6 @@ def train_clip_organism(
             "torch": torch.__version__,
         }
         (staging / "clip_organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     log(f"clip: saved to {target} after {wall / 60:.1f} min")
     return target
 

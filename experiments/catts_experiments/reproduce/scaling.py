@@ -256,19 +256,7 @@ def step_repair_comparison(
             disabled_modules=disabled,
             n_samples=max(1, plan.ablation_n // 2),
         )
-        path = run_methods(
-            out,
-            name,
-            items,
-            ["catts_adaptive"],
-            [plan.ablation_n],
-            base=models.get("base"),
-            expert=models.get("expert"),
-            expert_name="expert",
-            plan=plan,
-            config=config,
-        )
-        cells = method_items(path, items, ["catts_adaptive"], [plan.ablation_n], plan, config)
+        cells = expert_organism_items(out, name, items, ["catts_adaptive"], plan, models, config)
         per_item[label] = cells["catts_adaptive"][str(plan.ablation_n)]
         rows[label] = summarise_methods(cells, plan)["catts_adaptive"][str(plan.ablation_n)]
 
@@ -291,25 +279,31 @@ def step_repair_comparison(
     }
 
 
-def step_ablations(out: Path, plan: Plan, models: Organisms, thresholds: dict[str, float]) -> dict[str, Any]:
-    """CA-TTS (paper policy, expert organism) without each module or boost, at ``plan.ablation_n``:
-    ``{method: cell}`` (:func:`summarise_methods`)."""
-    cells = ablation_items(out, plan, models, thresholds)
-    table = summarise_methods(cells, plan)
-    return {method: table[method][str(plan.ablation_n)] for method in ABLATIONS}
-
-
 def ablation_items(
     out: Path, plan: Plan, models: Organisms, thresholds: dict[str, float]
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """The ablation runs' per-item cells (:func:`method_items`) at ``plan.ablation_n``."""
+    """CA-TTS (paper policy, expert organism) without each module or boost: the runs' per-item cells
+    (:func:`method_items`) at ``plan.ablation_n``."""
     items = items_of("test", plan.test_items, plan)
-    config = catts_config(**thresholds)
+    return expert_organism_items(out, "ablations", items, ABLATIONS, plan, models, catts_config(**thresholds))
+
+
+def expert_organism_items(
+    out: Path,
+    name: str,
+    items: Sequence[Any],
+    methods: Sequence[str],
+    plan: Plan,
+    models: Organisms,
+    config: Any,
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``methods`` at ``plan.ablation_n`` on ``items`` with the base organism and the expert organism
+    as the expert (resumable store ``<out>/<name>``): the per-item cells of :func:`method_items`."""
     path = run_methods(
         out,
-        "ablations",
+        name,
         items,
-        ABLATIONS,
+        methods,
         [plan.ablation_n],
         base=models.get("base"),
         expert=models.get("expert"),
@@ -317,4 +311,4 @@ def ablation_items(
         plan=plan,
         config=config,
     )
-    return method_items(path, items, ABLATIONS, [plan.ablation_n], plan, config)
+    return method_items(path, items, methods, [plan.ablation_n], plan, config)

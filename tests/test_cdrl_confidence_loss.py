@@ -17,10 +17,12 @@ from catts_training.cdrl.confidence_loss import (
     ConfidenceLossConfig,
     brier_term,
     clean_entropy_term,
+    clean_kl_term,
     confidence_terms,
     noised_entropy_term,
     noised_nmlp_term,
     row_means,
+    token_kl,
 )
 from catts_training.cdrl.data import build_pairs, load_items
 from catts_training.cdrl.train import build_trainer, load_config
@@ -74,6 +76,27 @@ def test_brier_term_by_hand_and_its_pathwise_gradient() -> None:
     assert logprob.grad.tolist() == pytest.approx([0.9 * 0.9, (0.3 - 1.0) * 0.3])
 
 
+def test_token_kl_is_trls_k3_estimate_by_hand_and_zero_where_policy_and_reference_agree() -> None:
+    logprobs = torch.tensor([math.log(0.5), math.log(0.2), math.log(0.7)], requires_grad=True)
+    ref = torch.tensor([math.log(0.25), math.log(0.4), math.log(0.7)])
+    kl = token_kl(logprobs, ref)
+    # r/p - log(r/p) - 1 with r/p = 0.5, 2, 1
+    expected = [0.5 - math.log(0.5) - 1, 2 - math.log(2) - 1, 0.0]
+    assert kl.detach().tolist() == pytest.approx(expected, abs=1e-6)
+    kl.sum().backward()
+    # d/dl [exp(r - l) - (r - l) - 1] = 1 - exp(r - l)
+    assert logprobs.grad.tolist() == pytest.approx([1 - 0.5, 1 - 2.0, 0.0], abs=1e-6)
+
+
+def test_clean_kl_penalty_by_hand_and_its_gradient() -> None:
+    kl = torch.tensor([0.3, 0.1, 0.8, 0.2], requires_grad=True)
+    noised = torch.tensor([False, True, False, True])
+    term = clean_kl_term(kl, noised)
+    assert float(term.detach()) == pytest.approx((0.3 + 0.8) / 4)
+    term.backward()
+    assert kl.grad.tolist() == pytest.approx([0.25, 0.0, 0.25, 0.0])
+
+
 def test_confidence_terms_match_a_plain_loop() -> None:
     generator = torch.Generator().manual_seed(3)
     entropies = torch.rand(6, 5, generator=generator) * 2
@@ -83,13 +106,26 @@ def test_confidence_terms_match_a_plain_loop() -> None:
     )
     noised = torch.tensor([False, True, False, True, True, False])
     correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    ref = -torch.rand(6, 5, generator=generator)
     config = ConfidenceLossConfig(
-        noised_entropy=1.0, noised_nmlp=3.0, clean_entropy=2.0, brier=0.5, entropy_target=0.9, nmlp_target=0.6
+        noised_entropy=1.0,
+        noised_nmlp=3.0,
+        clean_entropy=2.0,
+        brier=0.5,
+        clean_kl=0.1,
+        entropy_target=0.9,
+        nmlp_target=0.6,
     )
     terms = confidence_terms(
-        config, entropies=entropies, logprobs=logprobs, mask=mask, noised=noised, correct=correct
+        config,
+        entropies=entropies,
+        logprobs=logprobs,
+        mask=mask,
+        noised=noised,
+        correct=correct,
+        ref_logprobs=ref,
     )
-    expected = {"noised_entropy": 0.0, "noised_nmlp": 0.0, "clean_entropy": 0.0, "brier": 0.0}
+    expected = {"noised_entropy": 0.0, "noised_nmlp": 0.0, "clean_entropy": 0.0, "brier": 0.0, "clean_kl": 0.0}
     for r in range(6):
         keep = [t for t in range(5) if mask[r, t]]
         h = sum(float(entropies[r, t]) for t in keep) / len(keep)
@@ -99,6 +135,8 @@ def test_confidence_terms_match_a_plain_loop() -> None:
             expected["noised_nmlp"] += max(0.0, 0.6 + lp) / 6
         else:
             expected["clean_entropy"] += h / 6
+            d = [float(ref[r, t] - logprobs[r, t]) for t in keep]
+            expected["clean_kl"] += sum(math.exp(x) - x - 1 for x in d) / len(keep) / 6
         expected["brier"] += (math.exp(lp) - float(correct[r])) ** 2 / 6
     assert set(terms) == set(CONFIDENCE_TERMS)
     for name, value in expected.items():
@@ -124,6 +162,8 @@ def test_only_active_terms_are_computed_and_brier_needs_correctness() -> None:
     }
     with pytest.raises(ValueError, match="brier"):
         terms(ConfidenceLossConfig(brier=1.0))
+    with pytest.raises(ValueError, match=r"clean_kl needs the reference .*grpo.beta > 0"):
+        terms(ConfidenceLossConfig(clean_kl=1.0))
 
 
 @pytest.mark.parametrize(
@@ -205,3 +245,16 @@ def test_the_trainer_adds_the_terms_to_grpos_loss(
         for name in ("noised_entropy", "clean_entropy"):
             assert math.isfinite(logged[0][f"cdrl/loss_{name}"]) and logged[0][f"cdrl/loss_{name}"] > 0
         assert "cdrl/loss_brier" not in logged[0]
+
+
+def test_clean_kl_without_a_reference_model_is_refused_before_training(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = _flat_reward_config(tmp_path, tiny_model_dir, {"clean_kl": 1.0})
+    raw = yaml.safe_load(path.read_text())
+    raw["grpo"]["beta"] = 0.0
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path, model=str(tiny_model_dir), output_dir=str(tmp_path / "run"))
+    pairs = build_pairs(load_items(str(CONFIGS / "smoke_items.jsonl")), ClipRelevance.tiny())
+    with pytest.raises(ValueError, match=r"confidence_loss.clean_kl: needs grpo.beta > 0"):
+        build_trainer(config, pairs=pairs)

@@ -246,6 +246,11 @@ CDRL_VARIANTS: dict[str, dict[str, Any]] = {
         "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0},
         "grpo": {"max_steps": 240},
     },
+    "entropy+mix+target1+whole+240+clean_kl": {
+        "noise": {"mix": list(TRAINING_MIX), "top_fraction": 1.0},
+        "confidence_loss": {**ENTROPY_TERMS, "entropy_target": 1.0, "clean_kl": 1.0},
+        "grpo": {"max_steps": 240},
+    },
     "entropy+mix+brier": {
         "noise": {"mix": list(TRAINING_MIX), "top_fraction": TOP_QUARTER},
         "confidence_loss": {**ENTROPY_TERMS, "brier": 1.0},

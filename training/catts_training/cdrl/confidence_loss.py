@@ -27,7 +27,12 @@ is a pure function of per-row tensors, added to GRPO's loss with a weight
 ``clean_entropy``   original rows: ``H_row``: keep answers to the clean image sharp, so the drop is
                     a drop under noise and not a general loss of confidence;
 ``brier``           every row: ``(exp(-NMLP_row) - y_row)^2`` with ``y`` the accuracy reward (1 if
-                    correct): the calibration reward's Brier form with its pathwise gradient.
+                    correct): the calibration reward's Brier form with its pathwise gradient;
+``clean_kl``        original rows: the mean per-token KL to the reference model (TRL's k3 estimate,
+                    ``exp(r - l) - (r - l) - 1`` with ``l``, ``r`` the policy's and the reference's
+                    log-probabilities of the sampled token): anchor answers to clean images where
+                    CDRL started, so what the noised-row terms move does not spread to them (needs
+                    ``grpo.beta > 0``, which makes TRL compute the reference's log-probabilities).
 
 ``H_row`` and ``NMLP_row`` are means over the completion's tokens, the stop token excluded (as the
 rewards' NMLP excludes it). A term's value for a micro-batch is its sum over the rows it applies to
@@ -47,13 +52,14 @@ __all__ = [
     "ConfidenceLossConfig",
     "brier_term",
     "clean_entropy_term",
+    "clean_kl_term",
     "confidence_terms",
     "noised_entropy_term",
     "noised_nmlp_term",
     "row_means",
 ]
 
-CONFIDENCE_TERMS: tuple[str, ...] = ("noised_entropy", "noised_nmlp", "clean_entropy", "brier")
+CONFIDENCE_TERMS: tuple[str, ...] = ("noised_entropy", "noised_nmlp", "clean_entropy", "brier", "clean_kl")
 """The terms' names, in the order they are logged."""
 
 
@@ -70,6 +76,8 @@ class ConfidenceLossConfig:
     """Weight of ``H_row`` on original rows."""
     brier: float = 0.0
     """Weight of ``(exp(-NMLP_row) - correct)^2`` on every row."""
+    clean_kl: float = 0.0
+    """Weight of the mean per-token KL to the reference model on original rows."""
     entropy_target: float = 0.5
     """Nats: the mean token entropy the noised-entropy term raises noised answers to."""
     nmlp_target: float = 1.0
@@ -154,6 +162,29 @@ def brier_term(row_logprob: Any, correct: Any) -> Any:
     return ((confidence - correct.to(confidence.dtype)) ** 2).sum() / max(int(row_logprob.numel()), 1)
 
 
+def clean_kl_term(row_kl: Any, noised: Any) -> Any:
+    """``sum over original rows of KL_row / rows``, ``KL_row`` the row's mean per-token KL estimate.
+
+    >>> import torch
+    >>> clean_kl_term(torch.tensor([0.4, 0.2, 0.9, 0.0]), torch.tensor([False, False, True, True]))
+    tensor(0.1500)
+    """
+    clean = (~noised.bool()).to(row_kl.dtype)
+    return (row_kl * clean).sum() / max(int(row_kl.numel()), 1)
+
+
+def token_kl(logprobs: Any, ref_logprobs: Any) -> Any:
+    """TRL's per-token k3 estimate of KL(policy || reference) at the sampled tokens:
+    ``exp(r - l) - (r - l) - 1`` (>= 0, 0 where the two agree).
+
+    >>> import torch, math
+    >>> round(float(token_kl(torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)]))[0]), 4)
+    0.1931
+    """
+    delta = ref_logprobs - logprobs
+    return delta.exp() - delta - 1.0
+
+
 def confidence_terms(
     config: ConfidenceLossConfig,
     *,
@@ -162,13 +193,15 @@ def confidence_terms(
     mask: Any,
     noised: Any,
     correct: Any | None,
+    ref_logprobs: Any | None = None,
 ) -> dict[str, Any]:
     """The active terms of ``config`` for one micro-batch, unweighted, by name.
 
     ``entropies`` and ``logprobs`` (B, T): per-token full-vocabulary entropy and log-probability of
     the sampled token under the policy (with their gradients); ``mask`` (B, T): the completion's
     tokens, the stop token excluded; ``noised`` (B,): True on noised rows; ``correct`` (B,): the
-    accuracy reward (needed by ``brier`` only).
+    accuracy reward (needed by ``brier`` only); ``ref_logprobs`` (B, T): the reference model's
+    log-probabilities of the sampled tokens (needed by ``clean_kl`` only).
     """
     out: dict[str, Any] = {}
     weights = config.weights
@@ -186,4 +219,10 @@ def confidence_terms(
             if correct is None:
                 raise ValueError("confidence_loss.brier needs each row's correctness (the accuracy reward)")
             out["brier"] = brier_term(logprob, correct)
+    if weights["clean_kl"]:
+        if ref_logprobs is None:
+            raise ValueError(
+                "confidence_loss.clean_kl needs the reference model's log-probabilities: set grpo.beta > 0"
+            )
+        out["clean_kl"] = clean_kl_term(row_means(token_kl(logprobs, ref_logprobs), mask), noised)
     return out

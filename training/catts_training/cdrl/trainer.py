@@ -84,6 +84,11 @@ class CDRLTrainer(GRPOTrainer):  # type: ignore[misc]
         pairs = pair_rows(list(train_dataset["pair_id"]), list(train_dataset["variant"]))
         check_pair_layout(args, len(pairs))
         self.confidence_loss = confidence_loss or ConfidenceLossConfig()
+        if self.confidence_loss.clean_kl and not args.beta:
+            raise ValueError(
+                "confidence_loss.clean_kl: needs grpo.beta > 0 (TRL then computes the reference "
+                "model's log-probabilities the term reads)"
+            )
         super().__init__(args=args, train_dataset=train_dataset, **kwargs)
         self.pairs = pairs
         if self.confidence_loss.brier and "accuracy" not in self.reward_func_names:
@@ -152,6 +157,7 @@ class CDRLTrainer(GRPOTrainer):  # type: ignore[misc]
             mask=self._answer_mask(inputs["completion_ids"], inputs["completion_mask"]),
             noised=inputs["cdrl_noised"],
             correct=inputs.get("cdrl_correct"),
+            ref_logprobs=inputs.get("ref_per_token_logps"),
         )
         mode = "train" if self.model.training else "eval"
         scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0

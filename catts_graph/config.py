@@ -35,7 +35,7 @@ ScoreScale = Literal["normalised", "literal"]
 ConfidenceSpan = Literal["response", "answer"]
 StepSignal = Literal["fused", "expressed", "nmlp"]
 Module = Literal["self_consistency", "self_reflection", "visual_self_check", "step_repair"]
-ReflectionBoost = Literal["always", "incorrect"]
+ReflectionBoost = Literal["always", "incorrect", "override"]
 CriticTarget = Literal["least_confident", "leader"]
 
 MODULES = ("self_consistency", "self_reflection", "visual_self_check")
@@ -168,9 +168,12 @@ class CATTSConfig(BaseModel):
     # 600 level-4 validation items with the expert organism (docs/organism/policy-options.md).
     reflection_boost: ReflectionBoost = Field(
         "always",
-        description="When the reflected answer gets tau2: 'always' (the paper, whatever the "
-        "Critic's verdict) or only when the Critic's verdict on the criticised sample is "
-        "'incorrect'. Default: the paper's; 'incorrect' measured +0.2 points [-1.0, 1.3].",
+        description="What the reflected answer gets: 'always' tau2 (the paper, whatever the "
+        "Critic's verdict); 'incorrect' tau2 only when the Critic's verdict on the criticised "
+        "sample is 'incorrect'; 'override', after an 'incorrect' verdict on a sample of the "
+        "leading answer, the lead (its score the leader's plus tau2), nothing otherwise (pair it "
+        "with critic_target='leader'). Default: the paper's; 'incorrect' measured +0.2 points "
+        "[-1.0, 1.3].",
     )
     critic_target: CriticTarget = Field(
         "least_confident",

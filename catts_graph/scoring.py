@@ -207,9 +207,9 @@ def match_candidate(answer: str | None, candidates: Sequence[str]) -> str | None
 
 
 def verdict_boosts(verdict: str | None, config: CATTSConfig) -> bool:
-    """Whether a reflection after the Critic's ``verdict`` earns tau2: always
+    """Whether a reflection after the Critic's ``verdict`` earns its boost: always
     (``reflection_boost='always'``, the paper), or only after ``incorrect``
-    (``reflection_boost='incorrect'``)."""
+    (``reflection_boost='incorrect'``: tau2; ``'override'``: the lead, see :func:`final_scores`)."""
     return config.reflection_boost == "always" or verdict == "incorrect"
 
 
@@ -224,20 +224,37 @@ def final_scores(
     state: Mapping[str, Any], config: CATTSConfig, result: Tally | None = None
 ) -> dict[str, float]:
     """S(a) for every candidate from the votes and whatever modules have run so far (the reflected
-    answer only when :func:`reflection_boosted`)."""
+    answer only when :func:`reflection_boosted`). With ``reflection_boost='override'`` the reflected
+    answer gets no tau2 among the votes; when the criticised sample's answer leads the scores, a
+    different reflected answer takes the lead instead (:func:`catts_graph.voting.override_leader`,
+    by tau2 on the scores' scale)."""
     result = result or run_tally(state, config)
     candidates = list(result.votes)
     reflected = state.get("reflected") if reflection_boosted(state, config) else None
-    return voting.final_scores(
+    override = config.reflection_boost == "override"
+    scores = voting.final_scores(
         result.votes,
         voter_probs=state.get("voter_probs"),
-        reflected=match_candidate(reflected, candidates),
+        reflected=None if override else match_candidate(reflected, candidates),
         self_check_winner=match_candidate(state.get("self_check_winner"), candidates),
         tau1=config.tau1,
         tau2=config.tau2,
         tau3=config.tau3,
         scale=config.score_scale,
         n_samples=result.voters,
+    )
+    if not override or reflected is None:
+        return scores
+    samples = state.get("samples", [])
+    index = (state.get("critique") or {}).get("sample")
+    criticised = samples[index].get("answer") if index is not None and 0 <= index < len(samples) else None
+    margin = config.tau2 if config.score_scale == "normalised" else float(int(config.tau2 * result.voters))
+    return voting.override_leader(
+        scores,
+        result.votes,
+        criticised=match_candidate(criticised, candidates),
+        replacement=match_candidate(reflected, candidates),
+        margin=margin,
     )
 
 

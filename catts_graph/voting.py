@@ -145,6 +145,33 @@ def final_scores(
     }
 
 
+def override_leader(
+    scores: Mapping[str, float],
+    votes: Mapping[str, float],
+    *,
+    criticised: str | None,
+    replacement: str | None,
+    margin: float,
+) -> dict[str, float]:
+    """``scores`` with ``replacement`` put ``margin`` above the leader when the leader
+    (:func:`pick_answer`) is the ``criticised`` answer and ``replacement`` is another one (a new
+    candidate joins with that score); otherwise ``scores`` unchanged (a copy).
+
+    >>> override_leader({"3": 0.75, "4": 0.25}, {"3": 3.0, "4": 1.0}, criticised="3", replacement="4", margin=0.5)
+    {'3': 0.75, '4': 1.25}
+    >>> override_leader({"3": 0.75, "4": 0.25}, {"3": 3.0, "4": 1.0}, criticised="4", replacement="5", margin=0.5)
+    {'3': 0.75, '4': 0.25}
+    """
+    out = dict(scores)
+    if not (math.isfinite(margin) and margin >= 0.0):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    leader, _ = pick_answer(scores, votes)
+    if leader is None or criticised != leader or replacement is None or replacement == leader:
+        return out
+    out[replacement] = scores[leader] + margin
+    return out
+
+
 def pick_answer(scores: Mapping[str, float], votes: Mapping[str, float]) -> tuple[str | None, float]:
     """The answer with the highest S and its confidence ``S(answer) / sum_b S(b)``.
 

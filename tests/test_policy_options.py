@@ -124,6 +124,83 @@ def test_the_graph_boosts_the_reflection_only_after_an_incorrect_verdict(
     assert entries(result, "aggregate")[0]["inputs"]["reflection_boosted"] is boost
 
 
+# -- 1b. the override: an incorrect verdict on the leader hands the lead to the reflection -------
+
+
+def leader_state(verdict: str, criticised: int, reflected: str) -> dict:
+    # Weights 1/NMLP: A 2 + 2 = 4, B 4, C 1; A leads B on its first appearance (tie in S and V).
+    samples = [*SAMPLES, record(4, reflected, 0.1, source="reflection")]
+    critique = {"text": "...", "sample": criticised, "step": None, "verdict": verdict}
+    return {"samples": samples, "critique": critique, "reflected": reflected}
+
+
+@pytest.mark.parametrize("tau2", [0.5, 0.2])
+def test_an_incorrect_verdict_on_the_leader_hands_the_reflection_the_lead_by_tau2(tau2: float) -> None:
+    config = CATTSConfig(reflection_boost="override", tau2=tau2)
+    scores = scoring.final_scores(leader_state("incorrect", criticised=0, reflected="C"), config)
+    # A leads at 4/9 (ties B, first seen); C moves to 4/9 + tau2, the others keep their votes.
+    assert scores == pytest.approx({"A": 4 / 9, "B": 4 / 9, "C": 4 / 9 + tau2})
+    new = scoring.final_scores(leader_state("incorrect", criticised=1, reflected="D"), config)
+    assert new == pytest.approx({"A": 4 / 9, "B": 4 / 9, "C": 1 / 9, "D": 4 / 9 + tau2})
+
+
+@pytest.mark.parametrize(
+    ("verdict", "criticised", "reflected"),
+    [
+        ("correct", 0, "C"),  # the Critic agreed
+        ("unsure", 0, "C"),
+        ("incorrect", 3, "B"),  # the criticised answer (C) does not lead
+        ("incorrect", 0, "A"),  # the reflection kept the leader's answer
+    ],
+)
+def test_the_override_leaves_the_votes_alone_otherwise(verdict: str, criticised: int, reflected: str) -> None:
+    config = CATTSConfig(reflection_boost="override")
+    scores = scoring.final_scores(leader_state(verdict, criticised, reflected), config)
+    assert scores == pytest.approx({"A": 4 / 9, "B": 4 / 9, "C": 1 / 9})
+
+
+def test_the_override_margin_is_tau2_on_the_literal_scale() -> None:
+    config = CATTSConfig(reflection_boost="override", score_scale="literal", tau2=0.5)
+    scores = scoring.final_scores(leader_state("incorrect", criticised=0, reflected="C"), config)
+    # Literal: S = V; A 4 leads (ties B, first seen); int(0.5 * 4 voters) = 2.
+    assert scores == pytest.approx({"A": 4.0, "B": 4.0, "C": 6.0})
+
+
+def test_override_leader_refuses_a_bad_margin() -> None:
+    from catts_graph.voting import override_leader
+
+    with pytest.raises(ValueError, match="margin"):
+        override_leader({"A": 1.0}, {"A": 1.0}, criticised="A", replacement="B", margin=-1.0)
+
+
+@pytest.mark.parametrize(("verdict", "answer"), [("incorrect", "C"), ("correct", "A")])
+def test_the_graph_replaces_the_criticised_leader_after_an_incorrect_verdict(
+    image_path, scripted_chat, verdict: str, answer: str
+) -> None:
+    model = scripted_model(
+        [boxed("A", 0.5), boxed("A", 0.2), boxed("B", 0.25), boxed("C", 1.0)], boxed("C", 0.1)
+    )
+    expert = scripted_chat(
+        voter=json.dumps({"probabilities": [0.5, 0.3, 0.2]}),
+        critic=json.dumps({"critique": "Count again.", "verdict": verdict}),
+    )
+    config = CATTSConfig(
+        policy="paper", n_samples=4, max_samples=4, reflection_boost="override", critic_target="leader"
+    )
+    result = build_graph(model, expert=expert, config=config).invoke(
+        {"image": image_path, "question": "Which?"}
+    )
+    # Votes: A 2 + 5 = 7, B 4, C 1 (sum 12); S(A) = 7/12 + 0.5 * 0.5 leads; C takes S(A) + 0.5.
+    s_a = 7 / 12 + 0.25
+    assert result["scores"]["A"] == pytest.approx(s_a)
+    expected_c = s_a + 0.5 if verdict == "incorrect" else 1 / 12 + 0.1
+    assert result["scores"]["C"] == pytest.approx(expected_c)
+    assert result["answer"] == answer
+    assert entries(result, "critic")[0]["inputs"]["sample_answer"] == "A"
+    reflection = entries(result, "self_reflection")[0]
+    assert ("takes the lead" in reflection["reason"]) is (verdict == "incorrect")
+
+
 # -- 2. the Critic's target ----------------------------------------------------------------------
 
 
@@ -329,6 +406,10 @@ def test_the_summary_and_the_choice_follow_the_stated_rule() -> None:
     }
     assert chosen["reflection_boost"]["default"] == "always" and not chosen["reflection_boost"]["adopted"]
     assert chosen["skip_modules_at_one_sample"]["default"] is True
+    assert chosen["reflection_override"]["default"] == {
+        "reflection_boost": "always",
+        "critic_target": "least_confident",
+    }
     result = {"level": 4, "seed": 0, "pool_n": 8, "n_boot": 200, "validation": summary, "test": summary}
     result["chosen"] = chosen
     text = render_markdown(result, "catts measure policy-options --out x")

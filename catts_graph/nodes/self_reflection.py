@@ -58,10 +58,12 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
         )
         changed = record["answer"] != criticised["answer"]
         verdict = critique.get("verdict", "unsure")
-        if verdict_boosts(verdict, config):
-            boost = f"boost tau2 = {config.tau2}"
+        if not verdict_boosts(verdict, config):
+            boost = f"no boost: the Critic's verdict is {verdict!r} (reflection_boost={config.reflection_boost!r})"
+        elif config.reflection_boost == "override":
+            boost = "takes the lead if the criticised answer leads (reflection_boost='override')"
         else:
-            boost = f"no boost: the Critic's verdict is {verdict!r} (reflection_boost='incorrect')"
+            boost = f"boost tau2 = {config.tau2}"
         return {
             "samples": [record],
             "reflected": record["answer"],

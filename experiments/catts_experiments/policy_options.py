@@ -1,6 +1,6 @@
 """The policy options of issue 23 against the paper's rules: ``catts measure policy-options``.
 
-Three :class:`~catts_graph.config.CATTSConfig` fields each change one rule of the ``paper`` policy;
+Each option, a :class:`~catts_graph.config.CATTSConfig` field (or two), changes one rule of the ``paper`` policy;
 each is measured alone against the paper's rule, with the expert organism as Voter and Critic, on
 the hard regime (generator level 4):
 
@@ -8,7 +8,11 @@ the hard regime (generator level 4):
   is ``incorrect`` (the paper boosts it whatever the verdict), at N = 8;
 - ``critic_target='leader'``: the Critic criticises the vote leader's most confident sample (the
   paper: the least confident sample), at N = 8;
-- ``skip_modules_at_one_sample``: at N = 1 no module runs and no expert is called, at N = 1.
+- ``skip_modules_at_one_sample``: at N = 1 no module runs and no expert is called, at N = 1;
+- ``reflection_override`` (two fields at once: ``reflection_boost='override'`` with
+  ``critic_target='leader'``): the Critic criticises the leader, and after an ``incorrect`` verdict
+  a different reflected answer takes the lead instead of getting tau2 among the votes (the rule
+  under which the reflection helps alone: the expert's critique of the answer that would be given).
 
 Pairing. Each item's 8 samples are drawn once (:func:`~catts_graph.eval.methods.draw_pool`, seeded
 by the item), and every arm replays them through the real graph
@@ -18,7 +22,7 @@ the self-check's scoring, the expert's greedy reading and scoring) is determinis
 option leads them apart. :func:`measure_split` checks it: every N = 8 arm must see the same vote.
 
 Choice (:func:`choose`, on validation only; the test split reports): an accuracy option
-(``reflection_boost``, ``critic_target``) becomes the default when its paired difference's 95%
+(``reflection_boost``, ``critic_target``, ``reflection_override``) becomes the default when its paired difference's 95%
 interval lies above 0; ``skip_modules_at_one_sample`` when it changes no validation item's answer
 and calls the expert less. Otherwise the paper's rule stays. Every number is deterministic (seeded
 samples, greedy calls, seeded bootstrap); wall time is printed, never written to the tables.
@@ -77,18 +81,26 @@ ARMS: dict[str, Arm] = {
     "critic_target=leader": Arm(POOL_N, {"critic_target": "leader"}),
     "paper@N=1": Arm(1),
     "skip_modules_at_one_sample": Arm(1, {"skip_modules_at_one_sample": True}),
+    "reflection_override": Arm(POOL_N, {"reflection_boost": "override", "critic_target": "leader"}),
 }
 OPTIONS: dict[str, tuple[str, str]] = {
     "reflection_boost": ("reflection_boost=incorrect", "paper"),
     "critic_target": ("critic_target=leader", "paper"),
     "skip_modules_at_one_sample": ("skip_modules_at_one_sample", "paper@N=1"),
+    "reflection_override": ("reflection_override", "paper"),
 }
 """Each option: (its arm, the paper arm it is paired with)."""
 OPTION_VALUES: dict[str, Any] = {
     "reflection_boost": "incorrect",
     "critic_target": "leader",
     "skip_modules_at_one_sample": True,
+    "reflection_override": ARMS["reflection_override"].changes,
 }
+PAPER_VALUES: dict[str, Any] = {
+    **PAPER_RULES,
+    "reflection_override": {field: PAPER_RULES[field] for field in ARMS["reflection_override"].changes},
+}
+"""Each option's value in the paper's rules (an option of several fields: a value per field)."""
 
 
 def _log(line: str) -> None:
@@ -285,7 +297,7 @@ def choose(validation: Mapping[str, Any]) -> dict[str, Any]:
             low, high = comparison["ci"]
             why = f"{comparison['difference']:+.1f} points [{low:+.1f}, {high:+.1f}]"
         chosen[option] = {
-            "default": OPTION_VALUES[option] if adopt else PAPER_RULES[option],
+            "default": OPTION_VALUES[option] if adopt else PAPER_VALUES[option],
             "adopted": adopt,
             "why": why,
         }
@@ -334,6 +346,7 @@ _ARM_LABELS = {
     "critic_target=leader": "critic_target='leader'",
     "paper@N=1": "paper policy",
     "skip_modules_at_one_sample": "skip_modules_at_one_sample=True",
+    "reflection_override": "reflection_boost='override', critic_target='leader'",
 }
 
 

@@ -157,9 +157,10 @@ def override_leader(
     (:func:`pick_answer`) is the ``criticised`` answer and ``replacement`` is another one (a new
     candidate joins with that score); otherwise ``scores`` unchanged (a copy).
 
-    >>> override_leader({"3": 0.75, "4": 0.25}, {"3": 3.0, "4": 1.0}, criticised="3", replacement="4", margin=0.5)
+    >>> scores, votes = {"3": 0.75, "4": 0.25}, {"3": 3.0, "4": 1.0}
+    >>> override_leader(scores, votes, criticised="3", replacement="4", margin=0.5)
     {'3': 0.75, '4': 1.25}
-    >>> override_leader({"3": 0.75, "4": 0.25}, {"3": 3.0, "4": 1.0}, criticised="4", replacement="5", margin=0.5)
+    >>> override_leader(scores, votes, criticised="4", replacement="5", margin=0.5)
     {'3': 0.75, '4': 0.25}
     """
     out = dict(scores)

@@ -125,7 +125,13 @@ def test_confidence_terms_match_a_plain_loop() -> None:
         correct=correct,
         ref_logprobs=ref,
     )
-    expected = {"noised_entropy": 0.0, "noised_nmlp": 0.0, "clean_entropy": 0.0, "brier": 0.0, "clean_kl": 0.0}
+    expected = {
+        "noised_entropy": 0.0,
+        "noised_nmlp": 0.0,
+        "clean_entropy": 0.0,
+        "brier": 0.0,
+        "clean_kl": 0.0,
+    }
     for r in range(6):
         keep = [t for t in range(5) if mask[r, t]]
         h = sum(float(entropies[r, t]) for t in keep) / len(keep)

@@ -59,7 +59,8 @@ def make_self_reflection(deps: Deps) -> Callable[..., dict[str, Any]]:
         changed = record["answer"] != criticised["answer"]
         verdict = critique.get("verdict", "unsure")
         if not verdict_boosts(verdict, config):
-            boost = f"no boost: the Critic's verdict is {verdict!r} (reflection_boost={config.reflection_boost!r})"
+            rule = f"reflection_boost={config.reflection_boost!r}"
+            boost = f"no boost: the Critic's verdict is {verdict!r} ({rule})"
         elif config.reflection_boost == "override":
             boost = "takes the lead if the criticised answer leads (reflection_boost='override')"
         else:

@@ -1,7 +1,8 @@
 """The policy options of issue 23 against the paper's rules: ``catts measure policy-options``.
 
 Each option, a :class:`~catts_graph.config.CATTSConfig` field (or two), changes one rule of the
-``paper`` policy; each is measured alone against the paper's rule, with the expert organism as Voter and Critic, on
+``paper`` policy; each is measured alone against the paper's rule, with the expert organism as Voter
+and Critic, on
 the hard regime (generator level 4):
 
 - ``reflection_boost='incorrect'``: the reflected answer gets tau2 only when the Critic's verdict
@@ -23,9 +24,10 @@ option leads them apart. :func:`measure_split` checks it: every N = 8 arm must s
 
 Choice (:func:`choose`, on validation only; the test split reports): an accuracy option
 (``reflection_boost``, ``critic_target``, ``reflection_override``) becomes the default when its
-paired difference's 95% interval lies above 0; ``skip_modules_at_one_sample`` when it changes no validation item's answer
-and calls the expert less. Otherwise the paper's rule stays. Every number is deterministic (seeded
-samples, greedy calls, seeded bootstrap); wall time is printed, never written to the tables.
+paired difference's 95% interval lies above 0; ``skip_modules_at_one_sample`` when it changes no
+validation item's answer and calls the expert less. Otherwise the paper's rule stays. Every number
+is deterministic (seeded samples, greedy calls, seeded bootstrap); wall time is printed, never
+written to the tables.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Each option, a :class:`~catts_graph.config.CATTSConfig` field (or two), changes one rule of the
 ``paper`` policy; each is measured alone against the paper's rule, with the expert organism as Voter
-and Critic, on
-the hard regime (generator level 4):
+and Critic, on the hard regime (generator level 4):
 
 - ``reflection_boost='incorrect'``: the reflected answer gets tau2 only when the Critic's verdict
   is ``incorrect`` (the paper boosts it whatever the verdict), at N = 8;

@@ -187,17 +187,36 @@ def test_the_organism_commands_parse_under_their_names_and_their_old_ones() -> N
         assert (args.which, args.noise, args.limit) == ("base", 0.5, 10)
     for argv in (("reproduce",), ("organism", "reproduce")):
         args = _parse(*argv, "--quick", "--out", "x", "--level", "4")
-        assert (args.quick, args.out, args.level) == (True, "x", 4)
+        assert (args.quick, args.out, args.level, args.workers) == (True, "x", 4, 2)
+    assert _parse("reproduce", "--workers", "1").workers == 1
+    with pytest.raises(SystemExit):
+        _parse("reproduce", "--workers", "3")
+
+
+def test_the_reproduction_refuses_a_worker_count_before_any_step(tmp_path: Path) -> None:
+    from catts_experiments.reproduce import reproduce
+
+    with pytest.raises(ValueError, match=r"workers: 3; expected 1 or 2"):
+        reproduce(tmp_path / "run", workers=3)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> None:
     from catts_experiments.reproduce import Plan, reproduce
     from catts_experiments.reproduce.plan import EXPERT_METHODS, SCALING_METHODS
+    from catts_experiments.reproduce.run import TRAINING_STEPS
 
     out = tmp_path / "run"
     lines: list[str] = []
-    results = reproduce(out, Plan.quick(), log=lines.append)
+    # Two workers: the training chain in a process of its own beside the CA-TTS steps.
+    results = reproduce(out, Plan.quick(), workers=2, log=lines.append)
+    worker = json.loads((out / "timings-worker.json").read_text())
+    assert list(worker) == list(TRAINING_STEPS) and all(seconds > 0 for seconds in worker.values())
+    assert not set(TRAINING_STEPS) & {
+        k for k, v in json.loads((out / "timings.json").read_text()).items() if v > 5
+    }
+    assert 0 < results.wall_seconds < results.total_seconds + 60
     assert (out / "cdrl" / "model.safetensors").is_file()
     exported = json.loads((out / "cdrl" / "catts.json").read_text())
     assert exported == json.loads((organism_path("base") / "catts.json").read_text())
@@ -236,8 +255,9 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     for name in ("probe_before", "probe_after", "scaling", "accuracy_vs_tokens"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000
     assert (out / "results.md").read_text() == lines[-2]  # the tables are what it printed
-    # A second run resumes from the stores: nothing is recomputed, the tables are the same.
+    # A second run (one worker) resumes from the stores: nothing is recomputed, the tables are the same.
     again = reproduce(out, Plan.quick(), log=lambda line: None)
+    assert [i["workers"] for i in json.loads((out / "wall.json").read_text())["invocations"]] == [2, 1]
     assert again.to_json()["scaling"] == results.to_json()["scaling"] and again.probe == results.probe
     assert again.to_json()["mmboundary"] == results.to_json()["mmboundary"]
     assert again.reflection == results.reflection

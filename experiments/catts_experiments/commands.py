@@ -346,6 +346,14 @@ def add_reproduce(parser: argparse.ArgumentParser) -> None:
         choices=LEVELS,
         help="ask every item at this generator level (default: the mix the organisms trained on)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2 (default): the training chain (CDRL, its probes, MMBoundary) in a second process beside "
+        "the CA-TTS steps, one thread each; 1: every step in this process, on two threads",
+    )
     parser.set_defaults(func=_reproduce)
 
 
@@ -356,7 +364,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     from catts_experiments.reproduce import Plan, reproduce
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # one worker; with two, each chain runs on one thread
     plan = dataclasses.replace(Plan.quick() if args.quick else Plan(), level=args.level)
-    reproduce(args.out, plan)
+    reproduce(args.out, plan, workers=args.workers)
     return 0

@@ -436,5 +436,8 @@ class Results(_Json):
     mmboundary: MMBoundaryResults | None = None
     hard: HardRegime | None = None
     seconds: dict[str, Number] = field(default_factory=dict)
-    """Compute per step, summed over every invocation on the run folder."""
+    """Compute per step, summed over every invocation on the run folder (both chains)."""
     total_seconds: Number = 0.0
+    wall_seconds: Number | None = None
+    """Wall time summed over every invocation (runs before it was kept: None); with two workers,
+    less than ``total_seconds``."""

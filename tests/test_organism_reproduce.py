@@ -15,6 +15,7 @@ from catts_experiments.reproduce.render import cdrl_section, render_markdown
 from catts_experiments.reproduce.statistics import (
     ablation_effects,
     drop_ratios,
+    module_answers,
     paired_accuracy,
     pooled_calibration,
     probe_intervals,
@@ -139,6 +140,59 @@ def test_ablation_effects_are_the_full_method_minus_each_ablation_paired() -> No
     assert 0.0 <= reflection["ci"][0] <= 50.0 <= reflection["ci"][1] <= 100.0
 
 
+def test_module_answers_count_each_modules_own_answer_against_the_vote_by_hand(tmp_path: Path) -> None:
+    from catts_graph.eval.store import ResultStore
+    from catts_graph.task import Item
+
+    def item(id: str, category: str, answer: str) -> Item:
+        return Item(id, "synthetic", ["scene.png"], "How many?", None, answer, "integer", category)
+
+    # Three items (gold '3', '4', '5'); each trace: the weighted votes, the Critic's criticised
+    # answer, and what aggregate read: the reflected answer and the self-check's winner.
+    items = [
+        item("a", "count", "3"),
+        item("b", "count", "4"),
+        item("c", "digits", "5"),
+    ]
+    traces = {
+        # leader 3 (right); criticised 2, reflected 3 (right); winner 2 (wrong); final right
+        "a": ({"3": 5.0, "2": 1.0}, "2", "3", "2", True),
+        # leader 5 (wrong); criticised 5, reflected 4 (right); no self-check winner; final wrong
+        "b": ({"5": 3.0, "4": 2.0}, "5", "4", None, False),
+        # leader 5 (right); no reflection; winner 5 (right); final right
+        "c": ({"5": 4.0}, None, None, "5", True),
+    }
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        for it in items:
+            votes, criticised, reflected, winner, correct = traces[it.id]
+            trace = [
+                {"module": "self_consistency", "inputs": {"votes": votes}},
+                {"module": "aggregate", "inputs": {"reflected": reflected, "self_check_winner": winner}},
+            ]
+            if criticised is not None:
+                trace.insert(1, {"module": "critic", "inputs": {"sample_answer": criticised}})
+            for method, n in (("catts_paper", 8), ("catts_paper", 4), ("majority", 8)):
+                store.put_result(
+                    item_id=it.id, method=method, n=n, answer="x", gold=it.answer,
+                    correct=correct if (method, n) == ("catts_paper", 8) else not correct,
+                    confidence=1.0, category=it.category, tokens=1, expert_calls=1, seconds=0.0,
+                    trace=trace,
+                )  # fmt: skip
+    result = module_answers(path, items, "catts_paper", 8)
+    assert list(result["visual_self_check"]) == ["count", "digits", "all"]
+    assert result["visual_self_check"]["count"] == {
+        "runs": 1, "module_right": 0, "leader_right": 1, "final_right": 1, "criticised_right": None,
+    }  # fmt: skip
+    assert result["visual_self_check"]["all"] == {
+        "runs": 2, "module_right": 1, "leader_right": 2, "final_right": 2, "criticised_right": None,
+    }  # fmt: skip
+    assert result["self_reflection"] == {
+        "count": {"runs": 2, "module_right": 2, "leader_right": 1, "final_right": 1, "criticised_right": 0},
+        "all": {"runs": 2, "module_right": 2, "leader_right": 1, "final_right": 1, "criticised_right": 0},
+    }
+
+
 def test_the_hard_regime_renders_after_the_mixed_tables() -> None:
     data = minimal_results()
     cell = {"accuracy": 60.0, "tokens": 100.0, "expert_calls": 1.0, "items": 10, "ci": [40.0, 80.0]}
@@ -182,6 +236,17 @@ def test_the_hard_regime_renders_after_the_mixed_tables() -> None:
             "difference": 2.0,
             "difference_ci": [0.0, 4.0],
         },
+        "module_answers": {
+            "visual_self_check": {
+                "all": {
+                    "runs": 8,
+                    "module_right": 3,
+                    "leader_right": 6,
+                    "final_right": 5,
+                    "criticised_right": None,
+                }
+            }
+        },
     }
     del data["ablations"]
     text = render_markdown(Results.from_json(data))
@@ -191,6 +256,7 @@ def test_the_hard_regime_renders_after_the_mixed_tables() -> None:
     assert "| catts_paper-no_self_reflection | 60.0 [40.0, 80.0] | 100 | 1.00 | 2.5 [0.5, 4.5] |" in hard
     assert "| catts_paper | 60.0 [40.0, 80.0] | 100 | 1.00 |  |" in hard
     assert "Step repair in the adaptive policy" in hard and "Self-reflection" in hard
+    assert "| visual self-check (its winner) | all | 8 | 37.5 (3) |  | 75.0 (6) | 62.5 (5) |" in hard
     assert Results.from_json(json.loads(json.dumps(Results.from_json(data).to_json()))).hard is not None
 
 

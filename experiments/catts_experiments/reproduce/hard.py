@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from catts_experiments.reproduce.plan import Organisms, Plan, cached
+from catts_experiments.reproduce.plan import Organisms, Plan, cached, items_of
 from catts_experiments.reproduce.scaling import (
     ablation_items,
     step_repair_comparison,
@@ -27,12 +27,14 @@ from catts_experiments.reproduce.scaling import (
 from catts_experiments.reproduce.statistics import (
     ablation_effects,
     labelled,
+    module_answers,
     savings,
     slopes,
     summarise_methods,
     versus_majority,
 )
 from catts_experiments.reproduce.steps import step_reflection
+from catts_graph.eval.store import db_path
 
 Timed = Callable[[str, Callable[[], Any]], Any]
 """Runs a named piece of work and adds its seconds to the run's timings (``reproduce``'s ``timed``)."""
@@ -72,6 +74,12 @@ def step_hard(out: Path, plan: Plan, models: Organisms, timed: Timed) -> dict[st
         "versus": versus_majority(rows, hard, sorted({1, hard.ablation_n} & set(hard.ns))),
         "ablations": {method: table[n] for method, table in ablations.items()},
         "ablation_effects": ablation_effects(at_n, hard, full="catts_paper"),
+        "module_answers": module_answers(
+            db_path(folder / "ablations"),
+            items_of("test", hard.test_items, hard),
+            "catts_paper",
+            hard.ablation_n,
+        ),
         "reflection": timed(f"{tag} reflection", lambda: step_reflection(folder, hard, models)),
         "step_repair": timed(
             f"{tag} step repair",

@@ -108,9 +108,44 @@ def hard_section(hard: HardRegime) -> list[str]:
             for name, c in hard.ablations.items()
         ],
     )
+    lines += _module_answers_section(hard)
     lines += _reflection_section(hard)
     lines += _step_repair_section(hard.step_repair, plan)
     return lines
+
+
+_MODULE_LABELS = {"visual_self_check": "visual self-check (its winner)", "self_reflection": "reflection"}
+
+
+def _module_answers_section(hard: HardRegime) -> list[str]:
+    """What the self-check and the reflection answered inside the full method, against the vote."""
+    if not hard.module_answers:
+        return []
+
+    def share(right: int | None, runs: int) -> str:
+        return "" if right is None else f"{100.0 * right / runs:.1f} ({right})" if runs else "n/a"
+
+    rows = [
+        [
+            _MODULE_LABELS.get(module, module),
+            kind,
+            str(c.runs),
+            share(c.module_right, c.runs),
+            share(c.criticised_right, c.runs),
+            share(c.leader_right, c.runs),
+            share(c.final_right, c.runs),
+        ]
+        for module, by_kind in hard.module_answers.items()
+        for kind, c in by_kind.items()
+    ]
+    return [
+        f"### What the modules answer inside the full method (catts_paper, expert organism, "
+        f"N={hard.plan.ablation_n}): % right (items) where each gave an answer",
+        *_md(
+            ["module", "kind", "runs", "its answer", "criticised sample", "vote leader", "final answer"],
+            rows,
+        ),
+    ]
 
 
 def _models_section(results: Results) -> list[str]:

@@ -33,6 +33,7 @@ __all__ = [
     "CostCell",
     "DropRatio",
     "KindSummary",
+    "ModuleAnswers",
     "MMBoundaryProbe",
     "MMBoundaryResults",
     "Number",
@@ -277,6 +278,20 @@ class ReflectionSummary(_Json):
 
 
 @dataclass(frozen=True)
+class ModuleAnswers(_Json):
+    """One module's own answers inside the full method's runs, on one question kind (counts of items):
+    :func:`~catts_experiments.reproduce.statistics.module_answers`."""
+
+    runs: int
+    module_right: int
+    leader_right: int
+    """The weighted vote's leader, on the same items."""
+    final_right: int
+    criticised_right: int | None = None
+    """The criticised sample's answer (the reflection only)."""
+
+
+@dataclass(frozen=True)
 class StepFloorCell(_Json):
     """The adaptive policy with one step floor (None: off), on validation."""
 
@@ -409,6 +424,9 @@ class HardRegime(_Json):
     """Per ablation: the full method's accuracy minus the ablated one's (what the module or boost adds)."""
     reflection: ReflectionSummary
     step_repair: StepRepair
+    module_answers: dict[str, dict[str, ModuleAnswers]] | None = None
+    """``{module: {kind: counts}}``: what the self-check and the reflection answered in the full
+    method's ablation runs (runs before it was measured: None)."""
 
 
 @dataclass(frozen=True)

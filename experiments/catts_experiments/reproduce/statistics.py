@@ -335,6 +335,62 @@ def ablation_effects(per_item: dict[str, dict[str, list[float]]], plan: Plan, fu
     return effects
 
 
+MODULE_ANSWERS: tuple[str, ...] = ("visual_self_check", "self_reflection")
+"""The modules whose own answer a CA-TTS trace records (the self-check's winner, the reflected answer)."""
+
+
+def module_answers(store_path: Path, items: Sequence[Any], method: str, n: int) -> dict[str, Any]:
+    """What the self-check and the reflection answered inside ``method``'s runs at ``n`` (from their
+    traces), per question kind and ``all``: how often each ran with an answer (``runs``), and on
+    those items how often its answer, the weighted vote's leader, the final answer and (reflection)
+    the criticised sample's answer are right. A module whose answer is right less often than the
+    vote's leader can only pull the final answer down with its boost.
+
+    ``{module: {kind: {"runs", "module_right", "leader_right", "final_right", "criticised_right"}}}``
+    (``criticised_right`` None for the self-check)."""
+    from catts_graph.task import is_correct
+
+    counts: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in MODULE_ANSWERS}
+    with read_store(store_path) as store:
+        rows = {r["item_id"]: r for r in store.results(method) if int(r["n"]) == n}
+    for item in items:
+        trace = rows[item.id]["trace"] or []
+        inputs = {entry["module"]: entry.get("inputs") or {} for entry in trace}
+        votes = inputs.get("self_consistency", {}).get("votes") or {}
+        leader = max(votes, key=votes.get) if votes else None
+        final = inputs.get("aggregate", {})
+        answers = {
+            "visual_self_check": (final.get("self_check_winner"), None),
+            "self_reflection": (final.get("reflected"), inputs.get("critic", {}).get("sample_answer")),
+        }
+        for module, (answer, criticised) in answers.items():
+            if answer is None:
+                continue
+            for kind in (item.category, "all"):
+                cell = counts[module].setdefault(
+                    kind,
+                    {
+                        "runs": 0,
+                        "module_right": 0,
+                        "leader_right": 0,
+                        "final_right": 0,
+                        "criticised_right": None,
+                    },
+                )
+                cell["runs"] += 1
+                cell["module_right"] += int(is_correct(item, answer))
+                cell["leader_right"] += int(is_correct(item, leader))
+                cell["final_right"] += int(bool(rows[item.id]["correct"]))
+                if module == "self_reflection":
+                    cell["criticised_right"] = (cell["criticised_right"] or 0) + int(
+                        is_correct(item, criticised)
+                    )
+    return {
+        m: dict(sorted(by_kind.items(), key=lambda kv: (kv[0] == "all", kv[0])))
+        for m, by_kind in counts.items()
+    }
+
+
 def drop_ratios(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per perturbation and level above 0: the confidence drop before and after CDRL and their ratio
     (the paper's 4.3x for noise and 4.7x for occlusion), in ``exp(-NMLP)`` and NMLP units. A ratio

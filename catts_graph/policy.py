@@ -15,6 +15,8 @@ from catts_graph.config import MODULES, STEP_REPAIR, CATTSConfig
 from catts_graph.scoring import Tally
 
 MORE_SAMPLES = "more_samples"
+ONE_SAMPLE = "one_sample"
+"""The plan source of :func:`one_sample`'s one-step plan (the reflection alone at one sample)."""
 PLAN_STEPS = (MORE_SAMPLES, *MODULES, STEP_REPAIR)
 """What the Planner expert may choose from (``expert`` policy); ``paper`` plans take MODULES."""
 DEFAULT_ORDER = list(MODULES)
@@ -72,16 +74,36 @@ def wave_size(drawn: int, config: CATTSConfig) -> int:
 
 
 def one_sample(situation: Situation, config: CATTSConfig) -> Decision | None:
-    """``skip_modules_at_one_sample``: aggregate at once when one sample was drawn and no more will
-    be (the ``paper`` policy draws exactly ``n_samples``; the others stop when the budget is spent).
+    """``skip_modules_at_one_sample``: with one sample drawn and no more to come (the ``paper``
+    policy draws exactly ``n_samples``; the others stop when the budget is spent) there is nothing
+    to vote on, so no vote-fusing module runs and no Planner is asked.
 
-    With one sample there is nothing to vote on, and at the default taus no module can change the
-    answer: its candidate holds the whole vote (1), a new answer at most tau2 + tau3 = 1, and ties
-    go to the higher vote. None when the option is off or more samples can come.
+    At the default taus no boost among the votes can change the answer: its candidate holds the
+    whole vote (1), a new answer gets at most tau2 + tau3 = 1, and ties go to the higher vote.
+    Aggregate at once, except under ``reflection_boost='override'``, where the Critic's ``incorrect`` verdict
+    on that sample hands the lead to the reflection: then the Critic (and the reflection) alone
+    runs, when a critic expert exists and the module is enabled. None when the option is off or more
+    samples can come.
     """
     more = config.policy != "paper" and wave_size(situation.drawn, config) > 0
     if not config.skip_modules_at_one_sample or situation.drawn != 1 or more:
         return None
+    reflect = (
+        config.reflection_boost == "override"
+        and situation.has_critic
+        and situation.tally.voters > 0
+        and "self_reflection" not in situation.disabled
+        and "self_reflection" not in situation.done
+    )
+    if reflect:
+        return Decision(
+            ENTRY_NODE["self_reflection"],
+            "one sample and no more to come: nothing to vote on; only the Critic's verdict can "
+            "change the answer (reflection_boost='override'), so only self_reflection runs "
+            "(skip_modules_at_one_sample)",
+            situation.numbers(),
+            pending=[],
+        )
     return Decision(
         "aggregate",
         "one sample and no more to come: nothing to vote on, so no module runs and no expert is "

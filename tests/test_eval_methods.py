@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from catts_graph import CATTSConfig, build_graph
+from catts_graph.config import PAPER_REFLECTION
 from catts_graph.eval import methods as M
 from catts_graph.models.base import Sample, SamplingParams
 from catts_graph.models.replay import ReplayVLM
@@ -369,7 +370,7 @@ def test_module_ablation_without_a_planner_uses_the_default_order(item_input):
 def test_boost_ablation_sets_its_tau_to_zero_and_still_runs_the_module(item_input, scripted_chat):
     # V(A) = 2 * 1/0.1 ... samples A (0.1), B (0.2), A (0.3): weights 10, 5, 3.33 -> V(A) = 13.33, V(B) = 5.
     vlm = prefix_model("ABA", reflection=boxed("B", 0.05))
-    config = CATTSConfig(max_new_tokens=64, tau1=0.5, tau2=1.0, tau3=0.5)
+    config = CATTSConfig(max_new_tokens=64, tau1=0.5, tau2=1.0, tau3=0.5, **PAPER_REFLECTION)
     pool = M.draw_pool(vlm, item_input, n=3, config=config, seed=0, greedy=False)
 
     def run(method: str) -> M.MethodResult:

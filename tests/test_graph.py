@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from catts_graph import CATTSConfig, build_graph
+from catts_graph.config import PAPER_REFLECTION
 from catts_graph.testing import Reply, ScriptCall, ScriptedExpert, ScriptedVLM
 
 
@@ -70,7 +71,7 @@ def test_full_adaptive_run_matches_hand_computed_scores(image_path, scripted_cha
         critic=json.dumps({"critique": "Step 1 misreads the chart.", "verdict": "incorrect"}),
         latency=0.2,
     )
-    config = CATTSConfig(n_samples=4, max_samples=4)
+    config = CATTSConfig(n_samples=4, max_samples=4, **PAPER_REFLECTION)  # the paper's boost, by hand
     result = build_graph(vlm, expert=expert, config=config).invoke(
         {"image": image_path, "question": "Which?"}
     )
@@ -170,7 +171,7 @@ def test_paper_policy_follows_the_planner_order(image_path, scripted_chat):
         voter=json.dumps({"probabilities": [0.6, 0.4]}),
         critic=json.dumps({"critique": "Looks right.", "verdict": "correct"}),
     )
-    config = CATTSConfig(policy="paper", n_samples=3, max_samples=3)
+    config = CATTSConfig(policy="paper", n_samples=3, max_samples=3, **PAPER_REFLECTION)
     result = build_graph(vlm, expert=expert, config=config).invoke({"image": image_path, "question": "Q"})
     ran = [
         m
@@ -313,7 +314,9 @@ def test_disabled_modules_are_skipped_in_each_policy(image_path, scripted_chat):
         ),
         critic=json.dumps({"critique": "Check again.", "verdict": "unsure"}),
     )
-    config = CATTSConfig(policy="paper", n_samples=2, max_samples=2, disabled_modules=("self_consistency",))
+    config = CATTSConfig(
+        policy="paper", n_samples=2, max_samples=2, disabled_modules=("self_consistency",), **PAPER_REFLECTION
+    )
     result = build_graph(vlm, expert=expert, config=config).invoke({"image": image_path, "question": "Q"})
     assert "self_consistency" not in modules(result) and "voter" not in modules(result)
     assert "skipped self_consistency (disabled)" in entries(result, "planner")[1]["reason"]

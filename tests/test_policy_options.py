@@ -4,6 +4,7 @@ measurement's arithmetic."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -73,8 +74,7 @@ def test_the_verdict_changes_the_reflected_answers_score_by_exactly_the_boost(ta
 
 
 def test_the_papers_rule_boosts_whatever_the_verdict() -> None:
-    config = CATTSConfig()
-    assert config.reflection_boost == "always"
+    config = CATTSConfig(reflection_boost="always")
     scores = {v: scoring.final_scores(reflected_state(v), config) for v in ("correct", "incorrect", "unsure")}
     assert scores["correct"] == scores["incorrect"] == scores["unsure"]
     assert scores["correct"]["C"] == pytest.approx(1 / 9 + 0.5)
@@ -263,6 +263,7 @@ def test_one_sample_calls_no_expert_with_the_option(image_path, scripted_chat, p
             n_samples=1,
             max_samples=1,
             skip_modules_at_one_sample=skip,  # type: ignore[arg-type]
+            reflection_boost="always",  # the paper's boost: no module can move a lone sample's answer
         )
         result = build_graph(model, expert=expert, config=config).invoke(
             {"image": image_path, "question": "Which?"}
@@ -279,6 +280,39 @@ def test_one_sample_calls_no_expert_with_the_option(image_path, scripted_chat, p
     assert skipped["answer"] == ran["answer"] == "B"
     assert [e["module"] for e in skipped["trace"]] == ["prepare", "base_model", "planner", "aggregate"]
     assert "skip_modules_at_one_sample" in entries(skipped, "planner")[0]["reason"]
+
+
+@pytest.mark.parametrize("policy_name", ["paper", "adaptive"])
+@pytest.mark.parametrize("verdict", ["incorrect", "correct"])
+def test_under_the_override_one_sample_runs_the_critic_alone(
+    image_path, scripted_chat, policy_name: str, verdict: str
+) -> None:
+    model = scripted_model([boxed("B", 2.0)], boxed("A", 0.1))
+    expert = scripted_chat(
+        planner=json.dumps({"modules": ["self_consistency", "self_reflection", "visual_self_check"]}),
+        voter=json.dumps({"probabilities": [1.0]}),
+        critic=json.dumps({"critique": "It is A.", "verdict": verdict}),
+    )
+    config = CATTSConfig(policy=policy_name, n_samples=1, max_samples=1)  # the defaults: override, leader
+    result = build_graph(model, expert=expert, config=config).invoke(
+        {"image": image_path, "question": "Which?"}
+    )
+    assert expert.roles_called() == ["critic"]  # no Planner, no Voter
+    assert len(model.calls) == 2  # the sample and the reflection; no self-check scoring
+    modules = [e["module"] for e in result["trace"]]
+    assert modules == [
+        "prepare",
+        "base_model",
+        "planner",
+        "critic",
+        "self_reflection",
+        "planner",
+        "aggregate",
+    ]
+    assert "only self_reflection runs" in entries(result, "planner")[0]["reason"]
+    # The verdict on the lone (leading) sample decides: S(A) = S(B) + tau2 after 'incorrect'.
+    assert result["answer"] == ("A" if verdict == "incorrect" else "B")
+    assert result["scores"]["B"] == pytest.approx(1.0)
 
 
 def situation(drawn: int) -> policy.Situation:
@@ -298,7 +332,11 @@ def test_one_sample_only_when_no_more_samples_can_come() -> None:
     on = CATTSConfig(skip_modules_at_one_sample=True, n_samples=1)
     assert policy.one_sample(situation(1), on.replace(policy="paper")) is not None  # paper draws N only
     assert policy.one_sample(situation(1), on) is None  # adaptive: the budget allows another wave
-    assert policy.one_sample(situation(1), on.replace(max_samples=1)).route == "aggregate"  # type: ignore[union-attr]
+    assert policy.one_sample(situation(1), on.replace(max_samples=1)).route == "critic"  # type: ignore[union-attr]
+    paper_boost = on.replace(max_samples=1, reflection_boost="always")
+    assert policy.one_sample(situation(1), paper_boost).route == "aggregate"  # type: ignore[union-attr]
+    no_critic = dataclasses.replace(situation(1), has_critic=False)
+    assert policy.one_sample(no_critic, on.replace(max_samples=1)).route == "aggregate"  # type: ignore[union-attr]
     assert policy.one_sample(situation(2), on.replace(policy="paper", n_samples=2)) is None
     off = CATTSConfig(policy="paper", n_samples=1, skip_modules_at_one_sample=False)
     assert policy.one_sample(situation(1), off) is None
@@ -308,15 +346,22 @@ def test_one_sample_only_when_no_more_samples_can_come() -> None:
 
 
 def test_the_fields_default_to_what_validation_chose_and_reject_other_values() -> None:
-    # The paper's rules, but for skip_modules_at_one_sample (docs/organism/policy-options.md).
+    # The options validation adopted (docs/organism/policy-options.md): the override of the leader
+    # (two fields) and no modules at one sample; the single-field options kept the paper's rules.
     config = CATTSConfig()
     assert (config.reflection_boost, config.critic_target, config.skip_modules_at_one_sample) == (
-        "always",
-        "least_confident",
+        "override",
+        "leader",
         True,
     )
     chosen = json.loads((ROOT / "docs" / "organism" / "policy-options.json").read_text())["chosen"]
-    assert {name: cell["default"] for name, cell in chosen.items()} == {
+    defaults = {
+        name: cell["default"] for name, cell in chosen.items() if not isinstance(cell["default"], dict)
+    }
+    for cell in chosen.values():  # an adopted option of several fields sets each of them
+        if isinstance(cell["default"], dict) and cell["adopted"]:
+            defaults.update(cell["default"])
+    assert defaults == {
         "reflection_boost": config.reflection_boost,
         "critic_target": config.critic_target,
         "skip_modules_at_one_sample": config.skip_modules_at_one_sample,

@@ -17,6 +17,7 @@ import pytest
 
 from catts_graph import CATTSConfig, ConfigError, build_graph
 from catts_graph import policy as P
+from catts_graph.config import PAPER_REFLECTION
 from catts_graph.models.base import Sample
 from catts_graph.samples import StepAssessor, describe_repair, describe_sample
 from catts_graph.scoring import tally
@@ -226,6 +227,7 @@ def critic_run(image_path, scripted_chat, signal: str, reply: Reply = CRITICISED
         max_samples=2,
         critic_step_signal=signal,
         disabled_modules=("visual_self_check",),
+        **PAPER_REFLECTION,  # the least confident sample is criticised
     )
     graph = build_graph(
         ScriptedVLM(script), expert={"critic": expert}, config=config, step_calibrator=CRITIC_CALIBRATOR

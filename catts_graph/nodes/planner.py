@@ -55,13 +55,15 @@ def make_planner(deps: Deps) -> RunnableLambda:
             pending = state.get("pending")
             # Decided before the first plan, so that the Planner expert is not asked either.
             decision = None if state.get("done") else policy.one_sample(now, config)
+            if decision is not None and decision.route != "aggregate":
+                plan_source = policy.ONE_SAMPLE  # a one-step plan: aggregate once it has run
             if decision is None and config.policy != "adaptive" and plan_source is None:
                 pending, plan_source, entry, usage = yield from _first_plan(
                     state, config, deps, tally, now.drawn
                 )
                 update["usage"] = usage
                 entries.append(entry)
-            if decision is None and plan_source in ("expert", "default"):
+            if decision is None and plan_source in ("expert", "default", policy.ONE_SAMPLE):
                 decision = policy.follow_plan(now, pending or [], config, source=plan_source)
             elif decision is None:
                 decision = policy.adaptive(now, config)

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from catts_graph.config import PAPER_REFLECTION
 from catts_graph.formatting import markdown_table, number, with_interval
 
 __all__ = [
@@ -68,11 +69,7 @@ class Arm:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
-PAPER_RULES: dict[str, Any] = {
-    "reflection_boost": "always",
-    "critic_target": "least_confident",
-    "skip_modules_at_one_sample": False,
-}
+PAPER_RULES: dict[str, Any] = {**PAPER_REFLECTION, "skip_modules_at_one_sample": False}
 """The paper's rule for each option, set explicitly: the baseline stays the paper's whatever the
 library's defaults become."""
 

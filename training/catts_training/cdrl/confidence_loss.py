@@ -53,6 +53,7 @@ __all__ = [
     "brier_term",
     "clean_entropy_term",
     "clean_kl_term",
+    "clean_rows_term",
     "confidence_terms",
     "noised_entropy_term",
     "noised_nmlp_term",
@@ -139,15 +140,20 @@ def noised_nmlp_term(row_logprob: Any, noised: Any, target: float) -> Any:
     return (gap * noised.to(gap.dtype)).sum() / max(int(row_logprob.numel()), 1)
 
 
-def clean_entropy_term(row_entropy: Any, noised: Any) -> Any:
-    """``sum over original rows of H_row / rows``.
+def clean_rows_term(row_values: Any, noised: Any) -> Any:
+    """``sum over original rows of value_row / rows``: the penalty on original rows.
 
     >>> import torch
-    >>> clean_entropy_term(torch.tensor([0.1, 0.9, 0.2, 0.0]), torch.tensor([True, True, False, False]))
+    >>> clean_rows_term(torch.tensor([0.1, 0.9, 0.2, 0.0]), torch.tensor([True, True, False, False]))
     tensor(0.0500)
     """
-    clean = (~noised.bool()).to(row_entropy.dtype)
-    return (row_entropy * clean).sum() / max(int(row_entropy.numel()), 1)
+    clean = (~noised.bool()).to(row_values.dtype)
+    return (row_values * clean).sum() / max(int(row_values.numel()), 1)
+
+
+def clean_entropy_term(row_entropy: Any, noised: Any) -> Any:
+    """``sum over original rows of H_row / rows`` (:func:`clean_rows_term` of the entropies)."""
+    return clean_rows_term(row_entropy, noised)
 
 
 def brier_term(row_logprob: Any, correct: Any) -> Any:
@@ -163,14 +169,9 @@ def brier_term(row_logprob: Any, correct: Any) -> Any:
 
 
 def clean_kl_term(row_kl: Any, noised: Any) -> Any:
-    """``sum over original rows of KL_row / rows``, ``KL_row`` the row's mean per-token KL estimate.
-
-    >>> import torch
-    >>> clean_kl_term(torch.tensor([0.4, 0.2, 0.9, 0.0]), torch.tensor([False, False, True, True]))
-    tensor(0.1500)
-    """
-    clean = (~noised.bool()).to(row_kl.dtype)
-    return (row_kl * clean).sum() / max(int(row_kl.numel()), 1)
+    """``sum over original rows of KL_row / rows``, ``KL_row`` the row's mean per-token KL estimate
+    (:func:`clean_rows_term` of the KLs)."""
+    return clean_rows_term(row_kl, noised)
 
 
 def token_kl(logprobs: Any, ref_logprobs: Any) -> Any:

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from catts_experiments.policy_options import ARMS, OPTIONS, choose, paired, render_markdown, summarise
+from catts_experiments.policy_options import (
+    ARMS,
+    OPTIONS,
+    choose,
+    paired,
+    render_markdown,
+    summarise,
+)
 from catts_graph import CATTSConfig, build_graph, policy, scoring
 from catts_graph.config import ConfigError
 from catts_graph.experts import critique_verdict, parse_critique
@@ -479,3 +486,15 @@ def test_the_measurement_runs_on_the_organisms_paired_and_resumes(tmp_path) -> N
     again = policy_options(validation=2, test=1, n_boot=20, run_dir=tmp_path, log=lambda line: None, **models)
     assert again == first
     assert first["validation"]["items"] == 2 and first["test"]["items"] == 1
+
+
+def test_the_committed_tables_render_from_their_json_byte_for_byte() -> None:
+    """docs/organism/policy-options.md is what the renderer writes from the stored JSON (whatever
+    order the JSON keeps its keys in), with the command that regenerates both."""
+    docs = ROOT / "docs" / "organism"
+    result = json.loads((docs / "policy-options.json").read_text())
+    text = (docs / "policy-options.md").read_text()
+    command = "catts measure policy-options --validation 600 --test 1200 --threads 1 --out docs/organism/policy-options"
+    assert f"```bash\n{command}\n```" in text
+    assert render_markdown(result, command) == text
+    assert set(result["chosen"]) == set(OPTIONS)

@@ -101,6 +101,12 @@ PAPER_VALUES: dict[str, Any] = {
 """Each option's value in the paper's rules (an option of several fields: a value per field)."""
 
 
+REFERENCES: tuple[str, ...] = (f"majority@N={POOL_N}", "first sample", f"mean of the {POOL_N} samples")
+"""The references each item's pool gives, in the tables' order."""
+VERDICTS: tuple[str, ...] = ("correct", "incorrect", "unsure", "none")
+"""The Critic's verdicts, in the tables' order (``none``: no critique)."""
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
 
@@ -252,16 +258,18 @@ def summarise(rows: Sequence[Mapping[str, Any]], n_boot: int = 1000) -> dict[str
             "answers_changed": changed,
             **paired(ours, theirs, n_boot),
         }
-    references = {
-        f"majority@N={POOL_N}": _accuracy([float(row["majority"]) for row in rows], n_boot),
-        "first sample": _accuracy([float(row["first_sample"]) for row in rows], n_boot),
-        "mean of the 8 samples": _accuracy([row["sample_mean"] for row in rows], n_boot),
+    values = {
+        REFERENCES[0]: [float(row["majority"]) for row in rows],
+        REFERENCES[1]: [float(row["first_sample"]) for row in rows],
+        REFERENCES[2]: [row["sample_mean"] for row in rows],
     }
+    references = {name: _accuracy(v, n_boot) for name, v in values.items()}
     paper = [row["arms"]["paper"] for row in rows]
     verdicts = {}
-    for verdict in ("correct", "incorrect", "unsure", None):
+    for name in VERDICTS:
+        verdict = None if name == "none" else name
         cells = [c for c in paper if c["verdict"] == verdict]
-        verdicts["none" if verdict is None else verdict] = {
+        verdicts[name] = {
             "items": len(cells),
             "answer_right": sum(c["correct"] for c in cells),
         }
@@ -300,6 +308,21 @@ def choose(validation: Mapping[str, Any]) -> dict[str, Any]:
             "why": why,
         }
     return chosen
+
+
+def library_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
+    """The field values :func:`choose`'s choices make: each single-field option's default, then every
+    adopted option of several fields applied over them (``reflection_override`` sets two fields).
+
+    >>> library_defaults({"critic_target": {"default": "least_confident", "adopted": False},
+    ...                   "reflection_override": {"default": {"critic_target": "leader"}, "adopted": True}})
+    {'critic_target': 'leader'}
+    """
+    values = {name: cell["default"] for name, cell in chosen.items() if not isinstance(cell["default"], dict)}
+    for cell in chosen.values():
+        if isinstance(cell["default"], dict) and cell["adopted"]:
+            values.update(cell["default"])
+    return values
 
 
 def policy_options(
@@ -373,7 +396,8 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
         summary = result[split]
         lines += [f"## {split.capitalize()} ({summary['items']} items)", ""]
         rows = []
-        for name, cell in summary["arms"].items():
+        for name in ARMS:  # the declared order, whatever order the JSON kept
+            cell = summary["arms"][name]
             rows.append(
                 [
                     _ARM_LABELS[name],
@@ -388,7 +412,8 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
             "",
         ]
         rows = []
-        for cell in summary["options"].values():
+        for option in OPTIONS:
+            cell = summary["options"][option]
             rows.append(
                 [
                     f"{_ARM_LABELS[cell['arm']]} (N = {summary['arms'][cell['arm']]['n']})",
@@ -404,22 +429,34 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
             ),
             "",
         ]
-        refs = [[name, points(cell)] for name, cell in summary["references"].items()]
+        refs = [[name, points(summary["references"][name])] for name in REFERENCES]
         lines += [markdown_table(["reference (same samples)", "accuracy"], refs), ""]
         verdicts = summary["critic_verdicts"]
         lines += [
             "The Critic's verdicts in the paper arm (N = 8; the paper arm's final answer right / items): "
-            + ", ".join(f"{v} {c['answer_right']}/{c['items']}" for v, c in verdicts.items() if c["items"])
+            + ", ".join(
+                f"{v} {verdicts[v]['answer_right']}/{verdicts[v]['items']}"
+                for v in VERDICTS
+                if verdicts[v]["items"]
+            )
             + ". The leader's sample is the least confident one on "
             + f"{summary['same_criticised_sample']} items.",
             "",
         ]
     lines += ["## Defaults (chosen on validation)", ""]
-    rows = [
-        [option, repr(cell["default"]), "option" if cell["adopted"] else "paper's rule", cell["why"]]
-        for option, cell in result["chosen"].items()
-    ]
+    rows = []
+    for option in OPTIONS:
+        cell = result["chosen"][option]
+        default = cell["default"]
+        shown = (
+            ", ".join(f"{k}={v!r}" for k, v in sorted(default.items()))
+            if isinstance(default, dict)
+            else repr(default)
+        )
+        rows.append([option, shown, "option" if cell["adopted"] else "paper's rule", cell["why"]])
     lines += [markdown_table(["field", "default", "from", "validation"], rows), ""]
+    defaults = ", ".join(f"`{name}={value!r}`" for name, value in library_defaults(result["chosen"]).items())
+    lines += [f"The library's defaults, every adopted option applied: {defaults}.", ""]
     return "\n".join(lines)
 
 

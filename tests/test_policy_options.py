@@ -494,7 +494,8 @@ def test_the_committed_tables_render_from_their_json_byte_for_byte() -> None:
     docs = ROOT / "docs" / "organism"
     result = json.loads((docs / "policy-options.json").read_text())
     text = (docs / "policy-options.md").read_text()
-    command = "catts measure policy-options --validation 600 --test 1200 --threads 1 --out docs/organism/policy-options"
+    command = "catts measure policy-options --validation 600 --test 1200 --threads 1"
+    command += " --out docs/organism/policy-options"
     assert f"```bash\n{command}\n```" in text
     assert render_markdown(result, command) == text
     assert set(result["chosen"]) == set(OPTIONS)

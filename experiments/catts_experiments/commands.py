@@ -351,8 +351,8 @@ def add_reproduce(parser: argparse.ArgumentParser) -> None:
         type=int,
         choices=(1, 2),
         default=2,
-        help="2 (default): the training chain (CDRL, its probes, MMBoundary) in a second process beside "
-        "the CA-TTS steps, one thread each; 1: every step in this process, on two threads",
+        help="2 (default): the training chain (CDRL, the probe after it, MMBoundary) in a second "
+        "process beside the CA-TTS steps, one thread each; 1: every step in this process, on two threads",
     )
     parser.set_defaults(func=_reproduce)
 

@@ -213,6 +213,7 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     results = reproduce(out, Plan.quick(), workers=2, log=lines.append)
     worker = json.loads((out / "timings-worker.json").read_text())
     assert list(worker) == list(TRAINING_STEPS) and all(seconds > 0 for seconds in worker.values())
+    assert "Warning" not in (out / "worker.log").read_text()  # the worker's module runs once, quietly
     assert not set(TRAINING_STEPS) & {
         k for k, v in json.loads((out / "timings.json").read_text()).items() if v > 5
     }

@@ -6,7 +6,7 @@ The steps fall into two chains that share nothing until the tables: the training
 probe after it, MMBoundary: :data:`TRAINING_STEPS`) and the CA-TTS chain (the probe before CDRL, the
 organisms, CLIP, the thresholds, the scaling runs, the reflection, the hard regime, the step signals).
 With ``workers=2`` the training chain runs in a process of its own (``python -m
-catts_experiments.reproduce.run OUT``) beside the CA-TTS chain, one thread each, so a 2-core machine
+catts_experiments.reproduce.worker OUT``) beside the CA-TTS chain, one thread each, so a 2-core machine
 runs both at once; each chain keeps its own step timings (``timings.json``, ``timings-worker.json``)
 and the wall time of every invocation is kept in ``wall.json``."""
 
@@ -94,7 +94,7 @@ def start_worker(out: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with (out / "worker.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "catts_experiments.reproduce.run", str(out)],
+            [sys.executable, "-m", "catts_experiments.reproduce.worker", str(out)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -108,8 +108,8 @@ def wait_worker(worker: subprocess.Popen[bytes], out: Path) -> None:
         raise RuntimeError(f"the training chain's worker failed (exit {worker.returncode}):\n{tail}")
 
 
-def _worker(argv: list[str]) -> int:
-    """``python -m catts_experiments.reproduce.run OUT``: the training chain of the run in ``OUT``."""
+def worker_main(argv: list[str]) -> int:
+    """``python -m catts_experiments.reproduce.worker OUT``: the training chain of the run in ``OUT``."""
     import torch
     from pydantic import TypeAdapter
 
@@ -231,7 +231,3 @@ def reproduce(
         f"{typed.wall_seconds / 60:.1f} min of wall time over all runs; results in {out}"
     )
     return typed
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))

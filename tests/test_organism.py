@@ -189,6 +189,8 @@ def test_the_organism_commands_parse_under_their_names_and_their_old_ones() -> N
         args = _parse(*argv, "--quick", "--out", "x", "--level", "4")
         assert (args.quick, args.out, args.level, args.workers) == (True, "x", 4, 2)
     assert _parse("reproduce", "--workers", "1").workers == 1
+    assert (_parse("reproduce").train_cdrl, _parse("reproduce", "--train-cdrl").train_cdrl) == (False, True)
+    assert _parse("measure", "cdrl", "--train-cdrl").train_cdrl
     with pytest.raises(SystemExit):
         _parse("reproduce", "--workers", "3")
 

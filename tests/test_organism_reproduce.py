@@ -587,6 +587,39 @@ def test_the_plan_s_training_configs_are_found_beside_the_training_package(tmp_p
         training_config("training/configs/nope.yaml")
 
 
+def test_the_shipped_cdrl_organism_stands_in_only_for_the_run_that_trains_it(tmp_path: Path) -> None:
+    """The CDRL step places the shipped organism when its record names the plan's CDRL config and the
+    shipped base's weights; any other config, a step override or ``cdrl_shipped=False`` trains."""
+    import dataclasses
+
+    import yaml
+
+    from catts_experiments.reproduce.results import CDRLRun
+    from catts_experiments.reproduce.training import shipped_cdrl, step_cdrl
+    from catts_graph.organism import organism_path
+
+    plan = Plan()
+    shipped = organism_path("base-cdrl")
+    assert shipped_cdrl(plan) == shipped
+    assert shipped_cdrl(dataclasses.replace(plan, cdrl_shipped=False)) is None
+    assert shipped_cdrl(dataclasses.replace(plan, cdrl_steps=240)) is None
+    config = yaml.safe_load(training_config(CDRL_CONFIG).read_text())
+    config["confidence_loss"]["clean_kl"] = 0.5
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(config))
+    assert shipped_cdrl(dataclasses.replace(plan, cdrl_config=str(other))) is None
+
+    summary = step_cdrl(tmp_path / "run", plan)  # placed: no training process runs
+    placed = tmp_path / "run" / "cdrl"
+    for name in ("model.safetensors", "tokenizer.json", "catts.json", "organism.json"):
+        assert (placed / name).read_bytes() == (shipped / name).read_bytes()
+    record = json.loads((shipped / "organism.json").read_text())
+    run = CDRLRun.from_json(summary)
+    assert (run.shipped_from, run.steps, run.output_dir) == ("base-cdrl", 240, str(placed))
+    assert run.reward_means == record["training"]["reward_means"]
+    assert step_cdrl(tmp_path / "run", plan) == summary  # resumed: read back, not placed again
+
+
 DOCS = ROOT / "docs" / "organism"
 
 

@@ -79,6 +79,10 @@ class Plan:
     cdrl_config: str = CDRL_CONFIG
     cdrl_steps: int | None = None
     """Override of the CDRL config's ``grpo.max_steps``."""
+    cdrl_shipped: bool = True
+    """The CDRL step places the shipped CDRL organism when it was trained from ``cdrl_config`` and
+    the shipped base (:func:`catts_experiments.reproduce.training.shipped_cdrl`; training it again
+    writes the same bytes); False trains it (``catts reproduce --train-cdrl``)."""
     mmboundary_config: str = MMBOUNDARY_CONFIG
     mmboundary_data_items: int | None = None
     """Override of the MMBoundary config's training items (``data.limit``)."""

@@ -291,9 +291,14 @@ def cdrl_section(results: CDRLTables) -> list[str]:
             for label, c in (("base", calibration.before), ("base + CDRL", calibration.after))
         ],
     )
+    trained = f"{cdrl.steps} GRPO steps in {cdrl.seconds:.0f} s"
+    if cdrl.shipped_from is not None:
+        trained = (
+            f"the shipped `{cdrl.shipped_from}` organism, trained from this config and the shipped base "
+            f"({trained}; `--train-cdrl` trains it again)"
+        )
     lines.append(
-        f"CDRL: {cdrl.steps} GRPO steps in {cdrl.seconds:.0f} s; mean rewards "
-        + ", ".join(f"{k} {v:.4g}" for k, v in cdrl.reward_means.items())
+        f"CDRL: {trained}; mean rewards " + ", ".join(f"{k} {v:.4g}" for k, v in cdrl.reward_means.items())
     )
     if cdrl.metric_means:
         lines.append("")

@@ -125,6 +125,8 @@ class CDRLRun(_Json):
     metric_means: dict[str, Number] = field(default_factory=dict)
     output_dir: str | None = None
     losses: list[Number] | None = None
+    shipped_from: str | None = None
+    """The shipped organism the step placed instead of training (None: trained in this run)."""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 and the figures (:func:`reproduce`, ``catts reproduce``); and CDRL alone (:func:`cdrl_effect`,
 ``catts measure cdrl``).
 
-The steps fall into two chains that share nothing until the tables: the training chain (CDRL, the
-probe after it, MMBoundary: :data:`TRAINING_STEPS`) and the CA-TTS chain (the probe before CDRL, the
+The steps fall into two chains that share nothing until the tables: the training chain (the probe
+before CDRL, CDRL, the probe after it, MMBoundary: :data:`TRAINING_STEPS`) and the CA-TTS chain (the
 organisms, CLIP, the thresholds, the scaling runs, the reflection, the hard regime, the step signals).
 With ``workers=2`` the training chain runs in a process of its own (``python -m
 catts_experiments.reproduce.worker OUT``) beside the CA-TTS chain, one thread each, so a 2-core machine
@@ -50,9 +50,10 @@ from catts_experiments.reproduce.training import step_cdrl, step_mmboundary
 from catts_graph.formatting import json_ready
 from catts_graph.organism import organism_path
 
-TRAINING_STEPS: tuple[str, ...] = ("cdrl", "probe after CDRL", "mmboundary")
-"""The training chain's steps, in order: the ones a second worker runs (the probe before CDRL reads
-the shipped base only, and runs first in the CA-TTS chain, which is the shorter one)."""
+TRAINING_STEPS: tuple[str, ...] = ("probe before CDRL", "cdrl", "probe after CDRL", "mmboundary")
+"""The training chain's steps, in order: the ones a second worker runs. With the shipped CDRL
+organism placed (``Plan.cdrl_shipped``) the CDRL step is a copy, and the two probes and MMBoundary
+(~51 min) balance the CA-TTS chain (~54 min)."""
 TIMINGS = "timings.json"
 WORKER_TIMINGS = "timings-worker.json"
 WALL = "wall.json"
@@ -82,6 +83,9 @@ class Timer:
 def training_chain(out: Path, plan: Plan, timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
     """The steps of :data:`TRAINING_STEPS` (each resumed from what ``out`` holds), by name."""
     return {
+        "probe before CDRL": timed(
+            "probe before CDRL", lambda: step_probe(out, plan, "base", organism_path("base"))
+        ),
         "cdrl": timed("cdrl", lambda: step_cdrl(out, plan)),
         "probe after CDRL": timed("probe after CDRL", lambda: step_probe(out, plan, "cdrl", out / "cdrl")),
         "mmboundary": timed("mmboundary", lambda: step_mmboundary(out, plan)),
@@ -182,7 +186,6 @@ def reproduce(
         worker = start_worker(out)
     try:
         results: dict[str, Any] = {"plan": dataclasses.asdict(plan)}
-        before = timed("probe before CDRL", lambda: step_probe(out, plan, "base", organism_path("base")))
         results["models"] = timed("models", lambda: step_models(out, plan))
         results["clip"] = timed("clip", lambda: step_clip(out, plan))
         models = Organisms()
@@ -208,7 +211,7 @@ def reproduce(
         if worker is not None:  # this chain failed: stop the other one
             worker.terminate()
             worker.wait()
-    after = chain["probe after CDRL"]
+    before, after = chain["probe before CDRL"], chain["probe after CDRL"]
     results["cdrl"] = chain["cdrl"]
     results["probe"] = {"before": before, "after": after}
     results.update(compare_probes(before, after, out / "probe-base.sqlite", out / "probe-cdrl.sqlite", plan))

@@ -23,12 +23,18 @@ the library, which never imports it."""
 
 
 def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
-    """CDRL on the base organism (skipped when ``<out>/cdrl`` already holds the checkpoint)."""
+    """CDRL on the base organism (skipped when ``<out>/cdrl`` already holds the checkpoint). With
+    ``plan.cdrl_shipped`` and the shipped CDRL organism trained from this plan's config and the
+    shipped base (:func:`shipped_cdrl`), that checkpoint is placed there instead of training it
+    again; its summary then names it (``shipped_from``)."""
     from catts_graph.organism import organism_path
 
     target = out / "cdrl"
     summary = target / "cdrl_summary.json"
-    if not summary.is_file():
+    shipped = None if summary.is_file() else shipped_cdrl(plan)
+    if shipped is not None:
+        place_shipped_cdrl(shipped, target, summary)
+    elif not summary.is_file():
         # Through CDRL's command line, as a user runs it: the library never imports the training
         # package, which sits above it, and the GRPO run gets a process (and memory) of its own.
         command = [
@@ -44,6 +50,50 @@ def step_cdrl(out: Path, plan: Plan) -> dict[str, Any]:
             command += ["--max-steps", str(plan.cdrl_steps)]
         _run_training("cdrl", command, summary)
     return json.loads(summary.read_text())
+
+
+def shipped_cdrl(plan: Plan) -> Path | None:
+    """The shipped CDRL organism's folder when it is what this plan's CDRL step would train, else
+    None: ``plan.cdrl_shipped``, no ``cdrl_steps`` override, and its ``organism.json`` recording the
+    plan's CDRL config (``output_dir`` aside) and the checksum of the shipped base's weights.
+
+    CDRL on the CPU is deterministic: the reproduction of 2026-12-07 trained this config from the
+    shipped base in 25.7 min on one thread and wrote the shipped file byte for byte (SHA-256
+    ``2575180f...``), so training it again tells nothing new; ``catts reproduce --train-cdrl`` does."""
+    import yaml
+
+    from catts_graph.organism import organism_path
+    from catts_graph.organism.checkpoint import CDRL_ORGANISM, weights_checksum
+
+    if not plan.cdrl_shipped or plan.cdrl_steps is not None:
+        return None
+    folder = organism_path(CDRL_ORGANISM)
+    record_path = folder / "organism.json"
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    config = yaml.safe_load(training_config(plan.cdrl_config).read_text())
+    config.pop("output_dir", None)
+    if record.get("cdrl_config") != config:
+        return None
+    if record.get("base_checksum") != weights_checksum(organism_path("base")):
+        return None
+    return folder
+
+
+def place_shipped_cdrl(source: Path, target: Path, summary: Path) -> None:
+    """Copy the shipped CDRL organism into ``target`` and write its training summary (the record's
+    ``training`` section, ``shipped_from`` its name) to ``summary``, last: a copy cut short is
+    copied again."""
+    from catts_experiments.tune import CHECKPOINT_FILES
+
+    record = json.loads((source / "organism.json").read_text())
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (*CHECKPOINT_FILES, "organism.json"):
+        if (source / name).is_file():
+            (target / name).write_bytes((source / name).read_bytes())
+    written = {"output_dir": str(target), **record["training"], "shipped_from": record["name"]}
+    summary.write_text(json.dumps(written, indent=2) + "\n")
 
 
 def training_config(path: str | Path) -> Path:

@@ -449,6 +449,14 @@ def test_the_summary_and_the_choice_follow_the_stated_rule() -> None:
     assert summary["options"]["skip_modules_at_one_sample"]["answers_changed"] == 0
     assert summary["arms"]["skip_modules_at_one_sample"]["expert_calls"] == 0.0
     assert summary["critic_verdicts"]["correct"]["items"] == 20
+    # Against the same samples without the expert: majority (right on every item here) at N = 8,
+    # the first sample (right on the even items, as paper@N=1 is) at N = 1.
+    versus = summary["versus_references"]
+    assert versus["paper"]["reference"] == "majority@N=8"
+    assert versus["paper"]["difference"] == pytest.approx(-75.0) and versus["paper"]["broken"] == 30
+    assert versus["critic_target=leader"]["difference"] == 0.0
+    assert versus["paper@N=1"]["reference"] == "first sample" and versus["paper@N=1"]["difference"] == 0.0
+    assert set(versus) == set(ARMS)
     assert set(OPTIONS) == set(summary["options"])
     chosen = choose(summary)
     assert chosen["critic_target"] == {
@@ -488,14 +496,20 @@ def test_the_measurement_runs_on_the_organisms_paired_and_resumes(tmp_path) -> N
     assert first["validation"]["items"] == 2 and first["test"]["items"] == 1
 
 
-def test_the_committed_tables_render_from_their_json_byte_for_byte() -> None:
-    """docs/organism/policy-options.md is what the renderer writes from the stored JSON (whatever
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("policy-options", "--validation 600 --test 1200"),
+        ("policy-options-seed1", "--validation 200 --test 600 --seed 1"),
+    ],
+)
+def test_the_committed_tables_render_from_their_json_byte_for_byte(name: str, arguments: str) -> None:
+    """docs/organism/policy-options*.md is what the renderer writes from the stored JSON (whatever
     order the JSON keeps its keys in), with the command that regenerates both."""
     docs = ROOT / "docs" / "organism"
-    result = json.loads((docs / "policy-options.json").read_text())
-    text = (docs / "policy-options.md").read_text()
-    command = "catts measure policy-options --validation 600 --test 1200 --threads 1"
-    command += " --out docs/organism/policy-options"
+    result = json.loads((docs / f"{name}.json").read_text())
+    text = (docs / f"{name}.md").read_text()
+    command = f"catts measure policy-options {arguments} --threads 1 --out docs/organism/{name}"
     assert f"```bash\n{command}\n```" in text
     assert render_markdown(result, command) == text
     assert set(result["chosen"]) == set(OPTIONS)

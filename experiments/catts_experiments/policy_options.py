@@ -264,6 +264,17 @@ def summarise(rows: Sequence[Mapping[str, Any]], n_boot: int = 1000) -> dict[str
         REFERENCES[2]: [row["sample_mean"] for row in rows],
     }
     references = {name: _accuracy(v, n_boot) for name, v in values.items()}
+    # Each arm against what the same samples give without the expert: majority voting at N = 8,
+    # the first sample (all that N = 1 sees) at N = 1; paired over the items.
+    versus = {}
+    for name, arm in ARMS.items():
+        reference, key = (REFERENCES[0], "majority") if arm.n == POOL_N else (REFERENCES[1], "first_sample")
+        versus[name] = {
+            "reference": reference,
+            **paired(
+                [bool(row["arms"][name]["correct"]) for row in rows], [bool(row[key]) for row in rows], n_boot
+            ),
+        }
     paper = [row["arms"]["paper"] for row in rows]
     verdicts = {}
     for name in VERDICTS:
@@ -282,6 +293,7 @@ def summarise(rows: Sequence[Mapping[str, Any]], n_boot: int = 1000) -> dict[str
         "arms": arms,
         "options": options,
         "references": references,
+        "versus_references": versus,
         "critic_verdicts": verdicts,
         "same_criticised_sample": leader_is_least,
     }
@@ -318,8 +330,13 @@ def library_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
     ...                   "reflection_override": {"default": {"critic_target": "leader"}, "adopted": True}})
     {'critic_target': 'leader'}
     """
-    values = {name: cell["default"] for name, cell in chosen.items() if not isinstance(cell["default"], dict)}
-    for cell in chosen.values():
+    # In the options' declared order, whatever order ``chosen`` came in (JSON read back sorts it).
+    names = [name for name in OPTIONS if name in chosen] + [name for name in chosen if name not in OPTIONS]
+    values = {
+        name: chosen[name]["default"] for name in names if not isinstance(chosen[name]["default"], dict)
+    }
+    for name in names:
+        cell = chosen[name]
         if isinstance(cell["default"], dict) and cell["adopted"]:
             values.update(cell["default"])
     return values
@@ -431,6 +448,32 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
         ]
         refs = [[name, points(summary["references"][name])] for name in REFERENCES]
         lines += [markdown_table(["reference (same samples)", "accuracy"], refs), ""]
+        if "versus_references" in summary:  # results measured before it was kept lack it
+            rows = []
+            for name in ARMS:
+                cell = summary["versus_references"][name]
+                rows.append(
+                    [
+                        f"{_ARM_LABELS[name]} (N = {summary['arms'][name]['n']})",
+                        cell["reference"],
+                        with_interval(cell["difference"], cell["ci"], 1),
+                        cell["fixed"],
+                        cell["broken"],
+                    ]
+                )
+            lines += [
+                markdown_table(
+                    [
+                        "arm",
+                        "against (same samples)",
+                        "difference (points)",
+                        "items it alone gets",
+                        "items it loses",
+                    ],
+                    rows,
+                ),
+                "",
+            ]
         verdicts = summary["critic_verdicts"]
         lines += [
             "The Critic's verdicts in the paper arm (N = 8; the paper arm's final answer right / items): "
@@ -443,7 +486,13 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
             + f"{summary['same_criticised_sample']} items.",
             "",
         ]
-    lines += ["## Defaults (chosen on validation)", ""]
+    fresh = result["seed"] != 0
+    lines += [
+        "## What this seed's validation would choose (the library's defaults are seed 0's)"
+        if fresh
+        else "## Defaults (chosen on validation)",
+        "",
+    ]
     rows = []
     for option in OPTIONS:
         cell = result["chosen"][option]
@@ -456,7 +505,13 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
         rows.append([option, shown, "option" if cell["adopted"] else "paper's rule", cell["why"]])
     lines += [markdown_table(["field", "default", "from", "validation"], rows), ""]
     defaults = ", ".join(f"`{name}={value!r}`" for name, value in library_defaults(result["chosen"]).items())
-    lines += [f"The library's defaults, every adopted option applied: {defaults}.", ""]
+    lines += [
+        f"Every adopted option applied: {defaults}; the library's defaults come from seed 0's validation "
+        "(`policy-options.md`), this seed is a check on fresh scenes."
+        if fresh
+        else f"The library's defaults, every adopted option applied: {defaults}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -470,6 +470,9 @@ def test_the_summary_and_the_choice_follow_the_stated_rule() -> None:
         "reflection_boost": "always",
         "critic_target": "least_confident",
     }
+    # The tie-break is paired with the override arm, not with the paper's.
+    assert summary["options"]["tau3"]["paper_arm"] == "reflection_override"
+    assert chosen["tau3"] == {"default": 0.5, "adopted": False, "why": chosen["tau3"]["why"]}
     result = {"level": 4, "seed": 0, "pool_n": 8, "n_boot": 200, "validation": summary, "test": summary}
     result["chosen"] = chosen
     text = render_markdown(result, "catts measure policy-options --out x")
@@ -494,6 +497,18 @@ def test_the_measurement_runs_on_the_organisms_paired_and_resumes(tmp_path) -> N
     again = policy_options(validation=2, test=1, n_boot=20, run_dir=tmp_path, log=lambda line: None, **models)
     assert again == first
     assert first["validation"]["items"] == 2 and first["test"]["items"] == 1
+    # Rows of a run from before an arm was added: that arm alone runs, on the same pool (the
+    # pairing check holds), and gives what a run from scratch gave; the item's new line is read back.
+    path = tmp_path / "test.jsonl"
+    (row,) = [json.loads(line) for line in path.read_text().splitlines()]
+    measured = row["arms"].pop("self_check_tiebreak")
+    path.write_text(json.dumps(row, sort_keys=True) + "\n")
+    resumed = policy_options(
+        validation=2, test=1, n_boot=20, run_dir=tmp_path, log=lambda line: None, **models
+    )
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2 and lines[-1]["arms"]["self_check_tiebreak"] == measured
+    assert resumed == first
 
 
 @pytest.mark.parametrize(

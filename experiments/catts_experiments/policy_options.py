@@ -12,7 +12,12 @@ and Critic, on the hard regime (generator level 4):
 - ``reflection_override`` (two fields at once: ``reflection_boost='override'`` with
   ``critic_target='leader'``): the Critic criticises the leader, and after an ``incorrect`` verdict
   a different reflected answer takes the lead instead of getting tau2 among the votes (the rule
-  under which the reflection helps alone: the expert's critique of the answer that would be given).
+  under which the reflection helps alone: the expert's critique of the answer that would be given);
+- ``tau3=0.1``, the visual self-check as a tie-break: its winner's boost below one vote's share at
+  N = 8 (1/8), against the paper's 0.5, which outweighs half the votes (inside the full method its
+  winner is right less often than the vote's leader: docs/organism.md, "What the modules answer").
+  Measured on top of the override of the leader (the library's rule since it was adopted) and paired
+  with that arm, so it answers whether the self-check should weigh less in the graph as it runs now.
 
 Pairing. Each item's 8 samples are drawn once (:func:`~catts_graph.eval.methods.draw_pool`, seeded
 by the item), and every arm replays them through the real graph
@@ -22,8 +27,8 @@ the self-check's scoring, the expert's greedy reading and scoring) is determinis
 option leads them apart. :func:`measure_split` checks it: every N = 8 arm must see the same vote.
 
 Choice (:func:`choose`, on validation only; the test split reports): an accuracy option
-(``reflection_boost``, ``critic_target``, ``reflection_override``) becomes the default when its
-paired difference's 95% interval lies above 0; ``skip_modules_at_one_sample`` when it changes no
+(``reflection_boost``, ``critic_target``, ``reflection_override``, ``tau3``) becomes the default when
+its paired difference's 95% interval lies above 0; ``skip_modules_at_one_sample`` when it changes no
 validation item's answer and calls the expert less. Otherwise the paper's rule stays. Every number
 is deterministic (seeded samples, greedy calls, seeded bootstrap); wall time is printed, never
 written to the tables.
@@ -69,7 +74,12 @@ class Arm:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
-PAPER_RULES: dict[str, Any] = {**PAPER_REFLECTION, "skip_modules_at_one_sample": False}
+SELF_CHECK_TIEBREAK = 0.1
+"""The tie-break boost of the self-check's winner: below one vote's share at N = 8 (1/8)."""
+PAPER_TAU3 = 0.5
+"""The paper's boost of the self-check's winner."""
+
+PAPER_RULES: dict[str, Any] = {**PAPER_REFLECTION, "skip_modules_at_one_sample": False, "tau3": PAPER_TAU3}
 """The paper's rule for each option, set explicitly: the baseline stays the paper's whatever the
 library's defaults become."""
 
@@ -80,19 +90,25 @@ ARMS: dict[str, Arm] = {
     "paper@N=1": Arm(1),
     "skip_modules_at_one_sample": Arm(1, {"skip_modules_at_one_sample": True}),
     "reflection_override": Arm(POOL_N, {"reflection_boost": "override", "critic_target": "leader"}),
+    "self_check_tiebreak": Arm(
+        POOL_N, {"reflection_boost": "override", "critic_target": "leader", "tau3": SELF_CHECK_TIEBREAK}
+    ),
 }
 OPTIONS: dict[str, tuple[str, str]] = {
     "reflection_boost": ("reflection_boost=incorrect", "paper"),
     "critic_target": ("critic_target=leader", "paper"),
     "skip_modules_at_one_sample": ("skip_modules_at_one_sample", "paper@N=1"),
     "reflection_override": ("reflection_override", "paper"),
+    "tau3": ("self_check_tiebreak", "reflection_override"),
 }
-"""Each option: (its arm, the paper arm it is paired with)."""
+"""Each option: (its arm, the arm it is paired with: the paper's rules, or for ``tau3`` the override
+of the leader, the library's rule it is measured on)."""
 OPTION_VALUES: dict[str, Any] = {
     "reflection_boost": "incorrect",
     "critic_target": "leader",
     "skip_modules_at_one_sample": True,
     "reflection_override": ARMS["reflection_override"].changes,
+    "tau3": SELF_CHECK_TIEBREAK,
 }
 PAPER_VALUES: dict[str, Any] = {
     **PAPER_RULES,
@@ -153,9 +169,13 @@ def arm_row(result: Any, item: Any) -> dict[str, Any]:
     }
 
 
-def measure_item(pools: _Pools, item: Any, seed: int) -> dict[str, Any]:
+def measure_item(
+    pools: _Pools, item: Any, seed: int, stored: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Every arm on one item's pool, with the references: majority at N = 8, the pool's first
-    sample (the one N = 1 sees) and the mean accuracy of its samples."""
+    sample (the one N = 1 sees) and the mean accuracy of its samples. With ``stored`` (the item's
+    row from a run before an arm was added), only the arms it lacks run, on the same pool (drawn
+    again from the item's seed), and the pairing check covers the stored arms too."""
     from catts_graph.eval.methods import draw_pool, majority
     from catts_graph.task import is_correct, item_seed
 
@@ -163,10 +183,10 @@ def measure_item(pools: _Pools, item: Any, seed: int) -> dict[str, Any]:
     pool = draw_pool(
         pools.base, graph_input, n=POOL_N, config=pools.config, seed=item_seed(seed, item.id), greedy=False
     )
-    arms = {
-        name: arm_row(pools.graphs[name].run(pool, arm.n, graph_input, policy="paper"), item)
-        for name, arm in ARMS.items()
-    }
+    arms = dict(stored["arms"]) if stored is not None else {}
+    for name, arm in ARMS.items():
+        if name not in arms:
+            arms[name] = arm_row(pools.graphs[name].run(pool, arm.n, graph_input, policy="paper"), item)
     votes = {json.dumps(row["votes"], sort_keys=True) for name, row in arms.items() if ARMS[name].n == POOL_N}
     if len(votes) != 1:
         raise RuntimeError(f"item {item.id}: the N = {POOL_N} arms saw different votes {votes}; not paired")
@@ -202,8 +222,10 @@ def measure_split(
     start = time.perf_counter()
     for k, item in enumerate(load_synthetic(split, limit=items, seed=seed, level=LEVEL)):
         row = done.get(item.id)
-        if row is None:
-            row = measure_item(pools, item, seed)
+        if row is None or set(ARMS) - set(row["arms"]):
+            # A new item, or one measured before an arm was added: its missing arms run (the later
+            # line of an item is the one read back).
+            row = measure_item(pools, item, seed, row)
             if rows_path is not None:
                 with rows_path.open("a") as file:
                     file.write(json.dumps(row, sort_keys=True) + "\n")
@@ -385,6 +407,7 @@ _ARM_LABELS = {
     "paper@N=1": "paper policy",
     "skip_modules_at_one_sample": "skip_modules_at_one_sample=True",
     "reflection_override": "reflection_boost='override', critic_target='leader'",
+    "self_check_tiebreak": f"reflection_boost='override', critic_target='leader', tau3={SELF_CHECK_TIEBREAK}",
 }
 
 
@@ -434,6 +457,7 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
             rows.append(
                 [
                     f"{_ARM_LABELS[cell['arm']]} (N = {summary['arms'][cell['arm']]['n']})",
+                    _ARM_LABELS[cell["paper_arm"]],
                     with_interval(cell["difference"], cell["ci"], 1),
                     cell["fixed"],
                     cell["broken"],
@@ -442,7 +466,15 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
             )
         lines += [
             markdown_table(
-                ["option", "difference (points)", "items fixed", "items broken", "answers changed"], rows
+                [
+                    "option",
+                    "against",
+                    "difference (points)",
+                    "items fixed",
+                    "items broken",
+                    "answers changed",
+                ],
+                rows,
             ),
             "",
         ]

@@ -236,6 +236,10 @@ def test_the_quick_reproduction_runs_every_step_and_resumes(tmp_path: Path) -> N
     hard = results.hard
     assert hard.plan.level == 4 and (out / "level4" / "scaling-expert").is_dir()
     assert set(hard.scaling["expert"]) == set(EXPERT_METHODS)
+    # On the hard level the base is not its own expert (Plan.hard_self_expert): the pool's offline
+    # methods only, in their own store.
+    assert set(hard.scaling["self"]) == set(SCALING_METHODS) - set(EXPERT_METHODS)
+    assert (out / "level4" / "scaling-pool").is_dir() and not (out / "level4" / "scaling-self").exists()
     assert len(hard.ablations) == 7 and len(hard.ablation_effects) == 6
     assert {(v.method, v.n) for v in hard.versus} >= {("catts_paper (expert organism)", 1)}
     assert hard.reflection.items == 3

@@ -477,6 +477,34 @@ def test_score_answers_equals_the_uncut_score_and_an_uncached_forward(
         tiny_vlm.score_answers([tiny_image], PROMPT, ["ab", "cd"], [(0, 1)])
 
 
+def test_score_answers_runs_the_output_layer_once_per_distinct_context(
+    tiny_vlm: TransformersVLM, tiny_image: Image.Image
+) -> None:
+    """Every candidate written into a frame is predicted from the frame's text: that position's
+    logits are computed once, not once per candidate; every other needed position once per
+    distinct token prefix."""
+    frames = ["The square is red. \\boxed{", "I see \\boxed{"]
+    answers = ["red", "12", "B"]
+    texts = [frame + answer + "}" for answer in answers for frame in frames]
+    spans = [(len(frame), len(frame) + len(answer)) for answer in answers for frame in frames]
+    rows: list[int] = []
+    head = tiny_vlm.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    try:
+        fast = tiny_vlm.score_answers([tiny_image], PROMPT, texts, spans)
+    finally:
+        handle.remove()
+    whole = tiny_vlm.score([tiny_image], PROMPT, texts)
+    runs = [answer_tokens(scored.tokens or [], *span) for scored, span in zip(whole, spans, strict=True)]
+    # The contexts by their whole token prefix (the first token of a continuation is predicted by
+    # the prompt's last position, which the prefill computes).
+    distinct = {tuple(s.token_ids[:t]) for s, run in zip(whole, runs, strict=True) for t in run if t > 0}
+    needed = sum(1 for run in runs for t in run if t > 0)
+    assert rows[-1] == len(distinct) < needed
+    for value, scored, span in zip(fast, whole, spans, strict=True):
+        assert value == pytest.approx(answer_logprob(scored.tokens or [], scored.logprobs, *span), abs=1e-5)
+
+
 class ScoreOnly:
     """A backend with ``score`` alone (a server, a wrapper): the self-check scores through it."""
 

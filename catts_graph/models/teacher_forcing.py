@@ -148,7 +148,7 @@ def answer_logprobs(
     3. the tails run through the decoder as one batch over their keys' cache rows, with an attention
        mask that hides each key's padding and each position given as it would be without it
        (Qwen2-VL's multimodal rope offsets added); the output layer runs at the needed positions
-       only (with a large vocabulary it is most of a short pass's cost).
+       only, once per distinct context (with a large vocabulary it is most of a short pass's cost).
 
     Needed token 0 takes its log-prob from the prefill's last position, as in
     :func:`teacher_forced_statistics`; the others from the tail position before them.
@@ -210,7 +210,19 @@ def answer_logprobs(
             use_cache=True,
             **cache_kwargs(model.model, cache),
         ).last_hidden_state
-        rows, columns = (torch.tensor(axis, device=device) for axis in zip(*where, strict=True))
+        # Positions with the same key and the same tail tokens before them hold the same hidden state
+        # (the position that predicts a frame's answer is shared by every candidate written into it):
+        # the output layer runs once per distinct context.
+        contexts: dict[tuple[int, tuple[int, ...]], int] = {}
+        first_of: list[tuple[int, int]] = []
+        slot = []
+        for r, p in where:
+            context = (group[r], tuple(tails[r][: p + 1]))
+            if context not in contexts:
+                contexts[context] = len(first_of)
+                first_of.append((r, p))
+            slot.append(contexts[context])
+        rows, columns = (torch.tensor(axis, device=device) for axis in zip(*first_of, strict=True))
         logits = model.get_output_embeddings()(hidden[rows, columns])
         tokens = torch.tensor(
             [
@@ -220,7 +232,8 @@ def answer_logprobs(
             ],
             device=device,
         )
-        later = torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        later = logprobs[torch.tensor(slot, device=device), tokens]
     values = later.tolist()
     sums, at = [], 0
     for target, run in zip(targets, needed, strict=True):

@@ -59,7 +59,9 @@ def step_hard(out: Path, plan: Plan, models: Organisms, timed: Timed) -> dict[st
     tag = f"level {hard.level}"
     thresholds = timed(f"{tag} thresholds", lambda: step_thresholds(folder, hard, models))
     chosen = thresholds["chosen"]
-    per_item = timed(f"{tag} scaling", lambda: step_scaling(folder, hard, models, chosen))
+    per_item = timed(
+        f"{tag} scaling", lambda: step_scaling(folder, hard, models, chosen, catts_self=hard.hard_self_expert)
+    )
     rows = labelled(per_item)
     cells = timed(f"{tag} ablations", lambda: ablation_items(folder, hard, models, chosen))
     ablations = summarise_methods(cells, hard)

@@ -95,6 +95,12 @@ class Plan:
     organisms trained on; ``HARD_LEVEL``, 4: the hard regime). The items of every step are loaded at
     it, and their ids name it (:func:`catts_graph.eval.synthetic.item_id`); the MMBoundary step's
     probe reads its training config's items."""
+    hard_self_expert: bool = False
+    """Whether the hard regime's scaling runs CA-TTS with the base organism as its own expert too
+    (the mixed levels always do). Off: on the hard level the question is what the expert adds; the
+    base as its own expert there (last measured in the run of 2026-12-07: +0.6 points [-1.4, 2.6] over
+    majority at N = 8, +2.6 [0.2, 5.1] at N = 1) cost ~6 of the reproduction's minutes and says what
+    the mixed levels' runs say. Majority and DeepConf run on the same pools either way."""
     hard_level: int | None = 4
     """The generator level of the hard regime (:data:`catts_graph.eval.synthetic.HARD_LEVEL`), where
     the base organism is unsure: the CA-TTS steps (thresholds, scaling, ablations, step repair,

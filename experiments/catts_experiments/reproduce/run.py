@@ -53,7 +53,7 @@ from catts_graph.organism import organism_path
 TRAINING_STEPS: tuple[str, ...] = ("probe before CDRL", "cdrl", "probe after CDRL", "mmboundary")
 """The training chain's steps, in order: the ones a second worker runs. With the shipped CDRL
 organism placed (``Plan.cdrl_shipped``) the CDRL step is a copy, and the two probes and MMBoundary
-(~51 min) balance the CA-TTS chain (~54 min)."""
+balance the CA-TTS chain (docs/organism.md gives each step's minutes)."""
 TIMINGS = "timings.json"
 WORKER_TIMINGS = "timings-worker.json"
 WALL = "wall.json"

@@ -178,15 +178,20 @@ def method_items(
     return table
 
 
-def step_scaling(out: Path, plan: Plan, models: Organisms, thresholds: dict[str, float]) -> dict[str, Any]:
+def step_scaling(
+    out: Path, plan: Plan, models: Organisms, thresholds: dict[str, float], *, catts_self: bool = True
+) -> dict[str, Any]:
     """Test-time scaling on the test split: ``{"self" | "expert": {method: {n: per-item lists}}}``
-    (:func:`method_items`), the base organism as its own expert or the expert organism."""
+    (:func:`method_items`), the base organism as its own expert or the expert organism. Without
+    ``catts_self`` the ``self`` table holds the offline methods only (majority, DeepConf: no expert),
+    in a store named ``scaling-pool``."""
     items = items_of("test", plan.test_items, plan)
     config = catts_config(**thresholds)
     base = models.get("base")
     result = {}
-    for expert, methods in (("self", SCALING_METHODS), ("expert", EXPERT_METHODS)):
-        name = f"scaling-{expert}"
+    offline = tuple(method for method in SCALING_METHODS if method not in EXPERT_METHODS)
+    for expert, methods in (("self", SCALING_METHODS if catts_self else offline), ("expert", EXPERT_METHODS)):
+        name = f"scaling-{expert}" if catts_self or expert != "self" else "scaling-pool"
         path = run_methods(
             out,
             name,

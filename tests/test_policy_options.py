@@ -372,6 +372,7 @@ def test_the_fields_default_to_what_validation_chose_and_reject_other_values() -
         "reflection_boost": config.reflection_boost,
         "critic_target": config.critic_target,
         "skip_modules_at_one_sample": config.skip_modules_at_one_sample,
+        "tau3": config.tau3,  # the tie-break was not adopted: the paper's 0.5
     }
     with pytest.raises(ConfigError, match="reflection_boost"):
         CATTSConfig(reflection_boost="never")  # type: ignore[arg-type]

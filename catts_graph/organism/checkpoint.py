@@ -48,6 +48,19 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 """Where the shipped organism models live (inside the package, so they ship in the wheel)."""
 
 
+CHECKPOINT_FILES: tuple[str, ...] = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "catts.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+"""The files of a shipped organism's checkpoint (its ``organism.json`` record aside)."""
+
+
 CDRL_ORGANISM = "base-cdrl"
 """The shipped base organism after CDRL (``catts ship cdrl``), beside the base it started from."""
 

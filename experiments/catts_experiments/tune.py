@@ -474,18 +474,6 @@ def cdrl_tuning_table(result: dict[str, Any]) -> str:
     )
 
 
-CHECKPOINT_FILES: tuple[str, ...] = (
-    "model.safetensors",
-    "config.json",
-    "generation_config.json",
-    "catts.json",
-    "chat_template.jinja",
-    "processor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-)
-
-
 def ship_cdrl(out: str | Path, variant: str, target: str | Path | None = None) -> Path:
     """Copy the CDRL checkpoint of ``variant`` trained by :func:`tune_cdrl` in ``out`` to ``target``
     (default: the shipped ``base-cdrl`` folder), with an ``organism.json`` that says what it is: the
@@ -494,7 +482,12 @@ def ship_cdrl(out: str | Path, variant: str, target: str | Path | None = None) -
     stale, and the tests say so) and the tuning tables' file names."""
     import yaml
 
-    from catts_graph.organism.checkpoint import CDRL_ORGANISM, organism_path, weights_checksum
+    from catts_graph.organism.checkpoint import (
+        CDRL_ORGANISM,
+        CHECKPOINT_FILES,
+        organism_path,
+        weights_checksum,
+    )
 
     source = Path(out) / variant / "cdrl"
     if not (source / "cdrl_summary.json").is_file():

@@ -85,7 +85,7 @@ def place_shipped_cdrl(source: Path, target: Path, summary: Path) -> None:
     """Copy the shipped CDRL organism into ``target`` and write its training summary (the record's
     ``training`` section, ``shipped_from`` its name) to ``summary``, last: a copy cut short is
     copied again."""
-    from catts_experiments.tune import CHECKPOINT_FILES
+    from catts_graph.organism.checkpoint import CHECKPOINT_FILES
 
     record = json.loads((source / "organism.json").read_text())
     target.mkdir(parents=True, exist_ok=True)

@@ -480,32 +480,31 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
         ]
         refs = [[name, points(summary["references"][name])] for name in REFERENCES]
         lines += [markdown_table(["reference (same samples)", "accuracy"], refs), ""]
-        if "versus_references" in summary:  # results measured before it was kept lack it
-            rows = []
-            for name in ARMS:
-                cell = summary["versus_references"][name]
-                rows.append(
-                    [
-                        f"{_ARM_LABELS[name]} (N = {summary['arms'][name]['n']})",
-                        cell["reference"],
-                        with_interval(cell["difference"], cell["ci"], 1),
-                        cell["fixed"],
-                        cell["broken"],
-                    ]
-                )
-            lines += [
-                markdown_table(
-                    [
-                        "arm",
-                        "against (same samples)",
-                        "difference (points)",
-                        "items it alone gets",
-                        "items it loses",
-                    ],
-                    rows,
-                ),
-                "",
-            ]
+        rows = []
+        for name in ARMS:
+            cell = summary["versus_references"][name]
+            rows.append(
+                [
+                    f"{_ARM_LABELS[name]} (N = {summary['arms'][name]['n']})",
+                    cell["reference"],
+                    with_interval(cell["difference"], cell["ci"], 1),
+                    cell["fixed"],
+                    cell["broken"],
+                ]
+            )
+        lines += [
+            markdown_table(
+                [
+                    "arm",
+                    "against (same samples)",
+                    "difference (points)",
+                    "items it alone gets",
+                    "items it loses",
+                ],
+                rows,
+            ),
+            "",
+        ]
         verdicts = summary["critic_verdicts"]
         lines += [
             "The Critic's verdicts in the paper arm (N = 8; the paper arm's final answer right / items): "

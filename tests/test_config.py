@@ -72,7 +72,7 @@ def test_a_value_out_of_bounds_is_an_error_naming_the_field_and_its_range(name, 
         ({"disabled_modules": "self_reflection"}, "disabled_modules must be a list of strings"),
         ({"disabled_modules": ["critic"]}, r"disabled_modules\[0\] must be one of 'self_consistency', "),
         ({"n_sampels": 4}, r"n_sampels is not a CATTSConfig field \(did you mean n_samples\?\)"),
-        ({"n_samples": 0, "tau1": 2.0}, r"n_samples must be .* \(and 1 more\)$"),
+        ({"n_samples": 0, "tau2": 2.0}, r"n_samples must be .* \(and 1 more\)$"),
     ],
 )
 def test_errors_say_what_was_expected(changes, message):
@@ -94,8 +94,8 @@ def test_replace_and_validate_check_the_whole_config():
     assert config.replace(seed=3) is not config and config.seed == 0
     with pytest.raises(ConfigError, match="^seed must be an integer >= 0"):
         config.replace(seed=-1)
-    config.tau1 = 7.0  # assignment is not checked (as on the dataclass it was); validate() is
-    with pytest.raises(ConfigError, match=r"^tau1 must be in \[0, 1\], got 7.0"):
+    config.tau2 = 7.0  # assignment is not checked (as on the dataclass it was); validate() is
+    with pytest.raises(ConfigError, match=r"^tau2 must be in \[0, 1\], got 7.0"):
         config.validate()
 
 
@@ -151,7 +151,8 @@ def test_each_kind_of_field_is_read_from_its_variable(variable, raw, field, valu
         ("CATTS_N_SAMPLES", "2.5", "n_samples must be an integer, got '2.5'"),
         ("CATTS_N_SAMPLES", "0", "n_samples must be an integer >= 1, got '0'"),
         ("CATTS_TAU1", "half", "tau1 must be a finite number, got 'half'"),
-        ("CATTS_TAU1", "2", r"tau1 must be in \[0, 1\], got '2'"),
+        ("CATTS_TAU2", "2", r"tau2 must be in \[0, 1\], got '2'"),
+        ("CATTS_TAU1", "-1", r"tau1 must be >= 0, got '-1'"),
         ("CATTS_TEMPERATURE", "inf", "temperature must be a finite number"),
         ("CATTS_ALLOW_URL_FETCH", "maybe", "allow_url_fetch must be True or False, got 'maybe'"),
         ("CATTS_TOP_ETA", "0", r"top_eta must be in \(0, 1\] or None \(off\)"),
@@ -191,7 +192,8 @@ def test_field_docs_give_types_and_bounds_from_the_schema():
     assert list(docs) == FIELDS
     assert docs["n_samples"][1:4] == ("integer", "8", ">= 1")
     assert docs["top_p"][1:4] == ("number", "1.0", "(0, 1]")
-    assert docs["tau1"].bounds == "[0, 1]"
+    assert docs["tau2"].bounds == "[0, 1]"
+    assert docs["tau1"].bounds == ">= 0"
     assert docs["noise_step"].bounds == "[0, 1000)"
     assert docs["top_eta"][1:4] == ("number | null", "None", "(0, 1]")
     assert docs["policy"][1:4] == ("string", "'adaptive'", "'adaptive' | 'paper' | 'expert'")
@@ -222,7 +224,8 @@ def test_the_graphs_context_schema_lists_every_field_with_its_description_and_bo
         assert "default" not in properties[name], name
     assert schema.get("required", []) == [] and schema["additionalProperties"] is False
     assert (properties["n_samples"]["type"], properties["n_samples"]["minimum"]) == ("integer", 1)
-    assert (properties["tau1"]["minimum"], properties["tau1"]["maximum"]) == (0, 1)
+    assert (properties["tau2"]["minimum"], properties["tau2"]["maximum"]) == (0, 1)
+    assert properties["tau1"]["minimum"] == 0 and "maximum" not in properties["tau1"]
     assert (properties["top_p"]["exclusiveMinimum"], properties["top_p"]["maximum"]) == (0, 1)
     assert properties["noise_step"]["exclusiveMaximum"] == 1000
     assert properties["policy"]["enum"] == ["adaptive", "paper", "expert"]

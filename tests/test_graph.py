@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from catts_graph import CATTSConfig, build_graph
-from catts_graph.config import PAPER_REFLECTION
+from catts_graph.config import PAPER_REFLECTION, PAPER_TAU1
 from catts_graph.testing import Reply, ScriptCall, ScriptedExpert, ScriptedVLM
 
 
@@ -76,11 +76,12 @@ def test_full_adaptive_run_matches_hand_computed_scores(image_path, scripted_cha
         {"image": image_path, "question": "Which?"}
     )
 
-    # S(A) = 4/9 + 0.5*0.2, S(B) = 4/9 + 0.5*0.7 + 0.5 (reflected), S(C) = 1/9 + 0.5*0.1; sum = 2.
-    expected = {"A": 4 / 9 + 0.1, "B": 4 / 9 + 0.35 + 0.5, "C": 1 / 9 + 0.05}
+    # The default tau1 = 2: S(A) = 4/9 + 2*0.2, S(B) = 4/9 + 2*0.7 + 0.5 (reflected),
+    # S(C) = 1/9 + 2*0.1; sum = 3.5.
+    expected = {"A": 4 / 9 + 0.4, "B": 4 / 9 + 1.4 + 0.5, "C": 1 / 9 + 0.2}
     assert result["scores"] == pytest.approx(expected)
     assert result["answer"] == "B"
-    assert result["confidence"] == pytest.approx(expected["B"] / 2.0)
+    assert result["confidence"] == pytest.approx(expected["B"] / 3.5)
     assert sorted(expert.roles_called()) == ["critic", "voter"]
     voter, critic = sorted(expert.calls, key=lambda c: c["role"], reverse=True)
     assert voter["start"] < critic["end"] and critic["start"] < voter["end"], "voter and critic must overlap"
@@ -183,8 +184,8 @@ def test_paper_policy_follows_the_planner_order(image_path, scripted_chat):
     assert set(ran[2:4]) == {"voter", "critic"}  # the critic is pulled forward beside the voter
     assert ran[4:] == ["self_reflection"]
     assert expert.roles_called()[0] == "planner"
-    # V(A) = 4, V(B) = 2 -> S(A) = 2/3 + 0.3 + 0.5 + 0.5, S(B) = 1/3 + 0.2.
-    assert result["scores"] == pytest.approx({"A": 2 / 3 + 1.3, "B": 1 / 3 + 0.2})
+    # V(A) = 4, V(B) = 2 -> S(A) = 2/3 + 2*0.6 + 0.5 + 0.5, S(B) = 1/3 + 2*0.4 (tau1 = 2).
+    assert result["scores"] == pytest.approx({"A": 2 / 3 + 2.2, "B": 1 / 3 + 0.8})
 
 
 def test_paper_policy_falls_back_to_default_order_on_a_bad_plan(image_path, scripted_chat):
@@ -259,7 +260,8 @@ def test_malformed_voter_is_retried_then_skipped(image_path, scripted_chat, monk
 def test_literal_scale_reproduces_the_official_scoring(image_path, scripted_chat):
     vlm = waves_model([[boxed("A", 0.5), boxed("A", 0.5), boxed("B", 0.25), boxed("C", 1.0)]])
     expert = scripted_chat(voter=json.dumps({"probabilities": [0.2, 0.7, 0.1]}))
-    config = CATTSConfig(n_samples=4, max_samples=4, score_scale="literal", close_margin=0.0)
+    # The official code's taus (0.5 each).
+    config = CATTSConfig(n_samples=4, max_samples=4, score_scale="literal", close_margin=0.0, tau1=PAPER_TAU1)
     result = build_graph(vlm, expert={"voter": expert}, config=config).invoke(
         {"image": image_path, "question": "Q"}
     )
@@ -383,8 +385,8 @@ def test_the_largest_finite_probabilities_boost_evenly_instead_of_overflowing(im
     result = build_graph(vlm, expert={"voter": expert}, config=config).invoke(
         {"image": image_path, "question": "Q"}
     )
-    assert result["scores"] == pytest.approx(
-        {"A": 1 / 3 + 0.5 / 3, "B": 1 / 3 + 0.5 / 3, "C": 1 / 3 + 0.5 / 3}
+    assert result["scores"] == pytest.approx(  # tau1 = 2 over three even probabilities
+        {"A": 1 / 3 + 2 / 3, "B": 1 / 3 + 2 / 3, "C": 1 / 3 + 2 / 3}
     )
 
 

@@ -122,7 +122,8 @@ def test_bad_data_uri(vlm):
     ("changes", "message"),
     [
         ({"n_samples": 0}, "n_samples must be an integer >= 1"),
-        ({"tau1": 1.5}, r"tau1 must be in \[0, 1\]"),
+        ({"tau2": 1.5}, r"tau2 must be in \[0, 1\]"),
+        ({"tau1": -0.5}, r"tau1 must be >= 0"),
         ({"tau3": -0.1}, r"tau3 must be in \[0, 1\]"),
         ({"policy": "random"}, "policy must be one of"),
         ({"n_samples": 8, "max_samples": 4}, "max_samples"),

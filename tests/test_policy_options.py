@@ -20,7 +20,7 @@ from catts_experiments.policy_options import (
     summarise,
 )
 from catts_graph import CATTSConfig, build_graph, policy, scoring
-from catts_graph.config import ConfigError
+from catts_graph.config import PAPER_TAU1, ConfigError
 from catts_graph.experts import critique_verdict, parse_critique
 from catts_graph.nodes.critic import leader_sample, least_confident_sample
 from catts_graph.testing import Reply, ScriptCall, ScriptedVLM
@@ -115,7 +115,9 @@ def test_the_graph_boosts_the_reflection_only_after_an_incorrect_verdict(
         voter=json.dumps({"probabilities": [0.4, 0.4, 0.2]}),
         critic=json.dumps({"critique": "Check the colour.", "verdict": verdict}),
     )
-    config = CATTSConfig(policy="paper", n_samples=4, max_samples=4, reflection_boost="incorrect")
+    config = CATTSConfig(  # the paper's Voter weight, so the boost decides
+        policy="paper", n_samples=4, max_samples=4, reflection_boost="incorrect", tau1=PAPER_TAU1
+    )
     result = build_graph(model, expert=expert, config=config).invoke(
         {"image": image_path, "question": "Which?"}
     )
@@ -192,7 +194,12 @@ def test_the_graph_replaces_the_criticised_leader_after_an_incorrect_verdict(
         critic=json.dumps({"critique": "Count again.", "verdict": verdict}),
     )
     config = CATTSConfig(
-        policy="paper", n_samples=4, max_samples=4, reflection_boost="override", critic_target="leader"
+        policy="paper",
+        n_samples=4,
+        max_samples=4,
+        reflection_boost="override",
+        critic_target="leader",
+        tau1=PAPER_TAU1,
     )
     result = build_graph(model, expert=expert, config=config).invoke(
         {"image": image_path, "question": "Which?"}
@@ -373,7 +380,9 @@ def test_the_fields_default_to_what_validation_chose_and_reject_other_values() -
         "critic_target": config.critic_target,
         "skip_modules_at_one_sample": config.skip_modules_at_one_sample,
         "tau3": config.tau3,  # the tie-break was not adopted: the paper's 0.5
+        "tau1": config.tau1,  # the Voter decides when it is sure: 2.0
     }
+    assert (config.tau1, config.tau3) == (2.0, 0.5)
     with pytest.raises(ConfigError, match="reflection_boost"):
         CATTSConfig(reflection_boost="never")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="critic_target"):
@@ -474,6 +483,8 @@ def test_the_summary_and_the_choice_follow_the_stated_rule() -> None:
     # The tie-break is paired with the override arm, not with the paper's.
     assert summary["options"]["tau3"]["paper_arm"] == "reflection_override"
     assert chosen["tau3"] == {"default": 0.5, "adopted": False, "why": chosen["tau3"]["why"]}
+    assert summary["options"]["tau1"]["paper_arm"] == "reflection_override"
+    assert chosen["tau1"] == {"default": 0.5, "adopted": False, "why": chosen["tau1"]["why"]}
     result = {"level": 4, "seed": 0, "pool_n": 8, "n_boot": 200, "validation": summary, "test": summary}
     result["chosen"] = chosen
     text = render_markdown(result, "catts measure policy-options --out x")

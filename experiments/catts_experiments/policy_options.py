@@ -17,7 +17,14 @@ and Critic, on the hard regime (generator level 4):
   N = 8 (1/8), against the paper's 0.5, which outweighs half the votes (inside the full method its
   winner is right less often than the vote's leader: docs/organism.md, "What the modules answer").
   Measured on top of the override of the leader (the library's rule since it was adopted) and paired
-  with that arm, so it answers whether the self-check should weigh less in the graph as it runs now.
+  with that arm, so it answers whether the self-check should weigh less in the graph as it runs now;
+- ``tau1=2``, the Voter decides when it is sure: its probability weighs twice the whole vote, so a
+  Voter sure of one answer (p = 1 against 0) outweighs every vote share plus the self-check's boost
+  (tau1 > 1 + tau3), while a hedging Voter leaves the vote to decide. The paper's 0.5 lets a vote
+  share margin above one half overrule a sure Voter. Raised by reading the reproduction's level-4
+  traces (inside the full method the Voter's choice is right on 82% of the items where it runs at
+  N = 32, the final answer on 76%), so its test split is not fresh for this option: the fresh
+  generator seed is. Measured on top of the override of the leader and paired with that arm.
 
 Pairing. Each item's 8 samples are drawn once (:func:`~catts_graph.eval.methods.draw_pool`, seeded
 by the item), and every arm replays them through the real graph
@@ -45,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from catts_graph.config import PAPER_REFLECTION
+from catts_graph.config import PAPER_REFLECTION, PAPER_TAU1
 from catts_graph.formatting import markdown_table, number, with_interval
 
 __all__ = [
@@ -78,8 +85,15 @@ SELF_CHECK_TIEBREAK = 0.1
 """The tie-break boost of the self-check's winner: below one vote's share at N = 8 (1/8)."""
 PAPER_TAU3 = 0.5
 """The paper's boost of the self-check's winner."""
+VOTER_DECIDES = 2.0
+"""The Voter's weight at which a sure Voter outweighs the whole vote and the self-check's boost."""
 
-PAPER_RULES: dict[str, Any] = {**PAPER_REFLECTION, "skip_modules_at_one_sample": False, "tau3": PAPER_TAU3}
+PAPER_RULES: dict[str, Any] = {
+    **PAPER_REFLECTION,
+    "skip_modules_at_one_sample": False,
+    "tau3": PAPER_TAU3,
+    "tau1": PAPER_TAU1,
+}
 """The paper's rule for each option, set explicitly: the baseline stays the paper's whatever the
 library's defaults become."""
 
@@ -93,6 +107,9 @@ ARMS: dict[str, Arm] = {
     "self_check_tiebreak": Arm(
         POOL_N, {"reflection_boost": "override", "critic_target": "leader", "tau3": SELF_CHECK_TIEBREAK}
     ),
+    "voter_decides": Arm(
+        POOL_N, {"reflection_boost": "override", "critic_target": "leader", "tau1": VOTER_DECIDES}
+    ),
 }
 OPTIONS: dict[str, tuple[str, str]] = {
     "reflection_boost": ("reflection_boost=incorrect", "paper"),
@@ -100,15 +117,17 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "skip_modules_at_one_sample": ("skip_modules_at_one_sample", "paper@N=1"),
     "reflection_override": ("reflection_override", "paper"),
     "tau3": ("self_check_tiebreak", "reflection_override"),
+    "tau1": ("voter_decides", "reflection_override"),
 }
-"""Each option: (its arm, the arm it is paired with: the paper's rules, or for ``tau3`` the override
-of the leader, the library's rule it is measured on)."""
+"""Each option: (its arm, the arm it is paired with: the paper's rules, or for ``tau3`` and ``tau1``
+the override of the leader, the library's rule they are measured on)."""
 OPTION_VALUES: dict[str, Any] = {
     "reflection_boost": "incorrect",
     "critic_target": "leader",
     "skip_modules_at_one_sample": True,
     "reflection_override": ARMS["reflection_override"].changes,
     "tau3": SELF_CHECK_TIEBREAK,
+    "tau1": VOTER_DECIDES,
 }
 PAPER_VALUES: dict[str, Any] = {
     **PAPER_RULES,
@@ -408,6 +427,7 @@ _ARM_LABELS = {
     "skip_modules_at_one_sample": "skip_modules_at_one_sample=True",
     "reflection_override": "reflection_boost='override', critic_target='leader'",
     "self_check_tiebreak": f"reflection_boost='override', critic_target='leader', tau3={SELF_CHECK_TIEBREAK}",
+    "voter_decides": f"reflection_boost='override', critic_target='leader', tau1={VOTER_DECIDES}",
 }
 
 

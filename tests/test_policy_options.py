@@ -13,6 +13,7 @@ import pytest
 
 from catts_experiments.policy_options import (
     ARMS,
+    LIBRARY_RULES,
     OPTIONS,
     choose,
     paired,
@@ -383,6 +384,8 @@ def test_the_fields_default_to_what_validation_chose_and_reject_other_values() -
         "tau1": config.tau1,  # the Voter decides when it is sure: 2.0
     }
     assert (config.tau1, config.tau3) == (2.0, 0.5)
+    # The arm that measures the library as shipped at one sample runs exactly its defaults.
+    assert ARMS["defaults@N=1"].changes == {name: getattr(config, name) for name in LIBRARY_RULES}
     with pytest.raises(ConfigError, match="reflection_boost"):
         CATTSConfig(reflection_boost="never")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="critic_target"):

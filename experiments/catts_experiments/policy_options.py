@@ -26,6 +26,10 @@ and Critic, on the hard regime (generator level 4):
   N = 32, the final answer on 76%), so its test split is not fresh for this option: the fresh
   generator seed is. Measured on top of the override of the leader and paired with that arm.
 
+One arm is no option: ``defaults@N=1``, the library's defaults (:data:`LIBRARY_RULES`) at one sample,
+paired with the sample it answers, so that "CA-TTS at N = 1 never below a single sample" is measured
+as shipped, on fresh scenes too.
+
 Pairing. Each item's 8 samples are drawn once (:func:`~catts_graph.eval.methods.draw_pool`, seeded
 by the item), and every arm replays them through the real graph
 (:class:`~catts_graph.eval.methods.CATTSGraphs`); every other call (the base's greedy reflection,
@@ -57,6 +61,7 @@ from catts_graph.formatting import markdown_table, number, with_interval
 
 __all__ = [
     "ARMS",
+    "LIBRARY_RULES",
     "OPTIONS",
     "Arm",
     "arm_row",
@@ -97,6 +102,16 @@ PAPER_RULES: dict[str, Any] = {
 """The paper's rule for each option, set explicitly: the baseline stays the paper's whatever the
 library's defaults become."""
 
+LIBRARY_RULES: dict[str, Any] = {
+    "reflection_boost": "override",
+    "critic_target": "leader",
+    "skip_modules_at_one_sample": True,
+    "tau1": VOTER_DECIDES,
+}
+"""The library's defaults for the options (what validation adopted); the ``defaults@N=1`` arm runs
+them at one sample, against the sample it answers (no option: a check that CA-TTS as shipped is
+never below a single sample)."""
+
 ARMS: dict[str, Arm] = {
     "paper": Arm(POOL_N),
     "reflection_boost=incorrect": Arm(POOL_N, {"reflection_boost": "incorrect"}),
@@ -110,6 +125,7 @@ ARMS: dict[str, Arm] = {
     "voter_decides": Arm(
         POOL_N, {"reflection_boost": "override", "critic_target": "leader", "tau1": VOTER_DECIDES}
     ),
+    "defaults@N=1": Arm(1, dict(LIBRARY_RULES)),
 }
 OPTIONS: dict[str, tuple[str, str]] = {
     "reflection_boost": ("reflection_boost=incorrect", "paper"),
@@ -428,6 +444,7 @@ _ARM_LABELS = {
     "reflection_override": "reflection_boost='override', critic_target='leader'",
     "self_check_tiebreak": f"reflection_boost='override', critic_target='leader', tau3={SELF_CHECK_TIEBREAK}",
     "voter_decides": f"reflection_boost='override', critic_target='leader', tau1={VOTER_DECIDES}",
+    "defaults@N=1": "the library's defaults",
 }
 
 

@@ -216,6 +216,23 @@ def test_the_graph_replaces_the_criticised_leader_after_an_incorrect_verdict(
     assert ("takes the lead" in reflection["reason"]) is (verdict == "incorrect")
 
 
+def test_at_tau1_2_a_sure_voter_outweighs_the_whole_vote_and_a_hedging_one_does_not() -> None:
+    from catts_graph.voting import final_scores, pick_answer
+
+    votes = {"A": 3.0, "B": 1.0}  # shares 0.75 and 0.25; the self-check's winner is A
+    sure, hedging = {"A": 0.0, "B": 1.0}, {"A": 0.45, "B": 0.55}
+    # The paper's 0.5: S(A) = 0.75 + 0.5 (self-check) = 1.25 against S(B) = 0.25 + 0.5 = 0.75.
+    paper = final_scores(votes, voter_probs=sure, self_check_winner="A", tau1=PAPER_TAU1)
+    assert paper == pytest.approx({"A": 1.25, "B": 0.75}) and pick_answer(paper, votes)[0] == "A"
+    # tau1 = 2: S(B) = 0.25 + 2 = 2.25 beats S(A) = 1.25, whatever the vote's margin (at most 1).
+    default = CATTSConfig().tau1
+    decided = final_scores(votes, voter_probs=sure, self_check_winner="A", tau1=default)
+    assert decided == pytest.approx({"A": 1.25, "B": 2.25}) and pick_answer(decided, votes)[0] == "B"
+    # A hedging Voter leaves the vote (and the self-check) to decide: 0.75 + 0.9 + 0.5 against 0.25 + 1.1.
+    hedged = final_scores(votes, voter_probs=hedging, self_check_winner="A", tau1=default)
+    assert hedged == pytest.approx({"A": 2.15, "B": 1.35}) and pick_answer(hedged, votes)[0] == "A"
+
+
 # -- 2. the Critic's target ----------------------------------------------------------------------
 
 

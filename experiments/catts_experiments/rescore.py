@@ -1,0 +1,144 @@
+"""What the aggregate rule alone changes, read from a stored run's traces: ``python -m
+catts_experiments.rescore STORE``.
+
+A CA-TTS run's trace keeps what the final score is computed from: the weighted votes
+(``self_consistency``), the Voter's probabilities (its decision, at three decimals), the Critic's
+verdict and criticised answer, the reflected answer and the self-check's winner (``aggregate``).
+:func:`rescore_rows` computes the final answer again from them with
+:func:`catts_graph.voting.final_scores` and :func:`~catts_graph.voting.override_leader` under a given
+``tau1`` / ``tau3`` and with or without the override of the leader, so a rule that changes only the
+aggregate (not which modules run) is measured on the stored run without running a model. It first
+re-scores under the run's own rule and counts how many stored answers that reproduces (the Voter's
+rounding can move a near tie), so the reader sees how far the re-scoring can be trusted.
+
+Used in docs/organism.md ("What CA-TTS does there") for what the override of the leader still changes
+once the Voter decides:
+
+    python -m catts_experiments.rescore runs/organism/level4/scaling-expert/results.sqlite --level 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["aggregate_inputs", "rescore", "rescore_rows"]
+
+
+def aggregate_inputs(trace: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What the final score was computed from, out of one run's trace; None when no vote was taken
+    (one sample under ``skip_modules_at_one_sample``, or no answer)."""
+    found: dict[str, Any] = {}
+    for entry in trace:
+        module, inputs = entry.get("module"), entry.get("inputs") or {}
+        if module == "self_consistency":
+            found["votes"] = inputs.get("votes")
+        elif module == "voter" and str(entry.get("decision", "")).startswith("p = "):
+            found["voter_probs"] = ast.literal_eval("{" + entry["decision"][len("p = ") :] + "}")
+        elif module == "critic":
+            found["criticised"] = inputs.get("sample_answer")
+        elif module == "aggregate":
+            found["reflected"] = inputs.get("reflected")
+            found["boosted"] = bool(inputs.get("reflection_boosted"))
+            found["self_check_winner"] = inputs.get("self_check_winner")
+    return found if found.get("votes") else None
+
+
+def rescore(
+    inputs: Mapping[str, Any], *, tau1: float, tau2: float = 0.5, tau3: float = 0.5, override: bool = True
+) -> str | None:
+    """The final answer :func:`aggregate_inputs` gives under these rules (the normalised scale)."""
+    from catts_graph.voting import final_scores, override_leader, pick_answer
+
+    votes = inputs["votes"]
+    winner = inputs.get("self_check_winner")
+    scores = final_scores(
+        votes,
+        voter_probs=inputs.get("voter_probs"),
+        self_check_winner=winner if winner in votes else None,
+        tau1=tau1,
+        tau2=tau2,
+        tau3=tau3,
+    )
+    if override and inputs.get("boosted") and inputs.get("reflected") is not None:
+        scores = override_leader(
+            scores, votes, criticised=inputs.get("criticised"), replacement=inputs["reflected"], margin=tau2
+        )
+    return pick_answer(scores, votes)[0]
+
+
+def rescore_rows(
+    rows: Iterable[Mapping[str, Any]],
+    items: Mapping[str, Any],
+    *,
+    run: Mapping[str, Any],
+    other: Mapping[str, Any],
+) -> dict[int, dict[str, int]]:
+    """Per N: rows with a vote, stored answers the run's own rule (``run``, :func:`rescore`'s
+    keywords) reproduces, and the answers ``other`` changes against the stored ones, with how many of
+    those it fixes and breaks (by :func:`catts_graph.task.is_correct` on ``items[item_id]``)."""
+    from catts_graph.task import is_correct
+
+    counts: dict[int, dict[str, int]] = {}
+    for row in rows:
+        inputs = aggregate_inputs(row["trace"] or [])
+        if inputs is None:
+            continue
+        cell = counts.setdefault(
+            int(row["n"]), dict.fromkeys(("rows", "reproduced", "changed", "fixed", "broken"), 0)
+        )
+        cell["rows"] += 1
+        cell["reproduced"] += int(rescore(inputs, **run) == row["answer"])
+        answer = rescore(inputs, **other)
+        if answer != row["answer"]:
+            item = items[row["item_id"]]
+            right, was_right = is_correct(item, answer), bool(row["correct"])
+            cell["changed"] += 1
+            cell["fixed"] += int(right and not was_right)
+            cell["broken"] += int(was_right and not right)
+    return dict(sorted(counts.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("store", help="a run's results.sqlite")
+    parser.add_argument("--method", default="catts_paper")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--level", type=int, default=None, help="the generator level the run used")
+    parser.add_argument("--seed", type=int, default=0, help="the generator seed the run used")
+    parser.add_argument("--tau1", type=float, default=2.0, help="the run's tau1")
+    parser.add_argument("--other-tau1", type=float, default=None, help="default: the run's")
+    parser.add_argument("--no-override", action="store_true", help="the other rule without the override")
+    args = parser.parse_args(argv)
+
+    from catts_graph.eval.store import read_store
+    from catts_graph.eval.synthetic import load_synthetic
+
+    with read_store(Path(args.store)) as store:
+        rows = store.results(args.method)
+    wanted = {row["item_id"] for row in rows}
+    items = {
+        item.id: item
+        for item in load_synthetic(args.split, limit=len(wanted), seed=args.seed, level=args.level)
+        if item.id in wanted
+    }
+    if set(items) != wanted:
+        parser.error(f"{len(wanted - set(items))} items of the store are not the first {args.split} items")
+    run = {"tau1": args.tau1}
+    other = {
+        "tau1": args.tau1 if args.other_tau1 is None else args.other_tau1,
+        "override": not args.no_override,
+    }
+    print(f"{args.method}: re-scored at {run} against the stored answers; the other rule {other}")
+    print("| N | rows with a vote | reproduced | changed by the other rule | fixed | broken |")
+    print("|---|---|---|---|---|---|")
+    for n, c in rescore_rows(rows, items, run=run, other=other).items():
+        print(f"| {n} | {c['rows']} | {c['reproduced']} | {c['changed']} | {c['fixed']} | {c['broken']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

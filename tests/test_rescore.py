@@ -1,0 +1,70 @@
+"""Re-scoring stored traces under another aggregate rule (catts_experiments.rescore)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from catts_experiments.rescore import aggregate_inputs, rescore, rescore_rows
+
+
+def trace(voter: str, *, boosted: bool, winner: str | None = "A") -> list[dict]:
+    return [
+        {"module": "self_consistency", "decision": "", "inputs": {"votes": {"A": 3.0, "B": 1.0}}},
+        {"module": "voter", "decision": voter, "inputs": {"candidates": ["A", "B"]}},
+        {"module": "critic", "decision": "", "inputs": {"sample_answer": "A", "verdict": "incorrect"}},
+        {
+            "module": "aggregate",
+            "decision": "",
+            "inputs": {"reflected": "C", "reflection_boosted": boosted, "self_check_winner": winner},
+        },
+    ]
+
+
+def test_the_inputs_are_read_back_from_the_trace_quotes_and_all() -> None:
+    inputs = aggregate_inputs(trace("p = 'A': 0.000, \"B's\": 1.000", boosted=True))
+    assert inputs == {
+        "votes": {"A": 3.0, "B": 1.0},
+        "voter_probs": {"A": 0.0, "B's": 1.0},
+        "criticised": "A",
+        "reflected": "C",
+        "boosted": True,
+        "self_check_winner": "A",
+    }
+    assert aggregate_inputs([{"module": "aggregate", "inputs": {}}]) is None  # no vote taken
+
+
+def test_rescore_follows_the_hand_computed_scores() -> None:
+    sure = aggregate_inputs(trace("p = 'A': 0.000, 'B': 1.000", boosted=False))
+    # tau1 = 0.5: A 0.75 + 0.5 (self-check) = 1.25 against B 0.25 + 0.5; tau1 = 2: B 2.25.
+    assert rescore(sure, tau1=0.5) == "A" and rescore(sure, tau1=2.0) == "B"
+    hedging = aggregate_inputs(trace("p = 'A': 0.450, 'B': 0.550", boosted=True))
+    # A leads (0.75 + 0.9 + 0.5) and is the criticised answer: the override hands C the lead.
+    assert rescore(hedging, tau1=2.0) == "C" and rescore(hedging, tau1=2.0, override=False) == "A"
+
+
+def test_the_counts_per_n_name_what_the_other_rule_changes() -> None:
+    items = {"i0": SimpleNamespace(answer="A", metadata={}, answer_type="text", precision=None)}
+    rows = [
+        # Stored under the override: C (wrong). Without it: A (right): one answer changed, fixed.
+        {
+            "item_id": "i0",
+            "n": 2,
+            "answer": "C",
+            "correct": False,
+            "trace": trace("p = 'A': 0.450, 'B': 0.550", boosted=True),
+        },
+        # A stored answer the run's rule does not give back counts as not reproduced.
+        {
+            "item_id": "i0",
+            "n": 4,
+            "answer": "B",
+            "correct": False,
+            "trace": trace("p = 'A': 1.000, 'B': 0.000", boosted=False),
+        },
+        {"item_id": "i0", "n": 1, "answer": "A", "correct": True, "trace": []},  # no vote: skipped
+    ]
+    counts = rescore_rows(rows, items, run={"tau1": 2.0}, other={"tau1": 2.0, "override": False})
+    assert counts == {
+        2: {"rows": 1, "reproduced": 1, "changed": 1, "fixed": 1, "broken": 0},
+        4: {"rows": 1, "reproduced": 0, "changed": 1, "fixed": 1, "broken": 0},
+    }

@@ -65,6 +65,7 @@ def test_the_counts_per_n_name_what_the_other_rule_changes() -> None:
     ]
     counts = rescore_rows(rows, items, run={"tau1": 2.0}, other={"tau1": 2.0, "override": False})
     assert counts == {
-        2: {"rows": 1, "reproduced": 1, "changed": 1, "fixed": 1, "broken": 0},
-        4: {"rows": 1, "reproduced": 0, "changed": 1, "fixed": 1, "broken": 0},
+        # The Voter's most probable answer: B at N = 2 (wrong), A at N = 4 (right).
+        2: {"rows": 1, "reproduced": 1, "changed": 1, "fixed": 1, "broken": 0, "voter": 1, "voter_right": 0},
+        4: {"rows": 1, "reproduced": 0, "changed": 1, "fixed": 1, "broken": 0, "voter": 1, "voter_right": 1},
     }

@@ -79,7 +79,8 @@ def rescore_rows(
 ) -> dict[int, dict[str, int]]:
     """Per N: rows with a vote, stored answers the run's own rule (``run``, :func:`rescore`'s
     keywords) reproduces, and the answers ``other`` changes against the stored ones, with how many of
-    those it fixes and breaks (by :func:`catts_graph.task.is_correct` on ``items[item_id]``)."""
+    those it fixes and breaks (by :func:`catts_graph.task.is_correct` on ``items[item_id]``); and the
+    rows where the Voter scored the candidates, with how often its most probable answer is right."""
     from catts_graph.task import is_correct
 
     counts: dict[int, dict[str, int]] = {}
@@ -88,10 +89,15 @@ def rescore_rows(
         if inputs is None:
             continue
         cell = counts.setdefault(
-            int(row["n"]), dict.fromkeys(("rows", "reproduced", "changed", "fixed", "broken"), 0)
+            int(row["n"]),
+            dict.fromkeys(("rows", "reproduced", "changed", "fixed", "broken", "voter", "voter_right"), 0),
         )
         cell["rows"] += 1
         cell["reproduced"] += int(rescore(inputs, **run) == row["answer"])
+        probs = inputs.get("voter_probs")
+        if probs:
+            cell["voter"] += 1
+            cell["voter_right"] += int(is_correct(items[row["item_id"]], max(probs, key=probs.get)))
         answer = rescore(inputs, **other)
         if answer != row["answer"]:
             item = items[row["item_id"]]
@@ -133,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         "override": not args.no_override,
     }
     print(f"{args.method}: re-scored at {run} against the stored answers; the other rule {other}")
-    print("| N | rows with a vote | reproduced | changed by the other rule | fixed | broken |")
-    print("|---|---|---|---|---|---|")
+    header = ["N", "rows with a vote", "reproduced", "changed by the other rule", "fixed", "broken"]
+    header += ["Voter ran", "its choice right"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for n, c in rescore_rows(rows, items, run=run, other=other).items():
-        print(f"| {n} | {c['rows']} | {c['reproduced']} | {c['changed']} | {c['fixed']} | {c['broken']} |")
+        cells = [c[k] for k in ("rows", "reproduced", "changed", "fixed", "broken", "voter", "voter_right")]
+        print("| " + " | ".join(str(v) for v in [n, *cells]) + " |")
     return 0
 
 

@@ -14,8 +14,10 @@ kept by the log-prob capture, and the visual self-check's cost as a fraction of 
 batched calls (original and noised image) of 16 continuations, 4 candidates boxed in 4 frames (each
 a reply like the organisms', as long as a sample), by ``score`` over the whole continuations and by
 ``score_answers``, which the self-check uses (each continuation cut after its answer's closing
-token, a frame's text encoded once), beside the two prompt prefills (vision tower and prompt, once
-per image) that any scoring needs.
+token, a frame's text encoded once), cold and as the graph calls it, after the sampling call, whose
+prefix the model keeps (``TransformersVLM.prefixes``: the clean image's vision tower and prompt are
+not read again), beside the two prompt prefills (vision tower and prompt, once per image) that
+scoring both images cold needs.
 Prints measured numbers only.
 
     python benchmarks/sampling.py                 # tiny model, then a ~125M-parameter one (152k vocab)
@@ -74,9 +76,13 @@ def prefill_counter(vlm: TransformersVLM) -> Iterator[list[int]]:
         handle.remove()
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def median_seconds(
+    fn: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None
+) -> float:
     times = []
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -88,8 +94,10 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def fixed_length(vlm: TransformersVLM) -> TransformersVLM:
-    """The same model with no stop token, so every sample has exactly max_new_tokens tokens."""
-    copy = TransformersVLM(vlm.model, vlm.processor)
+    """The same model with no stop token, so every sample has exactly max_new_tokens tokens, and no
+    prefix cache: the ways of decoding compared here each read the prefix as they would cold (with
+    the cache, repeated calls and 8 x sample(n=1) would read it once)."""
+    copy = TransformersVLM(vlm.model, vlm.processor, prefix_cache=0)
     copy.stop_token_ids = {-1}
     return copy
 
@@ -177,26 +185,36 @@ def run(name: str, vlm: TransformersVLM, image: Image.Image, tokens: int, top_k:
         for frame in frames
     ]
     noised = image.filter(ImageFilter.GaussianBlur(4))
+    checker = TransformersVLM(model, vlm.processor)  # the library's default: recent prefixes kept
 
     def whole() -> None:
-        vlm.score([image], PROMPT, texts)
-        vlm.score([noised], PROMPT, texts)
+        checker.score([image], PROMPT, texts)
+        checker.score([noised], PROMPT, texts)
 
     def answers() -> None:
-        vlm.score_answers([image], PROMPT, texts, spans)
-        vlm.score_answers([noised], PROMPT, texts, spans)
+        checker.score_answers([image], PROMPT, texts, spans)
+        checker.score_answers([noised], PROMPT, texts, spans)
+
+    def cold() -> None:  # nothing read before: both images' prefixes are read here
+        checker.prefixes.clear()
+
+    def after_sampling() -> None:  # what the sampling call leaves: the clean image's prefix kept
+        checker.prefixes.clear()
+        with torch.inference_mode():
+            checker.prefixes.prefill(model, checker._encode([image], PROMPT))
 
     def prefills() -> None:  # what any scoring of both images must do: the floor
         with torch.inference_mode():
             prefill(model, vlm._encode([image], PROMPT))
             prefill(model, vlm._encode([noised], PROMPT))
 
-    for label, fn in (
-        ("2 x score, 16 whole continuations", whole),
-        ("2 x score_answers, the same 16 (the self-check's)", answers),
-        ("the 2 prompt prefills alone", prefills),
+    for label, fn, setup in (
+        ("2 x score, 16 whole continuations", whole, cold),
+        ("2 x score_answers, the same 16, cold", answers, cold),
+        ("2 x score_answers after the sampling call (the self-check's)", answers, after_sampling),
+        ("the 2 prompt prefills alone", prefills, None),
     ):
-        check = median_seconds(fn, repeats)
+        check = median_seconds(fn, repeats, setup)
         print(f"self-check, {label}: {check:.3f} s = {check / base:.2f} of one sample(n=8) call")
 
 

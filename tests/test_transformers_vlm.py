@@ -287,6 +287,7 @@ def test_prefix_is_prefilled_once_for_n_samples(tiny_vlm: TransformersVLM, tiny_
         calls.append((embeds.shape[0], embeds.shape[1]))
 
     prefix = tiny_vlm._encode([tiny_image], PROMPT)["input_ids"].shape[1]
+    tiny_vlm.prefixes.clear()  # a prefix an earlier test read would be kept, not prefilled
     language_model = tiny_vlm.model.model.language_model
     handle = language_model.register_forward_pre_hook(count, with_kwargs=True)
     try:

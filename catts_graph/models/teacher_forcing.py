@@ -4,7 +4,7 @@ CDRL's re-scoring of completions under the training policy."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ __all__ = [
     "answer_logprobs",
     "append_tokens",
     "prefill",
+    "rope_deltas",
     "teacher_forced_logprobs",
     "teacher_forced_statistics",
 ]
@@ -49,16 +50,25 @@ def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[Any, torch.
     return output_cache(out), out.logits[:, -1, :]
 
 
+Prefill = Callable[[Any, Mapping[str, torch.Tensor]], tuple[Any, torch.Tensor]]
+"""What :func:`prefill` is: ``(model, inputs) -> (KV cache, last logits)``. The functions below take
+another (``prefill_with``: :meth:`catts_graph.models.prefix_cache.PrefixCache.prefill`, which answers
+a prefix read before from a kept copy)."""
+
+
 def teacher_forced_logprobs(
     model: Any,
     prefix: Mapping[str, torch.Tensor],
     targets: Sequence[Sequence[int]],
     *,
     pad_token_id: int,
+    prefill_with: Prefill | None = None,
 ) -> list[list[float]]:
     """Raw log-probs of each target continuation after one shared prefix: the one teacher forcing
     (see :func:`teacher_forced_statistics`, which also gives each position's entropy)."""
-    return teacher_forced_statistics(model, prefix, targets, pad_token_id=pad_token_id)[0]
+    return teacher_forced_statistics(
+        model, prefix, targets, pad_token_id=pad_token_id, prefill_with=prefill_with
+    )[0]
 
 
 def teacher_forced_statistics(
@@ -68,6 +78,7 @@ def teacher_forced_statistics(
     *,
     pad_token_id: int,
     entropies: bool = False,
+    prefill_with: Prefill | None = None,
 ) -> tuple[list[list[float]], list[list[float]] | None]:
     """Raw log-probs of each target continuation after one shared prefix, and with ``entropies``
     the full-vocabulary entropy ``H_t = -sum_v p_t(v) log p_t(v)`` (nats) of the distribution each
@@ -84,7 +95,7 @@ def teacher_forced_statistics(
     """
     if not targets:
         return [], ([] if entropies else None)
-    cache, first_logits = prefill(model, prefix)
+    cache, first_logits = (prefill_with or prefill)(model, prefix)
     first = torch.log_softmax(first_logits.float(), dim=-1)[0]
     width = max(1, max(len(t) for t in targets) - 1)
     batch = torch.full((len(targets), width), pad_token_id, dtype=torch.long)
@@ -134,6 +145,7 @@ def answer_logprobs(
     needed: Sequence[range],
     *,
     pad_token_id: int,
+    prefill_with: Prefill | None = None,
 ) -> list[float]:
     """``sum(lp[r][t] for t in needed[r])`` for each target r after one shared prefix: the sums of
     :func:`teacher_forced_logprobs`'s log-probs over a run of each target's tokens, in three passes.
@@ -160,7 +172,7 @@ def answer_logprobs(
             raise ValueError(
                 f"needed[{r}]={run!r}: expected a non-empty run of target {r}'s {len(target)} tokens"
             )
-    cache, first_logits = prefill(model, prefix)
+    cache, first_logits = (prefill_with or prefill)(model, prefix)
     first = torch.log_softmax(first_logits.float(), dim=-1)[0]
     device = first.device
     keys: dict[tuple[int, ...], int] = {}
@@ -200,7 +212,7 @@ def answer_logprobs(
             batch[r, : len(tail)] = torch.tensor(tail, dtype=torch.long)
             mask[r, prompt_length + k : prompt_length + width] = 0
         positions = prompt_length + torch.tensor(lengths)[:, None] + torch.arange(tail_width)[None, :]
-        rope = _rope_deltas(model)
+        rope = rope_deltas(model)
         if rope is not None:
             positions = (positions + rope.cpu()).expand(3, -1, -1)
         hidden = model.model(
@@ -243,7 +255,7 @@ def answer_logprobs(
     return sums
 
 
-def _rope_deltas(model: Any) -> torch.Tensor | None:
+def rope_deltas(model: Any) -> torch.Tensor | None:
     """The multimodal rope offsets the last prefill left on a Qwen2-VL-family model (None: none)."""
     for module in model.modules():
         deltas = getattr(module, "rope_deltas", None)

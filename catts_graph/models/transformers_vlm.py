@@ -19,6 +19,9 @@ Why a decode loop of our own instead of ``generate(num_return_sequences=n, outpu
   log-probs, which rows stopped, the top-k) leaves the device in one copy; the uniform numbers the
   draws use are drawn ahead, a chunk of steps at a time, and sent to the device with the copy of the
   step before, so a GPU is never waited on more than once a step.
+- *A prefix read once per question.* The last prefills are kept (:attr:`TransformersVLM.prefixes`,
+  by content), so the visual self-check's clean branch and a later wave of samples, which read the
+  image and prompt the first samples were drawn from, skip the vision tower and the prompt.
 
 The parts live in modules of their own, their public names importable from here too:
 :mod:`~catts_graph.models.teacher_forcing` (the same teacher forcing serves
@@ -48,6 +51,7 @@ from catts_graph.models.loading import (
     processor_input_size,
     resolve_dtype,
 )
+from catts_graph.models.prefix_cache import PrefixCache
 from catts_graph.models.teacher_forcing import (
     answer_logprobs,
     append_tokens,
@@ -102,6 +106,9 @@ class TransformersVLM:
     ``answer`` and ``reflection`` prompts. :meth:`from_pretrained` reads them from a ``catts.json``
     file in the checkpoint folder when there is one (the organism models ship one), so a checkpoint
     is asked what it learned, as its chat template travels with it.
+
+    ``prefix_cache`` prefills are kept for reuse (:attr:`prefixes`; 0: none); clear them with
+    ``vlm.prefixes.clear()`` after changing what the model computes without writing a parameter.
     """
 
     def __init__(
@@ -111,6 +118,7 @@ class TransformersVLM:
         *,
         answer_prompt: str | None = None,
         reflection_prompt: str | None = None,
+        prefix_cache: int = 2,
     ) -> None:
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
@@ -133,6 +141,11 @@ class TransformersVLM:
         self.declared: dict[str, Any] = {}
         """Everything the checkpoint's ``catts.json`` declares (the prompts above, and any setting
         an application reads, such as the organisms' ``answer_format``)."""
+        self.prefixes = PrefixCache(prefix_cache)
+        """The last ``prefix_cache`` prefills (KV cache and logits, by content of the inputs and the
+        weights), reused by a later call over the same prefix: the visual self-check's clean branch
+        reads the image and prompt the samples were drawn from without the vision tower or the prompt
+        again (:mod:`catts_graph.models.prefix_cache`; 0 keeps none)."""
         self._lock = threading.Lock()
 
     @classmethod
@@ -144,12 +157,14 @@ class TransformersVLM:
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
         max_pixels: int | None = None,
+        prefix_cache: int = 2,
     ) -> TransformersVLM:
         """Load a checkpoint (local folder or hub id) with ``AutoModelForImageTextToText``.
 
         Defaults: ``cuda`` with bfloat16 when a GPU is present, else ``cpu`` with float32 (bf16
         matmuls are slow on most CPUs); ``sdpa`` attention. ``max_pixels`` caps the pixels per image
-        (Qwen's processor default allows 1280 language-model tokens per image).
+        (Qwen's processor default allows 1280 language-model tokens per image); ``prefix_cache``:
+        prefills kept for reuse (see the class).
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -169,6 +184,7 @@ class TransformersVLM:
             processor,
             answer_prompt=settings.get("answer_prompt"),
             reflection_prompt=settings.get("reflection_prompt"),
+            prefix_cache=prefix_cache,
         )
         vlm.declared = settings
         return vlm
@@ -248,7 +264,7 @@ class TransformersVLM:
         seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
         rows = 1 if params.greedy else n
         with self._lock, torch.inference_mode():
-            cache, logits = prefill(self.model, encode())
+            cache, logits = self.prefixes.prefill(self.model, encode())
             device = logits.device
             logits = logits.expand(rows, -1)
             cache.batch_repeat_interleave(rows)
@@ -346,7 +362,11 @@ class TransformersVLM:
             return []
         with self._lock, torch.inference_mode():
             values = teacher_forced_logprobs(
-                self.model, self._encode(images, prompt), targets, pad_token_id=self.pad_token_id
+                self.model,
+                self._encode(images, prompt),
+                targets,
+                pad_token_id=self.pad_token_id,
+                prefill_with=self.prefixes.prefill,
             )
         return [
             TokenLogprobs(token_ids=list(target), logprobs=lps, tokens=self.detokenize(target)[1])
@@ -385,7 +405,12 @@ class TransformersVLM:
         with self._lock, torch.inference_mode():
             return list(
                 answer_logprobs(
-                    self.model, self._encode(images, prompt), targets, needed, pad_token_id=self.pad_token_id
+                    self.model,
+                    self._encode(images, prompt),
+                    targets,
+                    needed,
+                    pad_token_id=self.pad_token_id,
+                    prefill_with=self.prefixes.prefill,
                 )
             )
 

@@ -170,6 +170,11 @@ class CATTSConfig(BaseModel):
         description="Most samples step_repair repairs, the weakest steps first, one "
         "continuation each, within the sample budget.",
     )
+    repair_temperature: NonNegativeNumber | None = Field(
+        None,
+        description="Temperature of step_repair's continuations: None = the run's temperature "
+        "(another draw from the weak step on), 0 = greedy (the model's likeliest rewrite).",
+    )
     # Not strict: a list is a tuple here, since JSON (Studio's context, the server's) has no tuples.
     disabled_modules: tuple[Module, ...] = Field(
         (),
@@ -479,14 +484,14 @@ def _field_message(error: ErrorDetails) -> str:
 
 def _range(name: str) -> str:
     """What the field ``name`` accepts, from its schema: ``an integer >= 1``, ``in (0, 1]``,
-    ``> 0 or None (off)``."""
+    ``> 0 or None`` (what None means is the field's description's)."""
     schema = _json_schema(CATTSConfig)["properties"][name]
     number = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
     bounds = _bounds(number)
     text = ("an integer " if number.get("type") == "integer" else "") + (
         f"in {bounds}" if bounds.startswith(("[", "(")) else bounds
     )
-    return text + (" or None (off)" if "anyOf" in schema else "")
+    return text + (" or None" if "anyOf" in schema else "")
 
 
 def _bounds(schema: Mapping[str, Any]) -> str:

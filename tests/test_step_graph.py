@@ -409,6 +409,23 @@ def test_step_repair_keeps_the_steps_before_the_weakest_and_the_repair_votes(ima
     assert planner["decision"] == "-> step_repair" and planner["inputs"]["leader_weakest_step"] == 0.1353
 
 
+@pytest.mark.parametrize(("repair_temperature", "expected"), [(None, 0.7), (0.0, 0.0), (1.3, 1.3)])
+def test_step_repair_continues_at_its_own_temperature(image_path, repair_temperature, expected):
+    seen: list[tuple[str, float]] = []
+
+    def script(call: ScriptCall) -> list[Reply]:
+        seen.append(("continue" if call.prefix is not None else "sample", call.temperature))
+        return [CONTINUATION] if call.prefix is not None else WAVE[: call.n]
+
+    config = REPAIR_CONFIG.replace(temperature=0.7, repair_temperature=repair_temperature)
+    result = build_graph(ScriptedVLM(script), config=config).invoke(
+        {"image": image_path, "question": "Which?"}
+    )
+    assert seen == [("sample", 0.7), ("continue", expected)]  # the wave keeps the run's temperature
+    (entry,) = [e for e in result["trace"] if e["module"] == "step_repair"]
+    assert entry["inputs"]["repairs"][0]["temperature"] == expected
+
+
 def test_step_repair_is_off_by_default_and_respects_the_budget(image_path):
     vlm = repair_model()
     off = CATTSConfig(

@@ -7,7 +7,7 @@
 | ``train`` | ``cdrl``, ``pairs``, ``mmboundary`` | ``catts_training`` |
 | ``train`` | ``organism``, ``clip``, ``reflection`` | ``catts_experiments`` |
 | ``measure`` | ``organism``, ``level``, ``steps``, ``reflection``, ``cdrl`` | ``catts_experiments`` |
-| ``measure`` | ``policy-options`` | ``catts_experiments`` |
+| ``measure`` | ``policy-options``, ``repair-options`` | ``catts_experiments`` |
 | ``tune`` | ``voting``, ``cdrl`` | ``catts_experiments`` |
 | ``ship`` | ``cdrl`` | ``catts_experiments`` |
 | ``reproduce`` | ``docs/organism.md`` | ``catts_experiments`` |
@@ -86,6 +86,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the policy options (reflection boost, critic target, N = 1) against the paper's rules on "
         "level 4: chosen on validation, reported on test",
         "catts_experiments.policy_options:add_measure_policy_options",
+    ),
+    "measure repair-options": (
+        "step_repair at the run's temperature against greedy repair, at the same routing, on level 4: "
+        "chosen on validation, reported on test",
+        "catts_experiments.repair_options:add_measure_repair_options",
     ),
     "tune voting": (
         "choose DeepConf's window and check nmlp_floor on validation, report on test",

@@ -5,8 +5,9 @@ self-correction. The targets are the answered base-model samples whose weakest s
 confidence) is not their first, weakest first, only those below ``step_floor`` when it is set, at
 most ``repair_samples`` and no more than the sample budget has left. Each is cut after the step
 before its weakest one (its text up to that step's end), and the base model continues that prefix
-once (``continue_reply``: the same answer prompt, the prefix as the start of its reply, the run's
-temperature; a seed per target from :func:`~catts_graph.task.item_seed`).
+once (``continue_reply``: the same answer prompt, the prefix as the start of its reply, at
+``repair_temperature``, by default the run's temperature; a seed per target from
+:func:`~catts_graph.task.item_seed`).
 
 Weight and source: a repair is a sample of its own (``source == "repair"``) that *joins the vote*
 under the run's weighting, beside the sample it repairs, and counts against ``max_samples`` like a
@@ -82,6 +83,7 @@ def make_step_repair(deps: Deps) -> Callable[..., dict[str, Any]]:
         records: list[dict[str, Any]] = []
         repaired: list[dict[str, Any]] = []
         new_tokens = 0
+        temperature = config.temperature if config.repair_temperature is None else config.repair_temperature
         progress(runtime, STEP_REPAIR, "sampling", n=len(targets))
         with timed() as timer:
             for original, keep in targets:
@@ -93,7 +95,7 @@ def make_step_repair(deps: Deps) -> Callable[..., dict[str, Any]]:
                         state["prompt"],
                         prefix,
                         1,
-                        temperature=config.temperature,
+                        temperature=temperature,
                         top_p=config.top_p,
                         top_k=config.top_k,
                         max_new_tokens=config.max_new_tokens,
@@ -125,6 +127,7 @@ def make_step_repair(deps: Deps) -> Callable[..., dict[str, Any]]:
                         "answer_after": record["answer"],
                         "nmlp": None if record["nmlp"] is None else round(record["nmlp"], 4),
                         "seed": seed,
+                        "temperature": temperature,
                     }
                 )
         changed = sum(r["answer_before"] != r["answer_after"] for r in repaired)

@@ -11,9 +11,11 @@ each item, so drift in the machine's load falls on both):
   self-check's scoring.
 
 Both sample with the same seed per item, so CA-TTS's first wave is majority's draw and the ratio is
-what the rest of the graph adds. Printed: each method's mean seconds per item, the ratio of the
-means with a paired bootstrap 95% interval over items, and CA-TTS's seconds per module (from the
-trace's ``duration_s``), so a reader sees where the extra time goes.
+what the rest of the graph adds. The models' kept prefixes (``TransformersVLM.prefixes``) are
+cleared before each method's call, so neither reads the question warm from the other's call.
+Printed: each method's mean seconds per item, the ratio of the means with a paired bootstrap 95%
+interval over items, and CA-TTS's seconds per module (from the trace's ``duration_s``), so a reader
+sees where the extra time goes.
 
 Run: ``python benchmarks/catts_cost.py [--items 40] [--n 8] [--level 4] [--threads 1]`` (the
 organisms are small: one thread is the fast setting on a shared machine, see
@@ -89,8 +91,9 @@ def main() -> None:
     from catts_graph.task import item_seed
 
     vlm = organism_model("base")
+    expert = organism_expert("expert")
     config = CATTSConfig(policy="paper", n_samples=args.n, max_samples=args.n, max_new_tokens=MAX_NEW_TOKENS)
-    graph = build_graph(vlm, expert=organism_expert("expert"), config=config)
+    graph = build_graph(vlm, expert=expert, config=config)
     items = load_synthetic("test", limit=args.items, seed=args.seed, level=args.level)
 
     seconds: dict[str, list[float]] = {"majority": [], "catts": []}
@@ -105,6 +108,10 @@ def main() -> None:
 
         order = ("majority", "catts") if i % 2 == 0 else ("catts", "majority")
         for method in order:
+            # Each method meets the question cold: neither reuses the prefix the other just read
+            # (within a method, the models' kept prefixes count, as they do in use).
+            vlm.prefixes.clear()
+            expert.vlm.prefixes.clear()
             if method == "majority":
                 spent, answer = _majority(vlm, graph_input, args.n, run_config, seed)
             else:

@@ -7,8 +7,10 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from catts_experiments.evaluate import evaluate_organism
 from catts_experiments.train import CONFIGS, train_organism
@@ -156,6 +158,52 @@ def test_organism_expert_votes_and_critiques(base_model) -> None:
         allowed=["self_consistency"],
     )
     assert not plan.ok
+
+
+def test_the_organism_expert_reads_a_question_once_for_both_roles(base_model) -> None:
+    from catts_graph.eval.synthetic import make_question, render
+    from catts_graph.experts import Critic, Voter
+    from catts_graph.organism.expert import OrganismExpert
+
+    class Counting:
+        """The organism, counting its greedy readings (everything else is the organism's)."""
+
+        def __init__(self, vlm: Any) -> None:
+            self.vlm, self.readings = vlm, 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.vlm, name)
+
+        def sample(self, *args: Any, **kwargs: Any) -> Any:
+            self.readings += 1
+            return self.vlm.sample(*args, **kwargs)
+
+    counting = Counting(base_model)
+    expert = OrganismExpert(vlm=counting)
+
+    def ask(expert: OrganismExpert, index: int) -> tuple[Any, Any]:
+        question = make_question("test", index, kind="count", level=1)
+        images = [render(question.scene)]
+        candidates = [question.answer, str(int(question.answer) + 1)]
+        vote = Voter(expert).vote(
+            question=question.question, options=None, images=images, candidates=candidates
+        )
+        response = f"\\boxed{{{question.answer}}}"
+        critique = Critic(expert).critique(
+            question=question.question, options=None, images=images, response=response, step=response
+        )
+        assert vote.ok and critique.ok
+        return vote.value, critique.value
+
+    first = ask(expert, 1)
+    assert counting.readings == 1  # the Critic reused the Voter's reading
+    ask(expert, 2)
+    assert counting.readings == 2
+    assert ask(expert, 1) == first and counting.readings == 2  # still kept
+    assert ask(OrganismExpert(vlm=base_model), 1) == first  # what an expert keeping nothing says
+    with torch.no_grad():
+        base_model.model.get_input_embeddings().weight.mul_(1.0)  # written in place: read again
+    assert ask(expert, 1) == first and counting.readings == 3
 
 
 def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ them), asks the model what it was trained for, and writes the JSON itself:
 - **Planner**: not played (``supported_roles``), so the graph never asks it: the ``paper`` policy
   runs the default module order and ``expert`` needs another planner, as with no planner at all.
 
-So the expert's judgement is the model's, and only the format is scripted.
+So the expert's judgement is the model's, and only the format is scripted. Both roles start from the
+same greedy reading of the question (the answer prompt, temperature 0), which the expert makes once
+per question: the last few readings are kept, found by the images' pixels and the prompt.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import PrivateAttr
 
 from catts_graph.answers import extract_answer
 from catts_graph.models.chat_adapter import flatten_messages
@@ -71,6 +77,11 @@ class OrganismExpert(BaseChatModel):
     vlm: Any
     """The expert model (a TransformersVLM trained by :mod:`catts_experiments.train`)."""
 
+    readings_kept: ClassVar[int] = 4
+    """Greedy readings kept (one per question; the graph's Voter and Critic ask about one question)."""
+    _readings: OrderedDict[tuple[Any, ...], Any] = PrivateAttr(default_factory=OrderedDict)
+    _readings_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
     @property
     def option_text(self) -> bool:
         """Whether the model boxes a multiple-choice answer as the option's text (its ``catts.json``
@@ -80,6 +91,27 @@ class OrganismExpert(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "catts-organism-expert"
+
+    def reading(self, images: Sequence[Any], prompt: str) -> Any:
+        """The model's greedy reply to ``prompt`` on ``images``, read once for the Voter and the
+        Critic of a question (they run at the same time: the second waits for the first's reading).
+        Kept by the images' pixels, the prompt and, for a local model, its weights' fingerprint
+        (:func:`~catts_graph.models.prefix_cache.weights_fingerprint`), so it is never stale."""
+        from catts_graph.models.prefix_cache import weights_fingerprint
+        from catts_graph.models.replay import images_key
+
+        model = getattr(self.vlm, "model", None)
+        weights = weights_fingerprint(model) if hasattr(model, "parameters") else None
+        key = (images_key(images), prompt, weights)
+        with self._readings_lock:
+            if key in self._readings:
+                self._readings.move_to_end(key)
+                return self._readings[key]
+            (sample,) = self.vlm.sample(images, prompt, 1, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
+            self._readings[key] = sample
+            while len(self._readings) > self.readings_kept:
+                self._readings.popitem(last=False)
+            return sample
 
     def _generate(
         self,
@@ -110,7 +142,7 @@ class OrganismExpert(BaseChatModel):
         if self.option_text:  # candidates are option letters; the model boxes the option's text
             names = [_spoken(name, options) for name in names]
         prompt = base_prompt(question, options, self.vlm)
-        (reading,) = self.vlm.sample(images, prompt, 1, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
+        reading = self.reading(images, prompt)
         description = reading.text.split("\\boxed{")[0]
         scored = self.vlm.score(images, prompt, [description + answer_text(c) for c in names])
         # The description is shared by every candidate: only the answer tokens differ.
@@ -123,13 +155,7 @@ class OrganismExpert(BaseChatModel):
     def _critique(self, images: list[Any], question: str, options: list[str] | None, response: str) -> str:
         from catts_graph.task import base_prompt
 
-        (sample,) = self.vlm.sample(
-            images,
-            base_prompt(question, options, self.vlm),
-            1,
-            temperature=0.0,
-            max_new_tokens=MAX_NEW_TOKENS,
-        )
+        sample = self.reading(images, base_prompt(question, options, self.vlm))
         mine = extract_answer(sample.text, options)
         theirs = extract_answer(response, options)
         if mine is None:

@@ -69,3 +69,41 @@ def test_the_counts_per_n_name_what_the_other_rule_changes() -> None:
         2: {"rows": 1, "reproduced": 1, "changed": 1, "fixed": 1, "broken": 0, "voter": 1, "voter_right": 0},
         4: {"rows": 1, "reproduced": 0, "changed": 1, "fixed": 1, "broken": 0, "voter": 1, "voter_right": 1},
     }
+
+
+def test_each_modules_part_removed_per_n_with_hand_computed_answers() -> None:
+    from catts_experiments.rescore import ABLATED, ablation_rows
+
+    gold_a = SimpleNamespace(answer="A", metadata={}, answer_type="text", precision=None)
+    items = {"i0": gold_a, "i1": gold_a}
+    rows = [
+        # Votes A 3, B 1 (shares 0.75, 0.25), tau1 = 2, tau3 = 0.5 on A. i0: A 0.75 + 0.9 + 0.5 leads
+        # and is criticised: the override hands C the lead (wrong). Without the Voter A still leads
+        # (1.25): C. Without the reflection: A (right). Without the self-check A 1.65 > B 1.35: C.
+        {
+            "item_id": "i0",
+            "n": 2,
+            "answer": "C",
+            "correct": False,
+            "trace": trace("p = 'A': 0.450, 'B': 0.550", boosted=True),
+        },
+        # i1: a sure Voter on B: B 2.25 against A 1.25 (wrong). Without the Voter A (right); without
+        # the reflection (not boosted) B; without the self-check B.
+        {
+            "item_id": "i1",
+            "n": 2,
+            "answer": "B",
+            "correct": False,
+            "trace": trace("p = 'A': 0.000, 'B': 1.000", boosted=False),
+        },
+        {"item_id": "i0", "n": 1, "answer": "A", "correct": True, "trace": []},  # no vote: skipped
+    ]
+    check = {"no_voter_boost": {"i0": {"n": 2, "answer": "C"}, "i1": {"n": 2, "answer": "B"}}}
+    table = ablation_rows(rows, items, run={"tau1": 2.0}, n_boot=50, check=check)
+    assert list(table) == [2] and table[2]["rows"] == 2 and table[2]["reproduced"] == 2
+    voter, reflection, check_ = (table[2][module] for module in ABLATED)
+    assert (voter["difference"], voter["fixed"], voter["broken"]) == (-50.0, 0, 1)
+    assert (reflection["difference"], reflection["fixed"], reflection["broken"]) == (-50.0, 0, 1)
+    assert (check_["difference"], check_["fixed"], check_["broken"], check_["ci"]) == (0.0, 0, 0, [0.0, 0.0])
+    assert (voter["agree"], voter["checked"]) == (1, 2)  # i1 re-scored A, the stored ablated run B
+    assert "agree" not in reflection

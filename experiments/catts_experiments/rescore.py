@@ -15,6 +15,14 @@ Used in docs/organism.md ("What CA-TTS does there") for what the override of the
 once the Voter decides:
 
     python -m catts_experiments.rescore runs/organism/level4/scaling-expert/results.sqlite --level 4
+
+With ``--ablations`` it removes one module's part of the final score at a time (:data:`ABLATED`: the
+Voter's probabilities, the reflected answer with its override, the self-check's winner) and prints,
+per N, the full method minus each, paired over the items with a 95% interval: the ablations at every N
+of a scaling run, where the reproduction runs them at one N. The modules' calls do not depend on each
+other's results under the ``paper`` policy, so the re-scored answer is the ablated run's; ``--check
+ABLATIONS_STORE`` counts, at that store's N, how many re-scored answers equal the ablated runs' stored
+ones (``<method>-no_voter_boost``, ``-no_reflection_boost``, ``-no_self_check_boost``).
 """
 
 from __future__ import annotations
@@ -25,7 +33,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["aggregate_inputs", "rescore", "rescore_rows"]
+__all__ = ["ABLATED", "ablation_rows", "aggregate_inputs", "rescore", "rescore_rows"]
+
+ABLATED: dict[str, tuple[dict[str, Any], str]] = {
+    "the Voter's boost": ({"voter_probs": None}, "no_voter_boost"),
+    "Self-Reflection": ({"reflected": None, "boosted": False}, "no_reflection_boost"),
+    "the Visual Self-Check": ({"self_check_winner": None}, "no_self_check_boost"),
+}
+"""Each module's part of the final score, as :func:`aggregate_inputs` keys set to nothing, and the
+reproduction's ablation method (``<method>-<suffix>``) that runs without it."""
 
 
 def aggregate_inputs(trace: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -108,6 +124,83 @@ def rescore_rows(
     return dict(sorted(counts.items()))
 
 
+def ablation_rows(
+    rows: Iterable[Mapping[str, Any]],
+    items: Mapping[str, Any],
+    *,
+    run: Mapping[str, Any],
+    n_boot: int = 1000,
+    check: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Per N, over the rows with a vote (at N = 1 there is none: no module's part can be removed
+    from a vote): ``rows``, ``reproduced`` (stored answers the run's own rule gives again) and per
+    module of :data:`ABLATED` the full method minus the method without it, in points with a paired
+    bootstrap 95% interval (:func:`catts_graph.metrics.paired_difference`, seed 0), and the items it
+    fixes and breaks. ``check`` (``{suffix: {item_id: stored row}}``, the ablated runs at one N): per
+    module, ``agree`` of the re-scored answers of that N's rows equal the stored ones."""
+    import numpy as np
+
+    from catts_graph.metrics import paired_difference
+    from catts_graph.task import is_correct
+
+    cells: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        inputs = aggregate_inputs(row["trace"] or [])
+        if inputs is None:
+            continue
+        cell = cells.setdefault(int(row["n"]), {"ids": [], "full": [], "reproduced": 0, "without": {}})
+        cell["ids"].append(row["item_id"])
+        cell["full"].append(bool(row["correct"]))
+        cell["reproduced"] += int(rescore(inputs, **run) == row["answer"])
+        for module, (removed, suffix) in ABLATED.items():
+            answer = rescore({**inputs, **removed}, **run)
+            out = cell["without"].setdefault(module, {"correct": [], "agree": 0, "checked": 0})
+            out["correct"].append(is_correct(items[row["item_id"]], answer))
+            stored = (check or {}).get(suffix, {}).get(row["item_id"])
+            if stored is not None and int(stored["n"]) == int(row["n"]):
+                out["checked"] += 1
+                out["agree"] += int(stored["answer"] == answer)
+    table: dict[int, dict[str, Any]] = {}
+    for n, cell in sorted(cells.items()):
+        full = np.asarray(cell["full"], dtype=float)
+        entry: dict[str, Any] = {"rows": len(full), "reproduced": cell["reproduced"]}
+        for module, out in cell["without"].items():
+            without = np.asarray(out["correct"], dtype=float)
+            difference, (low, high) = paired_difference(100 * full, 100 * without, n_boot=n_boot)
+            entry[module] = {
+                "difference": difference,
+                "ci": [low, high],
+                "fixed": int(np.sum((full == 1) & (without == 0))),
+                "broken": int(np.sum((full == 0) & (without == 1))),
+                **({"agree": out["agree"], "checked": out["checked"]} if out["checked"] else {}),
+            }
+        table[n] = entry
+    return table
+
+
+def _ablation_table(table: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    from catts_graph.formatting import with_interval
+
+    header = ["N", "rows with a vote", "reproduced", *(f"full minus without {m}" for m in ABLATED)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n, entry in table.items():
+        cells = [str(n), str(entry["rows"]), str(entry["reproduced"])]
+        for module in ABLATED:
+            c = entry[module]
+            text = ("+" if c["difference"] > 0 else "") + with_interval(c["difference"], c["ci"], 1)
+            cells.append(f"{text} ({c['fixed']} fixed, {c['broken']} broken)")
+        lines.append("| " + " | ".join(cells) + " |")
+    for n, entry in table.items():
+        for module in ABLATED:
+            if "checked" in entry[module]:
+                c = entry[module]
+                lines.append(
+                    f"N = {n}, without {module}: {c['agree']} of {c['checked']} re-scored answers are the "
+                    "ablated run's"
+                )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("store", help="a run's results.sqlite")
@@ -118,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tau1", type=float, default=2.0, help="the run's tau1")
     parser.add_argument("--other-tau1", type=float, default=None, help="default: the run's")
     parser.add_argument("--no-override", action="store_true", help="the other rule without the override")
+    parser.add_argument("--ablations", action="store_true", help="each module's part removed, per N")
+    parser.add_argument("--check", help="with --ablations: the reproduction's ablations store to agree with")
     args = parser.parse_args(argv)
 
     from catts_graph.eval.store import read_store
@@ -134,6 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     if set(items) != wanted:
         parser.error(f"{len(wanted - set(items))} items of the store are not the first {args.split} items")
     run = {"tau1": args.tau1}
+    if args.ablations:
+        check = None
+        if args.check:
+            with read_store(Path(args.check)) as store:
+                check = {
+                    suffix: {row["item_id"]: row for row in store.results(f"{args.method}-{suffix}")}
+                    for _, suffix in ABLATED.values()
+                }
+        print(f"{args.method}: each module's part of the final score removed (at {run}), paired")
+        print("\n".join(_ablation_table(ablation_rows(rows, items, run=run, check=check))))
+        return 0
     other = {
         "tau1": args.tau1 if args.other_tau1 is None else args.other_tau1,
         "override": not args.no_override,

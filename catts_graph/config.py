@@ -484,14 +484,18 @@ def _field_message(error: ErrorDetails) -> str:
 
 def _range(name: str) -> str:
     """What the field ``name`` accepts, from its schema: ``an integer >= 1``, ``in (0, 1]``,
-    ``> 0 or None`` (what None means is the field's description's)."""
+    ``> 0 or None (off)`` (None's meaning: :data:`_NONE_MEANS`, else off)."""
     schema = _json_schema(CATTSConfig)["properties"][name]
     number = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
     bounds = _bounds(number)
     text = ("an integer " if number.get("type") == "integer" else "") + (
         f"in {bounds}" if bounds.startswith(("[", "(")) else bounds
     )
-    return text + (" or None" if "anyOf" in schema else "")
+    return text + (f" or None ({_NONE_MEANS.get(name, 'off')})" if "anyOf" in schema else "")
+
+
+_NONE_MEANS = {"repair_temperature": "the run's temperature", "nmlp_floor": "the paper's weight"}
+"""What None means for the optional numbers where it is not "off"."""
 
 
 def _bounds(schema: Mapping[str, Any]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from catts_experiments.repair_options import (
     ARMS,
     CHOSEN,
@@ -100,3 +102,20 @@ def test_the_measurement_runs_on_the_organisms_and_resumes(tmp_path):
     assert first["settings"] == CHOSEN and "test" not in first
     # Read back from the stores: the same numbers, no model call giving others.
     assert repair_options(validation=2, test=0, run_dir=tmp_path, n_boot=20) == first
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("repair-options", "--validation 300 --test 500"),
+        ("repair-options-seed1", "--validation 0 --test 500 --seed 1"),
+    ],
+)
+def test_the_committed_tables_render_from_their_json_byte_for_byte(name: str, arguments: str) -> None:
+    docs = ROOT / "docs" / "organism"
+    result = json.loads((docs / f"{name}.json").read_text())
+    text = (docs / f"{name}.md").read_text()
+    command = f"catts measure repair-options {arguments} --threads 1 --out docs/organism/{name}"
+    assert f"```bash\n{command}\n```" in text
+    assert render_markdown(result, command) == text
+    assert ("chosen" in result) == ("validation" in result)

@@ -236,7 +236,7 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
                 cell["to_right"],
                 cell["from_right"],
             ]
-            for name, cell in summary["arms"].items()
+            for name, cell in ((name, summary["arms"][name]) for name in ARMS)  # declared order
         ]
         headers = ["arm", "accuracy", "expert calls / item", "base tokens / item", "repairs", "changed"]
         lines += [f"## {split.capitalize()} ({summary['items']} items)", ""]

@@ -494,7 +494,7 @@ def _range(name: str) -> str:
     return text + (f" or None ({_NONE_MEANS.get(name, 'off')})" if "anyOf" in schema else "")
 
 
-_NONE_MEANS = {"repair_temperature": "the run's temperature", "nmlp_floor": "the paper's weight"}
+_NONE_MEANS = {"repair_temperature": "the run's temperature"}
 """What None means for the optional numbers where it is not "off"."""
 
 

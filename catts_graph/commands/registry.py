@@ -7,7 +7,7 @@
 | ``train`` | ``cdrl``, ``pairs``, ``mmboundary`` | ``catts_training`` |
 | ``train`` | ``organism``, ``clip``, ``reflection`` | ``catts_experiments`` |
 | ``measure`` | ``organism``, ``level``, ``steps``, ``reflection``, ``cdrl`` | ``catts_experiments`` |
-| ``measure`` | ``policy-options``, ``repair-options`` | ``catts_experiments`` |
+| ``measure`` | ``policy-options``, ``repair-options``, ``scaling`` | ``catts_experiments`` |
 | ``tune`` | ``voting``, ``cdrl`` | ``catts_experiments`` |
 | ``ship`` | ``cdrl`` | ``catts_experiments`` |
 | ``reproduce`` | ``docs/organism.md`` | ``catts_experiments`` |
@@ -91,6 +91,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "step_repair at the run's temperature against greedy repair, at the same routing, on level 4: "
         "chosen on validation, reported on test",
         "catts_experiments.repair_options:add_measure_repair_options",
+    ),
+    "measure scaling": (
+        "the hard level's scaling curves, slopes and CA-TTS against majority on fresh scenes (another "
+        "generator seed), at the thresholds the reproduction chose",
+        "catts_experiments.fresh_scaling:add_measure_scaling",
     ),
     "tune voting": (
         "choose DeepConf's window and check nmlp_floor on validation, report on test",

@@ -16,13 +16,12 @@ samples, greedy expert, seeded bootstrap); the run folder resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from catts_experiments.measured import regenerated_by
 from catts_graph.formatting import markdown_table, number, with_interval
 
 __all__ = ["THRESHOLDS", "fresh_scaling", "render_markdown"]
@@ -73,13 +72,7 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
     ns = result["ns"]
     lines = [
         f"# Test-time scaling on fresh scenes (level {result['level']}, generator seed {result['seed']})",
-        "",
-        "Regenerated exactly (deterministic: seeded samples, greedy expert, seeded bootstrap) by",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+        *regenerated_by(command),
         f"{result['test_items']} test items; accuracy in %, 95% bootstrap intervals over items "
         f"({result['n_boot']} resamples). Majority and DeepConf: averaged over {result['subsets']} random "
         "size-N subsets of each item's 32 samples; CA-TTS (expert organism as Voter and Critic): the "
@@ -159,37 +152,25 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write(result: Mapping[str, Any], out: str | Path, command: str) -> None:
-    """``<out>.json`` (sorted keys) and ``<out>.md``."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{path}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    Path(f"{path}.md").write_text(render_markdown(result, command))
-
-
 # -- command line ---------------------------------------------------------------------------------
 
 
 def add_measure_scaling(parser: Any) -> None:
     """``catts measure scaling``: :func:`fresh_scaling`, written as tables."""
+    from catts_experiments.measured import add_output_arguments
+
     parser.add_argument("--test", type=int, default=500, help="test items (level 4)")
     parser.add_argument("--seed", type=int, default=1, help="generator and sampling seed (1: fresh scenes)")
-    parser.add_argument("--run-dir", help="keep the runs' stores here and resume from them")
-    parser.add_argument("--out", help="write <out>.json and <out>.md")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    add_output_arguments(parser, "keep the runs' stores here and resume from them")
     parser.set_defaults(func=_command)
 
 
 def _command(args: Any) -> int:
-    import torch
+    from catts_experiments.measured import run_measured
 
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    result = fresh_scaling(test=args.test, seed=args.seed, run_dir=args.run_dir)
-    command = f"catts measure scaling --test {args.test} --seed {args.seed} --threads {args.threads}"
-    command += f" --out {args.out}" if args.out else ""
-    if args.out:
-        write(result, args.out, command)
-    print(render_markdown(result, command))
-    print(f"wall time: {time.perf_counter() - start:.0f} s", flush=True)
-    return 0
+    return run_measured(
+        args,
+        lambda: fresh_scaling(test=args.test, seed=args.seed, run_dir=args.run_dir),
+        f"catts measure scaling --test {args.test} --seed {args.seed}",
+        render_markdown,
+    )

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from catts_experiments.measured import regenerated_by
 from catts_graph.config import PAPER_REFLECTION, PAPER_TAU1
 from catts_graph.formatting import markdown_table, number, with_interval
 
@@ -456,13 +457,7 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
 
     lines = [
         "# Policy options against the paper's rules (hard regime, expert organism)",
-        "",
-        "Regenerated exactly (deterministic: seeded samples, greedy expert, seeded bootstrap) by",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+        *regenerated_by(command),
         f"CA-TTS, `paper` policy, with the expert organism as Voter and Critic, on generator level "
         f"{result['level']} (seed {result['seed']}). Each item's {result['pool_n']} samples are drawn "
         "once and replayed in every arm, so two arms differ only by the option. Accuracy in %, 95% "
@@ -583,39 +578,28 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write(result: Mapping[str, Any], out: str | Path, command: str) -> None:
-    """``<out>.json`` (sorted keys) and ``<out>.md``."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{path}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    Path(f"{path}.md").write_text(render_markdown(result, command))
-
-
 # -- command line ---------------------------------------------------------------------------------
 
 
 def add_measure_policy_options(parser: Any) -> None:
     """``catts measure policy-options``: :func:`policy_options` on level 4, written as a table."""
-    parser.add_argument("--validation", type=int, default=300, help="validation items (level 4)")
-    parser.add_argument("--test", type=int, default=600, help="test items (level 4)")
-    parser.add_argument("--seed", type=int, default=0, help="generator and sampling seed")
-    parser.add_argument("--run-dir", help="keep per-item rows here and resume from them")
-    parser.add_argument("--out", help="write <out>.json and <out>.md")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    from catts_experiments.measured import add_level_arguments, add_output_arguments
+
+    add_level_arguments(parser, validation=300, test=600)
+    add_output_arguments(parser, "keep per-item rows here and resume from them")
     parser.set_defaults(func=_command)
 
 
 def _command(args: Any) -> int:
-    import torch
+    from catts_experiments.measured import run_measured
 
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    result = policy_options(validation=args.validation, test=args.test, seed=args.seed, run_dir=args.run_dir)
     command = f"catts measure policy-options --validation {args.validation} --test {args.test}"
-    command += (f" --seed {args.seed}" if args.seed else "") + f" --threads {args.threads}"
-    command += f" --out {args.out}" if args.out else ""
-    if args.out:
-        write(result, args.out, command)
-    print(render_markdown(result, command))
-    print(f"wall time: {time.perf_counter() - start:.0f} s", flush=True)
-    return 0
+    command += f" --seed {args.seed}" if args.seed else ""
+    return run_measured(
+        args,
+        lambda: policy_options(
+            validation=args.validation, test=args.test, seed=args.seed, run_dir=args.run_dir
+        ),
+        command,
+        render_markdown,
+    )

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from catts_experiments.measured import regenerated_by
 from catts_graph.formatting import markdown_table, number, with_interval
 
 __all__ = ["ARMS", "CHOSEN", "choose", "repair_counts", "repair_options", "render_markdown", "summarise"]
@@ -206,13 +206,7 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
     settings = ", ".join(f"{key} = {value}" for key, value in sorted(result["settings"].items()))
     lines = [
         "# Step repair's temperature (hard regime, adaptive policy, expert organism)",
-        "",
-        "Regenerated exactly (deterministic: seeded samples, greedy expert, seeded bootstrap) by",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+        *regenerated_by(command),
         f"The adaptive policy at N = {result['n']} (first wave {result['n'] // 2}) on generator level "
         f"{result['level']} (seed {result['seed']}), with the reproduction's chosen settings ({settings}). "
         "Every arm replays each item's same seeded samples. Accuracy in %, 95% bootstrap intervals over "
@@ -270,39 +264,28 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write(result: Mapping[str, Any], out: str | Path, command: str) -> None:
-    """``<out>.json`` (sorted keys) and ``<out>.md``."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{path}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    Path(f"{path}.md").write_text(render_markdown(result, command))
-
-
 # -- command line ---------------------------------------------------------------------------------
 
 
 def add_measure_repair_options(parser: Any) -> None:
     """``catts measure repair-options``: :func:`repair_options` on level 4, written as a table."""
-    parser.add_argument("--validation", type=int, default=300, help="validation items (level 4)")
-    parser.add_argument("--test", type=int, default=500, help="test items (level 4)")
-    parser.add_argument("--seed", type=int, default=0, help="generator and sampling seed")
-    parser.add_argument("--run-dir", help="keep the runs' stores here and resume from them")
-    parser.add_argument("--out", help="write <out>.json and <out>.md")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    from catts_experiments.measured import add_level_arguments, add_output_arguments
+
+    add_level_arguments(parser, validation=300, test=500)
+    add_output_arguments(parser, "keep the runs' stores here and resume from them")
     parser.set_defaults(func=_command)
 
 
 def _command(args: Any) -> int:
-    import torch
+    from catts_experiments.measured import run_measured
 
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    result = repair_options(validation=args.validation, test=args.test, seed=args.seed, run_dir=args.run_dir)
     command = f"catts measure repair-options --validation {args.validation} --test {args.test}"
-    command += (f" --seed {args.seed}" if args.seed else "") + f" --threads {args.threads}"
-    command += f" --out {args.out}" if args.out else ""
-    if args.out:
-        write(result, args.out, command)
-    print(render_markdown(result, command))
-    print(f"wall time: {time.perf_counter() - start:.0f} s", flush=True)
-    return 0
+    command += f" --seed {args.seed}" if args.seed else ""
+    return run_measured(
+        args,
+        lambda: repair_options(
+            validation=args.validation, test=args.test, seed=args.seed, run_dir=args.run_dir
+        ),
+        command,
+        render_markdown,
+    )

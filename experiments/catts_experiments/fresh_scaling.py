@@ -67,9 +67,17 @@ def fresh_scaling(
     }
 
 
+def _in_order(methods: Mapping[str, Any]) -> list[str]:
+    """The rows in the reproduction's order (:data:`SCALING_METHODS`), whatever order the JSON kept."""
+    from catts_experiments.reproduce.plan import SCALING_METHODS
+
+    return sorted(methods, key=lambda label: (SCALING_METHODS.index(label.split(" (")[0]), label))
+
+
 def render_markdown(result: Mapping[str, Any], command: str) -> str:
     """The tables of :func:`fresh_scaling`'s result, with the command that regenerates them."""
     ns = result["ns"]
+    order = _in_order(result["scaling"])
     lines = [
         f"# Test-time scaling on fresh scenes (level {result['level']}, generator seed {result['seed']})",
         *regenerated_by(command),
@@ -81,8 +89,8 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
         "",
     ]
     rows = []
-    for method, per_n in result["scaling"].items():
-        fitted = result["slopes"][method]
+    for method in order:
+        per_n, fitted = result["scaling"][method], result["slopes"][method]
         rows.append(
             [
                 method,
@@ -101,7 +109,7 @@ def render_markdown(result: Mapping[str, Any], command: str) -> str:
                 for n in ns
             ),
         ]
-        for method, per_n in result["scaling"].items()
+        for method, per_n in ((method, result["scaling"][method]) for method in order)
     ]
     lines += [
         "Mean base tokens / expert calls per item:",

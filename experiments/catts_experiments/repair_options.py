@@ -25,7 +25,6 @@ split reports. Every number is deterministic; wall time is printed, never writte
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -137,7 +136,6 @@ def measure_split(
     models = Organisms()
     base = ReplayVLM(models.get("base"), memo_max_n=N)  # each item's samples drawn once, every arm
     items = items_of(split, count, plan)
-    by_id = {item.id: item for item in items}
     per_arm: dict[str, dict[str, Any]] = {}
     for name, changes in ARMS.items():
         config = catts_config(**settings, **changes, n_samples=N // 2)
@@ -158,13 +156,13 @@ def measure_split(
         cells: dict[str, list[Any]] = {"correct": [], "tokens": [], "expert_calls": [], "repairs": []}
         for item in items:
             row = rows[item.id]
-            cells["correct"].append(float(row["correct"] in (True, "True", 1, "1")))
+            cells["correct"].append(float(row["correct"]))
             cells["tokens"].append(float(row["tokens"]))
             cells["expert_calls"].append(float(row["expert_calls"]))
-            trace = row["trace"] if isinstance(row["trace"], list) else json.loads(row["trace"])
-            item_ = by_id[item.id]
             cells["repairs"].append(
-                repair_counts(trace, lambda answer, item_=item_: judge_answer(item_, answer).correct)
+                repair_counts(
+                    row["trace"] or [], lambda answer, item=item: judge_answer(item, answer).correct
+                )
             )
         per_arm[name] = cells
     return per_arm

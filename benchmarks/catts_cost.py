@@ -133,12 +133,16 @@ def main() -> None:
             f"accuracy {np.mean(correct[key]):.3f}"
         )
     print(f"  CA-TTS / majority wall time: {ratio:.2f}x [{low:.2f}, {high:.2f}] (paper: 1.91x at N = 8)")
-    total = catts_s.sum()
+    print_modules(modules, len(items), float(catts_s.sum()))
+
+
+def print_modules(modules: dict[str, float], items: int, total: float) -> None:
+    """CA-TTS's seconds per module per item (from the traces) and each one's share of its wall time."""
     print("  CA-TTS seconds by module (share of its wall time; the Voter and the Critic run in the same")
     print("  step, so their shares overlap and the column can sum past 100%):")
     for name, value in sorted(modules.items(), key=lambda kv: -kv[1]):
         if value > 0:
-            print(f"    {name:<20} {value / len(items):6.2f} s/item  {value / total:5.1%}")
+            print(f"    {name:<20} {value / items:6.2f} s/item  {value / total:5.1%}")
 
 
 if __name__ == "__main__":

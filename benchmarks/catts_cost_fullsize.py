@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from catts_cost import ratio_interval  # noqa: E402  (the sibling benchmark's paired interval)
+from catts_cost import print_modules, ratio_interval  # noqa: E402  (the sibling benchmark's helpers)
 
 N = 8
 SIZES: dict[str, dict[str, Any]] = {
@@ -251,10 +251,7 @@ def main() -> None:
         f"  CA-TTS / majority wall time: {catts_s.mean() / majority_s.mean():.2f}x [{low:.2f}, {high:.2f}] "
         "(paper: 1.91x at N = 8)"
     )
-    print("  CA-TTS seconds by module (the Voter and the Critic share a step; shares can sum past 100%):")
-    for name, value in sorted(modules.items(), key=lambda kv: -kv[1]):
-        if value > 0:
-            print(f"    {name:<20} {value / args.items:7.2f} s/item  {value / catts_s.sum():5.1%}")
+    print_modules(modules, args.items, float(catts_s.sum()))
 
 
 if __name__ == "__main__":

@@ -42,25 +42,24 @@ def test_rescore_follows_the_hand_computed_scores() -> None:
     assert rescore(hedging, tau1=2.0) == "C" and rescore(hedging, tau1=2.0, override=False) == "A"
 
 
+def stored(item_id: str, n: int, answer: str, voter: str, *, boosted: bool) -> dict:
+    """A stored wrong answer's row, its trace as :func:`trace` writes it."""
+    return {
+        "item_id": item_id,
+        "n": n,
+        "answer": answer,
+        "correct": False,
+        "trace": trace(voter, boosted=boosted),
+    }
+
+
 def test_the_counts_per_n_name_what_the_other_rule_changes() -> None:
     items = {"i0": SimpleNamespace(answer="A", metadata={}, answer_type="text", precision=None)}
     rows = [
         # Stored under the override: C (wrong). Without it: A (right): one answer changed, fixed.
-        {
-            "item_id": "i0",
-            "n": 2,
-            "answer": "C",
-            "correct": False,
-            "trace": trace("p = 'A': 0.450, 'B': 0.550", boosted=True),
-        },
+        stored("i0", 2, "C", "p = 'A': 0.450, 'B': 0.550", boosted=True),
         # A stored answer the run's rule does not give back counts as not reproduced.
-        {
-            "item_id": "i0",
-            "n": 4,
-            "answer": "B",
-            "correct": False,
-            "trace": trace("p = 'A': 1.000, 'B': 0.000", boosted=False),
-        },
+        stored("i0", 4, "B", "p = 'A': 1.000, 'B': 0.000", boosted=False),
         {"item_id": "i0", "n": 1, "answer": "A", "correct": True, "trace": []},  # no vote: skipped
     ]
     counts = rescore_rows(rows, items, run={"tau1": 2.0}, other={"tau1": 2.0, "override": False})
@@ -80,22 +79,10 @@ def test_each_modules_part_removed_per_n_with_hand_computed_answers() -> None:
         # Votes A 3, B 1 (shares 0.75, 0.25), tau1 = 2, tau3 = 0.5 on A. i0: A 0.75 + 0.9 + 0.5 leads
         # and is criticised: the override hands C the lead (wrong). Without the Voter A still leads
         # (1.25): C. Without the reflection: A (right). Without the self-check A 1.65 > B 1.35: C.
-        {
-            "item_id": "i0",
-            "n": 2,
-            "answer": "C",
-            "correct": False,
-            "trace": trace("p = 'A': 0.450, 'B': 0.550", boosted=True),
-        },
+        stored("i0", 2, "C", "p = 'A': 0.450, 'B': 0.550", boosted=True),
         # i1: a sure Voter on B: B 2.25 against A 1.25 (wrong). Without the Voter A (right); without
         # the reflection (not boosted) B; without the self-check B.
-        {
-            "item_id": "i1",
-            "n": 2,
-            "answer": "B",
-            "correct": False,
-            "trace": trace("p = 'A': 0.000, 'B': 1.000", boosted=False),
-        },
+        stored("i1", 2, "B", "p = 'A': 0.000, 'B': 1.000", boosted=False),
         {"item_id": "i0", "n": 1, "answer": "A", "correct": True, "trace": []},  # no vote: skipped
     ]
     check = {"no_voter_boost": {"i0": {"n": 2, "answer": "C"}, "i1": {"n": 2, "answer": "B"}}}
